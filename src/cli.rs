@@ -1,0 +1,120 @@
+//! Command-line types only (clap). Acting on them happens in `commands`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "boxdelegate",
+    version,
+    about = "Delegate work units to coding agents in throwaway containers; land only verified trees",
+    long_about = None,
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Run as if started in DIR (the repository).
+    #[arg(short = 'C', long = "repo", global = true, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+    /// Print only results and errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Show container output (-v) and debug logs (-vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Format of diagnostic logs on stderr (RUST_LOG filters them).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a commented boxdelegate.toml and an example unit (never overwrites).
+    Init {
+        /// Profile to use instead of detecting one from the repository.
+        #[arg(long)]
+        profile: Option<String>,
+    },
+    /// Print the snapshot tree id of the repository (and optionally write its tar).
+    Snapshot {
+        #[command(flatten)]
+        snap: SnapshotArgs,
+        /// Write the deterministic tar stream to FILE ("-" for stdout).
+        #[arg(long, value_name = "FILE")]
+        tar: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build, list, prune, save and load images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Check that everything boxdelegate needs is in place.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct SnapshotArgs {
+    /// Include tracked changes and untracked, non-ignored files (the index is not touched).
+    #[arg(long)]
+    pub include_dirty: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Without NAME: make the dependency and unit images for the current snapshot.
+    /// With NAME (base, python, rust, node, go): build that shipped Containerfile.
+    Build {
+        /// A shipped Containerfile to build instead.
+        name: Option<String>,
+        #[command(flatten)]
+        snap: SnapshotArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create an image from a root filesystem tar (e.g. the base image made by
+    /// images/base/build-from-debian.sh).
+    Import {
+        /// Which image: only `base` for now.
+        name: String,
+        /// The root filesystem tar.
+        rootfs: PathBuf,
+    },
+    /// List boxdelegate's images.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove dependency and unit images the current snapshot does not use.
+    Prune {
+        /// Remove every dependency and unit image, the current ones too.
+        #[arg(long)]
+        all: bool,
+        /// Show what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Write every image the project needs to one file, for `image load` elsewhere.
+    Save {
+        output: PathBuf,
+        #[command(flatten)]
+        snap: SnapshotArgs,
+    },
+    /// Load images written by `image save`.
+    Load { input: PathBuf },
+}

@@ -1,0 +1,387 @@
+//! Acting on the parsed command line: resolve everything (repository, configuration, profile,
+//! snapshot) first, then touch the engine.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use futures_util::StreamExt;
+
+use crate::cli::{Cli, Command, GlobalArgs, ImageCommand, SnapshotArgs};
+use crate::config::profile::Profile;
+use crate::config::{self, Config, Limits};
+use crate::engine::{labels, short, Engine};
+use crate::error::{exit, Error, Result};
+use crate::git::Repo;
+use crate::images::{self, DepsPlan};
+use crate::report::{Reporter, Silent, Terminal};
+use crate::snapshot::{self, Snapshot, TreeEntry};
+
+/// A repository with its validated configuration and profile.
+pub struct Project {
+    pub repo: Repo,
+    pub config: Config,
+    pub profile: Profile,
+    pub limits: Limits,
+}
+
+fn open_repo(global: &GlobalArgs) -> Result<Repo> {
+    let dir = match &global.repo {
+        Some(d) => d.clone(),
+        None => std::env::current_dir().map_err(|e| Error::io("reading the current directory", e))?,
+    };
+    if !dir.is_dir() {
+        return Err(Error::Repo {
+            path: dir,
+            message: "no such directory".into(),
+            hint: Some("pass an existing repository directory to --repo".into()),
+        });
+    }
+    Repo::discover(&dir)
+}
+
+impl Project {
+    pub fn open(global: &GlobalArgs) -> Result<Project> {
+        let repo = open_repo(global)?;
+        let config = Config::load(&repo.root)?;
+        let profile = Profile::load(&repo.root, &config.project.profile)?;
+        let limits = config.limits.resolve();
+        Ok(Project { repo, config, profile, limits })
+    }
+
+    fn base_image(&self) -> Option<&str> {
+        self.config.project.base_image.as_deref()
+    }
+}
+
+fn reporter(global: &GlobalArgs, json: bool) -> Box<dyn Reporter> {
+    if global.quiet || json {
+        Box::new(Silent)
+    } else {
+        Box::new(Terminal::new(global.verbose > 0))
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Internal(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+pub async fn run(cli: Cli) -> Result<i32> {
+    let global = &cli.global;
+    match cli.command {
+        Command::Init { profile } => {
+            let repo = open_repo(global)?;
+            let done = config::init::run(&repo.root, profile.as_deref())?;
+            let why = match &done.detected_from {
+                Some(file) => format!(" (detected from {file})"),
+                None => String::new(),
+            };
+            println!("profile: {}{why}", done.profile);
+            for path in &done.written {
+                println!("wrote {}", path.display());
+            }
+            Ok(exit::OK)
+        }
+        Command::Snapshot { snap, tar, json } => {
+            let repo = open_repo(global)?;
+            let snapshot = Snapshot::take(&repo, snap.include_dirty)?;
+            if let Some(path) = tar {
+                let entries = snapshot::list_tree(&repo, &snapshot.tree)?;
+                let stats = if path == Path::new("-") {
+                    snapshot::write_tar(&repo, &entries, &[], std::io::stdout().lock())?
+                } else {
+                    let file = std::fs::File::create(&path)
+                        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+                    snapshot::write_tar(&repo, &entries, &[], std::io::BufWriter::new(file))?
+                };
+                if !global.quiet && path != Path::new("-") {
+                    eprintln!("wrote {} ({} files, {} bytes)", path.display(), stats.files, stats.bytes);
+                }
+            } else if json {
+                print_json(&snapshot)?;
+            } else {
+                println!("{}", snapshot.tree);
+            }
+            Ok(exit::OK)
+        }
+        Command::Image(cmd) => image(global, cmd).await,
+        Command::Doctor { json } => crate::doctor::run(global, json).await,
+    }
+}
+
+/// The current snapshot's images, resolved and made to exist.
+#[derive(serde::Serialize)]
+struct Prepared {
+    snapshot: Snapshot,
+    files: usize,
+    deps: DepsPlan,
+    deps_image: images::Ensured,
+    unit_image: images::Ensured,
+}
+
+/// Snapshot → dependency image → unit image, each a cache hit when its inputs are unchanged.
+async fn prepare(project: &Project, snap: &SnapshotArgs, reporter: &dyn Reporter) -> Result<Prepared> {
+    let snapshot = Snapshot::take(&project.repo, snap.include_dirty)?;
+    let entries = snapshot::list_tree(&project.repo, &snapshot.tree)?;
+    let engine = Engine::connect().await?;
+    reporter.phase(&format!("snapshot {} ({} files)", short(&snapshot.tree), entries.len()));
+    let deps = images::plan_deps(&engine, &project.repo, &project.profile, project.base_image(), &entries).await?;
+    let deps_image = images::ensure_deps(&engine, &project.repo, &project.profile, &deps, &project.limits, reporter).await?;
+    let unit_image = images::ensure_unit(
+        &engine,
+        &project.repo,
+        &project.profile,
+        &deps,
+        &snapshot,
+        &entries,
+        &project.limits,
+        reporter,
+    )
+    .await?;
+    Ok(Prepared { files: entries.len(), snapshot, deps, deps_image, unit_image })
+}
+
+async fn image(global: &GlobalArgs, cmd: ImageCommand) -> Result<i32> {
+    match cmd {
+        ImageCommand::Build { name: None, snap, json } => {
+            let project = Project::open(global)?;
+            let reporter = reporter(global, json);
+            let prepared = prepare(&project, &snap, reporter.as_ref()).await;
+            reporter.finish();
+            let prepared = prepared?;
+            if json {
+                print_json(&prepared)?;
+            } else {
+                println!("snapshot    {}{}", prepared.snapshot.tree, if prepared.snapshot.dirty { " (dirty)" } else { "" });
+                println!("deps image  {} ({})", prepared.deps_image.image, prepared.deps_image.how);
+                let how = match &prepared.unit_image.parent_tree {
+                    Some(p) => format!("incremental on {}", short(p)),
+                    None => prepared.unit_image.how.clone(),
+                };
+                println!("unit image  {} ({how})", prepared.unit_image.image);
+            }
+            Ok(exit::OK)
+        }
+        ImageCommand::Build { name: Some(name), json, .. } => {
+            let Some((_, tag, containerfile)) = images::CONTAINERFILES.iter().find(|(n, _, _)| *n == name) else {
+                return Err(Error::Usage {
+                    message: format!("no shipped Containerfile named {name:?}"),
+                    hint: format!(
+                        "use one of {}",
+                        images::CONTAINERFILES.iter().map(|(n, _, _)| *n).collect::<Vec<_>>().join(", ")
+                    ),
+                });
+            };
+            let engine = Engine::connect().await?;
+            if name != "base" {
+                images::require_image(&engine, images::BASE_IMAGE, None).await?;
+            }
+            let reporter = reporter(global, json);
+            reporter.phase(&format!("building {tag} from images/{name}/Containerfile"));
+            let sink = reporter.line_sink();
+            let kind = if name == "base" { "base" } else { "toolchain" };
+            let result = engine
+                .build(
+                    tag,
+                    containerfile,
+                    [(labels::KIND.to_string(), kind.to_string())].into(),
+                    |line| sink(line),
+                )
+                .await;
+            reporter.finish();
+            result?;
+            let id = engine.image_id(tag).await?.unwrap_or_default();
+            if json {
+                print_json(&serde_json::json!({"image": tag, "id": id}))?;
+            } else {
+                println!("built {tag} ({})", short(&id));
+            }
+            Ok(exit::OK)
+        }
+        ImageCommand::Import { name, rootfs } => {
+            if name != "base" {
+                return Err(Error::Usage {
+                    message: format!("cannot import {name:?}: only the base image is made from a root filesystem"),
+                    hint: "boxdelegate image import base ROOTFS.tar".into(),
+                });
+            }
+            let file = tokio::fs::File::open(&rootfs)
+                .await
+                .map_err(|e| Error::io(format!("opening {}", rootfs.display()), e))?;
+            let engine = Engine::connect().await?;
+            let stream = tokio_util::io::ReaderStream::new(file);
+            let (repo, tag) = images::BASE_IMAGE.split_once(':').expect("tagged");
+            engine
+                .import_rootfs(
+                    repo,
+                    tag,
+                    vec![
+                        "USER box".into(),
+                        "WORKDIR /work".into(),
+                        "ENV HOME=/home/box".into(),
+                        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                        "CMD [\"/bin/sh\"]".into(),
+                        format!("LABEL {}=base", labels::KIND),
+                    ],
+                    stream,
+                )
+                .await?;
+            let id = engine.image_id(images::BASE_IMAGE).await?.unwrap_or_default();
+            println!("imported {} ({})", images::BASE_IMAGE, short(&id));
+            Ok(exit::OK)
+        }
+        ImageCommand::Ls { json } => {
+            let engine = Engine::connect().await?;
+            let mut list = engine.list_images(&[labels::KIND]).await?;
+            list.sort_by(|a, b| b.created.cmp(&a.created));
+            let rows: Vec<serde_json::Value> = list
+                .iter()
+                .map(|i| {
+                    serde_json::json!({
+                        "tags": i.repo_tags,
+                        "id": i.id,
+                        "kind": i.labels.get(labels::KIND),
+                        "tree": i.labels.get(labels::TREE),
+                        "deps_key": i.labels.get(labels::DEPS_KEY),
+                        "size": i.size,
+                        "created": i.created,
+                    })
+                })
+                .collect();
+            if json {
+                print_json(&rows)?;
+            } else {
+                println!("{:<10} {:<12} {:>9}  TAG", "KIND", "ID", "SIZE");
+                for i in &list {
+                    let tags = if i.repo_tags.is_empty() { "<none>".to_string() } else { i.repo_tags.join(", ") };
+                    println!(
+                        "{:<10} {:<12} {:>8}M  {tags}",
+                        i.labels.get(labels::KIND).map(String::as_str).unwrap_or("?"),
+                        short(&i.id),
+                        i.size / 1_000_000,
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        ImageCommand::Prune { all, dry_run } => prune(global, all, dry_run).await,
+        ImageCommand::Save { output, snap } => save(global, &output, &snap).await,
+        ImageCommand::Load { input } => {
+            let file = tokio::fs::File::open(&input)
+                .await
+                .map_err(|e| Error::io(format!("opening {}", input.display()), e))?;
+            let engine = Engine::connect().await?;
+            let loaded = engine
+                .load_images(tokio_util::io::ReaderStream::new(file))
+                .await?;
+            for line in loaded {
+                println!("{line}");
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// The tags the current snapshot uses, computed without building anything.
+async fn current_tags(engine: &Engine, project: &Project, snap: &SnapshotArgs) -> Result<(DepsPlan, Snapshot, Vec<TreeEntry>)> {
+    let snapshot = Snapshot::take(&project.repo, snap.include_dirty)?;
+    let entries = snapshot::list_tree(&project.repo, &snapshot.tree)?;
+    let plan = images::plan_deps(engine, &project.repo, &project.profile, project.base_image(), &entries).await?;
+    Ok((plan, snapshot, entries))
+}
+
+async fn prune(global: &GlobalArgs, all: bool, dry_run: bool) -> Result<i32> {
+    let project = if all { None } else { Some(Project::open(global)?) };
+    let engine = Engine::connect().await?;
+    let keep: Vec<String> = match &project {
+        Some(p) => match current_tags(&engine, p, &SnapshotArgs::default()).await {
+            Ok((plan, snapshot, _)) => vec![plan.tag(), images::snap_tag(&snapshot.tree, &plan.key)],
+            Err(Error::ImageMissing { .. }) => vec![],
+            Err(e) => return Err(e),
+        },
+        None => vec![],
+    };
+    // Leftover helper containers first: they pin the images.
+    for kind in ["deps-build", "snap-build"] {
+        let filter = format!("{}={kind}", labels::KIND);
+        for c in engine.list_containers(&[&filter]).await? {
+            if c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING) {
+                continue;
+            }
+            let id = c.id.unwrap_or_default();
+            println!("{}container {}", if dry_run { "would remove " } else { "removed " }, short(&id));
+            if !dry_run {
+                engine.remove_container(&id).await?;
+            }
+        }
+    }
+    let mut removed = 0;
+    // Newest first, so incremental children go before the images they are built on.
+    for kind in ["snap", "deps"] {
+        let filter = format!("{}={kind}", labels::KIND);
+        let mut list = engine.list_images(&[&filter]).await?;
+        list.sort_by(|a, b| b.created.cmp(&a.created));
+        for image in list {
+            if image.repo_tags.iter().any(|t| keep.contains(t)) {
+                continue;
+            }
+            let name = image.repo_tags.first().cloned().unwrap_or_else(|| image.id.clone());
+            println!("{}{name}", if dry_run { "would remove " } else { "removed " });
+            if !dry_run {
+                engine.remove_image(&name).await?;
+                removed += 1;
+            }
+        }
+    }
+    if !dry_run && !global.quiet {
+        eprintln!("{removed} image(s) removed");
+    }
+    Ok(exit::OK)
+}
+
+async fn save(global: &GlobalArgs, output: &PathBuf, snap: &SnapshotArgs) -> Result<i32> {
+    let project = Project::open(global)?;
+    let engine = Engine::connect().await?;
+    let (plan, snapshot, _) = current_tags(&engine, &project, snap).await?;
+    let mut names = vec![images::BASE_IMAGE.to_string()];
+    if plan.toolchain_image != images::BASE_IMAGE {
+        names.push(plan.toolchain_image.clone());
+    }
+    names.push(plan.tag());
+    let unit = images::snap_tag(&snapshot.tree, &plan.key);
+    for name in [&plan.tag(), &unit] {
+        if engine.image_id(name).await?.is_none() {
+            return Err(Error::ImageMissing {
+                image: name.clone(),
+                hint: "run `boxdelegate image build` first, then save".into(),
+            });
+        }
+    }
+    names.push(unit);
+    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".boxdelegate-save-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(format!("creating a file in {}", dir.display()), e))?;
+    let mut bytes = 0u64;
+    {
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut stream = Box::pin(engine.export_images(&refs));
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            bytes += chunk.len() as u64;
+            tmp.write_all(&chunk).map_err(|e| Error::io(format!("writing {}", output.display()), e))?;
+        }
+    }
+    tmp.as_file().sync_all().map_err(|e| Error::io(format!("writing {}", output.display()), e))?;
+    tmp.persist(output)
+        .map_err(|e| Error::io(format!("writing {}", output.display()), e.error))?;
+    if !global.quiet {
+        eprintln!("saved {} image(s), {} MB, to {}", names.len(), bytes / 1_000_000, output.display());
+    }
+    for n in names {
+        println!("{n}");
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,151 @@
+//! `boxdelegate init`: detect the profile, write a commented `boxdelegate.toml` and an example
+//! unit. It refuses to overwrite anything: either every file is new, or nothing is written.
+
+use std::path::{Path, PathBuf};
+
+use super::profile::{Profile, EMBEDDED};
+use crate::error::{Error, Result};
+
+pub const EXAMPLE_UNIT: &str = "example.md";
+
+#[derive(Debug, serde::Serialize)]
+pub struct Initialized {
+    pub profile: String,
+    /// Which root file selected the profile, if it was detected.
+    pub detected_from: Option<String>,
+    pub written: Vec<PathBuf>,
+}
+
+/// Picks the profile whose `detect` globs match a file at the repository root.
+pub fn detect(root: &Path) -> Result<(String, Option<String>)> {
+    let mut files: Vec<String> = std::fs::read_dir(root)
+        .map_err(|e| Error::io(format!("reading {}", root.display()), e))?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    files.sort();
+    for (name, _) in EMBEDDED {
+        let profile = Profile::load(Path::new("/nonexistent"), name)?;
+        for pattern in &profile.detect {
+            let Ok(glob) = globset::Glob::new(pattern) else { continue };
+            let m = glob.compile_matcher();
+            if let Some(file) = files.iter().find(|f| m.is_match(f)) {
+                return Ok((name.to_string(), Some(file.clone())));
+            }
+        }
+    }
+    Ok(("generic".into(), None))
+}
+
+pub fn run(root: &Path, profile: Option<&str>) -> Result<Initialized> {
+    let (profile, detected_from) = match profile {
+        Some(p) => {
+            Profile::load(root, p)?;
+            (p.to_string(), None)
+        }
+        None => detect(root)?,
+    };
+    let config_path = root.join(super::CONFIG_FILE);
+    let unit_path = root.join("units").join(EXAMPLE_UNIT);
+    for path in [&config_path, &unit_path] {
+        if path.exists() || path.is_symlink() {
+            return Err(Error::Exists {
+                path: path.strip_prefix(root).unwrap_or(path).to_path_buf(),
+                hint: "boxdelegate init never overwrites; edit the existing file, or move it away and run init again".into(),
+            });
+        }
+    }
+    std::fs::write(&config_path, config_template(&profile))
+        .map_err(|e| Error::io(format!("writing {}", config_path.display()), e))?;
+    let mut written = vec![PathBuf::from(super::CONFIG_FILE)];
+    let units = root.join("units");
+    let result = std::fs::create_dir_all(&units)
+        .and_then(|_| std::fs::write(&unit_path, EXAMPLE_UNIT_TEXT));
+    if let Err(e) = result {
+        // Leave the host as it was.
+        let _ = std::fs::remove_file(&config_path);
+        return Err(Error::io(format!("writing {}", unit_path.display()), e));
+    }
+    written.push(PathBuf::from("units").join(EXAMPLE_UNIT));
+    Ok(Initialized {
+        profile,
+        detected_from,
+        written,
+    })
+}
+
+pub fn config_template(profile: &str) -> String {
+    format!(
+        r#"# boxdelegate configuration. Every key is optional; the values shown are the defaults
+# unless marked "example". Reference: the README's "Configuration" section.
+
+[project]
+# Ecosystem profile: rust, node, python, go, generic, or your own in .boxdelegate/profiles/NAME.toml.
+profile = "{profile}"
+# Overrides the profile's toolchain image (the image dependencies are installed into).
+# base_image = "boxdelegate/{profile}:bookworm"
+# Where unit files live.
+units_dir = "units"
+
+[agent]
+# "command" runs `command` with sh -c in /work, the unit's prompt on stdin; "codex" runs Codex CLI.
+kind = "command"
+# command = "sh ./scripts/codemod.sh"   # example
+# image = "boxdelegate/codex:0.163.0"   # example: the image the agent runs in
+# model = "gpt-5.5"                     # example: unset means the agent's default
+# Host environment variables passed to the agent container at start (names only).
+env = []
+# Wall-clock limit of one agent attempt.
+timeout = "30m"
+
+[verify]
+# Checks re-run in a clean container without network. Unset keys use the profile's defaults;
+# "" disables a check.
+# test = "..."
+# lint = "..."
+# typecheck = "..."
+timeout = "10m"
+
+[limits]
+memory = "4g"        # per container
+cpus = 2.0           # per container
+pids = 512           # processes per container
+max_files = 1000     # files one change may touch
+max_bytes = "50m"    # bytes one change may write
+"#
+    )
+}
+
+const EXAMPLE_UNIT_TEXT: &str = r#"+++
+id = "example"
+title = "Describe the change in one line"
+# Globs of the files this unit may change.
+scope = ["src/example/**"]
++++
+Say what to build, as you would to a colleague: the behaviour, the files, and how to know it is
+done. Keep units small: a few files and one clear outcome.
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_parses_and_names_the_profile() {
+        let c: super::super::Config =
+            super::super::parse_toml(&config_template("python"), Path::new("t")).unwrap();
+        assert_eq!(c.project.profile, "python");
+        assert_eq!(c.limits.resolve(), super::super::Limits::default());
+    }
+
+    #[test]
+    fn detects_from_root_files() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(detect(dir.path()).unwrap().0, "generic");
+        std::fs::write(dir.path().join("requirements-dev.txt"), "").unwrap();
+        assert_eq!(detect(dir.path()).unwrap().0, "python");
+        std::fs::write(dir.path().join("Cargo.lock"), "").unwrap();
+        assert_eq!(detect(dir.path()).unwrap(), ("rust".into(), Some("Cargo.lock".into())));
+    }
+}

@@ -1,0 +1,367 @@
+//! `boxdelegate.toml`, profiles and their validation: parse, then resolve, before any container.
+//!
+//! Parsing is strict: unknown keys and wrong types are errors that name the file, the key and the
+//! line. Nothing in this module talks to the engine or writes to the repository (except `init`).
+
+pub mod init;
+pub mod profile;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+pub const CONFIG_FILE: &str = "boxdelegate.toml";
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub project: ProjectConfig,
+    #[serde(default)]
+    pub agent: AgentConfig,
+    #[serde(default)]
+    pub verify: VerifyConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectConfig {
+    /// Profile name: an embedded one (rust, node, python, go, generic) or one defined in
+    /// `.boxdelegate/profiles/NAME.toml`.
+    #[serde(default = "default_profile")]
+    pub profile: String,
+    /// Overrides the profile's toolchain image (the image the dependency image starts from).
+    #[serde(default)]
+    pub base_image: Option<String>,
+    /// Directory of the unit files, relative to the repository root.
+    #[serde(default = "default_units_dir")]
+    pub units_dir: String,
+}
+
+impl Default for ProjectConfig {
+    fn default() -> Self {
+        ProjectConfig {
+            profile: default_profile(),
+            base_image: None,
+            units_dir: default_units_dir(),
+        }
+    }
+}
+
+fn default_profile() -> String {
+    "generic".into()
+}
+fn default_units_dir() -> String {
+    "units".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentKind {
+    /// A shell command run with `sh -c` in `/work`, the prompt on stdin.
+    #[default]
+    Command,
+    /// The OpenAI Codex CLI (`codex exec`).
+    Codex,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    #[serde(default)]
+    pub kind: AgentKind,
+    /// For `kind = "command"`: the command line.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Overrides the image the agent runs in.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Model name passed to the agent; unset means the agent's own default.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Names of host environment variables passed to the agent container at start.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Wall-clock limit for one agent attempt, e.g. "30m" or 1800 (seconds).
+    #[serde(default, with = "duration_opt")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// Overrides the profile's test command ("" disables it).
+    #[serde(default)]
+    pub test: Option<String>,
+    #[serde(default)]
+    pub lint: Option<String>,
+    #[serde(default)]
+    pub typecheck: Option<String>,
+    /// Wall-clock limit for each check.
+    #[serde(default, with = "duration_opt")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Memory limit per container, e.g. "4g" (bytes if a bare number).
+    #[serde(default, with = "size_opt")]
+    pub memory: Option<u64>,
+    /// CPUs per container, e.g. 2 or 1.5.
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// Maximum number of processes per container.
+    #[serde(default)]
+    pub pids: Option<i64>,
+    /// Maximum number of files a change may touch.
+    #[serde(default)]
+    pub max_files: Option<u64>,
+    /// Maximum total size of the files a change writes, e.g. "50m".
+    #[serde(default, with = "size_opt")]
+    pub max_bytes: Option<u64>,
+}
+
+/// Effective limits with the defaults applied.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Limits {
+    pub memory: u64,
+    pub cpus: f64,
+    pub pids: i64,
+    pub max_files: u64,
+    pub max_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: 4 << 30,
+            cpus: 2.0,
+            pids: 512,
+            max_files: 1000,
+            max_bytes: 50 << 20,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn resolve(&self) -> Limits {
+        let d = Limits::default();
+        Limits {
+            memory: self.memory.unwrap_or(d.memory),
+            cpus: self.cpus.unwrap_or(d.cpus),
+            pids: self.pids.unwrap_or(d.pids),
+            max_files: self.max_files.unwrap_or(d.max_files),
+            max_bytes: self.max_bytes.unwrap_or(d.max_bytes),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `boxdelegate.toml` from the repository root.
+    pub fn load(root: &Path) -> Result<Config> {
+        let path = root.join(CONFIG_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::config_hint(
+                    CONFIG_FILE,
+                    format!("not found in {}", root.display()),
+                    "run `boxdelegate init` to create one",
+                ))
+            }
+            Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+        };
+        let config: Config = parse_toml(&text, Path::new(CONFIG_FILE))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let file = Path::new(CONFIG_FILE);
+        if let Some(cpus) = self.limits.cpus {
+            if !(cpus > 0.0 && cpus.is_finite()) {
+                return Err(Error::config(file, format!("limits.cpus: must be a positive number, got {cpus}")));
+            }
+        }
+        if let Some(pids) = self.limits.pids {
+            if pids <= 0 {
+                return Err(Error::config(file, format!("limits.pids: must be positive, got {pids}")));
+            }
+        }
+        if self.agent.kind == AgentKind::Command
+            && self.agent.command.as_deref().is_some_and(|c| c.trim().is_empty())
+        {
+            return Err(Error::config(file, "agent.command: is empty"));
+        }
+        for name in &self.agent.env {
+            if name.is_empty() || name.contains('=') {
+                return Err(Error::config(
+                    file,
+                    format!("agent.env: {name:?} is not a variable name (list names only; values come from the host environment)"),
+                ));
+            }
+        }
+        if self.project.units_dir.trim().is_empty() || Path::new(&self.project.units_dir).is_absolute() {
+            return Err(Error::config(file, "project.units_dir: must be a relative directory"));
+        }
+        Ok(())
+    }
+}
+
+/// Parses TOML strictly into `T`, turning errors into messages that name the file, the key
+/// (the path serde was at) and the line.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &Path) -> Result<T> {
+    let de = toml::de::Deserializer::parse(text).map_err(|e| toml_error(text, file, None, &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        toml_error(text, file, Some(path), &inner)
+    })
+}
+
+fn toml_error(text: &str, file: &Path, key: Option<String>, e: &toml::de::Error) -> Error {
+    let location = e
+        .span()
+        .map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+            format!(":{line}:{col}")
+        })
+        .unwrap_or_default();
+    let key = key
+        .filter(|k| !k.is_empty() && k != ".")
+        .map(|k| format!("key `{k}`: "))
+        .unwrap_or_default();
+    Error::config_hint(
+        PathBuf::from(format!("{}{location}", file.display())),
+        format!("{key}{}", e.message().trim()),
+        format!("fix {} (the README's configuration reference lists every key)", file.display()),
+    )
+}
+
+/// Parses sizes the way container engines write them: a number with an optional
+/// b/k/m/g/t suffix (binary multiples), e.g. "512m", "4g", "1.5g".
+// Hand-written: engine users expect Docker's own `--memory` notation, which the size crates
+// (SI/IEC unit names) do not parse.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let mut s = s.trim().to_ascii_lowercase();
+    // "4gib" and "4gb" mean "4g".
+    if let Some(rest) = s.strip_suffix("ib") {
+        s = rest.to_string();
+    } else if s.len() > 1 && s.ends_with('b') && s[..s.len() - 1].ends_with(|c: char| c.is_ascii_alphabetic()) {
+        s.pop();
+    }
+    let (num, mult) = match s.chars().last() {
+        Some('k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('m') => (&s[..s.len() - 1], 1 << 20),
+        Some('g') => (&s[..s.len() - 1], 1 << 30),
+        Some('t') => (&s[..s.len() - 1], 1 << 40),
+        Some('b') => (&s[..s.len() - 1], 1),
+        _ => (s.as_str(), 1),
+    };
+    let value: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 512m, 4g, 1048576)"))?;
+    if !(value >= 0.0 && value.is_finite()) {
+        return Err(format!("{s:?} is not a size"));
+    }
+    Ok((value * mult as f64) as u64)
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumOrString {
+    Num(u64),
+    Str(String),
+}
+
+mod size_opt {
+    use super::*;
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
+        match Option::<NumOrString>::deserialize(d)? {
+            None => Ok(None),
+            Some(NumOrString::Num(n)) => Ok(Some(n)),
+            Some(NumOrString::Str(s)) => parse_size(&s).map(Some).map_err(serde::de::Error::custom),
+        }
+    }
+    pub fn serialize<S: serde::Serializer>(v: &Option<u64>, s: S) -> std::result::Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+}
+
+mod duration_opt {
+    use super::*;
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Duration>, D::Error> {
+        match Option::<NumOrString>::deserialize(d)? {
+            None => Ok(None),
+            Some(NumOrString::Num(n)) => Ok(Some(Duration::from_secs(n))),
+            Some(NumOrString::Str(s)) => humantime::parse_duration(&s)
+                .map(Some)
+                .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration ({e}; examples: \"90s\", \"30m\", 1800)"))),
+        }
+    }
+    pub fn serialize<S: serde::Serializer>(v: &Option<Duration>, s: S) -> std::result::Result<S::Ok, S::Error> {
+        v.map(|d| d.as_secs()).serialize(s)
+    }
+}
+
+/// A map of environment variables, sorted for deterministic encoding.
+pub type EnvMap = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_like_docker() {
+        assert_eq!(parse_size("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_size("4g").unwrap(), 4 << 30);
+        assert_eq!(parse_size("4GiB").unwrap(), 4 << 30);
+        assert_eq!(parse_size("1.5k").unwrap(), 1536);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("-1g").is_err());
+    }
+
+    #[test]
+    fn unknown_key_names_file_key_and_line() {
+        let err = parse_toml::<Config>("[project]\nprofile = \"rust\"\n\n[limits]\nmemroy = \"4g\"\n", Path::new("boxdelegate.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("boxdelegate.toml:5:1"), "{err}");
+        assert!(err.contains("memroy"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = parse_toml::<Config>("[limits]\npids = \"many\"\n", Path::new("boxdelegate.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.pids"), "{err}");
+        assert!(err.contains(":2:"), "{err}");
+    }
+
+    #[test]
+    fn durations_accept_seconds_and_text() {
+        let c: Config = parse_toml("[agent]\ntimeout = \"30m\"\n[verify]\ntimeout = 90\n", Path::new("x")).unwrap();
+        assert_eq!(c.agent.timeout, Some(Duration::from_secs(1800)));
+        assert_eq!(c.verify.timeout, Some(Duration::from_secs(90)));
+        assert!(parse_toml::<Config>("[agent]\ntimeout = \"soon\"\n", Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c: Config = parse_toml("", Path::new("x")).unwrap();
+        assert_eq!(c.project.profile, "generic");
+        assert_eq!(c.limits.resolve(), Limits::default());
+    }
+}

@@ -1,0 +1,156 @@
+//! `boxdelegate doctor`: is everything in place? Each problem comes with its fix.
+
+use crate::cli::GlobalArgs;
+use crate::config::profile::Profile;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::error::{exit, Error, Result};
+use crate::git::Repo;
+use crate::images;
+
+#[derive(Debug, serde::Serialize)]
+struct Problem {
+    problem: String,
+    fix: String,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+struct Report {
+    status: &'static str,
+    version: &'static str,
+    engine: Option<crate::engine::EngineInfo>,
+    git: Option<String>,
+    repository: Option<String>,
+    profile: Option<String>,
+    images: Vec<ImageState>,
+    free_disk_bytes: Option<u64>,
+    inside_codex: bool,
+    problems: Vec<Problem>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ImageState {
+    image: String,
+    present: bool,
+}
+
+/// Free bytes on the filesystem holding `path`.
+fn free_disk(path: &std::path::Path) -> Option<u64> {
+    let out = std::process::Command::new("df")
+        .args(["-Pk", "--"])
+        .arg(path)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().nth(1)?;
+    let avail: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
+    Some(avail * 1024)
+}
+
+pub async fn run(global: &GlobalArgs, json: bool) -> Result<i32> {
+    let mut r = Report { version: env!("CARGO_PKG_VERSION"), ..Default::default() };
+    let problem = |r: &mut Report, problem: String, fix: String| r.problems.push(Problem { problem, fix });
+
+    if std::env::var_os("CODEX_THREAD_ID").is_some() {
+        r.inside_codex = true;
+        problem(
+            &mut r,
+            "boxdelegate was started from inside a Codex session (CODEX_THREAD_ID is set); the container engine is usually unreachable from there".into(),
+            "run boxdelegate from a normal shell on the host, outside the agent's sandbox".into(),
+        );
+    }
+    match Repo::version() {
+        Ok(v) if !v.is_empty() => r.git = Some(v),
+        _ => problem(&mut r, "git is not installed or not on PATH".into(), "install git (2.38 or newer)".into()),
+    }
+    let dir = global.repo.clone().unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
+    let mut wanted = vec![images::BASE_IMAGE.to_string()];
+    match Repo::discover(&dir) {
+        Ok(repo) => {
+            r.repository = Some(repo.root.display().to_string());
+            match Config::load(&repo.root).and_then(|c| {
+                let p = Profile::load(&repo.root, &c.project.profile)?;
+                Ok((c, p))
+            }) {
+                Ok((c, p)) => {
+                    r.profile = Some(p.name.clone());
+                    let image = images::toolchain_image(&p, c.project.base_image.as_deref());
+                    if !wanted.contains(&image) {
+                        wanted.push(image);
+                    }
+                }
+                Err(e) => problem(&mut r, e.to_string(), e.hint().unwrap_or("fix the configuration").to_string()),
+            }
+            r.free_disk_bytes = free_disk(&repo.root);
+        }
+        Err(_) => {
+            r.free_disk_bytes = free_disk(&dir);
+        }
+    }
+    match Engine::connect().await {
+        Ok(engine) => {
+            match engine.info().await {
+                Ok(info) => {
+                    if let Some(free) = free_disk(std::path::Path::new(&info.root_dir)) {
+                        r.free_disk_bytes = Some(free);
+                    }
+                    r.engine = Some(info);
+                }
+                Err(e) => problem(&mut r, e.to_string(), "check the engine's health".into()),
+            }
+            for image in wanted {
+                let present = engine.image_id(&image).await.ok().flatten().is_some();
+                if !present {
+                    let hint = match images::require_image(&engine, &image, None).await {
+                        Err(e) => e.hint().unwrap_or_default().to_string(),
+                        Ok(_) => String::new(),
+                    };
+                    problem(&mut r, format!("image {image} is missing"), hint);
+                }
+                r.images.push(ImageState { image, present });
+            }
+        }
+        Err(e) => {
+            let fix = e.hint().unwrap_or_default().to_string();
+            problem(&mut r, e.to_string(), fix);
+        }
+    }
+    if let Some(free) = r.free_disk_bytes {
+        if free < 5 << 30 {
+            problem(
+                &mut r,
+                format!("only {} MB of disk free", free / 1_000_000),
+                "free disk space (images and snapshots need several GB); `boxdelegate image prune` removes unused images".into(),
+            );
+        }
+    }
+    r.status = if r.problems.is_empty() { "ready" } else { "problems" };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r).map_err(|e| Error::Internal(e.to_string()))?);
+    } else {
+        if let Some(e) = &r.engine {
+            println!("engine     {} (Docker API {}, {}, storage {}) at {}", e.version, e.api_version, e.os, e.storage_driver, e.endpoint);
+        }
+        if let Some(g) = &r.git {
+            println!("git        {g}");
+        }
+        if let Some(repo) = &r.repository {
+            println!("repository {repo} (profile {})", r.profile.as_deref().unwrap_or("?"));
+        }
+        for i in &r.images {
+            println!("image      {} {}", i.image, if i.present { "present" } else { "MISSING" });
+        }
+        if let Some(free) = r.free_disk_bytes {
+            println!("free disk  {} GB", free / 1_000_000_000);
+        }
+        if r.problems.is_empty() {
+            println!("status     ready");
+        } else {
+            println!("status     {} problem(s):", r.problems.len());
+            for p in &r.problems {
+                println!("  - {}\n    fix: {}", p.problem, p.fix);
+            }
+        }
+    }
+    Ok(if r.problems.is_empty() { exit::OK } else { exit::NOT_READY })
+}

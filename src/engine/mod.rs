@@ -1,0 +1,484 @@
+//! The container engine seam: every call boxdelegate makes to Docker (or Podman's Docker API)
+//! goes through [`Engine`], on top of bollard. No code elsewhere shells out to an engine CLI.
+//!
+//! The engine tracks the containers it created and not yet removed, so an interrupted command
+//! can remove them before it exits ([`Engine::cleanup`]); labels let `boxdelegate` find any that
+//! survive a crash.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerConfig, ContainerCreateBody, HostConfig, ImageSummary};
+use bollard::query_parameters as qp;
+use bollard::Docker;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+
+use crate::error::{Error, Result};
+
+pub mod labels {
+    /// What the object is: base, toolchain, deps, snap, or a *-build helper container.
+    pub const KIND: &str = "boxdelegate.kind";
+    pub const DEPS_KEY: &str = "boxdelegate.deps-key";
+    pub const TREE: &str = "boxdelegate.tree";
+    pub const COMMIT: &str = "boxdelegate.commit";
+    pub const DEPTH: &str = "boxdelegate.depth";
+    pub const PARENT_TREE: &str = "boxdelegate.parent-tree";
+    pub const PROFILE: &str = "boxdelegate.profile";
+    pub const TOOLCHAIN: &str = "boxdelegate.toolchain-image";
+    pub const MANIFESTS: &str = "boxdelegate.manifests";
+    pub const VERSION: &str = "boxdelegate.version";
+    pub const RUN: &str = "boxdelegate.run";
+    pub const UNIT: &str = "boxdelegate.unit";
+}
+
+/// A request body: a stream of byte chunks (a tar archive).
+pub trait ByteStream: Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {}
+impl<T: Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static> ByteStream for T {}
+
+/// Generous HTTP timeout: waiting for an install step or a large upload is one request.
+const REQUEST_TIMEOUT_SECS: u64 = 24 * 3600;
+
+/// The engine this process connected to, so an interrupt can remove its containers.
+static CURRENT: std::sync::OnceLock<Engine> = std::sync::OnceLock::new();
+
+/// The connected engine, if any.
+pub fn current() -> Option<&'static Engine> {
+    CURRENT.get()
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    docker: Docker,
+    pub endpoint: String,
+    live: Arc<Mutex<HashSet<String>>>,
+}
+
+/// Facts `doctor` reports.
+#[derive(Debug, serde::Serialize)]
+pub struct EngineInfo {
+    pub endpoint: String,
+    pub version: String,
+    pub api_version: String,
+    pub os: String,
+    pub storage_driver: String,
+    pub root_dir: String,
+}
+
+fn is_not_found(e: &BollardError) -> bool {
+    matches!(e, BollardError::DockerResponseServerError { status_code: 404, .. })
+}
+
+/// Candidate sockets when `DOCKER_HOST` is unset: Docker's, then Podman's (rootless, rootful).
+fn default_sockets() -> Vec<PathBuf> {
+    let mut v = vec![PathBuf::from("/var/run/docker.sock")];
+    if let Ok(dir) = std::env::var("XDG_RUNTIME_DIR") {
+        v.push(PathBuf::from(dir).join("podman/podman.sock"));
+    }
+    v.push(PathBuf::from("/run/podman/podman.sock"));
+    v
+}
+
+impl Engine {
+    /// Connects to the engine named by `DOCKER_HOST`, else the first local socket that exists,
+    /// and negotiates the API version.
+    pub async fn connect() -> Result<Engine> {
+        let (docker, endpoint) = match std::env::var("DOCKER_HOST") {
+            Ok(host) if !host.is_empty() => {
+                let d = Docker::connect_with_defaults().map_err(|e| Error::EngineUnreachable {
+                    endpoint: host.clone(),
+                    message: e.to_string(),
+                })?;
+                (d, host)
+            }
+            _ => {
+                let sockets = default_sockets();
+                let socket = sockets
+                    .iter()
+                    .find(|p| p.exists())
+                    .cloned()
+                    .ok_or_else(|| Error::EngineUnreachable {
+                        endpoint: sockets
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        message: "no engine socket found".into(),
+                    })?;
+                let endpoint = format!("unix://{}", socket.display());
+                let d = Docker::connect_with_unix(
+                    &socket.to_string_lossy(),
+                    REQUEST_TIMEOUT_SECS,
+                    bollard::API_DEFAULT_VERSION,
+                )
+                .map_err(|e| Error::EngineUnreachable {
+                    endpoint: endpoint.clone(),
+                    message: e.to_string(),
+                })?;
+                (d, endpoint)
+            }
+        };
+        let unreachable = |e: BollardError| Error::EngineUnreachable {
+            endpoint: endpoint.clone(),
+            message: e.to_string(),
+        };
+        let docker = docker.with_timeout(std::time::Duration::from_secs(REQUEST_TIMEOUT_SECS));
+        docker.ping().await.map_err(unreachable)?;
+        let docker = docker.negotiate_version().await.map_err(unreachable)?;
+        let engine = Engine {
+            docker,
+            endpoint,
+            live: Arc::default(),
+        };
+        let _ = CURRENT.set(engine.clone());
+        Ok(engine)
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    pub async fn info(&self) -> Result<EngineInfo> {
+        let v = self
+            .docker
+            .version()
+            .await
+            .map_err(|e| Error::engine("reading the engine version", e))?;
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| Error::engine("reading engine info", e))?;
+        Ok(EngineInfo {
+            endpoint: self.endpoint.clone(),
+            version: v.version.unwrap_or_default(),
+            api_version: v.api_version.unwrap_or_default(),
+            os: format!("{}/{}", v.os.unwrap_or_default(), v.arch.unwrap_or_default()),
+            storage_driver: info.driver.unwrap_or_default(),
+            root_dir: info.docker_root_dir.unwrap_or_default(),
+        })
+    }
+
+    /// The id of image `name`, or `None` when the engine has no such image.
+    pub async fn image_id(&self, name: &str) -> Result<Option<String>> {
+        match self.docker.inspect_image(name).await {
+            Ok(img) => Ok(img.id),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(Error::engine(format!("inspecting image {name}"), e)),
+        }
+    }
+
+    pub async fn image_labels(&self, name: &str) -> Result<HashMap<String, String>> {
+        let img = self
+            .docker
+            .inspect_image(name)
+            .await
+            .map_err(|e| Error::engine(format!("inspecting image {name}"), e))?;
+        Ok(img.config.and_then(|c| c.labels).unwrap_or_default())
+    }
+
+    /// Images carrying every `label=value` pair (or bare `label`) in `filters`.
+    pub async fn list_images(&self, filters: &[&str]) -> Result<Vec<ImageSummary>> {
+        let mut f = HashMap::new();
+        f.insert(
+            "label".to_string(),
+            filters.iter().map(|s| s.to_string()).collect(),
+        );
+        self.docker
+            .list_images(Some(qp::ListImagesOptions {
+                filters: Some(f),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| Error::engine("listing images", e))
+    }
+
+    pub async fn remove_image(&self, name: &str) -> Result<()> {
+        match self
+            .docker
+            .remove_image(name, Some(qp::RemoveImageOptions::default()), None)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(Error::engine(format!("removing image {name}"), e)),
+        }
+    }
+
+    pub async fn tag(&self, image: &str, repo: &str, tag: &str) -> Result<()> {
+        self.docker
+            .tag_image(
+                image,
+                Some(qp::TagImageOptions {
+                    repo: Some(repo.to_string()),
+                    tag: Some(tag.to_string()),
+                }),
+            )
+            .await
+            .map_err(|e| Error::engine(format!("tagging {image} as {repo}:{tag}"), e))
+    }
+
+    /// Creates a container and tracks it until [`Engine::remove_container`].
+    pub async fn create_container(&self, body: ContainerCreateBody) -> Result<String> {
+        let image = body.image.clone().unwrap_or_default();
+        let id = self
+            .docker
+            .create_container(None::<qp::CreateContainerOptions>, body)
+            .await
+            .map_err(|e| Error::engine(format!("creating a container from {image}"), e))?
+            .id;
+        self.live.lock().expect("poisoned").insert(id.clone());
+        Ok(id)
+    }
+
+    pub async fn upload(&self, id: &str, path: &str, tar: impl ByteStream) -> Result<()> {
+        self.docker
+            .upload_to_container(
+                id,
+                Some(qp::UploadToContainerOptions {
+                    path: path.to_string(),
+                    ..Default::default()
+                }),
+                bollard::body_try_stream(tar),
+            )
+            .await
+            .map_err(|e| Error::engine(format!("uploading into {path} of container {}", short(id)), e))
+    }
+
+    pub async fn start(&self, id: &str) -> Result<()> {
+        self.docker
+            .start_container(id, None::<qp::StartContainerOptions>)
+            .await
+            .map_err(|e| Error::engine(format!("starting container {}", short(id)), e))
+    }
+
+    /// Waits for the container to stop and returns its exit code, as the engine reports it.
+    pub async fn wait(&self, id: &str) -> Result<i64> {
+        let mut stream = self
+            .docker
+            .wait_container(id, None::<qp::WaitContainerOptions>);
+        match stream.next().await {
+            Some(Ok(r)) => Ok(r.status_code),
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(Error::engine(format!("waiting for container {}", short(id)), e)),
+            None => Err(Error::Internal(format!(
+                "the engine ended the wait for container {} without a status",
+                short(id)
+            ))),
+        }
+    }
+
+    /// The container's output, stdout and stderr interleaved.
+    pub fn logs(&self, id: &str, tail: Option<usize>, follow: bool) -> impl Stream<Item = Result<String>> + '_ {
+        let id_owned = id.to_string();
+        self.docker
+            .logs(
+                id,
+                Some(qp::LogsOptions {
+                    follow,
+                    stdout: true,
+                    stderr: true,
+                    tail: tail.map(|n| n.to_string()).unwrap_or_else(|| "all".into()),
+                    ..Default::default()
+                }),
+            )
+            .map_ok(|chunk| String::from_utf8_lossy(&chunk.into_bytes()).into_owned())
+            .map_err(move |e| Error::engine(format!("reading logs of container {}", short(&id_owned)), e))
+    }
+
+    pub async fn logs_tail(&self, id: &str, lines: usize) -> String {
+        let chunks: Vec<String> = self
+            .logs(id, Some(lines), false)
+            .filter_map(|r| async move { r.ok() })
+            .collect()
+            .await;
+        chunks.concat()
+    }
+
+    /// Commits the container as `repo:tag`, with `config` merged over the container's own.
+    pub async fn commit(&self, id: &str, repo: &str, tag: &str, config: ContainerConfig) -> Result<String> {
+        let res = self
+            .docker
+            .commit_container(
+                qp::CommitContainerOptions {
+                    container: Some(id.to_string()),
+                    repo: Some(repo.to_string()),
+                    tag: Some(tag.to_string()),
+                    pause: false,
+                    ..Default::default()
+                },
+                config,
+            )
+            .await
+            .map_err(|e| Error::engine(format!("committing container {} as {repo}:{tag}", short(id)), e))?;
+        Ok(res.id)
+    }
+
+    /// Removes a container (forcefully, with its anonymous volumes).
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let res = self
+            .docker
+            .remove_container(
+                id,
+                Some(qp::RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        self.live.lock().expect("poisoned").remove(id);
+        match res {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(Error::engine(format!("removing container {}", short(id)), e)),
+        }
+    }
+
+    /// Removes every container this process created and has not removed yet.
+    pub async fn cleanup(&self) {
+        let ids: Vec<String> = self.live.lock().expect("poisoned").iter().cloned().collect();
+        for id in ids {
+            let _ = self.remove_container(&id).await;
+        }
+    }
+
+    /// Containers carrying the `label=value` filters, running or not.
+    pub async fn list_containers(&self, filters: &[&str]) -> Result<Vec<bollard::models::ContainerSummary>> {
+        let mut f = HashMap::new();
+        f.insert("label".to_string(), filters.iter().map(|s| s.to_string()).collect());
+        self.docker
+            .list_containers(Some(qp::ListContainersOptions {
+                all: true,
+                filters: Some(f),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| Error::engine("listing containers", e))
+    }
+
+    pub fn export_images<'a>(&'a self, names: &'a [&'a str]) -> impl Stream<Item = Result<bytes::Bytes>> + 'a {
+        self.docker
+            .export_images(names)
+            .map_err(|e| Error::engine("exporting images", e))
+    }
+
+    /// Loads images from a `docker save` archive.
+    pub async fn load_images(&self, tar: impl ByteStream) -> Result<Vec<String>> {
+        let mut stream = self
+            .docker
+            .import_image(qp::ImportImageOptions::default(), bollard::body_try_stream(tar), None);
+        let mut out = Vec::new();
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| Error::engine("loading images", e))?;
+            if let Some(s) = info.stream {
+                out.push(s.trim().to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates an image from a root filesystem tar (`docker import`), applying Dockerfile-style
+    /// `changes` such as `USER box`.
+    pub async fn import_rootfs(&self, repo: &str, tag: &str, changes: Vec<String>, tar: impl ByteStream) -> Result<()> {
+        let mut stream = self.docker.create_image(
+            Some(qp::CreateImageOptions {
+                from_src: Some("-".into()),
+                repo: Some(repo.into()),
+                tag: Some(tag.into()),
+                changes,
+                ..Default::default()
+            }),
+            Some(bollard::body_try_stream(tar)),
+            None,
+        );
+        while let Some(item) = stream.next().await {
+            item.map_err(|e| Error::engine(format!("importing {repo}:{tag}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Builds an image from a Containerfile, reporting each output line through `on_line`.
+    pub async fn build(
+        &self,
+        tag: &str,
+        containerfile: &str,
+        labels: HashMap<String, String>,
+        mut on_line: impl FnMut(&str),
+    ) -> Result<()> {
+        let mut ar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(containerfile.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(crate::snapshot::FIXED_MTIME);
+        ar.append_data(&mut h, "Containerfile", containerfile.as_bytes())
+            .map_err(|e| Error::io("packing the build context", e))?;
+        let context = ar
+            .into_inner()
+            .map_err(|e| Error::io("packing the build context", e))?;
+        let mut stream = self.docker.build_image(
+            qp::BuildImageOptions {
+                dockerfile: "Containerfile".into(),
+                t: Some(tag.into()),
+                rm: true,
+                forcerm: true,
+                labels: Some(labels),
+                ..Default::default()
+            },
+            None,
+            Some(bollard::body_full(context.into())),
+        );
+        let mut last = Vec::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(s) = info.stream {
+                        for line in s.lines().filter(|l| !l.trim().is_empty()) {
+                            on_line(line);
+                            last.push(line.to_string());
+                            if last.len() > 30 {
+                                last.remove(0);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    return Err(Error::Internal(format!(
+                        "building {tag} failed: {e}\nlast lines of the build:\n{}",
+                        last.join("\n")
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Hardening applied to every container boxdelegate starts (see the README's security notes).
+pub fn hardened_host_config(limits: &crate::config::Limits) -> HostConfig {
+    HostConfig {
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        privileged: Some(false),
+        init: Some(true),
+        memory: Some(limits.memory as i64),
+        memory_swap: Some(limits.memory as i64),
+        nano_cpus: Some((limits.cpus * 1e9) as i64),
+        pids_limit: Some(limits.pids),
+        log_config: Some(bollard::models::HostConfigLogConfig {
+            typ: Some("json-file".into()),
+            config: Some(HashMap::from([
+                ("max-size".to_string(), "10m".to_string()),
+                ("max-file".to_string(), "1".to_string()),
+            ])),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The first 12 characters of an id, as engines print them.
+pub fn short(id: &str) -> &str {
+    let id = id.strip_prefix("sha256:").unwrap_or(id);
+    &id[..id.len().min(12)]
+}

@@ -1,0 +1,146 @@
+//! The error type of the binary and the mapping from causes to exit codes.
+//!
+//! Every variant carries what failed, on which input, and (through [`Error::hint`]) what to do
+//! next. Exit codes are part of the interface and documented in the README; change them only
+//! together with it.
+
+use std::path::PathBuf;
+
+/// Documented process exit codes.
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// An unexpected internal failure (a bug or an I/O error we did not foresee).
+    pub const INTERNAL: i32 = 1;
+    /// Command-line usage error (clap's own code).
+    pub const USAGE: i32 = 2;
+    /// `boxdelegate.toml`, a profile or a unit file is invalid.
+    pub const CONFIG: i32 = 3;
+    /// The repository cannot be used: not a git repository, no commits, git failed.
+    pub const REPO: i32 = 4;
+    /// The container engine is unreachable or returned an error.
+    pub const ENGINE: i32 = 5;
+    /// A required image is missing (e.g. the base image has not been built).
+    pub const IMAGE_MISSING: i32 = 6;
+    /// The profile's dependency install step failed.
+    pub const INSTALL: i32 = 7;
+    /// A file boxdelegate would write already exists (e.g. `init`).
+    pub const EXISTS: i32 = 8;
+    /// `doctor` found problems.
+    pub const NOT_READY: i32 = 9;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{file}: {message}")]
+    Config {
+        file: PathBuf,
+        message: String,
+        hint: Option<String>,
+    },
+    #[error("repository {path}: {message}")]
+    Repo {
+        path: PathBuf,
+        message: String,
+        hint: Option<String>,
+    },
+    #[error("git {args}: {message}")]
+    Git { args: String, message: String },
+    #[error("container engine at {endpoint}: {message}")]
+    EngineUnreachable { endpoint: String, message: String },
+    #[error("container engine: {context}: {source}")]
+    Engine {
+        context: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("image {image} is missing")]
+    ImageMissing { image: String, hint: String },
+    #[error("dependency install for profile {profile} failed (exit code {code}); last lines of its log:\n{tail}")]
+    Install {
+        profile: String,
+        code: i64,
+        tail: String,
+    },
+    #[error("{path} already exists")]
+    Exists { path: PathBuf, hint: String },
+    #[error("{0}")]
+    NotReady(String),
+    #[error("{message}")]
+    Usage { message: String, hint: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config { .. } => exit::CONFIG,
+            Error::Repo { .. } | Error::Git { .. } => exit::REPO,
+            Error::EngineUnreachable { .. } | Error::Engine { .. } => exit::ENGINE,
+            Error::ImageMissing { .. } => exit::IMAGE_MISSING,
+            Error::Install { .. } => exit::INSTALL,
+            Error::Exists { .. } => exit::EXISTS,
+            Error::NotReady(_) => exit::NOT_READY,
+            Error::Usage { .. } => exit::USAGE,
+            Error::Io { .. } | Error::Internal(_) => exit::INTERNAL,
+        }
+    }
+
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            Error::Config { hint, .. } | Error::Repo { hint, .. } => hint.as_deref(),
+            Error::EngineUnreachable { .. } => Some(
+                "start the Docker (or Podman) daemon, or point DOCKER_HOST at it; `boxdelegate doctor` checks the setup",
+            ),
+            Error::ImageMissing { hint, .. }
+            | Error::Exists { hint, .. }
+            | Error::Usage { hint, .. } => Some(hint),
+            Error::Install { .. } => Some(
+                "fix the dependency manifests (lockfile) or the profile's install step, then run again",
+            ),
+            _ => None,
+        }
+    }
+
+    pub fn config(file: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Config {
+            file: file.into(),
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn config_hint(
+        file: impl Into<PathBuf>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        Error::Config {
+            file: file.into(),
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
+    }
+
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn engine(context: impl Into<String>, source: bollard::errors::Error) -> Self {
+        Error::Engine {
+            context: context.into(),
+            source,
+        }
+    }
+}

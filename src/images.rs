@@ -1,0 +1,576 @@
+//! Content-addressed images: toolchain images (from Containerfiles), dependency images
+//! (`boxdelegate/deps:<key>`) and unit images (`boxdelegate/snap:<tree>-<key prefix>`).
+//!
+//! A dependency image is made by running the profile's install step in a container that holds
+//! only the manifests (in `/deps`) and committing it. A unit image is the dependency image plus
+//! the snapshot in `/work`, streamed in and committed once per tree; when a unit image exists for
+//! another tree with the same deps key, only the difference is streamed (and deletions applied),
+//! up to [`MAX_DEPTH`] incremental layers before rebasing onto a full upload.
+//!
+//! Keys are sha256 over a canonical, length-prefixed encoding of the inputs, so equal inputs
+//! give equal keys and a cache hit that starts no container.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use bollard::models::{ContainerConfig, ContainerCreateBody};
+use sha2::{Digest, Sha256};
+
+use crate::config::profile::Profile;
+use crate::config::Limits;
+use crate::engine::{hardened_host_config, labels, short, ByteStream, Engine};
+use crate::error::{Error, Result};
+use crate::git::Repo;
+use crate::report::Reporter;
+use crate::snapshot::{self, ExtraLink, Snapshot, TarStats, TreeEntry};
+
+pub const BASE_IMAGE: &str = "boxdelegate/base:bookworm";
+pub const DEPS_REPO: &str = "boxdelegate/deps";
+pub const SNAP_REPO: &str = "boxdelegate/snap";
+/// Incremental unit images stack at most this many layers on a full one.
+pub const MAX_DEPTH: u32 = 16;
+/// How many existing unit images are considered as the parent of an incremental build.
+const MAX_CANDIDATES: usize = 8;
+
+/// The Containerfiles shipped with boxdelegate, by image name.
+pub const CONTAINERFILES: &[(&str, &str, &str)] = &[
+    ("base", "boxdelegate/base:bookworm", include_str!("../images/base/Containerfile")),
+    ("python", "boxdelegate/python:bookworm", include_str!("../images/python/Containerfile")),
+    ("rust", "boxdelegate/rust:bookworm", include_str!("../images/rust/Containerfile")),
+    ("node", "boxdelegate/node:bookworm", include_str!("../images/node/Containerfile")),
+    ("go", "boxdelegate/go:bookworm", include_str!("../images/go/Containerfile")),
+];
+
+/// How to make the base image without a registry.
+pub const BASE_HINT: &str = "build it from Debian packages: `sudo images/base/build-from-debian.sh base.tar && boxdelegate image import base base.tar` (with a registry: `boxdelegate image build base`)";
+
+/// The inputs of a dependency image and its key.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DepsPlan {
+    pub key: String,
+    pub toolchain_image: String,
+    pub toolchain_id: String,
+    pub profile: String,
+    /// Manifest paths (lossy UTF-8 for display) and their blob entries.
+    #[serde(skip)]
+    pub manifests: Vec<TreeEntry>,
+    pub manifest_paths: Vec<String>,
+}
+
+impl DepsPlan {
+    pub fn tag(&self) -> String {
+        format!("{DEPS_REPO}:{}", self.key)
+    }
+}
+
+/// Outcome of ensuring an image exists.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Ensured {
+    pub image: String,
+    pub id: String,
+    /// `cached`, `built`, `full` or `incremental`.
+    pub how: String,
+    /// For an incremental unit image: the tree it was built on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_tree: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uploaded: Option<TarStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<usize>,
+}
+
+/// The key of a dependency image: sha256 over the toolchain image id, the profile's install
+/// recipe and environment, and the manifests' paths and contents (as blob ids, which are
+/// content hashes themselves).
+pub fn deps_key(toolchain_id: &str, profile: &Profile, manifests: &[TreeEntry]) -> String {
+    let mut h = Sha256::new();
+    let mut field = |tag: &str, value: &[u8]| {
+        h.update(tag.as_bytes());
+        h.update((value.len() as u64).to_le_bytes());
+        h.update(value);
+    };
+    field("boxdelegate-deps-v1", b"");
+    field("toolchain", toolchain_id.as_bytes());
+    field("profile", profile.name.as_bytes());
+    field("install", profile.install.as_bytes());
+    for (k, v) in &profile.env {
+        field("env.key", k.as_bytes());
+        field("env.value", v.as_bytes());
+    }
+    for link in &profile.links {
+        field("link", link.as_bytes());
+    }
+    for m in manifests {
+        field("manifest.path", &m.path);
+        field("manifest.mode", format!("{:?}", m.kind).as_bytes());
+        field("manifest.blob", m.oid.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// The unit image tag for a tree on a dependency image.
+pub fn snap_tag(tree: &str, deps_key: &str) -> String {
+    format!("{SNAP_REPO}:{tree}-{}", &deps_key[..16])
+}
+
+/// The toolchain image a profile uses, honouring `[project] base_image`.
+pub fn toolchain_image(profile: &Profile, base_image: Option<&str>) -> String {
+    base_image.unwrap_or(&profile.image).to_string()
+}
+
+/// Fails with a hint on how to build `image` when the engine does not have it.
+pub async fn require_image(engine: &Engine, image: &str, profile: Option<&Profile>) -> Result<String> {
+    if let Some(id) = engine.image_id(image).await? {
+        return Ok(id);
+    }
+    let hint = if image == BASE_IMAGE {
+        BASE_HINT.to_string()
+    } else if let Some((name, _, _)) = CONTAINERFILES.iter().find(|(_, tag, _)| *tag == image) {
+        let base = if engine.image_id(BASE_IMAGE).await?.is_none() {
+            format!("first the base image ({BASE_HINT}), then ")
+        } else {
+            String::new()
+        };
+        format!("build {base}`boxdelegate image build {name}`")
+    } else if let Some(p) = profile {
+        format!("build or load {image} (profile {} uses it), or set [project] base_image", p.name)
+    } else {
+        format!("build or load {image}")
+    };
+    Err(Error::ImageMissing {
+        image: image.to_string(),
+        hint,
+    })
+}
+
+/// Resolves the dependency image's inputs for `snapshot`.
+pub async fn plan_deps(
+    engine: &Engine,
+    repo: &Repo,
+    profile: &Profile,
+    base_image: Option<&str>,
+    tree_entries: &[TreeEntry],
+) -> Result<DepsPlan> {
+    let toolchain_image = toolchain_image(profile, base_image);
+    let toolchain_id = require_image(engine, &toolchain_image, Some(profile)).await?;
+    let _ = repo;
+    let matcher = profile.manifest_matcher();
+    let manifests: Vec<TreeEntry> = tree_entries
+        .iter()
+        .filter(|e| matches!(e.kind, snapshot::EntryKind::File { .. }))
+        .filter(|e| matcher.is_match(e.path()))
+        .cloned()
+        .collect();
+    let key = deps_key(&toolchain_id, profile, &manifests);
+    Ok(DepsPlan {
+        key,
+        toolchain_image,
+        toolchain_id,
+        profile: profile.name.clone(),
+        manifest_paths: manifests
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.path).into_owned())
+            .collect(),
+        manifests,
+    })
+}
+
+fn env_list(profile: &Profile) -> Vec<String> {
+    profile.env.iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// Ensures the dependency image of `plan` exists: a hit does nothing; a miss runs the install
+/// step and commits the container. A failed install tags nothing and leaves no container.
+pub async fn ensure_deps(
+    engine: &Engine,
+    repo: &Repo,
+    profile: &Profile,
+    plan: &DepsPlan,
+    limits: &Limits,
+    reporter: &dyn Reporter,
+) -> Result<Ensured> {
+    let tag = plan.tag();
+    if let Some(id) = engine.image_id(&tag).await? {
+        return Ok(Ensured { image: tag, id, how: "cached".into(), parent_tree: None, uploaded: None, deleted: None });
+    }
+    reporter.phase(&format!(
+        "installing dependencies ({} profile, {} manifest file(s))",
+        profile.name,
+        plan.manifests.len()
+    ));
+    let mut container_labels = HashMap::from([
+        (labels::KIND.to_string(), "deps-build".to_string()),
+        (labels::DEPS_KEY.to_string(), plan.key.clone()),
+    ]);
+    let has_install = !profile.install.trim().is_empty();
+    let cmd = if has_install {
+        vec!["sh".into(), "-eu".into(), "-c".into(), profile.install.clone()]
+    } else {
+        vec!["true".into()]
+    };
+    let mut host = hardened_host_config(limits);
+    host.network_mode = Some("bridge".into());
+    let id = engine
+        .create_container(ContainerCreateBody {
+            image: Some(plan.toolchain_id.clone()),
+            cmd: Some(cmd),
+            working_dir: Some("/deps".into()),
+            env: Some(env_list(profile)),
+            labels: Some(container_labels.clone()),
+            host_config: Some(host),
+            ..Default::default()
+        })
+        .await?;
+    let result = async {
+        if has_install {
+            if !plan.manifests.is_empty() {
+                let (body, done) = tar_body(repo.clone(), plan.manifests.clone(), vec![]);
+                engine.upload(&id, "/deps", body).await?;
+                join_tar(done).await?;
+            }
+            engine.start(&id).await?;
+            let follow = {
+                let engine = engine.clone();
+                let id = id.clone();
+                let reporter = reporter.line_sink();
+                tokio::spawn(async move {
+                    use futures_util::StreamExt;
+                    let mut logs = Box::pin(engine.logs(&id, None, true));
+                    while let Some(Ok(chunk)) = logs.next().await {
+                        for line in chunk.lines() {
+                            reporter(line);
+                        }
+                    }
+                })
+            };
+            let code = engine.wait(&id).await?;
+            follow.abort();
+            if code != 0 {
+                let tail = engine.logs_tail(&id, 40).await;
+                return Err(Error::Install {
+                    profile: profile.name.clone(),
+                    code,
+                    tail: indent(tail.trim_end()),
+                });
+            }
+        }
+        container_labels.insert(labels::KIND.into(), "deps".into());
+        container_labels.insert(labels::PROFILE.into(), profile.name.clone());
+        container_labels.insert(labels::TOOLCHAIN.into(), format!("{}@{}", plan.toolchain_image, plan.toolchain_id));
+        container_labels.insert(labels::MANIFESTS.into(), plan.manifest_paths.join(","));
+        container_labels.insert(labels::VERSION.into(), env!("CARGO_PKG_VERSION").into());
+        engine
+            .commit(
+                &id,
+                DEPS_REPO,
+                &plan.key,
+                ContainerConfig {
+                    labels: Some(container_labels),
+                    env: Some(env_list(profile)),
+                    working_dir: Some("/work".into()),
+                    cmd: Some(vec!["/bin/sh".into()]),
+                    ..Default::default()
+                },
+            )
+            .await
+    }
+    .await;
+    engine.remove_container(&id).await?;
+    let image_id = result?;
+    Ok(Ensured { image: tag, id: image_id, how: "built".into(), parent_tree: None, uploaded: None, deleted: None })
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n")
+}
+
+/// Ensures the unit image for `snapshot` on the dependency image `plan` exists, incrementally
+/// when a unit image for another tree with the same deps key is at hand.
+pub async fn ensure_unit(
+    engine: &Engine,
+    repo: &Repo,
+    profile: &Profile,
+    plan: &DepsPlan,
+    snapshot: &Snapshot,
+    entries: &[TreeEntry],
+    limits: &Limits,
+    reporter: &dyn Reporter,
+) -> Result<Ensured> {
+    let tag = snap_tag(&snapshot.tree, &plan.key);
+    if let Some(id) = engine.image_id(&tag).await? {
+        return Ok(Ensured { image: tag, id, how: "cached".into(), parent_tree: None, uploaded: None, deleted: None });
+    }
+    let parent = find_parent(engine, repo, plan, snapshot, entries.len()).await?;
+    let mut commit_labels = HashMap::from([
+        (labels::KIND.to_string(), "snap".to_string()),
+        (labels::DEPS_KEY.to_string(), plan.key.clone()),
+        (labels::TREE.to_string(), snapshot.tree.clone()),
+        (labels::COMMIT.to_string(), snapshot.commit.clone()),
+        (labels::PROFILE.to_string(), profile.name.clone()),
+        (labels::VERSION.to_string(), env!("CARGO_PKG_VERSION").to_string()),
+    ]);
+    let build_labels = HashMap::from([
+        (labels::KIND.to_string(), "snap-build".to_string()),
+        (labels::TREE.to_string(), snapshot.tree.clone()),
+    ]);
+    let create = |image: String, cmd: Vec<String>| ContainerCreateBody {
+        image: Some(image),
+        cmd: Some(cmd),
+        working_dir: Some("/work".into()),
+        labels: Some(build_labels.clone()),
+        network_disabled: Some(true),
+        host_config: Some({
+            let mut h = hardened_host_config(limits);
+            h.network_mode = Some("none".into());
+            h
+        }),
+        ..Default::default()
+    };
+
+    let (id, ensured) = match parent {
+        Some((parent_image, parent_tree, depth, diff)) => {
+            reporter.phase(&format!(
+                "unit image: incremental from {} ({} changed, {} deleted)",
+                short(&parent_tree),
+                diff.upserted.len(),
+                diff.deleted.len()
+            ));
+            let script = "xargs -0 rm -rf -- < /tmp/.boxdelegate-delete && rm -f /tmp/.boxdelegate-delete";
+            let id = engine
+                .create_container(create(parent_image.clone(), vec!["sh".into(), "-c".into(), script.into()]))
+                .await?;
+            let res = async {
+                if !diff.deleted.is_empty() {
+                    engine.upload(&id, "/tmp", deletion_list(&diff.deleted)?).await?;
+                    engine.start(&id).await?;
+                    let code = engine.wait(&id).await?;
+                    if code != 0 {
+                        let tail = engine.logs_tail(&id, 20).await;
+                        return Err(Error::Internal(format!(
+                            "applying deletions to the unit image failed (exit {code}):\n{}",
+                            indent(tail.trim_end())
+                        )));
+                    }
+                }
+                let (body, done) = tar_body(repo.clone(), diff.upserted.clone(), vec![]);
+                engine.upload(&id, "/work", body).await?;
+                let stats = join_tar(done).await?;
+                Ok(Ensured {
+                    image: tag.clone(),
+                    id: String::new(),
+                    how: "incremental".into(),
+                    parent_tree: Some(parent_tree.clone()),
+                    uploaded: Some(stats),
+                    deleted: Some(diff.deleted.len()),
+                })
+            }
+            .await;
+            commit_labels.insert(labels::DEPTH.into(), (depth + 1).to_string());
+            commit_labels.insert(labels::PARENT_TREE.into(), parent_tree);
+            (id, res)
+        }
+        None => {
+            reporter.phase(&format!("unit image: uploading snapshot {} ({} entries)", short(&snapshot.tree), entries.len()));
+            let id = engine
+                .create_container(create(plan.tag(), vec!["/bin/sh".into()]))
+                .await?;
+            let res = async {
+                let links: Vec<ExtraLink> = profile
+                    .links
+                    .iter()
+                    .filter(|l| !entries.iter().any(|e| e.path == l.as_bytes()))
+                    .map(|l| ExtraLink {
+                        path: l.as_bytes().to_vec(),
+                        target: format!("/deps/{l}").into_bytes(),
+                    })
+                    .collect();
+                let (body, done) = tar_body(repo.clone(), entries.to_vec(), links);
+                engine.upload(&id, "/work", body).await?;
+                let stats = join_tar(done).await?;
+                Ok(Ensured {
+                    image: tag.clone(),
+                    id: String::new(),
+                    how: "full".into(),
+                    parent_tree: None,
+                    uploaded: Some(stats),
+                    deleted: None,
+                })
+            }
+            .await;
+            commit_labels.insert(labels::DEPTH.into(), "0".into());
+            (id, res)
+        }
+    };
+    let result = match ensured {
+        Ok(mut ensured) => engine
+            .commit(
+                &id,
+                SNAP_REPO,
+                tag.split_once(':').map(|(_, t)| t).unwrap_or_default(),
+                ContainerConfig {
+                    labels: Some(commit_labels),
+                    cmd: Some(vec!["/bin/sh".into()]),
+                    working_dir: Some("/work".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map(|image_id| {
+                ensured.id = image_id;
+                ensured
+            }),
+        Err(e) => Err(e),
+    };
+    engine.remove_container(&id).await?;
+    result
+}
+
+/// Picks the existing unit image (same deps key, depth below the limit, tree known to the
+/// repository) whose tree is closest to the snapshot's, if building on it beats a full upload.
+async fn find_parent(
+    engine: &Engine,
+    repo: &Repo,
+    plan: &DepsPlan,
+    snapshot: &Snapshot,
+    total_entries: usize,
+) -> Result<Option<(String, String, u32, snapshot::TreeDiff)>> {
+    let kind = format!("{}=snap", labels::KIND);
+    let key = format!("{}={}", labels::DEPS_KEY, plan.key);
+    let mut images = engine.list_images(&[&kind, &key]).await?;
+    images.sort_by_key(|i| std::cmp::Reverse(i.created));
+    let mut best: Option<(String, String, u32, snapshot::TreeDiff)> = None;
+    for image in images.into_iter().take(MAX_CANDIDATES) {
+        let (Some(tree), Some(depth)) = (
+            image.labels.get(labels::TREE).cloned(),
+            image.labels.get(labels::DEPTH).and_then(|d| d.parse::<u32>().ok()),
+        ) else {
+            continue;
+        };
+        if depth >= MAX_DEPTH || tree == snapshot.tree || repo.resolve(&format!("{tree}^{{tree}}"))?.is_none() {
+            continue;
+        }
+        let diff = snapshot::diff_trees(repo, &tree, &snapshot.tree)?;
+        if best.as_ref().is_none_or(|(_, _, _, d)| diff.len() < d.len()) {
+            best = Some((image.id.clone(), tree, depth, diff));
+        }
+    }
+    // An incremental build pays off while the change is a minority of the tree.
+    Ok(best.filter(|(_, _, _, d)| d.len() * 2 < total_entries.max(1)))
+}
+
+/// A tar holding `/tmp/.boxdelegate-delete`: NUL-separated absolute paths under `/work`.
+fn deletion_list(paths: &[Vec<u8>]) -> Result<impl ByteStream> {
+    let mut list = Vec::new();
+    for p in paths {
+        list.extend_from_slice(b"/work/");
+        list.extend_from_slice(p);
+        list.push(0);
+    }
+    let mut ar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(list.len() as u64);
+    h.set_mode(0o644);
+    h.set_uid(snapshot::OWNER_UID);
+    h.set_gid(snapshot::OWNER_UID);
+    h.set_mtime(snapshot::FIXED_MTIME);
+    ar.append_data(&mut h, ".boxdelegate-delete", list.as_slice())
+        .map_err(|e| Error::io("packing the deletion list", e))?;
+    let data = ar.into_inner().map_err(|e| Error::io("packing the deletion list", e))?;
+    Ok(futures_util::stream::once(async move { Ok(bytes::Bytes::from(data)) }))
+}
+
+/// A `Write` that hands 256 KiB chunks to an async channel: the tar is produced on a blocking
+/// thread while the engine consumes it, so memory stays bounded.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+}
+
+const CHUNK: usize = 256 * 1024;
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+            self.tx
+                .blocking_send(Ok(chunk))
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the engine stopped reading"))?;
+        }
+        Ok(())
+    }
+}
+
+type TarTask = tokio::task::JoinHandle<Result<TarStats>>;
+
+/// Streams the tar of `entries` as a request body; the task's result says whether it was whole.
+pub fn tar_body(repo: Repo, entries: Vec<TreeEntry>, links: Vec<ExtraLink>) -> (impl ByteStream, TarTask) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
+    let task = tokio::task::spawn_blocking(move || {
+        let writer = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
+        let res = snapshot::write_tar(&repo, &entries, &links, writer);
+        if let Err(e) = &res {
+            // Make the request fail rather than deliver a truncated archive.
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+        res
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    (stream, task)
+}
+
+pub async fn join_tar(task: TarTask) -> Result<TarStats> {
+    task.await
+        .map_err(|e| Error::Internal(format!("snapshot stream task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::EntryKind;
+
+    fn profile() -> Profile {
+        crate::config::parse_toml(
+            "description = \"t\"\nimage = \"img\"\ninstall = \"pip install -r requirements.txt\"\n",
+            std::path::Path::new("t"),
+        )
+        .unwrap()
+    }
+
+    fn manifest(path: &str, oid: &str) -> TreeEntry {
+        TreeEntry { kind: EntryKind::File { executable: false }, oid: oid.into(), path: path.into() }
+    }
+
+    #[test]
+    fn deps_key_depends_on_every_input() {
+        let p = profile();
+        let m = vec![manifest("requirements.txt", "aaaa")];
+        let k = deps_key("sha256:1", &p, &m);
+        assert_eq!(k, deps_key("sha256:1", &p, &m), "deterministic");
+        assert_eq!(k.len(), 64);
+        assert_ne!(k, deps_key("sha256:2", &p, &m), "toolchain id");
+        assert_ne!(k, deps_key("sha256:1", &p, &[manifest("requirements.txt", "bbbb")]), "content");
+        assert_ne!(k, deps_key("sha256:1", &p, &[manifest("req.txt", "aaaa")]), "path");
+        let mut p2 = p.clone();
+        p2.install.push_str(" -q");
+        assert_ne!(k, deps_key("sha256:1", &p2, &m), "recipe");
+        let mut p3 = p.clone();
+        p3.env.insert("A".into(), "1".into());
+        assert_ne!(k, deps_key("sha256:1", &p3, &m), "env");
+    }
+
+    #[test]
+    fn length_prefixing_prevents_ambiguity() {
+        let p = profile();
+        let a = deps_key("x", &p, &[manifest("ab", "c")]);
+        let b = deps_key("x", &p, &[manifest("a", "bc")]);
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,85 @@
+//! boxdelegate: parse the command line, run the command, map errors to documented exit codes.
+
+mod cli;
+mod commands;
+mod config;
+mod doctor;
+mod engine;
+mod error;
+mod git;
+mod images;
+mod report;
+mod snapshot;
+
+use clap::Parser;
+
+use crate::error::exit;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    init_tracing(&cli.global);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(exit::INTERNAL);
+        }
+    };
+    let code = runtime.block_on(async {
+        tokio::select! {
+            result = commands::run(cli) => match result {
+                Ok(code) => code,
+                Err(err) => {
+                    if let Some(engine) = engine::current() {
+                        engine.cleanup().await;
+                    }
+                    report_error(&err);
+                    err.exit_code()
+                }
+            },
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("interrupted: removing the containers this command started");
+                if let Some(engine) = engine::current() {
+                    engine.cleanup().await;
+                }
+                130
+            }
+        }
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    std::process::exit(code);
+}
+
+fn report_error(err: &error::Error) {
+    eprintln!("error: {err}");
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !err.to_string().contains(&text) {
+            eprintln!("  caused by: {text}");
+        }
+        source = s.source();
+    }
+    if let Some(hint) = err.hint() {
+        eprintln!("hint: {hint}");
+    }
+}
+
+fn init_tracing(global: &cli::GlobalArgs) {
+    use tracing_subscriber::EnvFilter;
+    let default = match global.verbose {
+        0 | 1 => "warn",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match global.log_format {
+        cli::LogFormat::Json => builder.json().init(),
+        cli::LogFormat::Text => builder.without_time().init(),
+    }
+}

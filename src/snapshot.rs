@@ -1,0 +1,486 @@
+//! Host repository → snapshot tree id → deterministic tar stream.
+//!
+//! A snapshot is identified by a git tree id. By default it is the tree of `HEAD` (reproducible);
+//! with `include_dirty` it is the work tree's tracked changes plus untracked, non-ignored files,
+//! computed through a temporary `GIT_INDEX_FILE` so the user's index is never touched.
+//!
+//! The tar is built from git objects, not from the work tree: never `.git`, never ignored files,
+//! sorted paths, fixed mtime and owner, modes and symlinks preserved. Blob contents stream from
+//! `git cat-file --batch` straight into the tar, so memory stays bounded whatever the file sizes.
+//! Paths from a repository are bytes, not necessarily UTF-8, and are kept as bytes.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::process::Stdio;
+
+use crate::error::{Error, Result};
+use crate::git::Repo;
+
+/// mtime of every tar entry: 1980-01-01, the earliest date zip-based tools (wheels, jars) accept.
+pub const FIXED_MTIME: u64 = 315_532_800;
+/// Owner of every tar entry: the non-root `box` user of the base image.
+pub const OWNER_UID: u64 = 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Snapshot {
+    /// The commit the snapshot starts from (`HEAD`).
+    pub commit: String,
+    /// The snapshot's identity.
+    pub tree: String,
+    /// True when the tree differs from `HEAD`'s (only with `include_dirty`).
+    pub dirty: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File { executable: bool },
+    Symlink,
+    /// A submodule: shipped as an empty directory.
+    Gitlink,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeEntry {
+    pub kind: EntryKind,
+    pub oid: String,
+    pub path: Vec<u8>,
+}
+
+impl TreeEntry {
+    pub fn path(&self) -> &Path {
+        Path::new(OsStr::from_bytes(&self.path))
+    }
+}
+
+impl Snapshot {
+    /// Takes the snapshot of `repo`: `HEAD`'s tree, or with `include_dirty` the work tree's.
+    pub fn take(repo: &Repo, include_dirty: bool) -> Result<Snapshot> {
+        let commit = repo.resolve("HEAD^{commit}")?.ok_or_else(|| Error::Repo {
+            path: repo.root.clone(),
+            message: "the repository has no commits".into(),
+            hint: Some("commit something first (`git add` and `git commit`); boxdelegate snapshots HEAD".into()),
+        })?;
+        let head_tree = repo.text(&["rev-parse", &format!("{commit}^{{tree}}")])?;
+        if !include_dirty {
+            return Ok(Snapshot {
+                commit,
+                tree: head_tree,
+                dirty: false,
+            });
+        }
+        let tree = dirty_tree(repo)?;
+        Ok(Snapshot {
+            dirty: tree != head_tree,
+            commit,
+            tree,
+        })
+    }
+}
+
+/// Writes the work tree's state (tracked changes + untracked, non-ignored files) as a tree,
+/// through a copy of the index so the user's own index stays byte-identical.
+fn dirty_tree(repo: &Repo) -> Result<String> {
+    let tmp = tempfile::Builder::new()
+        .prefix("boxdelegate-index-")
+        .tempfile()
+        .map_err(|e| Error::io("creating a temporary index", e))?;
+    let index = repo.git_dir.join("index");
+    if index.exists() {
+        // Starting from a copy keeps git's stat cache, so unchanged files are not re-hashed.
+        std::fs::copy(&index, tmp.path())
+            .map_err(|e| Error::io(format!("copying {}", index.display()), e))?;
+    } else {
+        // An empty file is not a valid index; let git create it.
+        std::fs::remove_file(tmp.path()).ok();
+    }
+    let with_index = |args: &[&str]| -> Result<Vec<u8>> {
+        let mut cmd = repo.cmd();
+        cmd.env("GIT_INDEX_FILE", tmp.path());
+        repo.run_with(cmd, args, None)
+    };
+    with_index(&["add", "--all", "--", "."])?;
+    let tree = String::from_utf8_lossy(&with_index(&["write-tree"])?)
+        .trim()
+        .to_string();
+    Ok(tree)
+}
+
+/// Lists every non-tree entry of `tree`, sorted by path bytes.
+pub fn list_tree(repo: &Repo, tree: &str) -> Result<Vec<TreeEntry>> {
+    let out = repo.run(&["ls-tree", "-r", "-z", "--full-tree", tree])?;
+    let mut entries = Vec::new();
+    for record in out.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+        entries.push(parse_ls_tree_record(record)?);
+    }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(entries)
+}
+
+fn parse_ls_tree_record(record: &[u8]) -> Result<TreeEntry> {
+    let bad = || Error::Internal(format!("unexpected git ls-tree output: {}", String::from_utf8_lossy(record)));
+    let tab = record.iter().position(|b| *b == b'\t').ok_or_else(bad)?;
+    let meta = std::str::from_utf8(&record[..tab]).map_err(|_| bad())?;
+    let mut parts = meta.split(' ');
+    let (mode, _kind, oid) = (
+        parts.next().ok_or_else(bad)?,
+        parts.next().ok_or_else(bad)?,
+        parts.next().ok_or_else(bad)?,
+    );
+    let kind = kind_from_mode(mode).ok_or_else(bad)?;
+    Ok(TreeEntry {
+        kind,
+        oid: oid.to_string(),
+        path: record[tab + 1..].to_vec(),
+    })
+}
+
+fn kind_from_mode(mode: &str) -> Option<EntryKind> {
+    match mode {
+        "100644" => Some(EntryKind::File { executable: false }),
+        "100755" => Some(EntryKind::File { executable: true }),
+        "120000" => Some(EntryKind::Symlink),
+        "160000" => Some(EntryKind::Gitlink),
+        _ => None,
+    }
+}
+
+/// What changed between two trees, as the incremental image build needs it.
+#[derive(Debug, Default)]
+pub struct TreeDiff {
+    /// Paths (files, symlinks or whole directories) to remove before the upload.
+    pub deleted: Vec<Vec<u8>>,
+    /// Entries of the new tree to upload (added, modified, or whose type or mode changed).
+    pub upserted: Vec<TreeEntry>,
+}
+
+impl TreeDiff {
+    pub fn len(&self) -> usize {
+        self.deleted.len() + self.upserted.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Computes the difference from `old` to `new` with `git diff-tree` (trees included, so a
+/// directory that disappears or turns into a file is deleted as a whole).
+pub fn diff_trees(repo: &Repo, old: &str, new: &str) -> Result<TreeDiff> {
+    let out = repo.run(&[
+        "diff-tree",
+        "-r",
+        "-t",
+        "-z",
+        "--no-renames",
+        "--no-ext-diff",
+        "--no-textconv",
+        old,
+        new,
+    ])?;
+    let mut diff = TreeDiff::default();
+    let mut fields = out.split(|b| *b == 0);
+    while let Some(meta) = fields.next() {
+        if meta.is_empty() {
+            continue;
+        }
+        let path = fields
+            .next()
+            .ok_or_else(|| Error::Internal("truncated git diff-tree output".into()))?;
+        // ":<old mode> <new mode> <old oid> <new oid> <status>"
+        let meta = std::str::from_utf8(meta)
+            .map_err(|_| Error::Internal("unexpected git diff-tree output".into()))?;
+        let parts: Vec<&str> = meta.trim_start_matches(':').split(' ').collect();
+        if parts.len() < 5 {
+            return Err(Error::Internal(format!("unexpected git diff-tree record: {meta}")));
+        }
+        let (old_mode, new_mode, new_oid, status) = (parts[0], parts[1], parts[3], parts[4]);
+        let old_is_tree = old_mode == "040000";
+        let new_is_tree = new_mode == "040000";
+        match status {
+            "D" => {
+                // Deleting a directory removes its contents too; skip entries already covered.
+                if !is_under_any(path, &diff.deleted) {
+                    diff.deleted.push(path.to_vec());
+                }
+            }
+            "A" | "M" | "T" => {
+                if status == "T" || (old_is_tree != new_is_tree && status != "A") {
+                    if !is_under_any(path, &diff.deleted) {
+                        diff.deleted.push(path.to_vec());
+                    }
+                }
+                if new_is_tree {
+                    continue; // directories are created by the entries inside them
+                }
+                let kind = kind_from_mode(new_mode).ok_or_else(|| {
+                    Error::Internal(format!("unexpected mode {new_mode} in git diff-tree"))
+                })?;
+                diff.upserted.push(TreeEntry {
+                    kind,
+                    oid: new_oid.to_string(),
+                    path: path.to_vec(),
+                });
+            }
+            other => {
+                return Err(Error::Internal(format!(
+                    "unexpected git diff-tree status {other}"
+                )))
+            }
+        }
+    }
+    diff.upserted.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(diff)
+}
+
+fn is_under_any(path: &[u8], dirs: &[Vec<u8>]) -> bool {
+    dirs.iter()
+        .any(|d| path.len() > d.len() && path.starts_with(d) && path[d.len()] == b'/')
+}
+
+/// Counts written by [`write_tar`].
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct TarStats {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Extra entries a tar may carry besides tree entries: symlinks boxdelegate itself adds (a
+/// profile's `links`, e.g. `node_modules` → `/deps/node_modules`).
+#[derive(Debug, Clone)]
+pub struct ExtraLink {
+    pub path: Vec<u8>,
+    pub target: Vec<u8>,
+}
+
+/// Writes `entries` (sorted by path) as a deterministic tar stream to `out`, reading blob
+/// contents from the repository's object store. Parent directories are emitted before their
+/// contents.
+pub fn write_tar<W: Write>(
+    repo: &Repo,
+    entries: &[TreeEntry],
+    extra_links: &[ExtraLink],
+    out: W,
+) -> Result<TarStats> {
+    let mut builder = tar::Builder::new(out);
+    builder.mode(tar::HeaderMode::Deterministic);
+    let mut stats = TarStats::default();
+    let mut dirs: HashSet<Vec<u8>> = HashSet::new();
+
+    let mut blobs = CatFile::start(repo, entries)?;
+    let werr = |e: std::io::Error| Error::io("writing the snapshot tar stream", e);
+
+    for entry in entries {
+        emit_parent_dirs(&mut builder, &entry.path, &mut dirs).map_err(werr)?;
+        match entry.kind {
+            EntryKind::Gitlink => {
+                emit_dir(&mut builder, &entry.path, &mut dirs).map_err(werr)?;
+            }
+            EntryKind::Symlink => {
+                let target = blobs.next_small(&entry.oid)?;
+                let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+                builder
+                    .append_link(&mut h, entry.path(), Path::new(OsStr::from_bytes(&target)))
+                    .map_err(werr)?;
+                stats.files += 1;
+            }
+            EntryKind::File { executable } => {
+                let mode = if executable { 0o755 } else { 0o644 };
+                let size = blobs.next_header(&entry.oid)?;
+                let mut h = header(tar::EntryType::Regular, mode, size);
+                let mut reader = (&mut blobs.stdout).take(size);
+                builder
+                    .append_data(&mut h, entry.path(), &mut reader)
+                    .map_err(werr)?;
+                blobs.finish_blob()?;
+                stats.files += 1;
+                stats.bytes += size;
+            }
+        }
+    }
+    for link in extra_links {
+        emit_parent_dirs(&mut builder, &link.path, &mut dirs).map_err(werr)?;
+        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+        builder
+            .append_link(
+                &mut h,
+                Path::new(OsStr::from_bytes(&link.path)),
+                Path::new(OsStr::from_bytes(&link.target)),
+            )
+            .map_err(werr)?;
+    }
+    blobs.close()?;
+    builder.into_inner().map_err(werr)?.flush().map_err(werr)?;
+    Ok(stats)
+}
+
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(FIXED_MTIME);
+    h.set_uid(OWNER_UID);
+    h.set_gid(OWNER_UID);
+    h
+}
+
+fn emit_parent_dirs<W: Write>(
+    builder: &mut tar::Builder<W>,
+    path: &[u8],
+    dirs: &mut HashSet<Vec<u8>>,
+) -> std::io::Result<()> {
+    for (i, b) in path.iter().enumerate() {
+        if *b == b'/' {
+            emit_dir(builder, &path[..i], dirs)?;
+        }
+    }
+    Ok(())
+}
+
+fn emit_dir<W: Write>(
+    builder: &mut tar::Builder<W>,
+    dir: &[u8],
+    dirs: &mut HashSet<Vec<u8>>,
+) -> std::io::Result<()> {
+    if dirs.insert(dir.to_vec()) {
+        let mut h = header(tar::EntryType::Directory, 0o755, 0);
+        builder.append_data(&mut h, Path::new(OsStr::from_bytes(dir)), std::io::empty())?;
+    }
+    Ok(())
+}
+
+/// A `git cat-file --batch` process fed with the blob ids of `entries`, in order.
+struct CatFile {
+    child: std::process::Child,
+    stdout: BufReader<std::process::ChildStdout>,
+    feeder: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl CatFile {
+    fn start(repo: &Repo, entries: &[TreeEntry]) -> Result<CatFile> {
+        let mut cmd = repo.cmd();
+        cmd.args(["cat-file", "--batch"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Error::io("starting git cat-file", e))?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let ids: Vec<String> = entries
+            .iter()
+            .filter(|e| e.kind != EntryKind::Gitlink)
+            .map(|e| e.oid.clone())
+            .collect();
+        // Feeding ids from another thread lets git run ahead without either side blocking.
+        let feeder = std::thread::spawn(move || {
+            let mut w = std::io::BufWriter::new(&mut stdin);
+            for id in ids {
+                w.write_all(id.as_bytes())?;
+                w.write_all(b"\n")?;
+            }
+            w.flush()
+        });
+        let stdout = BufReader::with_capacity(256 * 1024, child.stdout.take().expect("piped"));
+        Ok(CatFile {
+            child,
+            stdout,
+            feeder: Some(feeder),
+        })
+    }
+
+    /// Reads the next object's header and returns its size; the content follows on `stdout`.
+    fn next_header(&mut self, oid: &str) -> Result<u64> {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .map_err(|e| Error::io("reading from git cat-file", e))?;
+        let mut parts = line.trim_end().split(' ');
+        let (got, kind, size) = (parts.next(), parts.next(), parts.next());
+        if got != Some(oid) || kind != Some("blob") {
+            return Err(Error::Internal(format!(
+                "git cat-file answered {:?} for blob {oid}",
+                line.trim_end()
+            )));
+        }
+        size.and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::Internal(format!("git cat-file: bad header {line:?}")))
+    }
+
+    /// Consumes the newline that follows each object's content.
+    fn finish_blob(&mut self) -> Result<()> {
+        let mut nl = [0u8; 1];
+        self.stdout
+            .read_exact(&mut nl)
+            .map_err(|e| Error::io("reading from git cat-file", e))?;
+        Ok(())
+    }
+
+    fn next_small(&mut self, oid: &str) -> Result<Vec<u8>> {
+        let size = self.next_header(oid)?;
+        let mut buf = vec![0u8; size as usize];
+        self.stdout
+            .read_exact(&mut buf)
+            .map_err(|e| Error::io("reading from git cat-file", e))?;
+        self.finish_blob()?;
+        Ok(buf)
+    }
+
+    fn close(mut self) -> Result<()> {
+        if let Some(f) = self.feeder.take() {
+            f.join()
+                .map_err(|_| Error::Internal("git cat-file feeder panicked".into()))?
+                .map_err(|e| Error::io("feeding git cat-file", e))?;
+        }
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| Error::io("waiting for git cat-file", e))?;
+        if !status.success() {
+            return Err(Error::Internal(format!("git cat-file exited with {status}")));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for CatFile {
+    fn drop(&mut self) {
+        if self.feeder.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Reads the content of the blobs at `paths` (if present) in `tree`: small files such as
+/// dependency manifests.
+pub fn read_blob(repo: &Repo, oid: &str) -> Result<Vec<u8>> {
+    repo.run(&["cat-file", "blob", oid])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ls_tree_records() {
+        let e = parse_ls_tree_record(b"100755 blob 0123abcd\tbin/run me").unwrap();
+        assert_eq!(e.kind, EntryKind::File { executable: true });
+        assert_eq!(e.path, b"bin/run me");
+        let e = parse_ls_tree_record(b"120000 blob 0123abcd\tlink").unwrap();
+        assert_eq!(e.kind, EntryKind::Symlink);
+        assert!(parse_ls_tree_record(b"100644 blob nooid").is_err());
+        assert!(parse_ls_tree_record(b"040000 tree 0123\tdir").is_err());
+    }
+
+    #[test]
+    fn under_any_needs_a_separator() {
+        let dirs = vec![b"src".to_vec()];
+        assert!(is_under_any(b"src/a.rs", &dirs));
+        assert!(!is_under_any(b"src", &dirs));
+        assert!(!is_under_any(b"srcx/a.rs", &dirs));
+    }
+}
