@@ -84,6 +84,9 @@ pub enum ImageCommand {
         name: Option<String>,
         #[command(flatten)]
         snap: SnapshotArgs,
+        /// Upload the whole snapshot even when an incremental build is possible.
+        #[arg(long)]
+        full: bool,
         #[arg(long)]
         json: bool,
     },

@@ -27,7 +27,9 @@ pub struct Project {
 fn open_repo(global: &GlobalArgs) -> Result<Repo> {
     let dir = match &global.repo {
         Some(d) => d.clone(),
-        None => std::env::current_dir().map_err(|e| Error::io("reading the current directory", e))?,
+        None => {
+            std::env::current_dir().map_err(|e| Error::io("reading the current directory", e))?
+        }
     };
     if !dir.is_dir() {
         return Err(Error::Repo {
@@ -45,7 +47,12 @@ impl Project {
         let config = Config::load(&repo.root)?;
         let profile = Profile::load(&repo.root, &config.project.profile)?;
         let limits = config.limits.resolve();
-        Ok(Project { repo, config, profile, limits })
+        Ok(Project {
+            repo,
+            config,
+            profile,
+            limits,
+        })
     }
 
     fn base_image(&self) -> Option<&str> {
@@ -96,7 +103,12 @@ pub async fn run(cli: Cli) -> Result<i32> {
                     snapshot::write_tar(&repo, &entries, &[], std::io::BufWriter::new(file))?
                 };
                 if !global.quiet && path != Path::new("-") {
-                    eprintln!("wrote {} ({} files, {} bytes)", path.display(), stats.files, stats.bytes);
+                    eprintln!(
+                        "wrote {} ({} files, {} bytes)",
+                        path.display(),
+                        stats.files,
+                        stats.bytes
+                    );
                 }
             } else if json {
                 print_json(&snapshot)?;
@@ -121,40 +133,75 @@ struct Prepared {
 }
 
 /// Snapshot → dependency image → unit image, each a cache hit when its inputs are unchanged.
-async fn prepare(project: &Project, snap: &SnapshotArgs, reporter: &dyn Reporter) -> Result<Prepared> {
+async fn prepare(
+    project: &Project,
+    snap: &SnapshotArgs,
+    incremental: bool,
+    reporter: &dyn Reporter,
+) -> Result<Prepared> {
     let snapshot = Snapshot::take(&project.repo, snap.include_dirty)?;
     let entries = snapshot::list_tree(&project.repo, &snapshot.tree)?;
     let engine = Engine::connect().await?;
-    reporter.phase(&format!("snapshot {} ({} files)", short(&snapshot.tree), entries.len()));
-    let deps = images::plan_deps(&engine, &project.repo, &project.profile, project.base_image(), &entries).await?;
-    let deps_image = images::ensure_deps(&engine, &project.repo, &project.profile, &deps, &project.limits, reporter).await?;
-    let unit_image = images::ensure_unit(
+    reporter.phase(&format!(
+        "snapshot {} ({} files)",
+        short(&snapshot.tree),
+        entries.len()
+    ));
+    let deps = images::plan_deps(
         &engine,
         &project.repo,
         &project.profile,
-        &deps,
-        &snapshot,
+        project.base_image(),
         &entries,
-        &project.limits,
-        reporter,
     )
     .await?;
-    Ok(Prepared { files: entries.len(), snapshot, deps, deps_image, unit_image })
+    let cx = images::Context {
+        engine: &engine,
+        repo: &project.repo,
+        profile: &project.profile,
+        limits: &project.limits,
+        reporter,
+    };
+    let deps_image = images::ensure_deps(&cx, &deps).await?;
+    let unit_image = images::ensure_unit(&cx, &deps, &snapshot, &entries, incremental).await?;
+    Ok(Prepared {
+        files: entries.len(),
+        snapshot,
+        deps,
+        deps_image,
+        unit_image,
+    })
 }
 
 async fn image(global: &GlobalArgs, cmd: ImageCommand) -> Result<i32> {
     match cmd {
-        ImageCommand::Build { name: None, snap, json } => {
+        ImageCommand::Build {
+            name: None,
+            snap,
+            full,
+            json,
+        } => {
             let project = Project::open(global)?;
             let reporter = reporter(global, json);
-            let prepared = prepare(&project, &snap, reporter.as_ref()).await;
+            let prepared = prepare(&project, &snap, !full, reporter.as_ref()).await;
             reporter.finish();
             let prepared = prepared?;
             if json {
                 print_json(&prepared)?;
             } else {
-                println!("snapshot    {}{}", prepared.snapshot.tree, if prepared.snapshot.dirty { " (dirty)" } else { "" });
-                println!("deps image  {} ({})", prepared.deps_image.image, prepared.deps_image.how);
+                println!(
+                    "snapshot    {}{}",
+                    prepared.snapshot.tree,
+                    if prepared.snapshot.dirty {
+                        " (dirty)"
+                    } else {
+                        ""
+                    }
+                );
+                println!(
+                    "deps image  {} ({})",
+                    prepared.deps_image.image, prepared.deps_image.how
+                );
                 let how = match &prepared.unit_image.parent_tree {
                     Some(p) => format!("incremental on {}", short(p)),
                     None => prepared.unit_image.how.clone(),
@@ -163,13 +210,23 @@ async fn image(global: &GlobalArgs, cmd: ImageCommand) -> Result<i32> {
             }
             Ok(exit::OK)
         }
-        ImageCommand::Build { name: Some(name), json, .. } => {
-            let Some((_, tag, containerfile)) = images::CONTAINERFILES.iter().find(|(n, _, _)| *n == name) else {
+        ImageCommand::Build {
+            name: Some(name),
+            json,
+            ..
+        } => {
+            let Some((_, tag, containerfile)) =
+                images::CONTAINERFILES.iter().find(|(n, _, _)| *n == name)
+            else {
                 return Err(Error::Usage {
                     message: format!("no shipped Containerfile named {name:?}"),
                     hint: format!(
                         "use one of {}",
-                        images::CONTAINERFILES.iter().map(|(n, _, _)| *n).collect::<Vec<_>>().join(", ")
+                        images::CONTAINERFILES
+                            .iter()
+                            .map(|(n, _, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 });
             };
@@ -211,7 +268,8 @@ async fn image(global: &GlobalArgs, cmd: ImageCommand) -> Result<i32> {
                 .map_err(|e| Error::io(format!("opening {}", rootfs.display()), e))?;
             let engine = Engine::connect().await?;
             let stream = tokio_util::io::ReaderStream::new(file);
-            let (repo, tag) = images::BASE_IMAGE.split_once(':').expect("tagged");
+            let base = images::base_image();
+            let (repo, tag) = base.rsplit_once(':').unwrap_or((base.as_str(), "latest"));
             engine
                 .import_rootfs(
                     repo,
@@ -220,21 +278,22 @@ async fn image(global: &GlobalArgs, cmd: ImageCommand) -> Result<i32> {
                         "USER box".into(),
                         "WORKDIR /work".into(),
                         "ENV HOME=/home/box".into(),
-                        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+                            .into(),
                         "CMD [\"/bin/sh\"]".into(),
                         format!("LABEL {}=base", labels::KIND),
                     ],
                     stream,
                 )
                 .await?;
-            let id = engine.image_id(images::BASE_IMAGE).await?.unwrap_or_default();
-            println!("imported {} ({})", images::BASE_IMAGE, short(&id));
+            let id = engine.image_id(&base).await?.unwrap_or_default();
+            println!("imported {base} ({})", short(&id));
             Ok(exit::OK)
         }
         ImageCommand::Ls { json } => {
             let engine = Engine::connect().await?;
             let mut list = engine.list_images(&[labels::KIND]).await?;
-            list.sort_by(|a, b| b.created.cmp(&a.created));
+            list.sort_by_key(|i| std::cmp::Reverse(i.created));
             let rows: Vec<serde_json::Value> = list
                 .iter()
                 .map(|i| {
@@ -254,10 +313,17 @@ async fn image(global: &GlobalArgs, cmd: ImageCommand) -> Result<i32> {
             } else {
                 println!("{:<10} {:<12} {:>9}  TAG", "KIND", "ID", "SIZE");
                 for i in &list {
-                    let tags = if i.repo_tags.is_empty() { "<none>".to_string() } else { i.repo_tags.join(", ") };
+                    let tags = if i.repo_tags.is_empty() {
+                        "<none>".to_string()
+                    } else {
+                        i.repo_tags.join(", ")
+                    };
                     println!(
                         "{:<10} {:<12} {:>8}M  {tags}",
-                        i.labels.get(labels::KIND).map(String::as_str).unwrap_or("?"),
+                        i.labels
+                            .get(labels::KIND)
+                            .map(String::as_str)
+                            .unwrap_or("?"),
                         short(&i.id),
                         i.size / 1_000_000,
                     );
@@ -284,19 +350,36 @@ async fn image(global: &GlobalArgs, cmd: ImageCommand) -> Result<i32> {
 }
 
 /// The tags the current snapshot uses, computed without building anything.
-async fn current_tags(engine: &Engine, project: &Project, snap: &SnapshotArgs) -> Result<(DepsPlan, Snapshot, Vec<TreeEntry>)> {
+async fn current_tags(
+    engine: &Engine,
+    project: &Project,
+    snap: &SnapshotArgs,
+) -> Result<(DepsPlan, Snapshot, Vec<TreeEntry>)> {
     let snapshot = Snapshot::take(&project.repo, snap.include_dirty)?;
     let entries = snapshot::list_tree(&project.repo, &snapshot.tree)?;
-    let plan = images::plan_deps(engine, &project.repo, &project.profile, project.base_image(), &entries).await?;
+    let plan = images::plan_deps(
+        engine,
+        &project.repo,
+        &project.profile,
+        project.base_image(),
+        &entries,
+    )
+    .await?;
     Ok((plan, snapshot, entries))
 }
 
 async fn prune(global: &GlobalArgs, all: bool, dry_run: bool) -> Result<i32> {
-    let project = if all { None } else { Some(Project::open(global)?) };
+    let project = if all {
+        None
+    } else {
+        Some(Project::open(global)?)
+    };
     let engine = Engine::connect().await?;
     let keep: Vec<String> = match &project {
         Some(p) => match current_tags(&engine, p, &SnapshotArgs::default()).await {
-            Ok((plan, snapshot, _)) => vec![plan.tag(), images::snap_tag(&snapshot.tree, &plan.key)],
+            Ok((plan, snapshot, _)) => {
+                vec![plan.tag(), images::snap_tag(&snapshot.tree, &plan.key)]
+            }
             Err(Error::ImageMissing { .. }) => vec![],
             Err(e) => return Err(e),
         },
@@ -310,7 +393,11 @@ async fn prune(global: &GlobalArgs, all: bool, dry_run: bool) -> Result<i32> {
                 continue;
             }
             let id = c.id.unwrap_or_default();
-            println!("{}container {}", if dry_run { "would remove " } else { "removed " }, short(&id));
+            println!(
+                "{}container {}",
+                if dry_run { "would remove " } else { "removed " },
+                short(&id)
+            );
             if !dry_run {
                 engine.remove_container(&id).await?;
             }
@@ -321,13 +408,20 @@ async fn prune(global: &GlobalArgs, all: bool, dry_run: bool) -> Result<i32> {
     for kind in ["snap", "deps"] {
         let filter = format!("{}={kind}", labels::KIND);
         let mut list = engine.list_images(&[&filter]).await?;
-        list.sort_by(|a, b| b.created.cmp(&a.created));
+        list.sort_by_key(|i| std::cmp::Reverse(i.created));
         for image in list {
             if image.repo_tags.iter().any(|t| keep.contains(t)) {
                 continue;
             }
-            let name = image.repo_tags.first().cloned().unwrap_or_else(|| image.id.clone());
-            println!("{}{name}", if dry_run { "would remove " } else { "removed " });
+            let name = image
+                .repo_tags
+                .first()
+                .cloned()
+                .unwrap_or_else(|| image.id.clone());
+            println!(
+                "{}{name}",
+                if dry_run { "would remove " } else { "removed " }
+            );
             if !dry_run {
                 engine.remove_image(&name).await?;
                 removed += 1;
@@ -344,8 +438,8 @@ async fn save(global: &GlobalArgs, output: &PathBuf, snap: &SnapshotArgs) -> Res
     let project = Project::open(global)?;
     let engine = Engine::connect().await?;
     let (plan, snapshot, _) = current_tags(&engine, &project, snap).await?;
-    let mut names = vec![images::BASE_IMAGE.to_string()];
-    if plan.toolchain_image != images::BASE_IMAGE {
+    let mut names = vec![images::base_image()];
+    if !names.contains(&plan.toolchain_image) {
         names.push(plan.toolchain_image.clone());
     }
     names.push(plan.tag());
@@ -359,7 +453,10 @@ async fn save(global: &GlobalArgs, output: &PathBuf, snap: &SnapshotArgs) -> Res
         }
     }
     names.push(unit);
-    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".boxdelegate-save-")
         .tempfile_in(dir)
@@ -371,14 +468,22 @@ async fn save(global: &GlobalArgs, output: &PathBuf, snap: &SnapshotArgs) -> Res
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             bytes += chunk.len() as u64;
-            tmp.write_all(&chunk).map_err(|e| Error::io(format!("writing {}", output.display()), e))?;
+            tmp.write_all(&chunk)
+                .map_err(|e| Error::io(format!("writing {}", output.display()), e))?;
         }
     }
-    tmp.as_file().sync_all().map_err(|e| Error::io(format!("writing {}", output.display()), e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| Error::io(format!("writing {}", output.display()), e))?;
     tmp.persist(output)
         .map_err(|e| Error::io(format!("writing {}", output.display()), e.error))?;
     if !global.quiet {
-        eprintln!("saved {} image(s), {} MB, to {}", names.len(), bytes / 1_000_000, output.display());
+        eprintln!(
+            "saved {} image(s), {} MB, to {}",
+            names.len(),
+            bytes / 1_000_000,
+            output.display()
+        );
     }
     for n in names {
         println!("{n}");

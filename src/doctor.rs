@@ -48,8 +48,12 @@ fn free_disk(path: &std::path::Path) -> Option<u64> {
 }
 
 pub async fn run(global: &GlobalArgs, json: bool) -> Result<i32> {
-    let mut r = Report { version: env!("CARGO_PKG_VERSION"), ..Default::default() };
-    let problem = |r: &mut Report, problem: String, fix: String| r.problems.push(Problem { problem, fix });
+    let mut r = Report {
+        version: env!("CARGO_PKG_VERSION"),
+        ..Default::default()
+    };
+    let problem =
+        |r: &mut Report, problem: String, fix: String| r.problems.push(Problem { problem, fix });
 
     if std::env::var_os("CODEX_THREAD_ID").is_some() {
         r.inside_codex = true;
@@ -61,10 +65,17 @@ pub async fn run(global: &GlobalArgs, json: bool) -> Result<i32> {
     }
     match Repo::version() {
         Ok(v) if !v.is_empty() => r.git = Some(v),
-        _ => problem(&mut r, "git is not installed or not on PATH".into(), "install git (2.38 or newer)".into()),
+        _ => problem(
+            &mut r,
+            "git is not installed or not on PATH".into(),
+            "install git (2.38 or newer)".into(),
+        ),
     }
-    let dir = global.repo.clone().unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
-    let mut wanted = vec![images::BASE_IMAGE.to_string()];
+    let dir = global
+        .repo
+        .clone()
+        .unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
+    let mut wanted = vec![images::base_image()];
     match Repo::discover(&dir) {
         Ok(repo) => {
             r.repository = Some(repo.root.display().to_string());
@@ -79,7 +90,11 @@ pub async fn run(global: &GlobalArgs, json: bool) -> Result<i32> {
                         wanted.push(image);
                     }
                 }
-                Err(e) => problem(&mut r, e.to_string(), e.hint().unwrap_or("fix the configuration").to_string()),
+                Err(e) => problem(
+                    &mut r,
+                    e.to_string(),
+                    e.hint().unwrap_or("fix the configuration").to_string(),
+                ),
             }
             r.free_disk_bytes = free_disk(&repo.root);
         }
@@ -124,21 +139,38 @@ pub async fn run(global: &GlobalArgs, json: bool) -> Result<i32> {
             );
         }
     }
-    r.status = if r.problems.is_empty() { "ready" } else { "problems" };
+    r.status = if r.problems.is_empty() {
+        "ready"
+    } else {
+        "problems"
+    };
     if json {
-        println!("{}", serde_json::to_string_pretty(&r).map_err(|e| Error::Internal(e.to_string()))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).map_err(|e| Error::Internal(e.to_string()))?
+        );
     } else {
         if let Some(e) = &r.engine {
-            println!("engine     {} (Docker API {}, {}, storage {}) at {}", e.version, e.api_version, e.os, e.storage_driver, e.endpoint);
+            println!(
+                "engine     {} (Docker API {}, {}, storage {}) at {}",
+                e.version, e.api_version, e.os, e.storage_driver, e.endpoint
+            );
         }
         if let Some(g) = &r.git {
             println!("git        {g}");
         }
         if let Some(repo) = &r.repository {
-            println!("repository {repo} (profile {})", r.profile.as_deref().unwrap_or("?"));
+            println!(
+                "repository {repo} (profile {})",
+                r.profile.as_deref().unwrap_or("?")
+            );
         }
         for i in &r.images {
-            println!("image      {} {}", i.image, if i.present { "present" } else { "MISSING" });
+            println!(
+                "image      {} {}",
+                i.image,
+                if i.present { "present" } else { "MISSING" }
+            );
         }
         if let Some(free) = r.free_disk_bytes {
             println!("free disk  {} GB", free / 1_000_000_000);
@@ -152,5 +184,9 @@ pub async fn run(global: &GlobalArgs, json: bool) -> Result<i32> {
             }
         }
     }
-    Ok(if r.problems.is_empty() { exit::OK } else { exit::NOT_READY })
+    Ok(if r.problems.is_empty() {
+        exit::OK
+    } else {
+        exit::NOT_READY
+    })
 }

@@ -55,16 +55,15 @@ pub enum Error {
     },
     #[error("image {image} is missing")]
     ImageMissing { image: String, hint: String },
-    #[error("dependency install for profile {profile} failed (exit code {code}); last lines of its log:\n{tail}")]
+    #[error("dependency install for profile {profile} (deps key {}) failed with exit code {code}; last lines of its log:\n{tail}", &key[..12])]
     Install {
         profile: String,
+        key: String,
         code: i64,
         tail: String,
     },
     #[error("{path} already exists")]
     Exists { path: PathBuf, hint: String },
-    #[error("{0}")]
-    NotReady(String),
     #[error("{message}")]
     Usage { message: String, hint: String },
     #[error("{context}: {source}")]
@@ -88,7 +87,6 @@ impl Error {
             Error::ImageMissing { .. } => exit::IMAGE_MISSING,
             Error::Install { .. } => exit::INSTALL,
             Error::Exists { .. } => exit::EXISTS,
-            Error::NotReady(_) => exit::NOT_READY,
             Error::Usage { .. } => exit::USAGE,
             Error::Io { .. } | Error::Internal(_) => exit::INTERNAL,
         }

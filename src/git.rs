@@ -138,10 +138,6 @@ impl Repo {
         self.run_with(self.cmd(), args, None)
     }
 
-    pub fn run_input<S: AsRef<OsStr>>(&self, args: &[S], input: &[u8]) -> Result<Vec<u8>> {
-        self.run_with(self.cmd(), args, Some(input))
-    }
-
     pub fn run_with<S: AsRef<OsStr>>(
         &self,
         cmd: Command,
@@ -177,34 +173,18 @@ impl Repo {
             None,
         )?;
         if out.status.success() {
-            Ok(Some(String::from_utf8_lossy(&out.stdout).trim().to_string()))
+            Ok(Some(
+                String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            ))
         } else {
             Ok(None)
         }
-    }
-
-    /// Whether `ancestor` is an ancestor of (or equal to) `commit`.
-    pub fn is_ancestor(&self, ancestor: &str, commit: &str) -> Result<bool> {
-        let out = run_output(
-            self.cmd(),
-            &[
-                OsStr::new("merge-base"),
-                OsStr::new("--is-ancestor"),
-                OsStr::new(ancestor),
-                OsStr::new(commit),
-            ],
-            None,
-        )?;
-        Ok(out.status.success())
     }
 
     /// The version string of the host git, e.g. `2.47.3`.
     pub fn version() -> Result<String> {
         let out = run_output(command(Path::new(".")), &[OsStr::new("--version")], None)?;
         let text = String::from_utf8_lossy(&out.stdout);
-        Ok(text
-            .trim()
-            .trim_start_matches("git version ")
-            .to_string())
+        Ok(text.trim().trim_start_matches("git version ").to_string())
     }
 }

@@ -24,6 +24,7 @@ use crate::git::Repo;
 use crate::report::Reporter;
 use crate::snapshot::{self, ExtraLink, Snapshot, TarStats, TreeEntry};
 
+/// The default base image tag; `BOXDELEGATE_BASE_IMAGE` names another (see [`base_image`]).
 pub const BASE_IMAGE: &str = "boxdelegate/base:bookworm";
 pub const DEPS_REPO: &str = "boxdelegate/deps";
 pub const SNAP_REPO: &str = "boxdelegate/snap";
@@ -34,11 +35,31 @@ const MAX_CANDIDATES: usize = 8;
 
 /// The Containerfiles shipped with boxdelegate, by image name.
 pub const CONTAINERFILES: &[(&str, &str, &str)] = &[
-    ("base", "boxdelegate/base:bookworm", include_str!("../images/base/Containerfile")),
-    ("python", "boxdelegate/python:bookworm", include_str!("../images/python/Containerfile")),
-    ("rust", "boxdelegate/rust:bookworm", include_str!("../images/rust/Containerfile")),
-    ("node", "boxdelegate/node:bookworm", include_str!("../images/node/Containerfile")),
-    ("go", "boxdelegate/go:bookworm", include_str!("../images/go/Containerfile")),
+    (
+        "base",
+        "boxdelegate/base:bookworm",
+        include_str!("../images/base/Containerfile"),
+    ),
+    (
+        "python",
+        "boxdelegate/python:bookworm",
+        include_str!("../images/python/Containerfile"),
+    ),
+    (
+        "rust",
+        "boxdelegate/rust:bookworm",
+        include_str!("../images/rust/Containerfile"),
+    ),
+    (
+        "node",
+        "boxdelegate/node:bookworm",
+        include_str!("../images/node/Containerfile"),
+    ),
+    (
+        "go",
+        "boxdelegate/go:bookworm",
+        include_str!("../images/go/Containerfile"),
+    ),
 ];
 
 /// How to make the base image without a registry.
@@ -113,17 +134,34 @@ pub fn snap_tag(tree: &str, deps_key: &str) -> String {
     format!("{SNAP_REPO}:{tree}-{}", &deps_key[..16])
 }
 
-/// The toolchain image a profile uses, honouring `[project] base_image`.
-pub fn toolchain_image(profile: &Profile, base_image: Option<&str>) -> String {
-    base_image.unwrap_or(&profile.image).to_string()
+/// The base image tag: `BOXDELEGATE_BASE_IMAGE` if set (a site's own base), else [`BASE_IMAGE`].
+pub fn base_image() -> String {
+    std::env::var("BOXDELEGATE_BASE_IMAGE")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| BASE_IMAGE.to_string())
+}
+
+/// The toolchain image a profile uses, honouring `[project] base_image`; a profile that names
+/// the default base image gets the site's base image.
+pub fn toolchain_image(profile: &Profile, base_image_override: Option<&str>) -> String {
+    match base_image_override {
+        Some(image) => image.to_string(),
+        None if profile.image == BASE_IMAGE => base_image(),
+        None => profile.image.clone(),
+    }
 }
 
 /// Fails with a hint on how to build `image` when the engine does not have it.
-pub async fn require_image(engine: &Engine, image: &str, profile: Option<&Profile>) -> Result<String> {
+pub async fn require_image(
+    engine: &Engine,
+    image: &str,
+    profile: Option<&Profile>,
+) -> Result<String> {
     if let Some(id) = engine.image_id(image).await? {
         return Ok(id);
     }
-    let hint = if image == BASE_IMAGE {
+    let hint = if image == base_image() {
         BASE_HINT.to_string()
     } else if let Some((name, _, _)) = CONTAINERFILES.iter().find(|(_, tag, _)| *tag == image) {
         let base = if engine.image_id(BASE_IMAGE).await?.is_none() {
@@ -133,7 +171,10 @@ pub async fn require_image(engine: &Engine, image: &str, profile: Option<&Profil
         };
         format!("build {base}`boxdelegate image build {name}`")
     } else if let Some(p) = profile {
-        format!("build or load {image} (profile {} uses it), or set [project] base_image", p.name)
+        format!(
+            "build or load {image} (profile {} uses it), or set [project] base_image",
+            p.name
+        )
     } else {
         format!("build or load {image}")
     };
@@ -176,22 +217,42 @@ pub async fn plan_deps(
 }
 
 fn env_list(profile: &Profile) -> Vec<String> {
-    profile.env.iter().map(|(k, v)| format!("{k}={v}")).collect()
+    profile
+        .env
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
+}
+
+/// What building images needs: the engine, the repository and its profile, limits, progress.
+pub struct Context<'a> {
+    pub engine: &'a Engine,
+    pub repo: &'a Repo,
+    pub profile: &'a Profile,
+    pub limits: &'a Limits,
+    pub reporter: &'a dyn Reporter,
 }
 
 /// Ensures the dependency image of `plan` exists: a hit does nothing; a miss runs the install
 /// step and commits the container. A failed install tags nothing and leaves no container.
-pub async fn ensure_deps(
-    engine: &Engine,
-    repo: &Repo,
-    profile: &Profile,
-    plan: &DepsPlan,
-    limits: &Limits,
-    reporter: &dyn Reporter,
-) -> Result<Ensured> {
+pub async fn ensure_deps(cx: &Context<'_>, plan: &DepsPlan) -> Result<Ensured> {
+    let Context {
+        engine,
+        repo,
+        profile,
+        limits,
+        reporter,
+    } = *cx;
     let tag = plan.tag();
     if let Some(id) = engine.image_id(&tag).await? {
-        return Ok(Ensured { image: tag, id, how: "cached".into(), parent_tree: None, uploaded: None, deleted: None });
+        return Ok(Ensured {
+            image: tag,
+            id,
+            how: "cached".into(),
+            parent_tree: None,
+            uploaded: None,
+            deleted: None,
+        });
     }
     reporter.phase(&format!(
         "installing dependencies ({} profile, {} manifest file(s))",
@@ -204,7 +265,12 @@ pub async fn ensure_deps(
     ]);
     let has_install = !profile.install.trim().is_empty();
     let cmd = if has_install {
-        vec!["sh".into(), "-eu".into(), "-c".into(), profile.install.clone()]
+        vec![
+            "sh".into(),
+            "-eu".into(),
+            "-c".into(),
+            profile.install.clone(),
+        ]
     } else {
         vec!["true".into()]
     };
@@ -249,6 +315,7 @@ pub async fn ensure_deps(
                 let tail = engine.logs_tail(&id, 40).await;
                 return Err(Error::Install {
                     profile: profile.name.clone(),
+                    key: plan.key.clone(),
                     code,
                     tail: indent(tail.trim_end()),
                 });
@@ -256,7 +323,10 @@ pub async fn ensure_deps(
         }
         container_labels.insert(labels::KIND.into(), "deps".into());
         container_labels.insert(labels::PROFILE.into(), profile.name.clone());
-        container_labels.insert(labels::TOOLCHAIN.into(), format!("{}@{}", plan.toolchain_image, plan.toolchain_id));
+        container_labels.insert(
+            labels::TOOLCHAIN.into(),
+            format!("{}@{}", plan.toolchain_image, plan.toolchain_id),
+        );
         container_labels.insert(labels::MANIFESTS.into(), plan.manifest_paths.join(","));
         container_labels.insert(labels::VERSION.into(), env!("CARGO_PKG_VERSION").into());
         engine
@@ -277,37 +347,65 @@ pub async fn ensure_deps(
     .await;
     engine.remove_container(&id).await?;
     let image_id = result?;
-    Ok(Ensured { image: tag, id: image_id, how: "built".into(), parent_tree: None, uploaded: None, deleted: None })
+    Ok(Ensured {
+        image: tag,
+        id: image_id,
+        how: "built".into(),
+        parent_tree: None,
+        uploaded: None,
+        deleted: None,
+    })
 }
 
 fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .map(|l| format!("  | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Ensures the unit image for `snapshot` on the dependency image `plan` exists, incrementally
 /// when a unit image for another tree with the same deps key is at hand.
 pub async fn ensure_unit(
-    engine: &Engine,
-    repo: &Repo,
-    profile: &Profile,
+    cx: &Context<'_>,
     plan: &DepsPlan,
     snapshot: &Snapshot,
     entries: &[TreeEntry],
-    limits: &Limits,
-    reporter: &dyn Reporter,
+    incremental: bool,
 ) -> Result<Ensured> {
+    let Context {
+        engine,
+        repo,
+        profile,
+        limits,
+        reporter,
+    } = *cx;
     let tag = snap_tag(&snapshot.tree, &plan.key);
     if let Some(id) = engine.image_id(&tag).await? {
-        return Ok(Ensured { image: tag, id, how: "cached".into(), parent_tree: None, uploaded: None, deleted: None });
+        return Ok(Ensured {
+            image: tag,
+            id,
+            how: "cached".into(),
+            parent_tree: None,
+            uploaded: None,
+            deleted: None,
+        });
     }
-    let parent = find_parent(engine, repo, plan, snapshot, entries.len()).await?;
+    let parent = if incremental {
+        find_parent(engine, repo, plan, snapshot, entries.len()).await?
+    } else {
+        None
+    };
     let mut commit_labels = HashMap::from([
         (labels::KIND.to_string(), "snap".to_string()),
         (labels::DEPS_KEY.to_string(), plan.key.clone()),
         (labels::TREE.to_string(), snapshot.tree.clone()),
         (labels::COMMIT.to_string(), snapshot.commit.clone()),
         (labels::PROFILE.to_string(), profile.name.clone()),
-        (labels::VERSION.to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        (
+            labels::VERSION.to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
     ]);
     let build_labels = HashMap::from([
         (labels::KIND.to_string(), "snap-build".to_string()),
@@ -335,13 +433,19 @@ pub async fn ensure_unit(
                 diff.upserted.len(),
                 diff.deleted.len()
             ));
-            let script = "xargs -0 rm -rf -- < /tmp/.boxdelegate-delete && rm -f /tmp/.boxdelegate-delete";
+            let script =
+                "xargs -0 rm -rf -- < /tmp/.boxdelegate-delete && rm -f /tmp/.boxdelegate-delete";
             let id = engine
-                .create_container(create(parent_image.clone(), vec!["sh".into(), "-c".into(), script.into()]))
+                .create_container(create(
+                    parent_image.clone(),
+                    vec!["sh".into(), "-c".into(), script.into()],
+                ))
                 .await?;
             let res = async {
                 if !diff.deleted.is_empty() {
-                    engine.upload(&id, "/tmp", deletion_list(&diff.deleted)?).await?;
+                    engine
+                        .upload(&id, "/tmp", deletion_list(&diff.deleted)?)
+                        .await?;
                     engine.start(&id).await?;
                     let code = engine.wait(&id).await?;
                     if code != 0 {
@@ -370,7 +474,11 @@ pub async fn ensure_unit(
             (id, res)
         }
         None => {
-            reporter.phase(&format!("unit image: uploading snapshot {} ({} entries)", short(&snapshot.tree), entries.len()));
+            reporter.phase(&format!(
+                "unit image: uploading snapshot {} ({} entries)",
+                short(&snapshot.tree),
+                entries.len()
+            ));
             let id = engine
                 .create_container(create(plan.tag(), vec!["/bin/sh".into()]))
                 .await?;
@@ -442,15 +550,24 @@ async fn find_parent(
     for image in images.into_iter().take(MAX_CANDIDATES) {
         let (Some(tree), Some(depth)) = (
             image.labels.get(labels::TREE).cloned(),
-            image.labels.get(labels::DEPTH).and_then(|d| d.parse::<u32>().ok()),
+            image
+                .labels
+                .get(labels::DEPTH)
+                .and_then(|d| d.parse::<u32>().ok()),
         ) else {
             continue;
         };
-        if depth >= MAX_DEPTH || tree == snapshot.tree || repo.resolve(&format!("{tree}^{{tree}}"))?.is_none() {
+        if depth >= MAX_DEPTH
+            || tree == snapshot.tree
+            || repo.resolve(&format!("{tree}^{{tree}}"))?.is_none()
+        {
             continue;
         }
         let diff = snapshot::diff_trees(repo, &tree, &snapshot.tree)?;
-        if best.as_ref().is_none_or(|(_, _, _, d)| diff.len() < d.len()) {
+        if best
+            .as_ref()
+            .is_none_or(|(_, _, _, d)| diff.len() < d.len())
+        {
             best = Some((image.id.clone(), tree, depth, diff));
         }
     }
@@ -475,8 +592,12 @@ fn deletion_list(paths: &[Vec<u8>]) -> Result<impl ByteStream> {
     h.set_mtime(snapshot::FIXED_MTIME);
     ar.append_data(&mut h, ".boxdelegate-delete", list.as_slice())
         .map_err(|e| Error::io("packing the deletion list", e))?;
-    let data = ar.into_inner().map_err(|e| Error::io("packing the deletion list", e))?;
-    Ok(futures_util::stream::once(async move { Ok(bytes::Bytes::from(data)) }))
+    let data = ar
+        .into_inner()
+        .map_err(|e| Error::io("packing the deletion list", e))?;
+    Ok(futures_util::stream::once(async move {
+        Ok(bytes::Bytes::from(data))
+    }))
 }
 
 /// A `Write` that hands 256 KiB chunks to an async channel: the tar is produced on a blocking
@@ -499,10 +620,11 @@ impl Write for ChannelWriter {
 
     fn flush(&mut self) -> std::io::Result<()> {
         if !self.buf.is_empty() {
-            let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-            self.tx
-                .blocking_send(Ok(chunk))
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the engine stopped reading"))?;
+            let chunk =
+                bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+            self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the engine stopped reading")
+            })?;
         }
         Ok(())
     }
@@ -511,10 +633,17 @@ impl Write for ChannelWriter {
 type TarTask = tokio::task::JoinHandle<Result<TarStats>>;
 
 /// Streams the tar of `entries` as a request body; the task's result says whether it was whole.
-pub fn tar_body(repo: Repo, entries: Vec<TreeEntry>, links: Vec<ExtraLink>) -> (impl ByteStream, TarTask) {
+pub fn tar_body(
+    repo: Repo,
+    entries: Vec<TreeEntry>,
+    links: Vec<ExtraLink>,
+) -> (impl ByteStream, TarTask) {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
     let task = tokio::task::spawn_blocking(move || {
-        let writer = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
+        let writer = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+        };
         let res = snapshot::write_tar(&repo, &entries, &links, writer);
         if let Err(e) = &res {
             // Make the request fail rather than deliver a truncated archive.
@@ -522,7 +651,9 @@ pub fn tar_body(repo: Repo, entries: Vec<TreeEntry>, links: Vec<ExtraLink>) -> (
         }
         res
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
     (stream, task)
 }
 
@@ -545,7 +676,11 @@ mod tests {
     }
 
     fn manifest(path: &str, oid: &str) -> TreeEntry {
-        TreeEntry { kind: EntryKind::File { executable: false }, oid: oid.into(), path: path.into() }
+        TreeEntry {
+            kind: EntryKind::File { executable: false },
+            oid: oid.into(),
+            path: path.into(),
+        }
     }
 
     #[test]
@@ -556,8 +691,16 @@ mod tests {
         assert_eq!(k, deps_key("sha256:1", &p, &m), "deterministic");
         assert_eq!(k.len(), 64);
         assert_ne!(k, deps_key("sha256:2", &p, &m), "toolchain id");
-        assert_ne!(k, deps_key("sha256:1", &p, &[manifest("requirements.txt", "bbbb")]), "content");
-        assert_ne!(k, deps_key("sha256:1", &p, &[manifest("req.txt", "aaaa")]), "path");
+        assert_ne!(
+            k,
+            deps_key("sha256:1", &p, &[manifest("requirements.txt", "bbbb")]),
+            "content"
+        );
+        assert_ne!(
+            k,
+            deps_key("sha256:1", &p, &[manifest("req.txt", "aaaa")]),
+            "path"
+        );
         let mut p2 = p.clone();
         p2.install.push_str(" -q");
         assert_ne!(k, deps_key("sha256:1", &p2, &m), "recipe");

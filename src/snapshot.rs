@@ -36,7 +36,9 @@ pub struct Snapshot {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
-    File { executable: bool },
+    File {
+        executable: bool,
+    },
     Symlink,
     /// A submodule: shipped as an empty directory.
     Gitlink,
@@ -61,7 +63,10 @@ impl Snapshot {
         let commit = repo.resolve("HEAD^{commit}")?.ok_or_else(|| Error::Repo {
             path: repo.root.clone(),
             message: "the repository has no commits".into(),
-            hint: Some("commit something first (`git add` and `git commit`); boxdelegate snapshots HEAD".into()),
+            hint: Some(
+                "commit something first (`git add` and `git commit`); boxdelegate snapshots HEAD"
+                    .into(),
+            ),
         })?;
         let head_tree = repo.text(&["rev-parse", &format!("{commit}^{{tree}}")])?;
         if !include_dirty {
@@ -120,7 +125,12 @@ pub fn list_tree(repo: &Repo, tree: &str) -> Result<Vec<TreeEntry>> {
 }
 
 fn parse_ls_tree_record(record: &[u8]) -> Result<TreeEntry> {
-    let bad = || Error::Internal(format!("unexpected git ls-tree output: {}", String::from_utf8_lossy(record)));
+    let bad = || {
+        Error::Internal(format!(
+            "unexpected git ls-tree output: {}",
+            String::from_utf8_lossy(record)
+        ))
+    };
     let tab = record.iter().position(|b| *b == b'\t').ok_or_else(bad)?;
     let meta = std::str::from_utf8(&record[..tab]).map_err(|_| bad())?;
     let mut parts = meta.split(' ');
@@ -160,10 +170,6 @@ impl TreeDiff {
     pub fn len(&self) -> usize {
         self.deleted.len() + self.upserted.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Computes the difference from `old` to `new` with `git diff-tree` (trees included, so a
@@ -194,10 +200,11 @@ pub fn diff_trees(repo: &Repo, old: &str, new: &str) -> Result<TreeDiff> {
             .map_err(|_| Error::Internal("unexpected git diff-tree output".into()))?;
         let parts: Vec<&str> = meta.trim_start_matches(':').split(' ').collect();
         if parts.len() < 5 {
-            return Err(Error::Internal(format!("unexpected git diff-tree record: {meta}")));
+            return Err(Error::Internal(format!(
+                "unexpected git diff-tree record: {meta}"
+            )));
         }
-        let (old_mode, new_mode, new_oid, status) = (parts[0], parts[1], parts[3], parts[4]);
-        let old_is_tree = old_mode == "040000";
+        let (new_mode, new_oid, status) = (parts[1], parts[3], parts[4]);
         let new_is_tree = new_mode == "040000";
         match status {
             "D" => {
@@ -207,10 +214,9 @@ pub fn diff_trees(repo: &Repo, old: &str, new: &str) -> Result<TreeDiff> {
                 }
             }
             "A" | "M" | "T" => {
-                if status == "T" || (old_is_tree != new_is_tree && status != "A") {
-                    if !is_under_any(path, &diff.deleted) {
-                        diff.deleted.push(path.to_vec());
-                    }
+                // A type change (file <-> symlink) replaces the old entry.
+                if status == "T" && !is_under_any(path, &diff.deleted) {
+                    diff.deleted.push(path.to_vec());
                 }
                 if new_is_tree {
                     continue; // directories are created by the entries inside them
@@ -440,7 +446,9 @@ impl CatFile {
             .wait()
             .map_err(|e| Error::io("waiting for git cat-file", e))?;
         if !status.success() {
-            return Err(Error::Internal(format!("git cat-file exited with {status}")));
+            return Err(Error::Internal(format!(
+                "git cat-file exited with {status}"
+            )));
         }
         Ok(())
     }
@@ -453,12 +461,6 @@ impl Drop for CatFile {
             let _ = self.child.wait();
         }
     }
-}
-
-/// Reads the content of the blobs at `paths` (if present) in `tree`: small files such as
-/// dependency manifests.
-pub fn read_blob(repo: &Repo, oid: &str) -> Result<Vec<u8>> {
-    repo.run(&["cat-file", "blob", oid])
 }
 
 #[cfg(test)]

@@ -28,7 +28,9 @@ pub fn detect(root: &Path) -> Result<(String, Option<String>)> {
     for (name, _) in EMBEDDED {
         let profile = Profile::load(Path::new("/nonexistent"), name)?;
         for pattern in &profile.detect {
-            let Ok(glob) = globset::Glob::new(pattern) else { continue };
+            let Ok(glob) = globset::Glob::new(pattern) else {
+                continue;
+            };
             let m = glob.compile_matcher();
             if let Some(file) = files.iter().find(|f| m.is_match(f)) {
                 return Ok((name.to_string(), Some(file.clone())));
@@ -60,8 +62,8 @@ pub fn run(root: &Path, profile: Option<&str>) -> Result<Initialized> {
         .map_err(|e| Error::io(format!("writing {}", config_path.display()), e))?;
     let mut written = vec![PathBuf::from(super::CONFIG_FILE)];
     let units = root.join("units");
-    let result = std::fs::create_dir_all(&units)
-        .and_then(|_| std::fs::write(&unit_path, EXAMPLE_UNIT_TEXT));
+    let result =
+        std::fs::create_dir_all(&units).and_then(|_| std::fs::write(&unit_path, EXAMPLE_UNIT_TEXT));
     if let Err(e) = result {
         // Leave the host as it was.
         let _ = std::fs::remove_file(&config_path);
@@ -146,6 +148,9 @@ mod tests {
         std::fs::write(dir.path().join("requirements-dev.txt"), "").unwrap();
         assert_eq!(detect(dir.path()).unwrap().0, "python");
         std::fs::write(dir.path().join("Cargo.lock"), "").unwrap();
-        assert_eq!(detect(dir.path()).unwrap(), ("rust".into(), Some("Cargo.lock".into())));
+        assert_eq!(
+            detect(dir.path()).unwrap(),
+            ("rust".into(), Some("Cargo.lock".into()))
+        );
     }
 }

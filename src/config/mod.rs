@@ -187,16 +187,26 @@ impl Config {
         let file = Path::new(CONFIG_FILE);
         if let Some(cpus) = self.limits.cpus {
             if !(cpus > 0.0 && cpus.is_finite()) {
-                return Err(Error::config(file, format!("limits.cpus: must be a positive number, got {cpus}")));
+                return Err(Error::config(
+                    file,
+                    format!("limits.cpus: must be a positive number, got {cpus}"),
+                ));
             }
         }
         if let Some(pids) = self.limits.pids {
             if pids <= 0 {
-                return Err(Error::config(file, format!("limits.pids: must be positive, got {pids}")));
+                return Err(Error::config(
+                    file,
+                    format!("limits.pids: must be positive, got {pids}"),
+                ));
             }
         }
         if self.agent.kind == AgentKind::Command
-            && self.agent.command.as_deref().is_some_and(|c| c.trim().is_empty())
+            && self
+                .agent
+                .command
+                .as_deref()
+                .is_some_and(|c| c.trim().is_empty())
         {
             return Err(Error::config(file, "agent.command: is empty"));
         }
@@ -208,8 +218,13 @@ impl Config {
                 ));
             }
         }
-        if self.project.units_dir.trim().is_empty() || Path::new(&self.project.units_dir).is_absolute() {
-            return Err(Error::config(file, "project.units_dir: must be a relative directory"));
+        if self.project.units_dir.trim().is_empty()
+            || Path::new(&self.project.units_dir).is_absolute()
+        {
+            return Err(Error::config(
+                file,
+                "project.units_dir: must be a relative directory",
+            ));
         }
         Ok(())
     }
@@ -243,7 +258,10 @@ fn toml_error(text: &str, file: &Path, key: Option<String>, e: &toml::de::Error)
     Error::config_hint(
         PathBuf::from(format!("{}{location}", file.display())),
         format!("{key}{}", e.message().trim()),
-        format!("fix {} (the README's configuration reference lists every key)", file.display()),
+        format!(
+            "fix {} (the README's configuration reference lists every key)",
+            file.display()
+        ),
     )
 }
 
@@ -256,7 +274,10 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     // "4gib" and "4gb" mean "4g".
     if let Some(rest) = s.strip_suffix("ib") {
         s = rest.to_string();
-    } else if s.len() > 1 && s.ends_with('b') && s[..s.len() - 1].ends_with(|c: char| c.is_ascii_alphabetic()) {
+    } else if s.len() > 1
+        && s.ends_with('b')
+        && s[..s.len() - 1].ends_with(|c: char| c.is_ascii_alphabetic())
+    {
         s.pop();
     }
     let (num, mult) = match s.chars().last() {
@@ -286,30 +307,42 @@ enum NumOrString {
 
 mod size_opt {
     use super::*;
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<Option<u64>, D::Error> {
         match Option::<NumOrString>::deserialize(d)? {
             None => Ok(None),
             Some(NumOrString::Num(n)) => Ok(Some(n)),
             Some(NumOrString::Str(s)) => parse_size(&s).map(Some).map_err(serde::de::Error::custom),
         }
     }
-    pub fn serialize<S: serde::Serializer>(v: &Option<u64>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        v: &Option<u64>,
+        s: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
         v.serialize(s)
     }
 }
 
 mod duration_opt {
     use super::*;
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Duration>, D::Error> {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<Option<Duration>, D::Error> {
         match Option::<NumOrString>::deserialize(d)? {
             None => Ok(None),
             Some(NumOrString::Num(n)) => Ok(Some(Duration::from_secs(n))),
-            Some(NumOrString::Str(s)) => humantime::parse_duration(&s)
-                .map(Some)
-                .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration ({e}; examples: \"90s\", \"30m\", 1800)"))),
+            Some(NumOrString::Str(s)) => humantime::parse_duration(&s).map(Some).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{s:?} is not a duration ({e}; examples: \"90s\", \"30m\", 1800)"
+                ))
+            }),
         }
     }
-    pub fn serialize<S: serde::Serializer>(v: &Option<Duration>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        v: &Option<Duration>,
+        s: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
         v.map(|d| d.as_secs()).serialize(s)
     }
 }
@@ -334,25 +367,33 @@ mod tests {
 
     #[test]
     fn unknown_key_names_file_key_and_line() {
-        let err = parse_toml::<Config>("[project]\nprofile = \"rust\"\n\n[limits]\nmemroy = \"4g\"\n", Path::new("boxdelegate.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = parse_toml::<Config>(
+            "[project]\nprofile = \"rust\"\n\n[limits]\nmemroy = \"4g\"\n",
+            Path::new("boxdelegate.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.starts_with("boxdelegate.toml:5:1"), "{err}");
         assert!(err.contains("memroy"), "{err}");
     }
 
     #[test]
     fn wrong_type_names_the_key() {
-        let err = parse_toml::<Config>("[limits]\npids = \"many\"\n", Path::new("boxdelegate.toml"))
-            .unwrap_err()
-            .to_string();
+        let err =
+            parse_toml::<Config>("[limits]\npids = \"many\"\n", Path::new("boxdelegate.toml"))
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("limits.pids"), "{err}");
         assert!(err.contains(":2:"), "{err}");
     }
 
     #[test]
     fn durations_accept_seconds_and_text() {
-        let c: Config = parse_toml("[agent]\ntimeout = \"30m\"\n[verify]\ntimeout = 90\n", Path::new("x")).unwrap();
+        let c: Config = parse_toml(
+            "[agent]\ntimeout = \"30m\"\n[verify]\ntimeout = 90\n",
+            Path::new("x"),
+        )
+        .unwrap();
         assert_eq!(c.agent.timeout, Some(Duration::from_secs(1800)));
         assert_eq!(c.verify.timeout, Some(Duration::from_secs(90)));
         assert!(parse_toml::<Config>("[agent]\ntimeout = \"soon\"\n", Path::new("x")).is_err());

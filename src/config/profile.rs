@@ -70,7 +70,11 @@ pub struct Checks {
 impl Profile {
     /// Loads profile `name`: the repository's own file if there is one, else the embedded one.
     pub fn load(root: &Path, name: &str) -> Result<Profile> {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             return Err(Error::config_hint(
                 super::CONFIG_FILE,
                 format!("project.profile: {name:?} is not a profile name"),
@@ -98,7 +102,11 @@ impl Profile {
                             ),
                         )
                     })?;
-                (text, "embedded".to_string(), PathBuf::from(format!("profiles/{name}.toml")))
+                (
+                    text,
+                    "embedded".to_string(),
+                    PathBuf::from(format!("profiles/{name}.toml")),
+                )
             }
             Err(e) => return Err(Error::io(format!("reading {}", local.display()), e)),
         };
@@ -115,8 +123,14 @@ impl Profile {
                 .map_err(|e| Error::config(file, format!("glob {glob:?} does not compile: {e}")))?;
         }
         for link in &self.links {
-            if link.is_empty() || link.starts_with('/') || link.split('/').any(|c| c == ".." || c == ".git") {
-                return Err(Error::config(file, format!("links: {link:?} must be a plain relative path")));
+            if link.is_empty()
+                || link.starts_with('/')
+                || link.split('/').any(|c| c == ".." || c == ".git")
+            {
+                return Err(Error::config(
+                    file,
+                    format!("links: {link:?} must be a plain relative path"),
+                ));
             }
         }
         Ok(())
@@ -172,7 +186,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = Profile::load(dir.path(), "cobol").unwrap_err();
         let hint = err.hint().unwrap().to_string();
-        assert!(err.to_string().contains("unknown profile \"cobol\""), "{err}");
+        assert!(
+            err.to_string().contains("unknown profile \"cobol\""),
+            "{err}"
+        );
         assert!(hint.contains("rust") && hint.contains("python"), "{hint}");
     }
 

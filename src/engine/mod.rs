@@ -29,8 +29,6 @@ pub mod labels {
     pub const TOOLCHAIN: &str = "boxdelegate.toolchain-image";
     pub const MANIFESTS: &str = "boxdelegate.manifests";
     pub const VERSION: &str = "boxdelegate.version";
-    pub const RUN: &str = "boxdelegate.run";
-    pub const UNIT: &str = "boxdelegate.unit";
 }
 
 /// A request body: a stream of byte chunks (a tar archive).
@@ -67,7 +65,13 @@ pub struct EngineInfo {
 }
 
 fn is_not_found(e: &BollardError) -> bool {
-    matches!(e, BollardError::DockerResponseServerError { status_code: 404, .. })
+    matches!(
+        e,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
 }
 
 /// Candidate sockets when `DOCKER_HOST` is unset: Docker's, then Podman's (rootless, rootful).
@@ -135,10 +139,6 @@ impl Engine {
         Ok(engine)
     }
 
-    pub fn docker(&self) -> &Docker {
-        &self.docker
-    }
-
     pub async fn info(&self) -> Result<EngineInfo> {
         let v = self
             .docker
@@ -154,7 +154,11 @@ impl Engine {
             endpoint: self.endpoint.clone(),
             version: v.version.unwrap_or_default(),
             api_version: v.api_version.unwrap_or_default(),
-            os: format!("{}/{}", v.os.unwrap_or_default(), v.arch.unwrap_or_default()),
+            os: format!(
+                "{}/{}",
+                v.os.unwrap_or_default(),
+                v.arch.unwrap_or_default()
+            ),
             storage_driver: info.driver.unwrap_or_default(),
             root_dir: info.docker_root_dir.unwrap_or_default(),
         })
@@ -167,15 +171,6 @@ impl Engine {
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(Error::engine(format!("inspecting image {name}"), e)),
         }
-    }
-
-    pub async fn image_labels(&self, name: &str) -> Result<HashMap<String, String>> {
-        let img = self
-            .docker
-            .inspect_image(name)
-            .await
-            .map_err(|e| Error::engine(format!("inspecting image {name}"), e))?;
-        Ok(img.config.and_then(|c| c.labels).unwrap_or_default())
     }
 
     /// Images carrying every `label=value` pair (or bare `label`) in `filters`.
@@ -206,19 +201,6 @@ impl Engine {
         }
     }
 
-    pub async fn tag(&self, image: &str, repo: &str, tag: &str) -> Result<()> {
-        self.docker
-            .tag_image(
-                image,
-                Some(qp::TagImageOptions {
-                    repo: Some(repo.to_string()),
-                    tag: Some(tag.to_string()),
-                }),
-            )
-            .await
-            .map_err(|e| Error::engine(format!("tagging {image} as {repo}:{tag}"), e))
-    }
-
     /// Creates a container and tracks it until [`Engine::remove_container`].
     pub async fn create_container(&self, body: ContainerCreateBody) -> Result<String> {
         let image = body.image.clone().unwrap_or_default();
@@ -243,7 +225,12 @@ impl Engine {
                 bollard::body_try_stream(tar),
             )
             .await
-            .map_err(|e| Error::engine(format!("uploading into {path} of container {}", short(id)), e))
+            .map_err(|e| {
+                Error::engine(
+                    format!("uploading into {path} of container {}", short(id)),
+                    e,
+                )
+            })
     }
 
     pub async fn start(&self, id: &str) -> Result<()> {
@@ -261,7 +248,10 @@ impl Engine {
         match stream.next().await {
             Some(Ok(r)) => Ok(r.status_code),
             Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
-            Some(Err(e)) => Err(Error::engine(format!("waiting for container {}", short(id)), e)),
+            Some(Err(e)) => Err(Error::engine(
+                format!("waiting for container {}", short(id)),
+                e,
+            )),
             None => Err(Error::Internal(format!(
                 "the engine ended the wait for container {} without a status",
                 short(id)
@@ -270,7 +260,12 @@ impl Engine {
     }
 
     /// The container's output, stdout and stderr interleaved.
-    pub fn logs(&self, id: &str, tail: Option<usize>, follow: bool) -> impl Stream<Item = Result<String>> + '_ {
+    pub fn logs(
+        &self,
+        id: &str,
+        tail: Option<usize>,
+        follow: bool,
+    ) -> impl Stream<Item = Result<String>> + '_ {
         let id_owned = id.to_string();
         self.docker
             .logs(
@@ -284,7 +279,9 @@ impl Engine {
                 }),
             )
             .map_ok(|chunk| String::from_utf8_lossy(&chunk.into_bytes()).into_owned())
-            .map_err(move |e| Error::engine(format!("reading logs of container {}", short(&id_owned)), e))
+            .map_err(move |e| {
+                Error::engine(format!("reading logs of container {}", short(&id_owned)), e)
+            })
     }
 
     pub async fn logs_tail(&self, id: &str, lines: usize) -> String {
@@ -297,7 +294,13 @@ impl Engine {
     }
 
     /// Commits the container as `repo:tag`, with `config` merged over the container's own.
-    pub async fn commit(&self, id: &str, repo: &str, tag: &str, config: ContainerConfig) -> Result<String> {
+    pub async fn commit(
+        &self,
+        id: &str,
+        repo: &str,
+        tag: &str,
+        config: ContainerConfig,
+    ) -> Result<String> {
         let res = self
             .docker
             .commit_container(
@@ -311,7 +314,12 @@ impl Engine {
                 config,
             )
             .await
-            .map_err(|e| Error::engine(format!("committing container {} as {repo}:{tag}", short(id)), e))?;
+            .map_err(|e| {
+                Error::engine(
+                    format!("committing container {} as {repo}:{tag}", short(id)),
+                    e,
+                )
+            })?;
         Ok(res.id)
     }
 
@@ -332,22 +340,37 @@ impl Engine {
         match res {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(Error::engine(format!("removing container {}", short(id)), e)),
+            Err(e) => Err(Error::engine(
+                format!("removing container {}", short(id)),
+                e,
+            )),
         }
     }
 
     /// Removes every container this process created and has not removed yet.
     pub async fn cleanup(&self) {
-        let ids: Vec<String> = self.live.lock().expect("poisoned").iter().cloned().collect();
+        let ids: Vec<String> = self
+            .live
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .cloned()
+            .collect();
         for id in ids {
             let _ = self.remove_container(&id).await;
         }
     }
 
     /// Containers carrying the `label=value` filters, running or not.
-    pub async fn list_containers(&self, filters: &[&str]) -> Result<Vec<bollard::models::ContainerSummary>> {
+    pub async fn list_containers(
+        &self,
+        filters: &[&str],
+    ) -> Result<Vec<bollard::models::ContainerSummary>> {
         let mut f = HashMap::new();
-        f.insert("label".to_string(), filters.iter().map(|s| s.to_string()).collect());
+        f.insert(
+            "label".to_string(),
+            filters.iter().map(|s| s.to_string()).collect(),
+        );
         self.docker
             .list_containers(Some(qp::ListContainersOptions {
                 all: true,
@@ -358,7 +381,10 @@ impl Engine {
             .map_err(|e| Error::engine("listing containers", e))
     }
 
-    pub fn export_images<'a>(&'a self, names: &'a [&'a str]) -> impl Stream<Item = Result<bytes::Bytes>> + 'a {
+    pub fn export_images<'a>(
+        &'a self,
+        names: &'a [&'a str],
+    ) -> impl Stream<Item = Result<bytes::Bytes>> + 'a {
         self.docker
             .export_images(names)
             .map_err(|e| Error::engine("exporting images", e))
@@ -366,9 +392,11 @@ impl Engine {
 
     /// Loads images from a `docker save` archive.
     pub async fn load_images(&self, tar: impl ByteStream) -> Result<Vec<String>> {
-        let mut stream = self
-            .docker
-            .import_image(qp::ImportImageOptions::default(), bollard::body_try_stream(tar), None);
+        let mut stream = self.docker.import_image(
+            qp::ImportImageOptions::default(),
+            bollard::body_try_stream(tar),
+            None,
+        );
         let mut out = Vec::new();
         while let Some(item) = stream.next().await {
             let info = item.map_err(|e| Error::engine("loading images", e))?;
@@ -381,7 +409,13 @@ impl Engine {
 
     /// Creates an image from a root filesystem tar (`docker import`), applying Dockerfile-style
     /// `changes` such as `USER box`.
-    pub async fn import_rootfs(&self, repo: &str, tag: &str, changes: Vec<String>, tar: impl ByteStream) -> Result<()> {
+    pub async fn import_rootfs(
+        &self,
+        repo: &str,
+        tag: &str,
+        changes: Vec<String>,
+        tar: impl ByteStream,
+    ) -> Result<()> {
         let mut stream = self.docker.create_image(
             Some(qp::CreateImageOptions {
                 from_src: Some("-".into()),

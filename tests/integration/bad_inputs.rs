@@ -1,0 +1,238 @@
+//! Every bad input: one clear message, a documented exit code, and the host unchanged.
+//!
+//! Where the error must come before any engine call, the engine is made unreachable
+//! (`DOCKER_HOST` pointing at a missing socket): getting the configuration error rather than the
+//! engine error proves nothing was created in the engine.
+
+use crate::common::*;
+
+const NO_ENGINE: &str = "unix:///nonexistent/boxdelegate-test.sock";
+
+struct Case {
+    repo: TestRepo,
+    before: String,
+}
+
+impl Case {
+    fn new(repo: TestRepo) -> Case {
+        let before = repo.host_state();
+        Case { repo, before }
+    }
+
+    /// Runs `args`, expects `code` and every `needle` in stderr, and an unchanged host.
+    fn fails(&self, args: &[&str], engine: bool, code: i32, needles: &[&str]) -> String {
+        let mut cmd = self.repo.cmd();
+        if !engine {
+            cmd.env("DOCKER_HOST", NO_ENGINE);
+        }
+        let out = cmd.args(args).output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+        for needle in needles {
+            assert!(
+                err.contains(needle),
+                "{args:?}: expected {needle:?} in:\n{err}"
+            );
+        }
+        assert!(
+            err.contains("\nhint: "),
+            "every error says what to do: {err}"
+        );
+        assert_eq!(stdout(&out), "", "nothing on stdout");
+        assert_eq!(
+            self.before,
+            self.repo.host_state(),
+            "host unchanged after {args:?}"
+        );
+        err
+    }
+}
+
+#[test]
+fn not_a_git_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo_like = TestRepo::empty();
+    let mut cmd = repo_like.cmd();
+    cmd.current_dir(dir.path())
+        .env("DOCKER_HOST", NO_ENGINE)
+        .env("GIT_CEILING_DIRECTORIES", dir.path().parent().unwrap());
+    for args in [&["snapshot"][..], &["image", "build"][..], &["init"][..]] {
+        let out = std::process::Command::new(cmd.get_program())
+            .args(args)
+            .current_dir(dir.path())
+            .env("GIT_CEILING_DIRECTORIES", dir.path().parent().unwrap())
+            .env("DOCKER_HOST", NO_ENGINE)
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(4), "{err}");
+        assert!(err.contains("not a git repository"), "{err}");
+        assert!(
+            err.contains("hint: run boxdelegate inside a git repository"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing written"
+        );
+    }
+}
+
+#[test]
+fn a_repository_with_no_commits() {
+    let repo = TestRepo::empty();
+    repo.write("boxdelegate.toml", "[project]\nprofile = \"generic\"\n");
+    let case = Case::new(repo);
+    case.fails(
+        &["snapshot"],
+        false,
+        4,
+        &["has no commits", "hint: commit something first"],
+    );
+    case.fails(&["image", "build"], false, 4, &["has no commits"]);
+}
+
+#[test]
+fn malformed_toml() {
+    let repo = TestRepo::with_project("malformed");
+    repo.write(
+        "boxdelegate.toml",
+        "[project]\nprofile = \"test\"\n[limits\nmemory = \"4g\"\n",
+    );
+    repo.commit("bad toml");
+    let case = Case::new(repo);
+    case.fails(
+        &["image", "build"],
+        false,
+        3,
+        &["boxdelegate.toml:3:", "hint: fix boxdelegate.toml"],
+    );
+}
+
+#[test]
+fn unknown_key_names_file_key_and_line() {
+    let repo = TestRepo::with_project("unknown-key");
+    repo.write("boxdelegate.toml", "[project]\nprofile = \"test\"\n\n[agent]\nkind = \"command\"\ntimeout = \"5m\"\nmodle = \"x\"\n");
+    repo.commit("typo");
+    let case = Case::new(repo);
+    case.fails(
+        &["image", "build"],
+        false,
+        3,
+        &[
+            "boxdelegate.toml:7:1",
+            "key `agent.modle`",
+            "unknown field `modle`",
+        ],
+    );
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let repo = TestRepo::with_project("wrong-type");
+    repo.write(
+        "boxdelegate.toml",
+        "[project]\nprofile = \"test\"\n[limits]\npids = \"lots\"\n",
+    );
+    repo.commit("wrong type");
+    let case = Case::new(repo);
+    case.fails(
+        &["image", "build"],
+        false,
+        3,
+        &["boxdelegate.toml:4:", "limits.pids"],
+    );
+}
+
+#[test]
+fn unknown_profile_lists_the_known_ones() {
+    let repo = TestRepo::with_project("unknown-profile");
+    repo.write("boxdelegate.toml", "[project]\nprofile = \"cobol\"\n");
+    repo.commit("cobol");
+    let case = Case::new(repo);
+    case.fails(
+        &["image", "build"],
+        false,
+        3,
+        &[
+            "unknown profile \"cobol\"",
+            "rust, node, python, go, generic",
+            "test",
+        ],
+    );
+}
+
+#[test]
+fn engine_unreachable() {
+    let repo = TestRepo::with_project("no-engine");
+    let case = Case::new(repo);
+    case.fails(
+        &["image", "build"],
+        false,
+        5,
+        &[
+            "container engine at unix:///nonexistent/boxdelegate-test.sock",
+            "hint: start the Docker (or Podman) daemon",
+        ],
+    );
+}
+
+#[test]
+fn base_image_missing_says_how_to_build_it() {
+    require_base_image();
+    let repo = TestRepo::with_project("no-base");
+    let case = Case::new(repo);
+    let before_images = docker(&["images", "-q", "--filter", "label=boxdelegate.kind"]);
+    let mut cmd = case.repo.cmd();
+    cmd.env("BOXDELEGATE_BASE_IMAGE", "boxdelegate/base:missing-in-test");
+    let out = cmd.args(["image", "build"]).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(
+        err.contains("image boxdelegate/base:missing-in-test is missing"),
+        "{err}"
+    );
+    assert!(err.contains("images/base/build-from-debian.sh"), "{err}");
+    assert!(err.contains("boxdelegate image import base"), "{err}");
+    assert_eq!(case.before, case.repo.host_state());
+    let after_images = docker(&["images", "-q", "--filter", "label=boxdelegate.kind"]);
+    // Other tests may build images meanwhile; none of ours can exist since the build stopped
+    // before computing a deps key. Check that no image mentions the missing base.
+    let _ = (before_images, after_images);
+    let mentions = docker(&[
+        "images",
+        "--filter",
+        "label=boxdelegate.toolchain-image=boxdelegate/base:missing-in-test",
+        "-q",
+    ]);
+    assert_eq!(mentions.trim(), "");
+}
+
+#[test]
+fn a_bad_repo_flag_is_reported() {
+    let repo = TestRepo::with_project("bad-flag");
+    let case = Case::new(repo);
+    case.fails(
+        &["-C", "/nonexistent/dir", "snapshot"],
+        false,
+        4,
+        &["/nonexistent/dir", "no such directory"],
+    );
+}
+
+#[test]
+fn unknown_image_name() {
+    let repo = TestRepo::with_project("unknown-image");
+    let case = Case::new(repo);
+    case.fails(
+        &["image", "build", "cobol"],
+        false,
+        2,
+        &[
+            "no shipped Containerfile named \"cobol\"",
+            "base, python, rust",
+        ],
+    );
+}

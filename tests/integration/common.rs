@@ -1,0 +1,234 @@
+//! Test environment: hermetic git repositories in temp dirs, the real binary, the real engine.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use assert_cmd::cargo::CommandCargoExt;
+
+pub const BASE_IMAGE: &str = "boxdelegate/base:bookworm";
+
+/// A repository in a temporary directory with a fixed identity and clock.
+pub struct TestRepo {
+    dir: tempfile::TempDir,
+    images: std::cell::RefCell<Vec<String>>,
+}
+
+pub fn git_env(cmd: &mut Command) {
+    cmd.env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
+        .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_INDEX_FILE")
+        .env_remove("GIT_WORK_TREE");
+}
+
+/// The test profile: depends on `deps.lock`, "installs" it by copying, no network; a lockfile
+/// containing `broken` makes the install fail.
+pub const TEST_PROFILE: &str = r#"
+description = "test profile: copies deps.lock into /deps, needs no network"
+image = "boxdelegate/base:bookworm"
+manifests = ["deps.lock", "**/deps.lock"]
+install = '''
+mkdir -p /deps/lib
+if [ -f deps.lock ]; then cp deps.lock /deps/lib/installed; fi
+echo "installing $(wc -l < deps.lock 2>/dev/null || echo 0) packages"
+if grep -q broken deps.lock 2>/dev/null; then
+  echo "resolver: no version of 'broken' satisfies the lockfile" >&2
+  exit 3
+fi
+'''
+"#;
+
+impl TestRepo {
+    /// An empty repository (no commits).
+    pub fn empty() -> TestRepo {
+        let dir = tempfile::Builder::new()
+            .prefix("bd-test-")
+            .tempdir()
+            .unwrap();
+        let repo = TestRepo {
+            dir,
+            images: Default::default(),
+        };
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo
+    }
+
+    /// A repository with a boxdelegate.toml using the test profile and a first commit. `salt`
+    /// makes its trees and deps keys unique to the calling test.
+    pub fn with_project(salt: &str) -> TestRepo {
+        let repo = TestRepo::empty();
+        repo.write(".boxdelegate/profiles/test.toml", TEST_PROFILE);
+        repo.write("boxdelegate.toml", "[project]\nprofile = \"test\"\n");
+        repo.write("deps.lock", &format!("left-pad==1.0 # {salt}\n"));
+        repo.write("src/lib.txt", &format!("library code for {salt}\n"));
+        repo.write("README.md", "# sample\n");
+        repo.write(".gitignore", ".env\ntarget/\n");
+        repo.commit("initial");
+        repo
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, rel: &str, content: &str) {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    pub fn git(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new("git");
+        git_env(&mut cmd);
+        let out = cmd.arg("-C").arg(self.path()).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn commit(&self, msg: &str) -> String {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", msg]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    /// The binary, run in this repository.
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::cargo_bin("boxdelegate").unwrap();
+        git_env(&mut cmd);
+        cmd.current_dir(self.path())
+            .env_remove("CODEX_THREAD_ID")
+            .env_remove("RUST_LOG");
+        cmd
+    }
+
+    /// Runs `image build --json` (plus `extra` args), expecting success; remembers the images
+    /// for removal when the test ends.
+    pub fn build(&self, extra: &[&str]) -> serde_json::Value {
+        let out = self
+            .cmd()
+            .args(["image", "build", "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "image build failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut images = self.images.borrow_mut();
+        for key in ["unit_image", "deps_image"] {
+            let tag = v[key]["image"].as_str().unwrap().to_string();
+            if !images.contains(&tag) {
+                images.push(tag);
+            }
+        }
+        v
+    }
+
+    /// A listing of every file, directory and symlink under `/work` in `image`: path, type,
+    /// mode, owner, size, link target and content hash.
+    pub fn work_listing(&self, image: &str) -> String {
+        docker(&[
+            "run", "--rm", "--network", "none", image, "sh", "-c",
+            "cd /work && find . -mindepth 1 -printf '%p %y %m %U:%G %s %l\\n' | LC_ALL=C sort && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum",
+        ])
+    }
+
+    /// A snapshot of the host side: every file under the repository (including `.git`) with a
+    /// hash of its content, and every ref.
+    pub fn host_state(&self) -> String {
+        let mut out = String::new();
+        let mut stack = vec![self.path().to_path_buf()];
+        let mut files = Vec::new();
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let e = e.unwrap();
+                let t = e.file_type().unwrap();
+                if t.is_dir() {
+                    stack.push(e.path());
+                }
+                files.push(e.path());
+            }
+        }
+        files.sort();
+        for f in files {
+            let rel = f.strip_prefix(self.path()).unwrap().display().to_string();
+            let content = if f.is_file() {
+                std::fs::read(&f).unwrap()
+            } else {
+                vec![]
+            };
+            out.push_str(&format!("{rel} {:x}\n", md5ish(&content)));
+        }
+        out
+    }
+}
+
+fn md5ish(data: &[u8]) -> u64 {
+    // FNV-1a: enough to tell contents apart in a test.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in data {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+impl Drop for TestRepo {
+    fn drop(&mut self) {
+        for image in self.images.borrow().iter().rev() {
+            let _ = Command::new("docker").args(["rmi", image]).output();
+        }
+    }
+}
+
+/// Runs the docker CLI (for inspection only; the binary itself talks to the engine API).
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Fails early, with the fix, when the engine lacks the base image the tests build on.
+pub fn require_base_image() {
+    let out = Command::new("docker")
+        .args(["image", "inspect", BASE_IMAGE])
+        .output()
+        .expect("docker CLI");
+    assert!(
+        out.status.success(),
+        "the engine has no {BASE_IMAGE}; build it first: sudo images/base/build-from-debian.sh /tmp/base.tar && cargo run -- image import base /tmp/base.tar (.ci/run does this)"
+    );
+}
+
+pub fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[allow(dead_code)]
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}

@@ -1,0 +1,303 @@
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::common::*;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Container `create` events the engine recorded in [since, until] for objects with `label`.
+fn container_creates(since: u64, until: u64, label: &str) -> String {
+    docker(&[
+        "events",
+        "--since",
+        &since.to_string(),
+        "--until",
+        &until.to_string(),
+        "--filter",
+        "type=container",
+        "--filter",
+        "event=create",
+        "--filter",
+        &format!("label={label}"),
+        "--format",
+        "{{.ID}}",
+    ])
+}
+
+#[test]
+fn same_inputs_give_same_keys_and_a_cache_hit_that_creates_no_container() {
+    require_base_image();
+    let repo = TestRepo::with_project("cache-hit");
+    let first = repo.build(&[]);
+    assert_eq!(first["deps_image"]["how"], "built");
+    assert_eq!(first["unit_image"]["how"], "full");
+    let key = first["deps"]["key"].as_str().unwrap().to_string();
+    let tree = first["snapshot"]["tree"].as_str().unwrap().to_string();
+
+    let t0 = now();
+    let second = repo.build(&[]);
+    let t1 = now() + 1;
+    assert_eq!(second["deps"]["key"], first["deps"]["key"]);
+    assert_eq!(second["deps_image"]["how"], "cached");
+    assert_eq!(second["unit_image"]["how"], "cached");
+    assert_eq!(second["deps_image"]["id"], first["deps_image"]["id"]);
+    assert_eq!(second["unit_image"]["id"], first["unit_image"]["id"]);
+    // The first build did create containers, so the event query sees them when they exist…
+    assert!(
+        !container_creates(t0 - 600, t0, &format!("boxdelegate.deps-key={key}"))
+            .trim()
+            .is_empty()
+    );
+    // …and the cached run created none.
+    assert_eq!(
+        container_creates(t0, t1, &format!("boxdelegate.deps-key={key}")).trim(),
+        ""
+    );
+    assert_eq!(
+        container_creates(t0, t1, &format!("boxdelegate.tree={tree}")).trim(),
+        ""
+    );
+    let installed = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        second["unit_image"]["image"].as_str().unwrap(),
+        "cat",
+        "/deps/lib/installed",
+    ]);
+    assert!(
+        installed.contains("left-pad==1.0"),
+        "the install step's output is in the image: {installed}"
+    );
+}
+
+#[test]
+fn source_edits_change_the_snapshot_only_and_lockfile_edits_change_the_deps_key() {
+    require_base_image();
+    let repo = TestRepo::with_project("keys");
+    let a = repo.build(&[]);
+
+    repo.write("src/lib.txt", "edited source\n");
+    repo.commit("edit source");
+    let b = repo.build(&[]);
+    assert_ne!(b["snapshot"]["tree"], a["snapshot"]["tree"]);
+    assert_eq!(b["deps"]["key"], a["deps"]["key"]);
+    assert_eq!(b["deps_image"]["how"], "cached");
+
+    repo.write("deps.lock", "left-pad==1.1 # keys\n");
+    repo.commit("bump lock");
+    let c = repo.build(&[]);
+    assert_ne!(c["deps"]["key"], a["deps"]["key"]);
+    assert_eq!(c["deps_image"]["how"], "built");
+}
+
+#[test]
+fn ignored_env_files_and_git_never_reach_an_image() {
+    require_base_image();
+    let repo = TestRepo::with_project("no-secrets");
+    repo.write(".env", "API_KEY=hunter2\n");
+    repo.write("sub/.env", "API_KEY=hunter2\n");
+    repo.write("sub/keep.txt", "kept\n");
+    repo.git(&["add", "sub/keep.txt"]);
+    repo.git(&["commit", "-q", "-m", "sub"]);
+    for args in [&[][..], &["--include-dirty"][..]] {
+        let v = repo.build(args);
+        for key in ["unit_image", "deps_image"] {
+            let image = v[key]["image"].as_str().unwrap();
+            let found = docker(&[
+                "run", "--rm", "--network", "none", image, "sh", "-c",
+                "find / -xdev \\( -name .env -o -name .git -o -name '.boxdelegate-*' \\) -print 2>/dev/null; grep -rl hunter2 /work /deps 2>/dev/null; true",
+            ]);
+            assert_eq!(found.trim(), "", "{image} holds {found}");
+        }
+        let listing = repo.work_listing(v["unit_image"]["image"].as_str().unwrap());
+        assert!(listing.contains("./sub/keep.txt"), "{listing}");
+    }
+}
+
+#[test]
+fn include_dirty_files_reach_the_unit_image() {
+    require_base_image();
+    let repo = TestRepo::with_project("dirty-image");
+    repo.write("README.md", "dirty readme\n");
+    repo.write("untracked.txt", "untracked\n");
+    let index_before = std::fs::read(repo.path().join(".git/index")).unwrap();
+    let v = repo.build(&["--include-dirty"]);
+    assert_eq!(v["snapshot"]["dirty"], true);
+    let image = v["unit_image"]["image"].as_str().unwrap();
+    let out = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        image,
+        "sh",
+        "-c",
+        "cat /work/README.md /work/untracked.txt",
+    ]);
+    assert_eq!(out, "dirty readme\nuntracked\n");
+    assert_eq!(
+        std::fs::read(repo.path().join(".git/index")).unwrap(),
+        index_before
+    );
+}
+
+#[test]
+fn incremental_unit_image_equals_a_full_one() {
+    require_base_image();
+    let repo = TestRepo::with_project("incremental");
+    repo.write("dir/a.txt", "a\n");
+    repo.write("dir/b.txt", "b\n");
+    repo.write("old/name.txt", "renamed content\n");
+    repo.write("gone/deep/x.txt", "x\n");
+    repo.write("becomes-dir", "a file now\n");
+    repo.write("tools/run.sh", "#!/bin/sh\n");
+    repo.write("link-target.txt", "target\n");
+    std::os::unix::fs::symlink("link-target.txt", repo.path().join("link")).unwrap();
+    for i in 0..20 {
+        repo.write(&format!("many/f{i}.txt"), &format!("{i}\n"));
+    }
+    repo.commit("base tree");
+    let a = repo.build(&[]);
+    assert_eq!(a["unit_image"]["how"], "full");
+
+    // Modify, delete, rename, add, a file turned into a directory, a directory removed whole,
+    // a mode change and a symlink retargeted.
+    repo.write("dir/a.txt", "a changed\n");
+    std::fs::remove_file(repo.path().join("dir/b.txt")).unwrap();
+    std::fs::create_dir_all(repo.path().join("new")).unwrap();
+    std::fs::rename(
+        repo.path().join("old/name.txt"),
+        repo.path().join("new/name.txt"),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(repo.path().join("gone")).unwrap();
+    std::fs::remove_file(repo.path().join("becomes-dir")).unwrap();
+    repo.write("becomes-dir/inside.txt", "now a directory\n");
+    repo.write("added.txt", "added\n");
+    std::fs::set_permissions(
+        repo.path().join("tools/run.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::remove_file(repo.path().join("link")).unwrap();
+    std::os::unix::fs::symlink("README.md", repo.path().join("link")).unwrap();
+    repo.commit("changes");
+
+    let b = repo.build(&[]);
+    assert_eq!(b["unit_image"]["how"], "incremental", "{b}");
+    assert_eq!(b["unit_image"]["parent_tree"], a["snapshot"]["tree"]);
+    let tag = b["unit_image"]["image"].as_str().unwrap().to_string();
+    let incremental = repo.work_listing(&tag);
+
+    docker(&["rmi", &tag]);
+    let full = repo.build(&["--full"]);
+    assert_eq!(full["unit_image"]["how"], "full");
+    assert_eq!(full["unit_image"]["image"], b["unit_image"]["image"]);
+    let from_scratch = repo.work_listing(&tag);
+    assert_eq!(incremental, from_scratch);
+    // The listing really reflects the change (so the comparison could fail).
+    assert!(
+        from_scratch.contains("./new/name.txt f 644"),
+        "{from_scratch}"
+    );
+    assert!(
+        from_scratch.contains("./becomes-dir d 755"),
+        "{from_scratch}"
+    );
+    assert!(
+        from_scratch.contains("./tools/run.sh f 755"),
+        "{from_scratch}"
+    );
+    assert!(
+        from_scratch.contains("./link l 777 1000:1000 9 README.md"),
+        "{from_scratch}"
+    );
+    assert!(!from_scratch.contains("./gone"), "{from_scratch}");
+    assert!(!from_scratch.contains("./old/"), "{from_scratch}");
+    assert!(!from_scratch.contains("./dir/b.txt"), "{from_scratch}");
+}
+
+#[test]
+fn failing_install_reports_the_log_tail_and_leaves_nothing_behind() {
+    require_base_image();
+    let repo = TestRepo::with_project("broken-install");
+    repo.write("deps.lock", "broken==9.9 # broken-install\n");
+    repo.commit("break the lockfile");
+    let before = repo.host_state();
+    let out = repo.cmd().args(["image", "build"]).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    assert!(err.contains("dependency install for profile test"), "{err}");
+    assert!(err.contains("exit code 3"), "{err}");
+    assert!(
+        err.contains("resolver: no version of 'broken' satisfies the lockfile"),
+        "log tail: {err}"
+    );
+    assert!(err.contains("hint: fix the dependency manifests"), "{err}");
+    let key_prefix = err.split("deps key ").nth(1).unwrap()[..12].to_string();
+    let tags = docker(&[
+        "images",
+        "--format",
+        "{{.Repository}}:{{.Tag}}",
+        "boxdelegate/deps",
+    ]);
+    assert!(!tags.contains(&key_prefix), "no image tagged: {tags}");
+    let containers = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        "label=boxdelegate.kind=deps-build",
+        "--format",
+        "{{.Label \"boxdelegate.deps-key\"}}",
+    ]);
+    assert!(
+        !containers.contains(&key_prefix),
+        "no container left: {containers}"
+    );
+    assert_eq!(before, repo.host_state());
+}
+
+#[test]
+fn save_and_load_round_trip() {
+    require_base_image();
+    let repo = TestRepo::with_project("save-load");
+    let v = repo.build(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("images.tar");
+    let out = repo
+        .cmd()
+        .args(["image", "save"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed = stdout(&out);
+    assert!(
+        listed.contains(BASE_IMAGE) && listed.contains(v["unit_image"]["image"].as_str().unwrap()),
+        "{listed}"
+    );
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+    // Remove the unit image, load the file, and it is back with the same id.
+    let unit = v["unit_image"]["image"].as_str().unwrap();
+    docker(&["rmi", unit]);
+    let out = repo
+        .cmd()
+        .args(["image", "load"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = docker(&["image", "inspect", "--format", "{{.Id}}", unit]);
+    assert_eq!(id.trim(), v["unit_image"]["id"].as_str().unwrap());
+    std::fs::remove_file(&file).unwrap();
+}

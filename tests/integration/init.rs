@@ -1,0 +1,64 @@
+use crate::common::*;
+
+#[test]
+fn init_detects_the_profile_and_writes_config_and_unit() {
+    let repo = TestRepo::empty();
+    repo.write("Cargo.lock", "# lock\n");
+    repo.write("requirements.txt", "six==1.16.0\n");
+    let out = repo.cmd().arg("init").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("profile: rust (detected from Cargo.lock)"),
+        "{}",
+        stdout(&out)
+    );
+    let config = std::fs::read_to_string(repo.path().join("boxdelegate.toml")).unwrap();
+    assert!(config.contains("profile = \"rust\""));
+    assert!(config.contains("# "), "the config is commented");
+    assert!(repo.path().join("units/example.md").is_file());
+}
+
+#[test]
+fn init_detects_python_from_requirements() {
+    let repo = TestRepo::empty();
+    repo.write("requirements-dev.txt", "pytest\n");
+    let out = repo.cmd().arg("init").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("profile: python"), "{}", stdout(&out));
+}
+
+#[test]
+fn init_refuses_to_overwrite_and_writes_nothing() {
+    let repo = TestRepo::empty();
+    repo.write("units/example.md", "mine\n");
+    let before = repo.host_state();
+    let out = repo.cmd().arg("init").output().unwrap();
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("units/example.md already exists"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("never overwrites"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(before, repo.host_state(), "no file written");
+    assert!(!repo.path().join("boxdelegate.toml").exists());
+}
+
+#[test]
+fn init_output_is_a_valid_config_for_the_other_commands() {
+    let repo = TestRepo::empty();
+    let out = repo
+        .cmd()
+        .args(["init", "--profile", "python"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // `doctor --json` parses the config and names the profile.
+    let out = repo.cmd().args(["doctor", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["profile"], "python", "{v}");
+}
