@@ -61,11 +61,67 @@ pub enum Command {
     /// Build, list, prune, save and load images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Delegate units: agent container → extraction → scope check → commit on a branch.
+    Run {
+        /// A unit id (repeatable).
+        #[arg(long = "unit", value_name = "ID")]
+        units: Vec<String>,
+        /// Every unit in the units directory.
+        #[arg(long, conflicts_with = "units")]
+        all: bool,
+        /// Target branch (default: boxdelegate/<unit-id>).
+        #[arg(long)]
+        branch: Option<String>,
+        /// Delegate again even if the unit already landed.
+        #[arg(long)]
+        rerun: bool,
+        #[command(flatten)]
+        snap: SnapshotArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create, list and check unit files.
+    #[command(subcommand)]
+    Unit(UnitCommand),
+    /// Print the patch of a unit's last result.
+    Diff { unit: String },
+    /// Show a unit's last result.
+    Show {
+        unit: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Land a unit's kept result (after the same checks).
+    Apply {
+        unit: String,
+        #[arg(long)]
+        branch: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check that everything boxdelegate needs is in place.
     Doctor {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UnitCommand {
+    /// Scaffold units/<ID>.md (never overwrites).
+    New {
+        id: String,
+        /// Globs of the files the unit may change (repeatable).
+        #[arg(long, required = true, num_args = 1..)]
+        scope: Vec<String>,
+    },
+    /// List the units.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate one unit (or all) and warn about oversized ones.
+    Check { id: Option<String> },
 }
 
 #[derive(Debug, Args, Clone, Default)]

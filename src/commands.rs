@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use futures_util::StreamExt;
 
-use crate::cli::{Cli, Command, GlobalArgs, ImageCommand, SnapshotArgs};
+use crate::cli::{Cli, Command, GlobalArgs, ImageCommand, SnapshotArgs, UnitCommand};
+use crate::config::unit;
 use crate::config::profile::Profile;
 use crate::config::{self, Config, Limits};
 use crate::engine::{labels, short, Engine};
@@ -118,7 +119,155 @@ pub async fn run(cli: Cli) -> Result<i32> {
             Ok(exit::OK)
         }
         Command::Image(cmd) => image(global, cmd).await,
+        Command::Run { units, all, branch, rerun, snap, json } => {
+            let project = Project::open(global)?;
+            let reporter = reporter(global, json);
+            let args = crate::run::RunArgs { units, all, branch, rerun };
+            let results = crate::run::run(&project, args, snap.include_dirty, reporter.as_ref()).await;
+            reporter.finish();
+            let results = results?;
+            if json {
+                print_json(&serde_json::json!({ "units": results }))?;
+            } else {
+                for r in &results {
+                    print_result(r);
+                }
+            }
+            Ok(crate::run::exit_code(&results))
+        }
+        Command::Unit(cmd) => unit_command(global, cmd),
+        Command::Diff { unit } => {
+            let project = Project::open(global)?;
+            let r = crate::run::last_result(&project, &unit)?;
+            let patch = r.patch.ok_or_else(|| Error::Usage {
+                message: format!("the last run of unit {unit} kept no patch ({})", r.message),
+                hint: format!("run it: boxdelegate run --unit {unit}"),
+            })?;
+            let data = std::fs::read(&patch).map_err(|e| Error::io(format!("reading {}", patch.display()), e))?;
+            std::io::stdout().write_all(&data).map_err(|e| Error::io("writing the patch", e))?;
+            Ok(exit::OK)
+        }
+        Command::Show { unit, json } => {
+            let project = Project::open(global)?;
+            let r = crate::run::last_result(&project, &unit)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                print_result(&r);
+                if let Some(p) = &r.patch {
+                    println!("  patch: {}", p.display());
+                }
+                if let Some(l) = &r.log {
+                    println!("  log:   {}", l.display());
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Apply { unit, branch, json } => {
+            let project = Project::open(global)?;
+            let r = crate::run::apply(&project, &unit, branch)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                print_result(&r);
+            }
+            Ok(r.status.exit_code())
+        }
         Command::Doctor { json } => crate::doctor::run(global, json).await,
+    }
+}
+
+fn print_result(r: &crate::run::UnitResult) {
+    let status = serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    println!("{:<20} {:<14} {} ({} file(s), {:.1}s)", r.unit, status, r.message, r.files_changed, r.seconds);
+    for rej in &r.rejections {
+        println!("  - {rej}");
+    }
+}
+
+fn unit_command(global: &GlobalArgs, cmd: UnitCommand) -> Result<i32> {
+    let project = Project::open(global)?;
+    let root = &project.repo.root;
+    let dir = &project.config.project.units_dir;
+    match cmd {
+        UnitCommand::New { id, scope } => {
+            unit::validate_id(&id).map_err(|m| Error::Usage { message: format!("unit {m}"), hint: "pick another id".into() })?;
+            if let Err((glob, err)) = unit::Globs::new(&scope) {
+                return Err(Error::Usage { message: format!("--scope {glob:?} does not compile: {err}"), hint: "`*` matches within a directory, `**` across directories".into() });
+            }
+            let rel = Path::new(dir).join(format!("{id}.md"));
+            let path = root.join(&rel);
+            if path.exists() || path.is_symlink() {
+                return Err(Error::Exists { path: rel, hint: "boxdelegate never overwrites a unit file; edit it or pick another id".into() });
+            }
+            std::fs::create_dir_all(root.join(dir)).map_err(|e| Error::io(format!("creating {dir}"), e))?;
+            std::fs::write(&path, unit::scaffold(&id, &scope)).map_err(|e| Error::io(format!("writing {}", rel.display()), e))?;
+            println!("wrote {}", rel.display());
+            Ok(exit::OK)
+        }
+        UnitCommand::Ls { json } => {
+            let mut rows = Vec::new();
+            for id in unit::list_ids(root, dir) {
+                let row = match unit::load(root, dir, &id) {
+                    Ok(u) => serde_json::json!({"id": id, "title": u.meta.title, "scope": u.meta.scope, "valid": true}),
+                    Err(e) => serde_json::json!({"id": id, "valid": false, "error": e.to_string()}),
+                };
+                rows.push(row);
+            }
+            if json {
+                print_json(&rows)?;
+            } else {
+                for r in &rows {
+                    match r["valid"].as_bool() {
+                        Some(true) => println!("{:<20} {}", r["id"].as_str().unwrap_or_default(), r["title"].as_str().unwrap_or_default()),
+                        _ => println!("{:<20} INVALID: {}", r["id"].as_str().unwrap_or_default(), r["error"].as_str().unwrap_or_default()),
+                    }
+                }
+            }
+            Ok(exit::OK)
+        }
+        UnitCommand::Check { id } => {
+            let ids = match id {
+                Some(id) => vec![id],
+                None => unit::list_ids(root, dir),
+            };
+            let head = project.repo.resolve("HEAD^{tree}")?;
+            let files: Vec<TreeEntry> = match &head {
+                Some(tree) => snapshot::list_tree(&project.repo, tree)?,
+                None => vec![],
+            };
+            let mut first_error = None;
+            for id in ids {
+                match unit::load(root, dir, &id) {
+                    Ok(u) => {
+                        let globs = u.globs()?;
+                        let in_scope = files.iter().filter(|e| globs.scope.is_match(e.path())).count();
+                        let prompt = u.prompt().len();
+                        let mut warnings = Vec::new();
+                        if in_scope > unit::MAX_SCOPE_FILES {
+                            warnings.push(format!("{in_scope} files in scope (more than {}): small, focused units are cheaper and succeed more often; consider splitting it", unit::MAX_SCOPE_FILES));
+                        }
+                        if prompt > unit::MAX_PROMPT_BYTES {
+                            warnings.push(format!("the prompt is {prompt} bytes (more than {}): consider splitting the unit", unit::MAX_PROMPT_BYTES));
+                        }
+                        if warnings.is_empty() {
+                            println!("{id}: ok ({in_scope} file(s) in scope, prompt {prompt} bytes)");
+                        }
+                        for w in warnings {
+                            println!("{id}: warning: {w}");
+                        }
+                    }
+                    Err(e) => {
+                        println!("{id}: error: {e}");
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            match first_error {
+                Some(e) => Err(e),
+                None => Ok(exit::OK),
+            }
+        }
     }
 }
 

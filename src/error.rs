@@ -25,6 +25,16 @@ pub mod exit {
     pub const INSTALL: i32 = 7;
     /// A file boxdelegate would write already exists (e.g. `init`).
     pub const EXISTS: i32 = 8;
+    /// A unit's change broke the scope policy; nothing landed.
+    pub const REJECTED: i32 = 10;
+    /// The target branch moved and the change conflicts with it; nothing was written.
+    pub const CONFLICT: i32 = 11;
+    /// The agent outlived its timeout.
+    pub const TIMEOUT: i32 = 12;
+    /// The agent exited with a non-zero code.
+    pub const AGENT_FAILED: i32 = 13;
+    /// The agent changed nothing.
+    pub const NO_CHANGE: i32 = 14;
     /// `doctor` found problems.
     pub const NOT_READY: i32 = 9;
 }

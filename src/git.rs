@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 pub struct Repo {
     pub root: PathBuf,
     pub git_dir: PathBuf,
+    /// The directory shared by all worktrees (objects, refs): where boxdelegate keeps run state.
+    pub common_dir: PathBuf,
 }
 
 /// Environment variables git honours that would let the caller's environment redirect or
@@ -102,7 +104,13 @@ fn run_output(mut cmd: Command, args: &[&OsStr], input: Option<&[u8]>) -> Result
 impl Repo {
     /// Finds the repository containing `dir`.
     pub fn discover(dir: &Path) -> Result<Repo> {
-        let args: Vec<&OsStr> = ["rev-parse", "--show-toplevel", "--absolute-git-dir"]
+        let args: Vec<&OsStr> = [
+            "rev-parse",
+            "--path-format=absolute",
+            "--show-toplevel",
+            "--absolute-git-dir",
+            "--git-common-dir",
+        ]
             .iter()
             .map(OsStr::new)
             .collect();
@@ -126,11 +134,29 @@ impl Repo {
         let mut lines = text.lines();
         let root = PathBuf::from(lines.next().unwrap_or_default());
         let git_dir = PathBuf::from(lines.next().unwrap_or_default());
-        Ok(Repo { root, git_dir })
+        let common_dir = lines
+            .next()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| git_dir.clone());
+        Ok(Repo {
+            root,
+            git_dir,
+            common_dir,
+        })
     }
 
     pub fn cmd(&self) -> Command {
         command(&self.root)
+    }
+
+    /// A git command whose new objects go to the private store `store`, reading the
+    /// repository's own objects as alternates: nothing reaches the user's object database until
+    /// a change lands.
+    pub fn store_cmd(&self, store: &Path) -> Command {
+        let mut cmd = self.cmd();
+        cmd.env("GIT_OBJECT_DIRECTORY", store)
+            .env("GIT_ALTERNATE_OBJECT_DIRECTORIES", self.common_dir.join("objects"));
+        cmd
     }
 
     /// Runs git with `args`, failing with git's stderr on a non-zero exit.

@@ -1,14 +1,19 @@
 //! boxdelegate: parse the command line, run the command, map errors to documented exit codes.
 
+mod agent;
 mod cli;
 mod commands;
 mod config;
 mod doctor;
 mod engine;
 mod error;
+mod extract;
 mod git;
 mod images;
+mod land;
 mod report;
+mod run;
+mod scope;
 mod snapshot;
 
 use clap::Parser;

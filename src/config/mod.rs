@@ -4,6 +4,7 @@
 //! line. Nothing in this module talks to the engine or writes to the repository (except `init`).
 
 pub mod init;
+pub mod unit;
 pub mod profile;
 
 use std::collections::BTreeMap;
@@ -324,7 +325,7 @@ mod size_opt {
     }
 }
 
-mod duration_opt {
+pub(crate) mod duration_opt {
     use super::*;
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(
         d: D,

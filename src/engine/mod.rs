@@ -29,6 +29,8 @@ pub mod labels {
     pub const TOOLCHAIN: &str = "boxdelegate.toolchain-image";
     pub const MANIFESTS: &str = "boxdelegate.manifests";
     pub const VERSION: &str = "boxdelegate.version";
+    pub const RUN: &str = "boxdelegate.run";
+    pub const UNIT: &str = "boxdelegate.unit";
 }
 
 /// A request body: a stream of byte chunks (a tar archive).
@@ -321,6 +323,55 @@ impl Engine {
                 )
             })?;
         Ok(res.id)
+    }
+
+    /// The engine's filesystem diff of a container against its image: (path, kind) with kind
+    /// 0 = modified, 1 = added, 2 = deleted.
+    pub async fn changes(&self, id: &str) -> Result<Vec<(String, u8)>> {
+        let list = self
+            .docker
+            .container_changes(id)
+            .await
+            .map_err(|e| Error::engine(format!("reading the changes of container {}", short(id)), e))?
+            .unwrap_or_default();
+        Ok(list
+            .into_iter()
+            .map(|c| {
+                let kind = match c.kind {
+                    bollard::models::ChangeType::_0 => 0,
+                    bollard::models::ChangeType::_1 => 1,
+                    bollard::models::ChangeType::_2 => 2,
+                };
+                (c.path, kind)
+            })
+            .collect())
+    }
+
+    /// A tar archive of `path` inside the container (the container may be stopped).
+    pub fn download(&self, id: &str, path: &str) -> impl Stream<Item = Result<bytes::Bytes>> + '_ {
+        let context = format!("reading {path} from container {}", short(id));
+        self.docker
+            .download_from_container(
+                id,
+                Some(qp::DownloadFromContainerOptions {
+                    path: path.to_string(),
+                }),
+            )
+            .map_err(move |e| Error::engine(context.clone(), e))
+    }
+
+    /// Kills a running container (the hard timeout).
+    pub async fn kill(&self, id: &str) -> Result<()> {
+        match self
+            .docker
+            .kill_container(id, None::<qp::KillContainerOptions>)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(BollardError::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
+            Err(e) => Err(Error::engine(format!("killing container {}", short(id)), e)),
+        }
     }
 
     /// Removes a container (forcefully, with its anonymous volumes).

@@ -1,0 +1,654 @@
+//! Stopped agent container → change set → new tree, on the host side of the boundary.
+//!
+//! Nothing in the container is trusted or run: the engine's filesystem diff says which paths
+//! under `/work` moved, only those are read back through the archive API, and each archive is
+//! parsed in memory under limits (entries, bytes, path length). Regular files, directories and
+//! symlinks are taken as data — a symlink is never followed, a path is never opened on the host.
+//! Blobs go to a private object store (no filters, no attributes); the new tree is written with
+//! plumbing through a temporary index. Untracked paths the *snapshot's* ignore rules ignore
+//! (build outputs) are dropped; a `.gitignore` the agent wrote has no say.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use futures_util::StreamExt;
+use sha1::Digest as _;
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::git::Repo;
+use crate::scope;
+use crate::snapshot::{EntryKind, TreeEntry};
+
+const WORK: &str = "/work";
+const MAX_PATH: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl ChangeKind {
+    pub fn verb(self) -> &'static str {
+        match self {
+            ChangeKind::Added => "added",
+            ChangeKind::Modified => "modified",
+            ChangeKind::Deleted => "deleted",
+        }
+    }
+}
+
+/// What a path holds after the change (for a deletion: what it held before).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase", tag = "type")]
+pub enum Node {
+    File {
+        mode: u32,
+        size: u64,
+        /// The git blob id of the content.
+        blob: Option<String>,
+    },
+    Symlink {
+        #[serde(with = "bytes_lossy")]
+        target: Vec<u8>,
+    },
+    /// FIFO, device, socket or hard link: never landed.
+    Special(String),
+}
+
+impl Node {
+    pub fn size(&self) -> u64 {
+        match self {
+            Node::File { size, .. } => *size,
+            Node::Symlink { target } => target.len() as u64,
+            Node::Special(_) => 0,
+        }
+    }
+
+    fn git_mode(&self) -> Option<&'static str> {
+        match self {
+            Node::File { mode, .. } if mode & 0o100 != 0 => Some("100755"),
+            Node::File { .. } => Some("100644"),
+            Node::Symlink { .. } => Some("120000"),
+            Node::Special(_) => None,
+        }
+    }
+}
+
+mod bytes_lossy {
+    pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::scope::display_path(v))
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s: String = serde::Deserialize::deserialize(d)?;
+        Ok(s.into_bytes())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Change {
+    #[serde(with = "bytes_lossy")]
+    pub path: Vec<u8>,
+    pub kind: ChangeKind,
+    pub node: Node,
+    /// The snapshot's mode of this path, if it existed there.
+    pub old_mode: Option<u32>,
+}
+
+/// Why extraction stopped reading: the change was larger than the limits allow.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "exceeded")]
+pub enum Truncated {
+    Entries { limit: u64 },
+    Bytes { limit: u64 },
+    PathLength { limit: u64 },
+}
+
+impl Truncated {
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Truncated::Entries { .. } => "limit-files",
+            Truncated::Bytes { .. } => "limit-bytes",
+            Truncated::PathLength { .. } => "path-name",
+        }
+    }
+
+    pub fn hint(&self, _: &crate::config::Limits) -> String {
+        match self {
+            Truncated::Entries { .. } => "split the unit, or raise [limits] max_files".into(),
+            Truncated::Bytes { .. } => "raise [limits] max_bytes if this much output is expected".into(),
+            Truncated::PathLength { .. } => "use shorter paths".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Truncated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Truncated::Entries { limit } => write!(f, "the agent wrote more than {limit} files; extraction stopped"),
+            Truncated::Bytes { limit } => write!(f, "the agent wrote more than {limit} bytes; extraction stopped"),
+            Truncated::PathLength { limit } => write!(f, "a path is longer than {limit} bytes; extraction stopped"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ChangeSet {
+    pub changes: Vec<Change>,
+    pub truncated: Option<Truncated>,
+    /// Untracked paths dropped because the snapshot's ignore rules ignore them.
+    pub ignored: usize,
+}
+
+impl ChangeSet {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.truncated.is_none()
+    }
+}
+
+/// Limits applied while reading archives from the container.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// An extracted change: the change set plus the contents of the files it writes.
+pub struct Extracted {
+    pub set: ChangeSet,
+    contents: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+#[derive(Debug, Clone)]
+struct Seen {
+    node: Node,
+    content: Option<Vec<u8>>,
+}
+
+/// The git blob id of `data`.
+pub fn blob_id(data: &[u8]) -> String {
+    let mut h = sha1::Sha1::new();
+    h.update(format!("blob {}\0", data.len()).as_bytes());
+    h.update(data);
+    hex::encode(h.finalize())
+}
+
+fn parent(path: &str) -> &str {
+    path.rsplit_once('/').map(|(p, _)| p).unwrap_or("")
+}
+
+fn is_under(path: &[u8], dir: &[u8]) -> bool {
+    dir.is_empty() || (path.len() > dir.len() && path.starts_with(dir) && path[dir.len()] == b'/')
+}
+
+/// Chooses which paths to read back: the top-most added paths, modified leaves, and — where the
+/// engine could not name a path faithfully (non-UTF-8 names come back mangled) — its parent.
+fn download_roots(changes: &[(String, u8)]) -> Vec<String> {
+    let listed: BTreeSet<&str> = changes.iter().map(|(p, _)| p.as_str()).collect();
+    // In sorted order, the first listed path at or after "p/" is under p if anything is.
+    let has_children = |p: &str| {
+        let prefix = format!("{p}/");
+        listed
+            .range(prefix.as_str()..)
+            .next()
+            .is_some_and(|q| q.starts_with(&prefix))
+    };
+    let mut roots: BTreeSet<String> = BTreeSet::new();
+    let mut forced: BTreeSet<String> = BTreeSet::new();
+    for (path, kind) in changes {
+        if *kind == 2 {
+            continue;
+        }
+        let mut p = path.as_str();
+        if p.contains('\u{FFFD}') {
+            while p.contains('\u{FFFD}') {
+                p = parent(p);
+            }
+            forced.insert(p.to_string());
+            continue;
+        }
+        if *kind == 0 && has_children(p) {
+            continue; // a directory whose listed children carry the change
+        }
+        roots.insert(p.to_string());
+    }
+    roots.extend(forced);
+    // Drop roots inside another root: its archive holds them already.
+    let all: Vec<String> = roots.iter().cloned().collect();
+    roots
+        .into_iter()
+        .filter(|r| !all.iter().any(|o| o != r && is_under(r.as_bytes(), o.as_bytes())))
+        .collect()
+}
+
+/// Reads a whole archive stream into memory, refusing more than `cap` bytes.
+async fn read_capped(
+    mut stream: impl futures_util::Stream<Item = Result<bytes::Bytes>> + Unpin,
+    cap: u64,
+) -> Result<Option<Vec<u8>>> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if (buf.len() + chunk.len()) as u64 > cap {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Some(buf))
+}
+
+/// Parses one archive read from `root` (a path relative to `/work`, "" for `/work` itself).
+fn parse_archive(
+    data: &[u8],
+    root: &str,
+    limits: ReadLimits,
+    seen: &mut BTreeMap<Vec<u8>, Seen>,
+    dirs: &mut BTreeSet<Vec<u8>>,
+    budget: &mut (u64, u64),
+) -> Result<Option<Truncated>> {
+    let full = if root.is_empty() { WORK.to_string() } else { format!("{WORK}/{root}") };
+    let base_name = full.rsplit('/').next().unwrap_or_default().as_bytes().to_vec();
+    let mut ar = tar::Archive::new(data);
+    let bad = |e: std::io::Error| Error::Internal(format!("unreadable archive of {full} from the container: {e}"));
+    for entry in ar.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        budget.0 += 1;
+        if budget.0 > limits.entries {
+            return Ok(Some(Truncated::Entries { limit: limits.entries }));
+        }
+        let name = entry.path_bytes().into_owned();
+        if name.len() > MAX_PATH {
+            return Ok(Some(Truncated::PathLength { limit: MAX_PATH as u64 }));
+        }
+        let name = name.strip_suffix(b"/").unwrap_or(&name).to_vec();
+        // Every name starts with the root's own name; anything else is not ours to take.
+        let Some(rest) = name.strip_prefix(base_name.as_slice()) else { continue };
+        if !(rest.is_empty() || rest.starts_with(b"/")) {
+            continue;
+        }
+        let mut rel = root.as_bytes().to_vec();
+        if root.is_empty() {
+            rel = rest.strip_prefix(b"/").unwrap_or(rest).to_vec();
+        } else {
+            rel.extend_from_slice(rest);
+        }
+        if rel.is_empty() {
+            continue; // /work itself
+        }
+        let header = entry.header();
+        let mode = header.mode().unwrap_or(0o644);
+        let node = match header.entry_type() {
+            tar::EntryType::Directory => {
+                dirs.insert(rel);
+                continue;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                let size = header.size().map_err(bad)?;
+                if budget.1 + size > limits.bytes {
+                    return Ok(Some(Truncated::Bytes { limit: limits.bytes }));
+                }
+                budget.1 += size;
+                let mut content = Vec::with_capacity(size as usize);
+                (&mut entry).take(size).read_to_end(&mut content).map_err(bad)?;
+                let blob = blob_id(&content);
+                seen.insert(rel, Seen { node: Node::File { mode, size, blob: Some(blob) }, content: Some(content) });
+                continue;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+                Node::Symlink { target }
+            }
+            tar::EntryType::Link => Node::Special("hard link".into()),
+            tar::EntryType::Fifo => Node::Special("FIFO".into()),
+            tar::EntryType::Char => Node::Special("character device".into()),
+            tar::EntryType::Block => Node::Special("block device".into()),
+            other => Node::Special(format!("special file ({other:?})")),
+        };
+        seen.insert(rel, Seen { node, content: None });
+    }
+    Ok(None)
+}
+
+fn snapshot_node(e: &TreeEntry) -> Option<(u32, &str)> {
+    match e.kind {
+        EntryKind::File { executable: true } => Some((0o100755, "file")),
+        EntryKind::File { executable: false } => Some((0o100644, "file")),
+        EntryKind::Symlink => Some((0o120000, "symlink")),
+        EntryKind::Gitlink => None,
+    }
+}
+
+/// Reads the agent's change out of stopped container `id`, relative to the snapshot `entries`.
+pub async fn extract(
+    engine: &Engine,
+    id: &str,
+    repo: &Repo,
+    snapshot_tree: &str,
+    entries: &[TreeEntry],
+    limits: ReadLimits,
+) -> Result<Extracted> {
+    let changes: Vec<(String, u8)> = engine
+        .changes(id)
+        .await?
+        .into_iter()
+        .filter_map(|(p, k)| p.strip_prefix("/work/").map(|r| (r.to_string(), k)))
+        .collect();
+    let mut set = ChangeSet::default();
+    if changes.is_empty() {
+        return Ok(Extracted { set, contents: HashMap::new() });
+    }
+    let deleted: Vec<&str> = changes.iter().filter(|(_, k)| *k == 2).map(|(p, _)| p.as_str()).collect();
+    let roots = download_roots(&changes);
+
+    let mut seen: BTreeMap<Vec<u8>, Seen> = BTreeMap::new();
+    let mut dirs: BTreeSet<Vec<u8>> = BTreeSet::new();
+    let mut budget = (0u64, 0u64);
+    // Raw archive bytes allowed: the content budget plus headers (GNU long names included).
+    let cap = limits.bytes + (limits.entries + 16) * 3 * 512 + (1 << 20);
+    let mut dir_roots: Vec<Vec<u8>> = Vec::new();
+    for root in &roots {
+        let path = if root.is_empty() { WORK.to_string() } else { format!("{WORK}/{root}") };
+        let stream = Box::pin(engine.download(id, &path));
+        let data = match read_capped(stream, cap).await {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                set.truncated = Some(Truncated::Bytes { limit: limits.bytes });
+                return Ok(Extracted { set, contents: HashMap::new() });
+            }
+            // Listed by the engine but gone or unreadable (e.g. deleted in the same diff).
+            Err(Error::Engine { source: bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }, .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        if let Some(t) = parse_archive(&data, root, limits, &mut seen, &mut dirs, &mut budget)? {
+            set.truncated = Some(t);
+            return Ok(Extracted { set, contents: HashMap::new() });
+        }
+        if dirs.contains(root.as_bytes()) || root.is_empty() {
+            dir_roots.push(root.as_bytes().to_vec());
+        }
+    }
+
+    // The new state: the snapshot, minus deletions, minus what a read-back directory no longer
+    // holds, with type changes resolved, plus what was read.
+    let old: BTreeMap<Vec<u8>, &TreeEntry> = entries.iter().map(|e| (e.path.clone(), e)).collect();
+    let mut gone: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for d in &deleted {
+        let d = d.as_bytes();
+        for p in old.keys().filter(|p| p.as_slice() == d || is_under(p, d)) {
+            gone.insert(p.clone());
+        }
+    }
+    for r in &dir_roots {
+        for p in old.keys().filter(|p| is_under(p, r) && !seen.contains_key(*p)) {
+            gone.insert(p.clone());
+        }
+    }
+    for d in &dirs {
+        if old.contains_key(d) {
+            gone.insert(d.clone()); // a file or symlink became a directory
+        }
+    }
+    for p in seen.keys() {
+        for q in old.keys().filter(|q| is_under(q, p)) {
+            gone.insert(q.clone()); // a directory became a file
+        }
+    }
+
+    let mut contents = HashMap::new();
+    for (path, s) in seen {
+        let before = old.get(&path).and_then(|e| snapshot_node(e).map(|n| (n, e.oid.clone())));
+        let same = match (&before, &s.node) {
+            (Some(((mode, "file"), oid)), Node::File { mode: m, blob, .. }) => {
+                (mode & 0o100 != 0) == (m & 0o100 != 0) && blob.as_deref() == Some(oid.as_str()) && m & 0o6000 == 0
+            }
+            (Some(((_, "symlink"), oid)), Node::Symlink { target }) => blob_id(target) == *oid,
+            _ => false,
+        };
+        if same {
+            continue;
+        }
+        gone.remove(&path);
+        let kind = if before.is_some() { ChangeKind::Modified } else { ChangeKind::Added };
+        if let Some(c) = s.content {
+            contents.insert(path.clone(), c);
+        }
+        set.changes.push(Change { path, kind, node: s.node, old_mode: before.map(|((m, _), _)| m & 0o7777) });
+    }
+    for p in gone {
+        let e = old[&p];
+        let Some(((mode, _), _)) = snapshot_node(e).map(|n| (n, ())) else { continue };
+        let node = match e.kind {
+            EntryKind::Symlink => Node::Symlink { target: Vec::new() },
+            _ => Node::File { mode: mode & 0o7777, size: 0, blob: None },
+        };
+        set.changes.push(Change { path: p, kind: ChangeKind::Deleted, node, old_mode: Some(mode & 0o7777) });
+    }
+    set.changes.sort_by(|a, b| a.path.cmp(&b.path));
+
+    drop_ignored(repo, snapshot_tree, entries, &mut set, &mut contents)?;
+    Ok(Extracted { set, contents })
+}
+
+/// Drops added paths that the snapshot's own ignore rules ignore (build outputs, caches).
+fn drop_ignored(
+    repo: &Repo,
+    snapshot_tree: &str,
+    entries: &[TreeEntry],
+    set: &mut ChangeSet,
+    contents: &mut HashMap<Vec<u8>, Vec<u8>>,
+) -> Result<()> {
+    let candidates: Vec<&Change> = set
+        .changes
+        .iter()
+        .filter(|c| c.kind == ChangeKind::Added && scope::bad_name(&c.path).is_none())
+        .filter(|c| !c.path.split(|b| *b == b'/').any(|p| p.eq_ignore_ascii_case(b".git")))
+        .collect();
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    // A scratch repository holding only the snapshot's .gitignore files (and the user's
+    // info/exclude): the rules come from the snapshot, never from the box.
+    let scratch = tempfile::Builder::new()
+        .prefix("boxdelegate-ignore-")
+        .tempdir()
+        .map_err(|e| Error::io("creating a scratch directory", e))?;
+    let git = |args: &[&str], input: Option<&[u8]>| -> Result<Vec<u8>> {
+        let mut cmd = crate::git::command(scratch.path());
+        cmd.args(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        if input.is_some() {
+            cmd.stdin(std::process::Stdio::piped());
+        }
+        let mut child = cmd.spawn().map_err(|e| Error::io("starting git", e))?;
+        if let Some(input) = input {
+            let mut stdin = child.stdin.take().expect("piped");
+            let input = input.to_vec();
+            std::thread::spawn(move || stdin.write_all(&input));
+        }
+        let out = child.wait_with_output().map_err(|e| Error::io("running git", e))?;
+        // check-ignore exits 1 when nothing is ignored.
+        if !out.status.success() && out.status.code() != Some(1) {
+            return Err(Error::Git { args: args.join(" "), message: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        }
+        Ok(out.stdout)
+    };
+    git(&["init", "-q"], None)?;
+    let _ = snapshot_tree;
+    for e in entries.iter().filter(|e| e.path.ends_with(b".gitignore") && matches!(e.kind, EntryKind::File { .. })) {
+        let name = e.path.rsplit(|b| *b == b'/').next().unwrap_or_default();
+        if name != b".gitignore" {
+            continue;
+        }
+        let rel = String::from_utf8_lossy(&e.path).into_owned();
+        let dest: PathBuf = scratch.path().join(&rel);
+        if let Some(p) = dest.parent() {
+            std::fs::create_dir_all(p).map_err(|er| Error::io("writing ignore rules", er))?;
+        }
+        let data = repo.run(&["cat-file", "blob", &e.oid])?;
+        std::fs::write(&dest, data).map_err(|er| Error::io("writing ignore rules", er))?;
+    }
+    if let Ok(exclude) = std::fs::read(repo.common_dir.join("info/exclude")) {
+        let _ = std::fs::write(scratch.path().join(".git/info/exclude"), exclude);
+    }
+    let mut input = Vec::new();
+    for c in &candidates {
+        input.extend_from_slice(&c.path);
+        input.push(0);
+    }
+    let out = git(&["check-ignore", "--no-index", "-z", "--stdin"], Some(&input))?;
+    let ignored: BTreeSet<Vec<u8>> = out.split(|b| *b == 0).filter(|p| !p.is_empty()).map(|p| p.to_vec()).collect();
+    let before = set.changes.len();
+    set.changes.retain(|c| !(c.kind == ChangeKind::Added && ignored.contains(&c.path)));
+    set.ignored = before - set.changes.len();
+    contents.retain(|p, _| !ignored.contains(p));
+    Ok(())
+}
+
+/// The recorded result of writing a change set as a tree.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Written {
+    pub tree: String,
+    pub patch_sha256: String,
+    /// Changes left out of the tree because git cannot represent them (they are rejected by
+    /// the scope check anyway).
+    pub left_out: usize,
+}
+
+impl Extracted {
+    /// Writes the blobs to the private object store `store`, the new tree through a temporary
+    /// index, and the patch (`git diff --binary --full-index -M`) to `patch_file`.
+    pub fn write(&self, repo: &Repo, store: &Path, snapshot_tree: &str, patch_file: &Path) -> Result<Written> {
+        std::fs::create_dir_all(store).map_err(|e| Error::io(format!("creating {}", store.display()), e))?;
+        let scratch = tempfile::Builder::new()
+            .prefix("boxdelegate-blobs-")
+            .tempdir()
+            .map_err(|e| Error::io("creating a scratch directory", e))?;
+        // Blob contents go through numbered scratch files: no name from the box is ever used
+        // as a host path.
+        let mut paths_in = Vec::new();
+        let mut expected = Vec::new();
+        for (i, c) in self.set.changes.iter().enumerate() {
+            if c.kind == ChangeKind::Deleted {
+                continue;
+            }
+            let data: &[u8] = match &c.node {
+                Node::File { .. } => self.contents.get(&c.path).map(Vec::as_slice).unwrap_or_default(),
+                Node::Symlink { target } => target,
+                Node::Special(_) => continue,
+            };
+            let f = scratch.path().join(i.to_string());
+            std::fs::write(&f, data).map_err(|e| Error::io("writing a scratch blob", e))?;
+            paths_in.extend_from_slice(f.as_os_str().as_encoded_bytes());
+            paths_in.push(b'\n');
+            expected.push(blob_id(data));
+        }
+        if !expected.is_empty() {
+            let out = repo.run_with(
+                repo.store_cmd(store),
+                &["hash-object", "-w", "--no-filters", "--stdin-paths"],
+                Some(&paths_in),
+            )?;
+            let got: Vec<String> = String::from_utf8_lossy(&out).lines().map(str::to_string).collect();
+            if got != expected {
+                return Err(Error::Internal("git hash-object disagreed with the computed blob ids".into()));
+            }
+        }
+        let index = scratch.path().join("index");
+        let with_index = || {
+            let mut cmd = repo.store_cmd(store);
+            cmd.env("GIT_INDEX_FILE", &index);
+            cmd
+        };
+        repo.run_with(with_index(), &["read-tree", snapshot_tree], None)?;
+        let mut info = Vec::new();
+        let mut left_out = 0;
+        let mut blobs = expected.into_iter();
+        for c in &self.set.changes {
+            let representable = scope::bad_name(&c.path).is_none()
+                && !c.path.split(|b| *b == b'/').any(|p| p.eq_ignore_ascii_case(b".git"));
+            let blob = match (&c.kind, &c.node) {
+                (ChangeKind::Deleted, _) => None,
+                (_, Node::Special(_)) => {
+                    left_out += 1;
+                    continue;
+                }
+                _ => blobs.next(),
+            };
+            if !representable {
+                left_out += 1;
+                continue;
+            }
+            match blob {
+                None => info.extend_from_slice(b"0 0000000000000000000000000000000000000000\t"),
+                Some(id) => info.extend_from_slice(format!("{} {id}\t", c.node.git_mode().unwrap_or("100644")).as_bytes()),
+            }
+            info.extend_from_slice(&c.path);
+            info.push(0);
+        }
+        repo.run_with(with_index(), &["update-index", "-z", "--index-info"], Some(&info))?;
+        let tree = String::from_utf8_lossy(&repo.run_with(with_index(), &["write-tree"], None)?).trim().to_string();
+        let patch = repo.run_with(
+            repo.store_cmd(store),
+            &["diff", "--binary", "--full-index", "-M", "--no-ext-diff", "--no-textconv", "--no-color", snapshot_tree, &tree],
+            None,
+        )?;
+        write_private(patch_file, &patch)?;
+        let patch_sha256 = hex::encode(sha2::Sha256::digest(&patch));
+        Ok(Written { tree, patch_sha256, left_out })
+    }
+}
+
+/// Writes `data` to `path` atomically (temp file, fsync, rename), readable by the user only.
+pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    tmp.write_all(data).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    tmp.persist(path).map_err(|e| Error::io(format!("writing {}", path.display()), e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roots(list: &[(&str, u8)]) -> Vec<String> {
+        download_roots(&list.iter().map(|(p, k)| (p.to_string(), *k)).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn blob_ids_match_git() {
+        // `printf 'hello\n' | git hash-object --stdin`
+        assert_eq!(blob_id(b"hello\n"), "ce013625030ba8dba906f756967f9e9ca394464a");
+        assert_eq!(blob_id(b""), "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391");
+    }
+
+    #[test]
+    fn roots_are_top_most_added_paths_and_modified_leaves() {
+        let r = roots(&[
+            ("src", 0),
+            ("src/a.rs", 0),
+            ("new", 1),
+            ("new/x", 1),
+            ("new/y/z", 1),
+            ("old.txt", 2),
+            ("README.md", 0),
+        ]);
+        assert_eq!(r, vec!["README.md", "new", "src/a.rs"]);
+    }
+
+    #[test]
+    fn mangled_names_fall_back_to_their_parent() {
+        let r = roots(&[("src", 0), ("src/bad\u{FFFD}name", 1), ("src/ok", 1)]);
+        assert_eq!(r, vec!["src"]);
+        let r = roots(&[("bad\u{FFFD}", 1)]);
+        assert_eq!(r, vec![""]);
+    }
+}

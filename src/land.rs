@@ -1,0 +1,268 @@
+//! Landing a tree as a commit on a host branch, with plumbing only.
+//!
+//! `commit-tree` with the snapshot commit as parent; if the branch moved meanwhile,
+//! `merge-tree --write-tree` onto its head (a conflict writes nothing); then `update-ref` with
+//! the expected old value, so a concurrent change of the branch is never overwritten. The
+//! user's index and working tree are touched only when the target is the checked-out branch and
+//! the working tree is clean.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::git::Repo;
+
+const ZERO: &str = "0000000000000000000000000000000000000000";
+
+/// Trailer keys recorded on every landed commit.
+pub const TRAILER_UNIT: &str = "Boxdelegate-Unit";
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LandRequest {
+    pub branch: String,
+    pub snapshot_commit: String,
+    pub snapshot_tree: String,
+    pub tree: String,
+    pub unit_id: String,
+    pub title: String,
+    pub body: String,
+    pub agent: String,
+    pub co_author: String,
+    pub patch_sha256: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "outcome")]
+pub enum Landed {
+    Committed {
+        commit: String,
+        branch: String,
+        /// The branch head the commit was placed on when it had moved since the snapshot.
+        rebased_onto: Option<String>,
+        worktree_updated: bool,
+        /// What the user should do, when something is left for them.
+        note: Option<String>,
+    },
+    Conflict {
+        branch: String,
+        head: String,
+        paths: Vec<String>,
+    },
+}
+
+/// Validates a branch name as git would (`git check-ref-format --branch`).
+pub fn check_branch_name(repo: &Repo, name: &str) -> Result<()> {
+    let ok = !name.starts_with('-')
+        && repo
+            .run(&["check-ref-format", "--branch", name])
+            .is_ok_and(|out| String::from_utf8_lossy(&out).trim() == name);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Usage {
+            message: format!("{name:?} is not a valid branch name"),
+            hint: "pick a name git accepts (see `git check-ref-format --branch NAME`)".into(),
+        })
+    }
+}
+
+/// The branch checked out in the repository's work tree, if any.
+pub fn checked_out_branch(repo: &Repo) -> Option<String> {
+    repo.text(&["symbolic-ref", "-q", "HEAD"])
+        .ok()
+        .and_then(|r| r.strip_prefix("refs/heads/").map(str::to_string))
+}
+
+/// Whether the work tree and index have no changes to tracked files.
+pub fn worktree_clean(repo: &Repo) -> Result<bool> {
+    let out = repo.run(&["status", "--porcelain", "--untracked-files=no", "--ignore-submodules"])?;
+    Ok(out.is_empty())
+}
+
+/// A commit on `branch` (or `HEAD`) that already carries this unit's trailer.
+pub fn find_landed(repo: &Repo, branch: &str, unit_id: &str) -> Result<Option<String>> {
+    let mut args = vec![
+        "log".to_string(),
+        "-n".into(),
+        "500".into(),
+        format!("--format=%H%x09%(trailers:key={TRAILER_UNIT},valueonly,separator=%x2C)"),
+        "HEAD".into(),
+    ];
+    if repo.resolve(&format!("refs/heads/{branch}"))?.is_some() {
+        args.push(format!("refs/heads/{branch}"));
+    }
+    args.push("--".into());
+    let out = repo.text(&args)?;
+    Ok(out.lines().find_map(|line| {
+        let (commit, units) = line.split_once('\t')?;
+        units.split(',').any(|u| u.trim() == unit_id).then(|| commit.to_string())
+    }))
+}
+
+/// Copies the loose objects of the private store into the repository's object database (no
+/// overwrite: objects are content-addressed).
+pub fn import_objects(repo: &Repo, store: &Path) -> Result<()> {
+    let dest = repo.common_dir.join("objects");
+    let Ok(dirs) = std::fs::read_dir(store) else { return Ok(()) };
+    for dir in dirs.flatten() {
+        let name = dir.file_name();
+        let name = name.to_string_lossy();
+        if name.len() != 2 || !name.chars().all(|c| c.is_ascii_hexdigit()) {
+            continue;
+        }
+        let target_dir = dest.join(&*name);
+        for obj in std::fs::read_dir(dir.path()).map_err(|e| Error::io("reading the object store", e))?.flatten() {
+            let target = target_dir.join(obj.file_name());
+            if target.exists() {
+                continue;
+            }
+            std::fs::create_dir_all(&target_dir).map_err(|e| Error::io(format!("creating {}", target_dir.display()), e))?;
+            let tmp = target_dir.join(format!(".tmp-boxdelegate-{}", obj.file_name().to_string_lossy()));
+            std::fs::copy(obj.path(), &tmp).map_err(|e| Error::io("copying an object", e))?;
+            std::fs::rename(&tmp, &target).map_err(|e| Error::io("copying an object", e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The author and committer: the caller's `GIT_AUTHOR_*` if set, else the user's git identity,
+/// else a neutral one. Only these values are read from the user's configuration.
+fn identity(repo: &Repo) -> Vec<(String, String)> {
+    let read = |key: &str| -> Option<String> {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&repo.root)
+            .args(["config", "--get", key])
+            .output()
+            .ok()?;
+        let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !v.is_empty()).then_some(v)
+    };
+    let name = read("user.name").unwrap_or_else(|| "boxdelegate".into());
+    let email = read("user.email").unwrap_or_else(|| "boxdelegate@localhost".into());
+    let mut env = Vec::new();
+    for (var, value) in [
+        ("GIT_AUTHOR_NAME", &name),
+        ("GIT_AUTHOR_EMAIL", &email),
+        ("GIT_COMMITTER_NAME", &name),
+        ("GIT_COMMITTER_EMAIL", &email),
+    ] {
+        if std::env::var_os(var).is_none() {
+            env.push((var.to_string(), value.clone()));
+        }
+    }
+    env
+}
+
+pub fn message(req: &LandRequest) -> String {
+    let mut body = req.body.trim().to_string();
+    if body.len() > 4000 {
+        let mut cut = 4000;
+        while !body.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        body.truncate(cut);
+        body.push_str("\n[…]");
+    }
+    format!(
+        "{}\n\n{}\n\n{TRAILER_UNIT}: {}\nBoxdelegate-Agent: {}\nBoxdelegate-Snapshot: {}\nBoxdelegate-Patch-Sha256: {}\nCo-authored-by: {}\n",
+        req.title.trim(),
+        body,
+        req.unit_id,
+        req.agent,
+        req.snapshot_tree,
+        req.patch_sha256,
+        req.co_author
+    )
+}
+
+fn commit_tree(repo: &Repo, tree: &str, parent: &str, msg: &str) -> Result<String> {
+    let mut cmd = repo.cmd();
+    for (k, v) in identity(repo) {
+        cmd.env(k, v);
+    }
+    let out = repo.run_with(cmd, &["commit-tree", tree, "-p", parent, "-F", "-"], Some(msg.as_bytes()))?;
+    Ok(String::from_utf8_lossy(&out).trim().to_string())
+}
+
+/// Lands `req.tree` on `req.branch`.
+pub fn land(repo: &Repo, req: &LandRequest) -> Result<Landed> {
+    let refname = format!("refs/heads/{}", req.branch);
+    let old = repo.resolve(&refname)?;
+    let msg = message(req);
+    let candidate = commit_tree(repo, &req.tree, &req.snapshot_commit, &msg)?;
+    let (new, rebased_onto) = match &old {
+        None => (candidate, None),
+        Some(head) if *head == req.snapshot_commit => (candidate, None),
+        Some(head) => {
+            let out = repo.cmd().args(["merge-tree", "--write-tree", "--name-only", "--no-messages"])
+                .arg(format!("--merge-base={}", req.snapshot_commit))
+                .arg(head)
+                .arg(&candidate)
+                .output()
+                .map_err(|e| Error::io("running git merge-tree", e))?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            match out.status.code() {
+                Some(0) => {
+                    let merged = text.lines().next().unwrap_or_default().trim().to_string();
+                    (commit_tree(repo, &merged, head, &msg)?, Some(head.clone()))
+                }
+                Some(1) => {
+                    let paths = text.lines().skip(1).take_while(|l| !l.is_empty()).map(str::to_string).collect();
+                    return Ok(Landed::Conflict { branch: req.branch.clone(), head: head.clone(), paths });
+                }
+                _ => {
+                    return Err(Error::Git {
+                        args: "merge-tree --write-tree".into(),
+                        message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                    })
+                }
+            }
+        }
+    };
+    let expected = old.clone().unwrap_or_else(|| ZERO.to_string());
+    let checked_out = checked_out_branch(repo).as_deref() == Some(req.branch.as_str());
+    if checked_out {
+        let old = old.clone().expect("a checked-out branch exists");
+        if worktree_clean(repo)? {
+            // Index and work tree first, then the ref (compare-and-swap); undo on a lost race.
+            repo.run(&["read-tree", "-m", "-u", &old, &new])?;
+            if let Err(e) = repo.run(&["update-ref", "-m", "boxdelegate: land", &refname, &new, &expected]) {
+                let _ = repo.run(&["read-tree", "-m", "-u", &new, &old]);
+                return Err(e);
+            }
+            return Ok(Landed::Committed { commit: new, branch: req.branch.clone(), rebased_onto, worktree_updated: true, note: None });
+        }
+        repo.run(&["update-ref", "-m", "boxdelegate: land", &refname, &new, &expected])?;
+        let note = format!(
+            "{} is checked out with local changes, so only the branch moved; once your changes are committed or stashed, bring the files in with: git read-tree -m -u {old} {new}",
+            req.branch
+        );
+        return Ok(Landed::Committed { commit: new, branch: req.branch.clone(), rebased_onto, worktree_updated: false, note: Some(note) });
+    }
+    repo.run(&["update-ref", "-m", "boxdelegate: land", &refname, &new, &expected])?;
+    Ok(Landed::Committed { commit: new, branch: req.branch.clone(), rebased_onto, worktree_updated: false, note: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_has_title_body_and_trailers() {
+        let req = LandRequest {
+            branch: "b".into(),
+            snapshot_commit: "c".into(),
+            snapshot_tree: "t0".into(),
+            tree: "t1".into(),
+            unit_id: "wu-auth".into(),
+            title: "Add login".into(),
+            body: "Do it.".into(),
+            agent: "command".into(),
+            co_author: "A <a@b>".into(),
+            patch_sha256: "ff".into(),
+        };
+        let m = message(&req);
+        assert!(m.starts_with("Add login\n\nDo it.\n\nBoxdelegate-Unit: wu-auth\n"), "{m}");
+        assert!(m.contains("Boxdelegate-Patch-Sha256: ff\nCo-authored-by: A <a@b>\n"), "{m}");
+    }
+}

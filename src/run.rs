@@ -1,0 +1,554 @@
+//! `boxdelegate run`: a unit from its file to a commit on a host branch.
+//!
+//! plan (validate everything) → snapshot → images → agent container → extract → scope →
+//! verify (seam: runs only when checks are configured) → land. Each unit's result is recorded
+//! in the run directory (`<git common dir>/boxdelegate/runs/<run-id>/<unit>/`), private to the
+//! user, with its change set, patch and agent log; a rejected unit keeps its patch.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bollard::models::ContainerCreateBody;
+use futures_util::StreamExt;
+
+use crate::agent::{self, Agent, PROMPT_DIR, PROMPT_FILE};
+use crate::commands::Project;
+use crate::config::unit::{self, Unit, UnitGlobs};
+use crate::config::Limits;
+use crate::engine::{hardened_host_config, labels, short, Engine};
+use crate::error::{exit, Error, Result};
+use crate::extract::{self, ChangeSet, ReadLimits};
+use crate::images;
+use crate::land::{self, LandRequest, Landed};
+use crate::report::Reporter;
+use crate::scope::{self, Rejection};
+use crate::snapshot::{self, Snapshot};
+
+/// Default wall-clock limit of one agent attempt.
+pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// A commit landed on the target branch.
+    Landed,
+    /// The unit had landed before; nothing was run.
+    AlreadyLanded,
+    /// The change broke the scope policy; nothing landed, the patch is kept.
+    Rejected,
+    /// The branch moved and the change overlaps; nothing was written.
+    Conflict,
+    /// The agent outlived its timeout; its container was killed.
+    Timeout,
+    /// The agent exited with a non-zero code; nothing landed, the patch is kept.
+    AgentFailed,
+    /// The agent changed nothing.
+    NoChange,
+}
+
+impl Status {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Status::Landed | Status::AlreadyLanded => exit::OK,
+            Status::Rejected => exit::REJECTED,
+            Status::Conflict => exit::CONFLICT,
+            Status::Timeout => exit::TIMEOUT,
+            Status::AgentFailed => exit::AGENT_FAILED,
+            Status::NoChange => exit::NO_CHANGE,
+        }
+    }
+}
+
+/// What one unit came to; stored as `result.json` and printed with `--json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct UnitResult {
+    pub unit: String,
+    pub title: String,
+    pub status: Status,
+    pub run_id: String,
+    pub branch: String,
+    pub agent: String,
+    pub snapshot_commit: String,
+    pub snapshot_tree: String,
+    pub unit_image: Option<String>,
+    pub agent_exit_code: Option<i64>,
+    pub files_changed: usize,
+    pub tree: Option<String>,
+    pub patch: Option<PathBuf>,
+    pub patch_sha256: Option<String>,
+    pub rejections: Vec<Rejection>,
+    pub landed: Option<Landed>,
+    pub log: Option<PathBuf>,
+    pub message: String,
+    pub seconds: f64,
+    /// For `apply`: what landing needs.
+    pub co_author: String,
+    pub body: String,
+}
+
+/// Where run state lives: inside the git directory, so the work tree is never touched.
+pub fn state_dir(project: &Project) -> PathBuf {
+    project.repo.common_dir.join("boxdelegate")
+}
+
+fn new_run_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}-{:04x}", now.as_secs(), (now.subsec_nanos() ^ std::process::id()) & 0xffff)
+}
+
+fn create_private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))
+}
+
+pub struct RunArgs {
+    pub units: Vec<String>,
+    pub all: bool,
+    pub branch: Option<String>,
+    pub rerun: bool,
+}
+
+/// A unit with everything resolved before the engine is touched.
+struct Planned {
+    unit: Unit,
+    globs: UnitGlobs,
+    agent: Box<dyn Agent>,
+    env: Vec<String>,
+    timeout: Duration,
+    limits: Limits,
+    branch: String,
+}
+
+fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
+    let units_dir = &project.config.project.units_dir;
+    let ids: Vec<String> = if args.all {
+        let ids = unit::list_ids(&project.repo.root, units_dir);
+        if ids.is_empty() {
+            return Err(Error::Usage {
+                message: format!("--all: no unit files in {units_dir}/"),
+                hint: "create one with `boxdelegate unit new ID --scope GLOB`".into(),
+            });
+        }
+        ids
+    } else if args.units.is_empty() {
+        return Err(Error::Usage {
+            message: "no unit given".into(),
+            hint: "name units with --unit ID (repeatable) or run them all with --all".into(),
+        });
+    } else {
+        args.units.clone()
+    };
+    if args.branch.is_some() && ids.len() > 1 {
+        return Err(Error::Usage {
+            message: "--branch names one target branch, but several units were given".into(),
+            hint: "run the units one at a time with --branch, or let each land on boxdelegate/<unit-id>".into(),
+        });
+    }
+    let checked_out = land::checked_out_branch(&project.repo);
+    let mut planned = Vec::new();
+    for id in ids {
+        let unit = unit::load(&project.repo.root, units_dir, &id)?;
+        let globs = unit.globs()?;
+        let config = match &unit.meta.agent {
+            Some(o) => o.apply(&project.config.agent),
+            None => project.config.agent.clone(),
+        };
+        let agent = agent::for_config(&config, &unit)?;
+        let env = agent::host_env(&config.env)?;
+        let timeout = unit.meta.timeout.or(config.timeout).unwrap_or(DEFAULT_AGENT_TIMEOUT);
+        let limits = match &unit.meta.limits {
+            Some(l) => crate::config::LimitsConfig {
+                memory: l.memory.or(project.config.limits.memory),
+                cpus: l.cpus.or(project.config.limits.cpus),
+                pids: l.pids.or(project.config.limits.pids),
+                max_files: l.max_files.or(project.config.limits.max_files),
+                max_bytes: l.max_bytes.or(project.config.limits.max_bytes),
+            }
+            .resolve(),
+            None => project.limits,
+        };
+        let branch = args.branch.clone().unwrap_or_else(|| format!("boxdelegate/{id}"));
+        land::check_branch_name(&project.repo, &branch)?;
+        if checked_out.as_deref() == Some(branch.as_str()) && !land::worktree_clean(&project.repo)? {
+            return Err(Error::Repo {
+                path: project.repo.root.clone(),
+                message: format!("the target branch {branch} is checked out and the working tree has uncommitted changes"),
+                hint: Some("commit or stash your changes first, or land on another branch (--branch, default boxdelegate/<unit-id>)".into()),
+            });
+        }
+        planned.push(Planned { unit, globs, agent, env, timeout, limits, branch });
+    }
+    Ok(planned)
+}
+
+pub async fn run(project: &Project, args: RunArgs, include_dirty: bool, reporter: &dyn Reporter) -> Result<Vec<UnitResult>> {
+    let planned = plan(project, &args)?;
+    let snapshot = Snapshot::take(&project.repo, include_dirty)?;
+    let entries = snapshot::list_tree(&project.repo, &snapshot.tree)?;
+    let run_id = new_run_id();
+    let run_dir = state_dir(project).join("runs").join(&run_id);
+
+    // Units that landed before need neither the engine nor a run directory.
+    let mut results = Vec::new();
+    let mut todo = Vec::new();
+    for p in planned {
+        if !args.rerun {
+            if let Some(commit) = land::find_landed(&project.repo, &p.branch, &p.unit.meta.id)? {
+                reporter.phase(&format!("{}: already landed as {}", p.unit.meta.id, short(&commit)));
+                results.push(UnitResult {
+                    unit: p.unit.meta.id.clone(),
+                    title: p.unit.meta.title.clone(),
+                    status: Status::AlreadyLanded,
+                    run_id: run_id.clone(),
+                    branch: p.branch.clone(),
+                    agent: p.agent.name().into(),
+                    snapshot_commit: snapshot.commit.clone(),
+                    snapshot_tree: snapshot.tree.clone(),
+                    unit_image: None,
+                    agent_exit_code: None,
+                    files_changed: 0,
+                    tree: None,
+                    patch: None,
+                    patch_sha256: None,
+                    rejections: vec![],
+                    landed: None,
+                    log: None,
+                    message: format!("already landed as {commit} (run again with --rerun to delegate it anew)"),
+                    seconds: 0.0,
+                    co_author: String::new(),
+                    body: String::new(),
+                });
+                continue;
+            }
+        }
+        todo.push(p);
+    }
+    if todo.is_empty() {
+        return Ok(results);
+    }
+
+    let engine = Engine::connect().await?;
+    reporter.phase(&format!("snapshot {} ({} files)", short(&snapshot.tree), entries.len()));
+    let deps = images::plan_deps(&engine, &project.repo, &project.profile, project.config.project.base_image.as_deref(), &entries).await?;
+    let cx = images::Context { engine: &engine, repo: &project.repo, profile: &project.profile, limits: &project.limits, reporter };
+    images::ensure_deps(&cx, &deps).await?;
+    let unit_image = images::ensure_unit(&cx, &deps, &snapshot, &entries, true).await?;
+    create_private_dir(&run_dir)?;
+
+    for p in todo {
+        let result = run_unit(project, &engine, &p, &snapshot, &entries, &unit_image.image, &run_id, &run_dir, reporter).await?;
+        let unit_dir = run_dir.join(&p.unit.meta.id);
+        let json = serde_json::to_vec_pretty(&result).map_err(|e| Error::Internal(e.to_string()))?;
+        extract::write_private(&unit_dir.join("result.json"), &json)?;
+        extract::write_private(&state_dir(project).join("last").join(format!("{}.json", p.unit.meta.id)), &json)?;
+        results.push(result);
+    }
+    Ok(results)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_unit(
+    project: &Project,
+    engine: &Engine,
+    p: &Planned,
+    snapshot: &Snapshot,
+    entries: &[snapshot::TreeEntry],
+    image: &str,
+    run_id: &str,
+    run_dir: &Path,
+    reporter: &dyn Reporter,
+) -> Result<UnitResult> {
+    let started = Instant::now();
+    let id = &p.unit.meta.id;
+    let unit_dir = run_dir.join(id);
+    create_private_dir(&unit_dir)?;
+    let spec = p.agent.spec(&p.unit);
+    let mut result = UnitResult {
+        unit: id.clone(),
+        title: p.unit.meta.title.clone(),
+        status: Status::NoChange,
+        run_id: run_id.to_string(),
+        branch: p.branch.clone(),
+        agent: p.agent.name().into(),
+        snapshot_commit: snapshot.commit.clone(),
+        snapshot_tree: snapshot.tree.clone(),
+        unit_image: Some(image.to_string()),
+        agent_exit_code: None,
+        files_changed: 0,
+        tree: None,
+        patch: None,
+        patch_sha256: None,
+        rejections: vec![],
+        landed: None,
+        log: Some(unit_dir.join("agent.log")),
+        message: String::new(),
+        seconds: 0.0,
+        co_author: spec.co_author.clone(),
+        body: p.unit.body.clone(),
+    };
+
+    // The agent container.
+    reporter.phase(&format!("{id}: agent ({}) running", p.agent.name()));
+    let mut env = spec.env.clone();
+    env.extend(p.env.iter().cloned());
+    let mut host = hardened_host_config(&p.limits);
+    host.network_mode = Some("none".into());
+    let container = engine
+        .create_container(ContainerCreateBody {
+            image: Some(image.to_string()),
+            cmd: Some(spec.cmd.clone()),
+            env: Some(env),
+            working_dir: Some("/work".into()),
+            labels: Some(HashMap::from([
+                (labels::KIND.to_string(), "agent".to_string()),
+                (labels::RUN.to_string(), run_id.to_string()),
+                (labels::UNIT.to_string(), id.clone()),
+            ])),
+            network_disabled: Some(true),
+            host_config: Some(host),
+            ..Default::default()
+        })
+        .await?;
+    let outcome = async {
+        engine.upload(&container, PROMPT_DIR, prompt_tar(&p.unit.prompt())?).await?;
+        engine.start(&container).await?;
+        let log_task = {
+            let engine = engine.clone();
+            let container = container.clone();
+            let log_path = unit_dir.join("agent.log");
+            let sink = reporter.line_sink();
+            tokio::spawn(async move {
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode_private()
+                    .open(&log_path)
+                    .ok();
+                let mut logs = Box::pin(engine.logs(&container, None, true));
+                while let Some(Ok(chunk)) = logs.next().await {
+                    if let Some(f) = file.as_mut() {
+                        let _ = f.write_all(chunk.as_bytes());
+                    }
+                    for line in chunk.lines() {
+                        sink(line);
+                    }
+                }
+            })
+        };
+        let waited = tokio::time::timeout(p.timeout, engine.wait(&container)).await;
+        let code = match waited {
+            Ok(code) => Some(code?),
+            Err(_) => {
+                engine.kill(&container).await?;
+                None
+            }
+        };
+        // The log stream ends with the container; give it a moment to drain, then stop it.
+        let _ = tokio::time::timeout(Duration::from_secs(5), log_task).await;
+        Ok::<_, Error>(code)
+    }
+    .await;
+    let code = match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            engine.remove_container(&container).await?;
+            return Err(e);
+        }
+    };
+    let Some(code) = code else {
+        engine.remove_container(&container).await?;
+        result.status = Status::Timeout;
+        result.message = format!("the agent ran longer than {}s and was killed; nothing landed", p.timeout.as_secs());
+        result.seconds = started.elapsed().as_secs_f64();
+        return Ok(result);
+    };
+    result.agent_exit_code = Some(code);
+
+    // Extract, then the container is gone.
+    reporter.phase(&format!("{id}: extracting the change"));
+    let read_limits = ReadLimits { entries: p.limits.max_files, bytes: p.limits.max_bytes };
+    let extracted = extract::extract(engine, &container, &project.repo, &snapshot.tree, entries, read_limits).await;
+    engine.remove_container(&container).await?;
+    let extracted = extracted?;
+    let set: &ChangeSet = &extracted.set;
+    result.files_changed = set.changes.len();
+    let changes_json = serde_json::to_vec_pretty(set).map_err(|e| Error::Internal(e.to_string()))?;
+    extract::write_private(&unit_dir.join("changes.json"), &changes_json)?;
+
+    if set.truncated.is_none() && !set.changes.is_empty() {
+        let patch = unit_dir.join("change.patch");
+        let written = extracted.write(&project.repo, &unit_dir.join("objects"), &snapshot.tree, &patch)?;
+        result.tree = Some(written.tree);
+        result.patch = Some(patch);
+        result.patch_sha256 = Some(written.patch_sha256);
+    }
+    if code != 0 {
+        result.status = Status::AgentFailed;
+        result.message = format!("the agent exited with code {code}; nothing landed (see the log{})", if result.patch.is_some() { " and the kept patch" } else { "" });
+        result.seconds = started.elapsed().as_secs_f64();
+        return Ok(result);
+    }
+    if set.is_empty() {
+        result.status = Status::NoChange;
+        result.message = "the agent changed nothing".into();
+        result.seconds = started.elapsed().as_secs_f64();
+        return Ok(result);
+    }
+
+    // Scope.
+    result.rejections = scope::check(set, &p.globs, &p.limits, &p.unit.file);
+    if !result.rejections.is_empty() {
+        result.status = Status::Rejected;
+        result.message = format!(
+            "{} scope violation(s); nothing landed{}",
+            result.rejections.len(),
+            if result.patch.is_some() { ", the patch is kept" } else { "" }
+        );
+        result.seconds = started.elapsed().as_secs_f64();
+        return Ok(result);
+    }
+
+    // Land (verification in a clean container comes before this, once it exists).
+    reporter.phase(&format!("{id}: landing on {}", p.branch));
+    land::import_objects(&project.repo, &unit_dir.join("objects"))?;
+    let req = land_request(&result).expect("an accepted change has a tree");
+    let landed = land::land(&project.repo, &req)?;
+    finish_landing(&mut result, landed);
+    result.seconds = started.elapsed().as_secs_f64();
+    Ok(result)
+}
+
+fn land_request(r: &UnitResult) -> Option<LandRequest> {
+    Some(LandRequest {
+        branch: r.branch.clone(),
+        snapshot_commit: r.snapshot_commit.clone(),
+        snapshot_tree: r.snapshot_tree.clone(),
+        tree: r.tree.clone()?,
+        unit_id: r.unit.clone(),
+        title: r.title.clone(),
+        body: r.body.clone(),
+        agent: r.agent.clone(),
+        co_author: r.co_author.clone(),
+        patch_sha256: r.patch_sha256.clone()?,
+    })
+}
+
+fn finish_landing(result: &mut UnitResult, landed: Landed) {
+    match &landed {
+        Landed::Committed { commit, branch, rebased_onto, note, .. } => {
+            result.status = Status::Landed;
+            result.message = format!(
+                "landed as {} on {branch}{}{}",
+                short(commit),
+                rebased_onto.as_ref().map(|h| format!(" (on top of {}, the branch had moved)", short(h))).unwrap_or_default(),
+                note.as_ref().map(|n| format!("; {n}")).unwrap_or_default()
+            );
+        }
+        Landed::Conflict { branch, paths, .. } => {
+            result.status = Status::Conflict;
+            result.message = format!(
+                "{branch} moved and the change conflicts with it in {}; nothing was written, the patch is kept",
+                paths.join(", ")
+            );
+        }
+    }
+    result.landed = Some(landed);
+}
+
+/// `boxdelegate apply UNIT`: lands the last kept result of a unit, after the same checks.
+pub fn apply(project: &Project, id: &str, branch: Option<String>) -> Result<UnitResult> {
+    let mut result = last_result(project, id)?;
+    if let Some(b) = branch {
+        result.branch = b;
+    }
+    land::check_branch_name(&project.repo, &result.branch)?;
+    let unit = unit::load(&project.repo.root, &project.config.project.units_dir, id)?;
+    let globs = unit.globs()?;
+    let unit_dir = state_dir(project).join("runs").join(&result.run_id).join(id);
+    let set: ChangeSet = serde_json::from_slice(
+        &std::fs::read(unit_dir.join("changes.json")).map_err(|e| Error::io("reading the kept change set", e))?,
+    )
+    .map_err(|e| Error::Internal(format!("the kept change set is unreadable: {e}")))?;
+    if matches!(result.status, Status::Landed | Status::AlreadyLanded) {
+        return Err(Error::Usage {
+            message: format!("unit {id} already landed ({})", result.message),
+            hint: "nothing to apply".into(),
+        });
+    }
+    if result.tree.is_none() {
+        return Err(Error::Usage {
+            message: format!("the last run of unit {id} kept no change ({})", result.message),
+            hint: format!("run it again: boxdelegate run --unit {id}"),
+        });
+    }
+    result.rejections = scope::check(&set, &globs, &project.limits, &unit.file);
+    if !result.rejections.is_empty() {
+        result.status = Status::Rejected;
+        result.message = format!("{} scope violation(s); nothing landed", result.rejections.len());
+        return Ok(result);
+    }
+    let checked_out = land::checked_out_branch(&project.repo);
+    if checked_out.as_deref() == Some(result.branch.as_str()) && !land::worktree_clean(&project.repo)? {
+        return Err(Error::Repo {
+            path: project.repo.root.clone(),
+            message: format!("the target branch {} is checked out and the working tree has uncommitted changes", result.branch),
+            hint: Some("commit or stash your changes first, or apply to another branch with --branch".into()),
+        });
+    }
+    land::import_objects(&project.repo, &unit_dir.join("objects"))?;
+    let req = land_request(&result).expect("checked above");
+    let landed = land::land(&project.repo, &req)?;
+    finish_landing(&mut result, landed);
+    let json = serde_json::to_vec_pretty(&result).map_err(|e| Error::Internal(e.to_string()))?;
+    extract::write_private(&state_dir(project).join("last").join(format!("{id}.json")), &json)?;
+    Ok(result)
+}
+
+/// The last recorded result of unit `id`.
+pub fn last_result(project: &Project, id: &str) -> Result<UnitResult> {
+    unit::validate_id(id).map_err(|m| Error::Usage { message: format!("unit {m}"), hint: "`boxdelegate unit ls` lists the units".into() })?;
+    let path = state_dir(project).join("last").join(format!("{id}.json"));
+    let data = std::fs::read(&path).map_err(|_| Error::Usage {
+        message: format!("unit {id} has no recorded result"),
+        hint: format!("run it first: boxdelegate run --unit {id}"),
+    })?;
+    serde_json::from_slice(&data).map_err(|e| Error::Internal(format!("{} is unreadable: {e}", path.display())))
+}
+
+fn prompt_tar(prompt: &str) -> Result<impl crate::engine::ByteStream> {
+    let mut ar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(prompt.len() as u64);
+    h.set_mode(0o600);
+    h.set_uid(snapshot::OWNER_UID);
+    h.set_gid(snapshot::OWNER_UID);
+    h.set_mtime(snapshot::FIXED_MTIME);
+    ar.append_data(&mut h, PROMPT_FILE, prompt.as_bytes()).map_err(|e| Error::io("packing the prompt", e))?;
+    let data = ar.into_inner().map_err(|e| Error::io("packing the prompt", e))?;
+    Ok(futures_util::stream::once(async move { Ok(bytes::Bytes::from(data)) }))
+}
+
+trait PrivateOpen {
+    fn mode_private(&mut self) -> &mut Self;
+}
+
+impl PrivateOpen for std::fs::OpenOptions {
+    fn mode_private(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o600)
+    }
+}
+
+/// The process exit code for a set of results: 0 when every unit landed (now or before), else
+/// the code of the first unit that did not.
+pub fn exit_code(results: &[UnitResult]) -> i32 {
+    results.iter().map(|r| r.status.exit_code()).find(|c| *c != exit::OK).unwrap_or(exit::OK)
+}

@@ -1,0 +1,268 @@
+//! The scope policy: which changes a unit may make. Pure functions over a change set.
+//!
+//! Fixed denials hold for every unit (`.git` paths, names git or a terminal would misread,
+//! special files, symlinks leaving the tree, setuid/setgid, unexpected executable bits, size and
+//! count limits); then the unit's own globs (scope, deny, protected). Every rejection names the
+//! path, the rule and what to do.
+
+use std::path::Path;
+
+use crate::config::unit::UnitGlobs;
+use crate::config::Limits;
+use crate::extract::{Change, ChangeKind, ChangeSet, Node};
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rejection {
+    /// The path, escaped for display.
+    pub path: String,
+    /// The rule's name: out-of-scope, denied, protected, git-path, path-name, special-file,
+    /// symlink-escape, setuid, exec-bit, file-size, limit-files, limit-bytes.
+    pub rule: String,
+    pub message: String,
+    pub hint: String,
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} [{}] (hint: {})", self.path, self.message, self.rule, self.hint)
+    }
+}
+
+/// Shows a path from the box safely: printable UTF-8 as is, anything else escaped.
+pub fn display_path(path: &[u8]) -> String {
+    match std::str::from_utf8(path) {
+        Ok(s) if !s.chars().any(|c| c.is_control()) => s.to_string(),
+        _ => path
+            .iter()
+            .flat_map(|b| std::ascii::escape_default(*b))
+            .map(char::from)
+            .collect(),
+    }
+}
+
+/// Why a path name is unacceptable, if it is.
+pub fn bad_name(path: &[u8]) -> Option<&'static str> {
+    if path.is_empty() || path.len() > 4096 {
+        return Some("empty or longer than 4096 bytes");
+    }
+    let Ok(s) = std::str::from_utf8(path) else {
+        return Some("is not valid UTF-8");
+    };
+    if s.chars().any(|c| c.is_control()) {
+        return Some("contains a control character (newline, tab, escape…)");
+    }
+    if s.starts_with('/') || s.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Some("has an empty, `.` or `..` component");
+    }
+    None
+}
+
+fn is_git_path(path: &[u8]) -> bool {
+    path.split(|b| *b == b'/').any(|c| {
+        let c = String::from_utf8_lossy(c);
+        let c = c.trim_end_matches([' ', '.']);
+        c.eq_ignore_ascii_case(".git")
+    })
+}
+
+/// Whether a relative symlink at `path` pointing to `target` stays inside the tree.
+pub fn symlink_stays_inside(path: &[u8], target: &[u8]) -> bool {
+    if target.is_empty() || target.starts_with(b"/") {
+        return false;
+    }
+    let mut depth: i64 = path.split(|b| *b == b'/').count() as i64 - 1;
+    for c in target.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    true
+}
+
+/// Checks every change; an empty result means the change set is accepted.
+pub fn check(changes: &ChangeSet, globs: &UnitGlobs, limits: &Limits, unit_file: &Path) -> Vec<Rejection> {
+    let mut out = Vec::new();
+    let unit_file = unit_file.display();
+    let reject = |out: &mut Vec<Rejection>, path: &[u8], rule: &str, message: String, hint: String| {
+        out.push(Rejection { path: display_path(path), rule: rule.into(), message, hint });
+    };
+    if let Some(reason) = &changes.truncated {
+        reject(&mut out, b"/work", reason.rule(), reason.to_string(), reason.hint(limits));
+        return out;
+    }
+    let count = changes.changes.len() as u64;
+    if count > limits.max_files {
+        reject(
+            &mut out,
+            b"*",
+            "limit-files",
+            format!("{count} files changed, more than the limit of {}", limits.max_files),
+            "split the unit, or raise [limits] max_files".into(),
+        );
+    }
+    let total: u64 = changes.changes.iter().map(|c| c.node.size()).sum();
+    if total > limits.max_bytes {
+        reject(
+            &mut out,
+            b"*",
+            "limit-bytes",
+            format!("the change writes {total} bytes, more than the limit of {}", limits.max_bytes),
+            "raise [limits] max_bytes if this much output is expected".into(),
+        );
+    }
+    for change in &changes.changes {
+        check_one(&mut out, change, globs, limits, &unit_file.to_string());
+    }
+    out
+}
+
+fn check_one(out: &mut Vec<Rejection>, change: &Change, globs: &UnitGlobs, limits: &Limits, unit_file: &str) {
+    let path = &change.path;
+    let mut reject = |rule: &str, message: String, hint: String| {
+        out.push(Rejection { path: display_path(path), rule: rule.into(), message, hint });
+    };
+    if is_git_path(path) {
+        reject("git-path", "writes inside a .git directory".into(), "agents must not touch git metadata; boxdelegate commits for them".into());
+        return;
+    }
+    if let Some(why) = bad_name(path) {
+        reject("path-name", format!("the file name {why}"), "use plain UTF-8 file names".into());
+        return;
+    }
+    match &change.node {
+        Node::Special(what) => reject(
+            "special-file",
+            format!("is a {what}"),
+            "only regular files, directories and symlinks can be landed".into(),
+        ),
+        Node::Symlink { target } if change.kind != ChangeKind::Deleted && !symlink_stays_inside(path, target) => reject(
+            "symlink-escape",
+            format!("is a symlink to {}, outside the repository", display_path(target)),
+            "use a relative symlink that stays inside the repository, or copy the file".into(),
+        ),
+        Node::File { mode, size, .. } if change.kind != ChangeKind::Deleted => {
+            if mode & 0o6000 != 0 {
+                reject("setuid", format!("has the setuid/setgid bit (mode {mode:o})"), "remove the bit (chmod u-s,g-s)".into());
+            }
+            let was_exec = change.old_mode.is_some_and(|m| m & 0o111 != 0);
+            if mode & 0o111 != 0 && !was_exec && !globs.executable.is_match(Path::new(&String::from_utf8_lossy(path).into_owned())) {
+                reject(
+                    "exec-bit",
+                    "gains an executable bit".into(),
+                    format!("allow it with executable = [\"{}\"] in {unit_file}", display_path(path)),
+                );
+            }
+            if *size > limits.max_bytes {
+                reject("file-size", format!("is {size} bytes, over the limit of {}", limits.max_bytes), "raise [limits] max_bytes if this is expected".into());
+            }
+        }
+        _ => {}
+    }
+    let p = Path::new(std::str::from_utf8(path).unwrap_or_default());
+    if !globs.scope.is_match(p) {
+        reject(
+            "out-of-scope",
+            format!("{} but the unit allows only {}", change.kind.verb(), globs.scope.patterns.join(", ")),
+            format!("widen scope in {unit_file}, or tell the agent to leave this file alone"),
+        );
+    } else if globs.deny.is_match(p) {
+        reject(
+            "denied",
+            format!("{} but matches deny {}", change.kind.verb(), globs.deny.patterns.join(", ")),
+            format!("remove it from deny in {unit_file} if the change is intended"),
+        );
+    }
+    if globs.protected.is_match(p) {
+        reject(
+            "protected",
+            format!("{} but is protected", change.kind.verb()),
+            "protected files (e.g. the tests that define done) may not be modified by the agent".into(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::unit::Globs;
+
+    fn globs(scope: &[&str]) -> UnitGlobs {
+        let g = |v: &[&str]| Globs::new(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        UnitGlobs { scope: g(scope), deny: g(&["src/secret/**"]), protected: g(&["tests/spec.rs"]), executable: g(&["bin/*"]) }
+    }
+
+    fn file(path: &str, kind: ChangeKind, mode: u32, old_mode: Option<u32>) -> Change {
+        Change { path: path.as_bytes().to_vec(), kind, node: Node::File { mode, size: 3, blob: None }, old_mode }
+    }
+
+    fn rules(changes: Vec<Change>) -> Vec<(String, String)> {
+        let set = ChangeSet { changes, ..Default::default() };
+        check(&set, &globs(&["src/**", "tests/**", "bin/*"]), &Limits::default(), Path::new("units/u.md"))
+            .into_iter()
+            .map(|r| (r.path, r.rule))
+            .collect()
+    }
+
+    #[test]
+    fn in_scope_changes_pass() {
+        assert!(rules(vec![file("src/a.rs", ChangeKind::Added, 0o644, None), file("src/b.rs", ChangeKind::Deleted, 0o644, Some(0o644))]).is_empty());
+    }
+
+    #[test]
+    fn each_rule_names_path_and_rule() {
+        let r = rules(vec![
+            file("docs/x.md", ChangeKind::Modified, 0o644, Some(0o644)),
+            file("src/secret/k.rs", ChangeKind::Added, 0o644, None),
+            file("tests/spec.rs", ChangeKind::Deleted, 0o644, Some(0o644)),
+            file("src/.git/hooks/pre-commit", ChangeKind::Added, 0o755, None),
+            file("src/run.sh", ChangeKind::Modified, 0o755, Some(0o644)),
+            file("bin/tool", ChangeKind::Added, 0o755, None),
+            file("src/was-exec.sh", ChangeKind::Modified, 0o755, Some(0o755)),
+            file("src/suid", ChangeKind::Added, 0o4755, None),
+            file("src/a\nb", ChangeKind::Added, 0o644, None),
+        ]);
+        let expect = [
+            ("docs/x.md", "out-of-scope"),
+            ("src/secret/k.rs", "denied"),
+            ("tests/spec.rs", "protected"),
+            ("src/.git/hooks/pre-commit", "git-path"),
+            ("src/run.sh", "exec-bit"),
+            ("src/suid", "setuid"),
+            ("src/a\\nb", "path-name"),
+        ];
+        for (p, rule) in expect {
+            assert!(r.contains(&(p.to_string(), rule.to_string())), "{p} {rule}: {r:?}");
+        }
+        assert!(!r.iter().any(|(p, _)| p == "bin/tool" || p == "src/was-exec.sh"), "{r:?}");
+    }
+
+    #[test]
+    fn symlinks_must_stay_inside() {
+        assert!(symlink_stays_inside(b"src/a", b"b"));
+        assert!(symlink_stays_inside(b"src/a", b"../README.md"));
+        assert!(!symlink_stays_inside(b"src/a", b"../../etc/passwd"));
+        assert!(!symlink_stays_inside(b"a", b"/etc/passwd"));
+        assert!(!symlink_stays_inside(b"a", b""));
+        assert!(symlink_stays_inside(b"a/b/c", b"../d/../../e"));
+        assert!(!symlink_stays_inside(b"a/b/c", b"../../../e"));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(bad_name(b"ok/name.rs").is_none());
+        assert!(bad_name(b"a/../b").is_some());
+        assert!(bad_name(&[b'a', 0xff]).is_some());
+        assert!(bad_name(b"a\tb").is_some());
+        assert_eq!(display_path(&[b'a', 0xff, b'\n']), "a\\xff\\n");
+        assert!(is_git_path(b"x/.GIT/config"));
+        assert!(is_git_path(b".git"));
+        assert!(!is_git_path(b".github/workflows/ci.yml"));
+    }
+}
