@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use futures_util::StreamExt;
 
 use crate::cli::{Cli, Command, GlobalArgs, ImageCommand, SnapshotArgs, UnitCommand};
-use crate::config::unit;
 use crate::config::profile::Profile;
+use crate::config::unit;
 use crate::config::{self, Config, Limits};
 use crate::engine::{labels, short, Engine};
 use crate::error::{exit, Error, Result};
@@ -119,11 +119,24 @@ pub async fn run(cli: Cli) -> Result<i32> {
             Ok(exit::OK)
         }
         Command::Image(cmd) => image(global, cmd).await,
-        Command::Run { units, all, branch, rerun, snap, json } => {
+        Command::Run {
+            units,
+            all,
+            branch,
+            rerun,
+            snap,
+            json,
+        } => {
             let project = Project::open(global)?;
             let reporter = reporter(global, json);
-            let args = crate::run::RunArgs { units, all, branch, rerun };
-            let results = crate::run::run(&project, args, snap.include_dirty, reporter.as_ref()).await;
+            let args = crate::run::RunArgs {
+                units,
+                all,
+                branch,
+                rerun,
+            };
+            let results =
+                crate::run::run(&project, args, snap.include_dirty, reporter.as_ref()).await;
             reporter.finish();
             let results = results?;
             if json {
@@ -143,8 +156,11 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 message: format!("the last run of unit {unit} kept no patch ({})", r.message),
                 hint: format!("run it: boxdelegate run --unit {unit}"),
             })?;
-            let data = std::fs::read(&patch).map_err(|e| Error::io(format!("reading {}", patch.display()), e))?;
-            std::io::stdout().write_all(&data).map_err(|e| Error::io("writing the patch", e))?;
+            let data = std::fs::read(&patch)
+                .map_err(|e| Error::io(format!("reading {}", patch.display()), e))?;
+            std::io::stdout()
+                .write_all(&data)
+                .map_err(|e| Error::io("writing the patch", e))?;
             Ok(exit::OK)
         }
         Command::Show { unit, json } => {
@@ -178,8 +194,14 @@ pub async fn run(cli: Cli) -> Result<i32> {
 }
 
 fn print_result(r: &crate::run::UnitResult) {
-    let status = serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-    println!("{:<20} {:<14} {} ({} file(s), {:.1}s)", r.unit, status, r.message, r.files_changed, r.seconds);
+    let status = serde_json::to_value(r.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    println!(
+        "{:<20} {:<14} {} ({} file(s), {:.1}s)",
+        r.unit, status, r.message, r.files_changed, r.seconds
+    );
     for rej in &r.rejections {
         println!("  - {rej}");
     }
@@ -191,17 +213,29 @@ fn unit_command(global: &GlobalArgs, cmd: UnitCommand) -> Result<i32> {
     let dir = &project.config.project.units_dir;
     match cmd {
         UnitCommand::New { id, scope } => {
-            unit::validate_id(&id).map_err(|m| Error::Usage { message: format!("unit {m}"), hint: "pick another id".into() })?;
+            unit::validate_id(&id).map_err(|m| Error::Usage {
+                message: format!("unit {m}"),
+                hint: "pick another id".into(),
+            })?;
             if let Err((glob, err)) = unit::Globs::new(&scope) {
-                return Err(Error::Usage { message: format!("--scope {glob:?} does not compile: {err}"), hint: "`*` matches within a directory, `**` across directories".into() });
+                return Err(Error::Usage {
+                    message: format!("--scope {glob:?} does not compile: {err}"),
+                    hint: "`*` matches within a directory, `**` across directories".into(),
+                });
             }
             let rel = Path::new(dir).join(format!("{id}.md"));
             let path = root.join(&rel);
             if path.exists() || path.is_symlink() {
-                return Err(Error::Exists { path: rel, hint: "boxdelegate never overwrites a unit file; edit it or pick another id".into() });
+                return Err(Error::Exists {
+                    path: rel,
+                    hint: "boxdelegate never overwrites a unit file; edit it or pick another id"
+                        .into(),
+                });
             }
-            std::fs::create_dir_all(root.join(dir)).map_err(|e| Error::io(format!("creating {dir}"), e))?;
-            std::fs::write(&path, unit::scaffold(&id, &scope)).map_err(|e| Error::io(format!("writing {}", rel.display()), e))?;
+            std::fs::create_dir_all(root.join(dir))
+                .map_err(|e| Error::io(format!("creating {dir}"), e))?;
+            std::fs::write(&path, unit::scaffold(&id, &scope))
+                .map_err(|e| Error::io(format!("writing {}", rel.display()), e))?;
             println!("wrote {}", rel.display());
             Ok(exit::OK)
         }
@@ -209,7 +243,9 @@ fn unit_command(global: &GlobalArgs, cmd: UnitCommand) -> Result<i32> {
             let mut rows = Vec::new();
             for id in unit::list_ids(root, dir) {
                 let row = match unit::load(root, dir, &id) {
-                    Ok(u) => serde_json::json!({"id": id, "title": u.meta.title, "scope": u.meta.scope, "valid": true}),
+                    Ok(u) => {
+                        serde_json::json!({"id": id, "title": u.meta.title, "scope": u.meta.scope, "valid": true})
+                    }
                     Err(e) => serde_json::json!({"id": id, "valid": false, "error": e.to_string()}),
                 };
                 rows.push(row);
@@ -219,8 +255,16 @@ fn unit_command(global: &GlobalArgs, cmd: UnitCommand) -> Result<i32> {
             } else {
                 for r in &rows {
                     match r["valid"].as_bool() {
-                        Some(true) => println!("{:<20} {}", r["id"].as_str().unwrap_or_default(), r["title"].as_str().unwrap_or_default()),
-                        _ => println!("{:<20} INVALID: {}", r["id"].as_str().unwrap_or_default(), r["error"].as_str().unwrap_or_default()),
+                        Some(true) => println!(
+                            "{:<20} {}",
+                            r["id"].as_str().unwrap_or_default(),
+                            r["title"].as_str().unwrap_or_default()
+                        ),
+                        _ => println!(
+                            "{:<20} INVALID: {}",
+                            r["id"].as_str().unwrap_or_default(),
+                            r["error"].as_str().unwrap_or_default()
+                        ),
                     }
                 }
             }
@@ -241,7 +285,10 @@ fn unit_command(global: &GlobalArgs, cmd: UnitCommand) -> Result<i32> {
                 match unit::load(root, dir, &id) {
                     Ok(u) => {
                         let globs = u.globs()?;
-                        let in_scope = files.iter().filter(|e| globs.scope.is_match(e.path())).count();
+                        let in_scope = files
+                            .iter()
+                            .filter(|e| globs.scope.is_match(e.path()))
+                            .count();
                         let prompt = u.prompt().len();
                         let mut warnings = Vec::new();
                         if in_scope > unit::MAX_SCOPE_FILES {
@@ -251,7 +298,9 @@ fn unit_command(global: &GlobalArgs, cmd: UnitCommand) -> Result<i32> {
                             warnings.push(format!("the prompt is {prompt} bytes (more than {}): consider splitting the unit", unit::MAX_PROMPT_BYTES));
                         }
                         if warnings.is_empty() {
-                            println!("{id}: ok ({in_scope} file(s) in scope, prompt {prompt} bytes)");
+                            println!(
+                                "{id}: ok ({in_scope} file(s) in scope, prompt {prompt} bytes)"
+                            );
                         }
                         for w in warnings {
                             println!("{id}: warning: {w}");

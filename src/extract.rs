@@ -57,7 +57,7 @@ pub enum Node {
         target: Vec<u8>,
     },
     /// FIFO, device, socket or hard link: never landed.
-    Special(String),
+    Special { what: String },
 }
 
 impl Node {
@@ -65,7 +65,7 @@ impl Node {
         match self {
             Node::File { size, .. } => *size,
             Node::Symlink { target } => target.len() as u64,
-            Node::Special(_) => 0,
+            Node::Special { .. } => 0,
         }
     }
 
@@ -74,7 +74,7 @@ impl Node {
             Node::File { mode, .. } if mode & 0o100 != 0 => Some("100755"),
             Node::File { .. } => Some("100644"),
             Node::Symlink { .. } => Some("120000"),
-            Node::Special(_) => None,
+            Node::Special { .. } => None,
         }
     }
 }
@@ -120,7 +120,9 @@ impl Truncated {
     pub fn hint(&self, _: &crate::config::Limits) -> String {
         match self {
             Truncated::Entries { .. } => "split the unit, or raise [limits] max_files".into(),
-            Truncated::Bytes { .. } => "raise [limits] max_bytes if this much output is expected".into(),
+            Truncated::Bytes { .. } => {
+                "raise [limits] max_bytes if this much output is expected".into()
+            }
             Truncated::PathLength { .. } => "use shorter paths".into(),
         }
     }
@@ -129,9 +131,17 @@ impl Truncated {
 impl std::fmt::Display for Truncated {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Truncated::Entries { limit } => write!(f, "the agent wrote more than {limit} files; extraction stopped"),
-            Truncated::Bytes { limit } => write!(f, "the agent wrote more than {limit} bytes; extraction stopped"),
-            Truncated::PathLength { limit } => write!(f, "a path is longer than {limit} bytes; extraction stopped"),
+            Truncated::Entries { limit } => write!(
+                f,
+                "the agent wrote more than {limit} files; extraction stopped"
+            ),
+            Truncated::Bytes { limit } => write!(
+                f,
+                "the agent wrote more than {limit} bytes; extraction stopped"
+            ),
+            Truncated::PathLength { limit } => {
+                write!(f, "a path is longer than {limit} bytes; extraction stopped")
+            }
         }
     }
 }
@@ -221,7 +231,10 @@ fn download_roots(changes: &[(String, u8)]) -> Vec<String> {
     let all: Vec<String> = roots.iter().cloned().collect();
     roots
         .into_iter()
-        .filter(|r| !all.iter().any(|o| o != r && is_under(r.as_bytes(), o.as_bytes())))
+        .filter(|r| {
+            !all.iter()
+                .any(|o| o != r && is_under(r.as_bytes(), o.as_bytes()))
+        })
         .collect()
 }
 
@@ -250,23 +263,42 @@ fn parse_archive(
     dirs: &mut BTreeSet<Vec<u8>>,
     budget: &mut (u64, u64),
 ) -> Result<Option<Truncated>> {
-    let full = if root.is_empty() { WORK.to_string() } else { format!("{WORK}/{root}") };
-    let base_name = full.rsplit('/').next().unwrap_or_default().as_bytes().to_vec();
+    let full = if root.is_empty() {
+        WORK.to_string()
+    } else {
+        format!("{WORK}/{root}")
+    };
+    let base_name = full
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .as_bytes()
+        .to_vec();
     let mut ar = tar::Archive::new(data);
-    let bad = |e: std::io::Error| Error::Internal(format!("unreadable archive of {full} from the container: {e}"));
+    let bad = |e: std::io::Error| {
+        Error::Internal(format!(
+            "unreadable archive of {full} from the container: {e}"
+        ))
+    };
     for entry in ar.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
         budget.0 += 1;
         if budget.0 > limits.entries {
-            return Ok(Some(Truncated::Entries { limit: limits.entries }));
+            return Ok(Some(Truncated::Entries {
+                limit: limits.entries,
+            }));
         }
         let name = entry.path_bytes().into_owned();
         if name.len() > MAX_PATH {
-            return Ok(Some(Truncated::PathLength { limit: MAX_PATH as u64 }));
+            return Ok(Some(Truncated::PathLength {
+                limit: MAX_PATH as u64,
+            }));
         }
         let name = name.strip_suffix(b"/").unwrap_or(&name).to_vec();
         // Every name starts with the root's own name; anything else is not ours to take.
-        let Some(rest) = name.strip_prefix(base_name.as_slice()) else { continue };
+        let Some(rest) = name.strip_prefix(base_name.as_slice()) else {
+            continue;
+        };
         if !(rest.is_empty() || rest.starts_with(b"/")) {
             continue;
         }
@@ -289,26 +321,60 @@ fn parse_archive(
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 let size = header.size().map_err(bad)?;
                 if budget.1 + size > limits.bytes {
-                    return Ok(Some(Truncated::Bytes { limit: limits.bytes }));
+                    return Ok(Some(Truncated::Bytes {
+                        limit: limits.bytes,
+                    }));
                 }
                 budget.1 += size;
                 let mut content = Vec::with_capacity(size as usize);
-                (&mut entry).take(size).read_to_end(&mut content).map_err(bad)?;
+                (&mut entry)
+                    .take(size)
+                    .read_to_end(&mut content)
+                    .map_err(bad)?;
                 let blob = blob_id(&content);
-                seen.insert(rel, Seen { node: Node::File { mode, size, blob: Some(blob) }, content: Some(content) });
+                seen.insert(
+                    rel,
+                    Seen {
+                        node: Node::File {
+                            mode,
+                            size,
+                            blob: Some(blob),
+                        },
+                        content: Some(content),
+                    },
+                );
                 continue;
             }
             tar::EntryType::Symlink => {
-                let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
                 Node::Symlink { target }
             }
-            tar::EntryType::Link => Node::Special("hard link".into()),
-            tar::EntryType::Fifo => Node::Special("FIFO".into()),
-            tar::EntryType::Char => Node::Special("character device".into()),
-            tar::EntryType::Block => Node::Special("block device".into()),
-            other => Node::Special(format!("special file ({other:?})")),
+            tar::EntryType::Link => Node::Special {
+                what: "hard link".into(),
+            },
+            tar::EntryType::Fifo => Node::Special {
+                what: "FIFO".into(),
+            },
+            tar::EntryType::Char => Node::Special {
+                what: "character device".into(),
+            },
+            tar::EntryType::Block => Node::Special {
+                what: "block device".into(),
+            },
+            other => Node::Special {
+                what: format!("special file ({other:?})"),
+            },
         };
-        seen.insert(rel, Seen { node, content: None });
+        seen.insert(
+            rel,
+            Seen {
+                node,
+                content: None,
+            },
+        );
     }
     Ok(None)
 }
@@ -339,9 +405,16 @@ pub async fn extract(
         .collect();
     let mut set = ChangeSet::default();
     if changes.is_empty() {
-        return Ok(Extracted { set, contents: HashMap::new() });
+        return Ok(Extracted {
+            set,
+            contents: HashMap::new(),
+        });
     }
-    let deleted: Vec<&str> = changes.iter().filter(|(_, k)| *k == 2).map(|(p, _)| p.as_str()).collect();
+    let deleted: Vec<&str> = changes
+        .iter()
+        .filter(|(_, k)| *k == 2)
+        .map(|(p, _)| p.as_str())
+        .collect();
     let roots = download_roots(&changes);
 
     let mut seen: BTreeMap<Vec<u8>, Seen> = BTreeMap::new();
@@ -351,21 +424,39 @@ pub async fn extract(
     let cap = limits.bytes + (limits.entries + 16) * 3 * 512 + (1 << 20);
     let mut dir_roots: Vec<Vec<u8>> = Vec::new();
     for root in &roots {
-        let path = if root.is_empty() { WORK.to_string() } else { format!("{WORK}/{root}") };
+        let path = if root.is_empty() {
+            WORK.to_string()
+        } else {
+            format!("{WORK}/{root}")
+        };
         let stream = Box::pin(engine.download(id, &path));
         let data = match read_capped(stream, cap).await {
             Ok(Some(d)) => d,
             Ok(None) => {
-                set.truncated = Some(Truncated::Bytes { limit: limits.bytes });
-                return Ok(Extracted { set, contents: HashMap::new() });
+                set.truncated = Some(Truncated::Bytes {
+                    limit: limits.bytes,
+                });
+                return Ok(Extracted {
+                    set,
+                    contents: HashMap::new(),
+                });
             }
             // Listed by the engine but gone or unreadable (e.g. deleted in the same diff).
-            Err(Error::Engine { source: bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }, .. }) => continue,
+            Err(Error::Engine {
+                source:
+                    bollard::errors::Error::DockerResponseServerError {
+                        status_code: 404, ..
+                    },
+                ..
+            }) => continue,
             Err(e) => return Err(e),
         };
         if let Some(t) = parse_archive(&data, root, limits, &mut seen, &mut dirs, &mut budget)? {
             set.truncated = Some(t);
-            return Ok(Extracted { set, contents: HashMap::new() });
+            return Ok(Extracted {
+                set,
+                contents: HashMap::new(),
+            });
         }
         if dirs.contains(root.as_bytes()) || root.is_empty() {
             dir_roots.push(root.as_bytes().to_vec());
@@ -383,7 +474,10 @@ pub async fn extract(
         }
     }
     for r in &dir_roots {
-        for p in old.keys().filter(|p| is_under(p, r) && !seen.contains_key(*p)) {
+        for p in old
+            .keys()
+            .filter(|p| is_under(p, r) && !seen.contains_key(*p))
+        {
             gone.insert(p.clone());
         }
     }
@@ -400,10 +494,14 @@ pub async fn extract(
 
     let mut contents = HashMap::new();
     for (path, s) in seen {
-        let before = old.get(&path).and_then(|e| snapshot_node(e).map(|n| (n, e.oid.clone())));
+        let before = old
+            .get(&path)
+            .and_then(|e| snapshot_node(e).map(|n| (n, e.oid.clone())));
         let same = match (&before, &s.node) {
             (Some(((mode, "file"), oid)), Node::File { mode: m, blob, .. }) => {
-                (mode & 0o100 != 0) == (m & 0o100 != 0) && blob.as_deref() == Some(oid.as_str()) && m & 0o6000 == 0
+                (mode & 0o100 != 0) == (m & 0o100 != 0)
+                    && blob.as_deref() == Some(oid.as_str())
+                    && m & 0o6000 == 0
             }
             (Some(((_, "symlink"), oid)), Node::Symlink { target }) => blob_id(target) == *oid,
             _ => false,
@@ -412,20 +510,40 @@ pub async fn extract(
             continue;
         }
         gone.remove(&path);
-        let kind = if before.is_some() { ChangeKind::Modified } else { ChangeKind::Added };
+        let kind = if before.is_some() {
+            ChangeKind::Modified
+        } else {
+            ChangeKind::Added
+        };
         if let Some(c) = s.content {
             contents.insert(path.clone(), c);
         }
-        set.changes.push(Change { path, kind, node: s.node, old_mode: before.map(|((m, _), _)| m & 0o7777) });
+        set.changes.push(Change {
+            path,
+            kind,
+            node: s.node,
+            old_mode: before.map(|((m, _), _)| m & 0o7777),
+        });
     }
     for p in gone {
         let e = old[&p];
-        let Some(((mode, _), _)) = snapshot_node(e).map(|n| (n, ())) else { continue };
+        let Some(((mode, _), _)) = snapshot_node(e).map(|n| (n, ())) else {
+            continue;
+        };
         let node = match e.kind {
             EntryKind::Symlink => Node::Symlink { target: Vec::new() },
-            _ => Node::File { mode: mode & 0o7777, size: 0, blob: None },
+            _ => Node::File {
+                mode: mode & 0o7777,
+                size: 0,
+                blob: None,
+            },
         };
-        set.changes.push(Change { path: p, kind: ChangeKind::Deleted, node, old_mode: Some(mode & 0o7777) });
+        set.changes.push(Change {
+            path: p,
+            kind: ChangeKind::Deleted,
+            node,
+            old_mode: Some(mode & 0o7777),
+        });
     }
     set.changes.sort_by(|a, b| a.path.cmp(&b.path));
 
@@ -445,7 +563,11 @@ fn drop_ignored(
         .changes
         .iter()
         .filter(|c| c.kind == ChangeKind::Added && scope::bad_name(&c.path).is_none())
-        .filter(|c| !c.path.split(|b| *b == b'/').any(|p| p.eq_ignore_ascii_case(b".git")))
+        .filter(|c| {
+            !c.path
+                .split(|b| *b == b'/')
+                .any(|p| p.eq_ignore_ascii_case(b".git"))
+        })
         .collect();
     if candidates.is_empty() {
         return Ok(());
@@ -458,7 +580,9 @@ fn drop_ignored(
         .map_err(|e| Error::io("creating a scratch directory", e))?;
     let git = |args: &[&str], input: Option<&[u8]>| -> Result<Vec<u8>> {
         let mut cmd = crate::git::command(scratch.path());
-        cmd.args(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        cmd.args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         if input.is_some() {
             cmd.stdin(std::process::Stdio::piped());
         }
@@ -468,16 +592,24 @@ fn drop_ignored(
             let input = input.to_vec();
             std::thread::spawn(move || stdin.write_all(&input));
         }
-        let out = child.wait_with_output().map_err(|e| Error::io("running git", e))?;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| Error::io("running git", e))?;
         // check-ignore exits 1 when nothing is ignored.
         if !out.status.success() && out.status.code() != Some(1) {
-            return Err(Error::Git { args: args.join(" "), message: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+            return Err(Error::Git {
+                args: args.join(" "),
+                message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
         }
         Ok(out.stdout)
     };
     git(&["init", "-q"], None)?;
     let _ = snapshot_tree;
-    for e in entries.iter().filter(|e| e.path.ends_with(b".gitignore") && matches!(e.kind, EntryKind::File { .. })) {
+    for e in entries
+        .iter()
+        .filter(|e| e.path.ends_with(b".gitignore") && matches!(e.kind, EntryKind::File { .. }))
+    {
         let name = e.path.rsplit(|b| *b == b'/').next().unwrap_or_default();
         if name != b".gitignore" {
             continue;
@@ -498,10 +630,18 @@ fn drop_ignored(
         input.extend_from_slice(&c.path);
         input.push(0);
     }
-    let out = git(&["check-ignore", "--no-index", "-z", "--stdin"], Some(&input))?;
-    let ignored: BTreeSet<Vec<u8>> = out.split(|b| *b == 0).filter(|p| !p.is_empty()).map(|p| p.to_vec()).collect();
+    let out = git(
+        &["check-ignore", "--no-index", "-z", "--stdin"],
+        Some(&input),
+    )?;
+    let ignored: BTreeSet<Vec<u8>> = out
+        .split(|b| *b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| p.to_vec())
+        .collect();
     let before = set.changes.len();
-    set.changes.retain(|c| !(c.kind == ChangeKind::Added && ignored.contains(&c.path)));
+    set.changes
+        .retain(|c| !(c.kind == ChangeKind::Added && ignored.contains(&c.path)));
     set.ignored = before - set.changes.len();
     contents.retain(|p, _| !ignored.contains(p));
     Ok(())
@@ -520,8 +660,15 @@ pub struct Written {
 impl Extracted {
     /// Writes the blobs to the private object store `store`, the new tree through a temporary
     /// index, and the patch (`git diff --binary --full-index -M`) to `patch_file`.
-    pub fn write(&self, repo: &Repo, store: &Path, snapshot_tree: &str, patch_file: &Path) -> Result<Written> {
-        std::fs::create_dir_all(store).map_err(|e| Error::io(format!("creating {}", store.display()), e))?;
+    pub fn write(
+        &self,
+        repo: &Repo,
+        store: &Path,
+        snapshot_tree: &str,
+        patch_file: &Path,
+    ) -> Result<Written> {
+        std::fs::create_dir_all(store)
+            .map_err(|e| Error::io(format!("creating {}", store.display()), e))?;
         let scratch = tempfile::Builder::new()
             .prefix("boxdelegate-blobs-")
             .tempdir()
@@ -535,9 +682,13 @@ impl Extracted {
                 continue;
             }
             let data: &[u8] = match &c.node {
-                Node::File { .. } => self.contents.get(&c.path).map(Vec::as_slice).unwrap_or_default(),
+                Node::File { .. } => self
+                    .contents
+                    .get(&c.path)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default(),
                 Node::Symlink { target } => target,
-                Node::Special(_) => continue,
+                Node::Special { .. } => continue,
             };
             let f = scratch.path().join(i.to_string());
             std::fs::write(&f, data).map_err(|e| Error::io("writing a scratch blob", e))?;
@@ -551,9 +702,14 @@ impl Extracted {
                 &["hash-object", "-w", "--no-filters", "--stdin-paths"],
                 Some(&paths_in),
             )?;
-            let got: Vec<String> = String::from_utf8_lossy(&out).lines().map(str::to_string).collect();
+            let got: Vec<String> = String::from_utf8_lossy(&out)
+                .lines()
+                .map(str::to_string)
+                .collect();
             if got != expected {
-                return Err(Error::Internal("git hash-object disagreed with the computed blob ids".into()));
+                return Err(Error::Internal(
+                    "git hash-object disagreed with the computed blob ids".into(),
+                ));
             }
         }
         let index = scratch.path().join("index");
@@ -568,10 +724,13 @@ impl Extracted {
         let mut blobs = expected.into_iter();
         for c in &self.set.changes {
             let representable = scope::bad_name(&c.path).is_none()
-                && !c.path.split(|b| *b == b'/').any(|p| p.eq_ignore_ascii_case(b".git"));
+                && !c
+                    .path
+                    .split(|b| *b == b'/')
+                    .any(|p| p.eq_ignore_ascii_case(b".git"));
             let blob = match (&c.kind, &c.node) {
                 (ChangeKind::Deleted, _) => None,
-                (_, Node::Special(_)) => {
+                (_, Node::Special { .. }) => {
                     left_out += 1;
                     continue;
                 }
@@ -583,35 +742,62 @@ impl Extracted {
             }
             match blob {
                 None => info.extend_from_slice(b"0 0000000000000000000000000000000000000000\t"),
-                Some(id) => info.extend_from_slice(format!("{} {id}\t", c.node.git_mode().unwrap_or("100644")).as_bytes()),
+                Some(id) => info.extend_from_slice(
+                    format!("{} {id}\t", c.node.git_mode().unwrap_or("100644")).as_bytes(),
+                ),
             }
             info.extend_from_slice(&c.path);
             info.push(0);
         }
-        repo.run_with(with_index(), &["update-index", "-z", "--index-info"], Some(&info))?;
-        let tree = String::from_utf8_lossy(&repo.run_with(with_index(), &["write-tree"], None)?).trim().to_string();
+        repo.run_with(
+            with_index(),
+            &["update-index", "-z", "--index-info"],
+            Some(&info),
+        )?;
+        let tree = String::from_utf8_lossy(&repo.run_with(with_index(), &["write-tree"], None)?)
+            .trim()
+            .to_string();
         let patch = repo.run_with(
             repo.store_cmd(store),
-            &["diff", "--binary", "--full-index", "-M", "--no-ext-diff", "--no-textconv", "--no-color", snapshot_tree, &tree],
+            &[
+                "diff",
+                "--binary",
+                "--full-index",
+                "-M",
+                "--no-ext-diff",
+                "--no-textconv",
+                "--no-color",
+                snapshot_tree,
+                &tree,
+            ],
             None,
         )?;
         write_private(patch_file, &patch)?;
         let patch_sha256 = hex::encode(sha2::Sha256::digest(&patch));
-        Ok(Written { tree, patch_sha256, left_out })
+        Ok(Written {
+            tree,
+            patch_sha256,
+            left_out,
+        })
     }
 }
 
 /// Writes `data` to `path` atomically (temp file, fsync, rename), readable by the user only.
 pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(dir)
         .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-    tmp.write_all(data).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-    tmp.as_file().sync_all().map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-    tmp.persist(path).map_err(|e| Error::io(format!("writing {}", path.display()), e.error))?;
+    tmp.write_all(data)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e.error))?;
     Ok(())
 }
 
@@ -620,13 +806,21 @@ mod tests {
     use super::*;
 
     fn roots(list: &[(&str, u8)]) -> Vec<String> {
-        download_roots(&list.iter().map(|(p, k)| (p.to_string(), *k)).collect::<Vec<_>>())
+        download_roots(
+            &list
+                .iter()
+                .map(|(p, k)| (p.to_string(), *k))
+                .collect::<Vec<_>>(),
+        )
     }
 
     #[test]
     fn blob_ids_match_git() {
         // `printf 'hello\n' | git hash-object --stdin`
-        assert_eq!(blob_id(b"hello\n"), "ce013625030ba8dba906f756967f9e9ca394464a");
+        assert_eq!(
+            blob_id(b"hello\n"),
+            "ce013625030ba8dba906f756967f9e9ca394464a"
+        );
         assert_eq!(blob_id(b""), "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391");
     }
 

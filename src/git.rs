@@ -111,9 +111,9 @@ impl Repo {
             "--absolute-git-dir",
             "--git-common-dir",
         ]
-            .iter()
-            .map(OsStr::new)
-            .collect();
+        .iter()
+        .map(OsStr::new)
+        .collect();
         let out = run_output(command(dir), &args, None)?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -154,8 +154,10 @@ impl Repo {
     /// a change lands.
     pub fn store_cmd(&self, store: &Path) -> Command {
         let mut cmd = self.cmd();
-        cmd.env("GIT_OBJECT_DIRECTORY", store)
-            .env("GIT_ALTERNATE_OBJECT_DIRECTORIES", self.common_dir.join("objects"));
+        cmd.env("GIT_OBJECT_DIRECTORY", store).env(
+            "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+            self.common_dir.join("objects"),
+        );
         cmd
     }
 

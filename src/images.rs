@@ -264,13 +264,13 @@ pub async fn ensure_deps(cx: &Context<'_>, plan: &DepsPlan) -> Result<Ensured> {
         (labels::DEPS_KEY.to_string(), plan.key.clone()),
     ]);
     let has_install = !profile.install.trim().is_empty();
+    let ca_bundle = ca_bundle()?;
     let cmd = if has_install {
-        vec![
-            "sh".into(),
-            "-eu".into(),
-            "-c".into(),
-            profile.install.clone(),
-        ]
+        let script = match &ca_bundle {
+            Some(_) => format!("{CA_PREAMBLE}\n{}", profile.install),
+            None => profile.install.clone(),
+        };
+        vec!["sh".into(), "-eu".into(), "-c".into(), script]
     } else {
         vec!["true".into()]
     };
@@ -289,6 +289,11 @@ pub async fn ensure_deps(cx: &Context<'_>, plan: &DepsPlan) -> Result<Ensured> {
         .await?;
     let result = async {
         if has_install {
+            if let Some(bundle) = &ca_bundle {
+                engine
+                    .upload(&id, "/tmp", single_file_tar(CA_FILE, bundle, 0o644)?)
+                    .await?;
+            }
             if !plan.manifests.is_empty() {
                 let (body, done) = tar_body(repo.clone(), plan.manifests.clone(), vec![]);
                 engine.upload(&id, "/deps", body).await?;
@@ -583,18 +588,52 @@ fn deletion_list(paths: &[Vec<u8>]) -> Result<impl ByteStream> {
         list.extend_from_slice(p);
         list.push(0);
     }
+    single_file_tar(".boxdelegate-delete", &list, 0o644)
+}
+
+/// Where the install step finds the site's CA bundle, and how it is told to trust it. The file
+/// is removed before the container is committed: it is transport, not an input of the image.
+const CA_FILE: &str = ".boxdelegate-ca.crt";
+const CA_PREAMBLE: &str = "boxdelegate_ca=/tmp/.boxdelegate-ca.crt
+trap 'rm -f \"$boxdelegate_ca\"' EXIT
+export SSL_CERT_FILE=\"$boxdelegate_ca\" PIP_CERT=\"$boxdelegate_ca\" REQUESTS_CA_BUNDLE=\"$boxdelegate_ca\" \\
+  CARGO_HTTP_CAINFO=\"$boxdelegate_ca\" NODE_EXTRA_CA_CERTS=\"$boxdelegate_ca\" GIT_SSL_CAINFO=\"$boxdelegate_ca\" \\
+  CURL_CA_BUNDLE=\"$boxdelegate_ca\"";
+
+/// The CA bundle dependency installs trust: `BOXDELEGATE_CA_BUNDLE`, else `SSL_CERT_FILE`
+/// (sites behind a TLS-intercepting proxy), else none (the image's own).
+fn ca_bundle() -> Result<Option<Vec<u8>>> {
+    let path = std::env::var_os("BOXDELEGATE_CA_BUNDLE")
+        .or_else(|| std::env::var_os("SSL_CERT_FILE"))
+        .filter(|p| !p.is_empty());
+    match path {
+        None => Ok(None),
+        Some(p) => std::fs::read(&p).map(Some).map_err(|e| {
+            Error::io(
+                format!(
+                    "reading the CA bundle {} (BOXDELEGATE_CA_BUNDLE / SSL_CERT_FILE)",
+                    std::path::Path::new(&p).display()
+                ),
+                e,
+            )
+        }),
+    }
+}
+
+/// A tar holding one file owned by the `box` user.
+pub fn single_file_tar(name: &str, data: &[u8], mode: u32) -> Result<impl ByteStream> {
     let mut ar = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
-    h.set_size(list.len() as u64);
-    h.set_mode(0o644);
+    h.set_size(data.len() as u64);
+    h.set_mode(mode);
     h.set_uid(snapshot::OWNER_UID);
     h.set_gid(snapshot::OWNER_UID);
     h.set_mtime(snapshot::FIXED_MTIME);
-    ar.append_data(&mut h, ".boxdelegate-delete", list.as_slice())
-        .map_err(|e| Error::io("packing the deletion list", e))?;
+    ar.append_data(&mut h, name, data)
+        .map_err(|e| Error::io(format!("packing {name}"), e))?;
     let data = ar
         .into_inner()
-        .map_err(|e| Error::io("packing the deletion list", e))?;
+        .map_err(|e| Error::io(format!("packing {name}"), e))?;
     Ok(futures_util::stream::once(async move {
         Ok(bytes::Bytes::from(data))
     }))

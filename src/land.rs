@@ -74,7 +74,12 @@ pub fn checked_out_branch(repo: &Repo) -> Option<String> {
 
 /// Whether the work tree and index have no changes to tracked files.
 pub fn worktree_clean(repo: &Repo) -> Result<bool> {
-    let out = repo.run(&["status", "--porcelain", "--untracked-files=no", "--ignore-submodules"])?;
+    let out = repo.run(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--ignore-submodules",
+    ])?;
     Ok(out.is_empty())
 }
 
@@ -94,7 +99,10 @@ pub fn find_landed(repo: &Repo, branch: &str, unit_id: &str) -> Result<Option<St
     let out = repo.text(&args)?;
     Ok(out.lines().find_map(|line| {
         let (commit, units) = line.split_once('\t')?;
-        units.split(',').any(|u| u.trim() == unit_id).then(|| commit.to_string())
+        units
+            .split(',')
+            .any(|u| u.trim() == unit_id)
+            .then(|| commit.to_string())
     }))
 }
 
@@ -102,7 +110,9 @@ pub fn find_landed(repo: &Repo, branch: &str, unit_id: &str) -> Result<Option<St
 /// overwrite: objects are content-addressed).
 pub fn import_objects(repo: &Repo, store: &Path) -> Result<()> {
     let dest = repo.common_dir.join("objects");
-    let Ok(dirs) = std::fs::read_dir(store) else { return Ok(()) };
+    let Ok(dirs) = std::fs::read_dir(store) else {
+        return Ok(());
+    };
     for dir in dirs.flatten() {
         let name = dir.file_name();
         let name = name.to_string_lossy();
@@ -110,13 +120,20 @@ pub fn import_objects(repo: &Repo, store: &Path) -> Result<()> {
             continue;
         }
         let target_dir = dest.join(&*name);
-        for obj in std::fs::read_dir(dir.path()).map_err(|e| Error::io("reading the object store", e))?.flatten() {
+        for obj in std::fs::read_dir(dir.path())
+            .map_err(|e| Error::io("reading the object store", e))?
+            .flatten()
+        {
             let target = target_dir.join(obj.file_name());
             if target.exists() {
                 continue;
             }
-            std::fs::create_dir_all(&target_dir).map_err(|e| Error::io(format!("creating {}", target_dir.display()), e))?;
-            let tmp = target_dir.join(format!(".tmp-boxdelegate-{}", obj.file_name().to_string_lossy()));
+            std::fs::create_dir_all(&target_dir)
+                .map_err(|e| Error::io(format!("creating {}", target_dir.display()), e))?;
+            let tmp = target_dir.join(format!(
+                ".tmp-boxdelegate-{}",
+                obj.file_name().to_string_lossy()
+            ));
             std::fs::copy(obj.path(), &tmp).map_err(|e| Error::io("copying an object", e))?;
             std::fs::rename(&tmp, &target).map_err(|e| Error::io("copying an object", e))?;
         }
@@ -180,7 +197,11 @@ fn commit_tree(repo: &Repo, tree: &str, parent: &str, msg: &str) -> Result<Strin
     for (k, v) in identity(repo) {
         cmd.env(k, v);
     }
-    let out = repo.run_with(cmd, &["commit-tree", tree, "-p", parent, "-F", "-"], Some(msg.as_bytes()))?;
+    let out = repo.run_with(
+        cmd,
+        &["commit-tree", tree, "-p", parent, "-F", "-"],
+        Some(msg.as_bytes()),
+    )?;
     Ok(String::from_utf8_lossy(&out).trim().to_string())
 }
 
@@ -194,7 +215,9 @@ pub fn land(repo: &Repo, req: &LandRequest) -> Result<Landed> {
         None => (candidate, None),
         Some(head) if *head == req.snapshot_commit => (candidate, None),
         Some(head) => {
-            let out = repo.cmd().args(["merge-tree", "--write-tree", "--name-only", "--no-messages"])
+            let out = repo
+                .cmd()
+                .args(["merge-tree", "--write-tree", "--name-only", "--no-messages"])
                 .arg(format!("--merge-base={}", req.snapshot_commit))
                 .arg(head)
                 .arg(&candidate)
@@ -207,8 +230,17 @@ pub fn land(repo: &Repo, req: &LandRequest) -> Result<Landed> {
                     (commit_tree(repo, &merged, head, &msg)?, Some(head.clone()))
                 }
                 Some(1) => {
-                    let paths = text.lines().skip(1).take_while(|l| !l.is_empty()).map(str::to_string).collect();
-                    return Ok(Landed::Conflict { branch: req.branch.clone(), head: head.clone(), paths });
+                    let paths = text
+                        .lines()
+                        .skip(1)
+                        .take_while(|l| !l.is_empty())
+                        .map(str::to_string)
+                        .collect();
+                    return Ok(Landed::Conflict {
+                        branch: req.branch.clone(),
+                        head: head.clone(),
+                        paths,
+                    });
                 }
                 _ => {
                     return Err(Error::Git {
@@ -226,21 +258,60 @@ pub fn land(repo: &Repo, req: &LandRequest) -> Result<Landed> {
         if worktree_clean(repo)? {
             // Index and work tree first, then the ref (compare-and-swap); undo on a lost race.
             repo.run(&["read-tree", "-m", "-u", &old, &new])?;
-            if let Err(e) = repo.run(&["update-ref", "-m", "boxdelegate: land", &refname, &new, &expected]) {
+            if let Err(e) = repo.run(&[
+                "update-ref",
+                "-m",
+                "boxdelegate: land",
+                &refname,
+                &new,
+                &expected,
+            ]) {
                 let _ = repo.run(&["read-tree", "-m", "-u", &new, &old]);
                 return Err(e);
             }
-            return Ok(Landed::Committed { commit: new, branch: req.branch.clone(), rebased_onto, worktree_updated: true, note: None });
+            return Ok(Landed::Committed {
+                commit: new,
+                branch: req.branch.clone(),
+                rebased_onto,
+                worktree_updated: true,
+                note: None,
+            });
         }
-        repo.run(&["update-ref", "-m", "boxdelegate: land", &refname, &new, &expected])?;
+        repo.run(&[
+            "update-ref",
+            "-m",
+            "boxdelegate: land",
+            &refname,
+            &new,
+            &expected,
+        ])?;
         let note = format!(
             "{} is checked out with local changes, so only the branch moved; once your changes are committed or stashed, bring the files in with: git read-tree -m -u {old} {new}",
             req.branch
         );
-        return Ok(Landed::Committed { commit: new, branch: req.branch.clone(), rebased_onto, worktree_updated: false, note: Some(note) });
+        return Ok(Landed::Committed {
+            commit: new,
+            branch: req.branch.clone(),
+            rebased_onto,
+            worktree_updated: false,
+            note: Some(note),
+        });
     }
-    repo.run(&["update-ref", "-m", "boxdelegate: land", &refname, &new, &expected])?;
-    Ok(Landed::Committed { commit: new, branch: req.branch.clone(), rebased_onto, worktree_updated: false, note: None })
+    repo.run(&[
+        "update-ref",
+        "-m",
+        "boxdelegate: land",
+        &refname,
+        &new,
+        &expected,
+    ])?;
+    Ok(Landed::Committed {
+        commit: new,
+        branch: req.branch.clone(),
+        rebased_onto,
+        worktree_updated: false,
+        note: None,
+    })
 }
 
 #[cfg(test)]
@@ -262,7 +333,13 @@ mod tests {
             patch_sha256: "ff".into(),
         };
         let m = message(&req);
-        assert!(m.starts_with("Add login\n\nDo it.\n\nBoxdelegate-Unit: wu-auth\n"), "{m}");
-        assert!(m.contains("Boxdelegate-Patch-Sha256: ff\nCo-authored-by: A <a@b>\n"), "{m}");
+        assert!(
+            m.starts_with("Add login\n\nDo it.\n\nBoxdelegate-Unit: wu-auth\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("Boxdelegate-Patch-Sha256: ff\nCo-authored-by: A <a@b>\n"),
+            "{m}"
+        );
     }
 }

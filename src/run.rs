@@ -97,7 +97,11 @@ fn new_run_id() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    format!("{}-{:04x}", now.as_secs(), (now.subsec_nanos() ^ std::process::id()) & 0xffff)
+    format!(
+        "{}-{:04x}",
+        now.as_secs(),
+        (now.subsec_nanos() ^ std::process::id()) & 0xffff
+    )
 }
 
 fn create_private_dir(path: &Path) -> Result<()> {
@@ -163,7 +167,11 @@ fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
         };
         let agent = agent::for_config(&config, &unit)?;
         let env = agent::host_env(&config.env)?;
-        let timeout = unit.meta.timeout.or(config.timeout).unwrap_or(DEFAULT_AGENT_TIMEOUT);
+        let timeout = unit
+            .meta
+            .timeout
+            .or(config.timeout)
+            .unwrap_or(DEFAULT_AGENT_TIMEOUT);
         let limits = match &unit.meta.limits {
             Some(l) => crate::config::LimitsConfig {
                 memory: l.memory.or(project.config.limits.memory),
@@ -175,21 +183,38 @@ fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
             .resolve(),
             None => project.limits,
         };
-        let branch = args.branch.clone().unwrap_or_else(|| format!("boxdelegate/{id}"));
+        let branch = args
+            .branch
+            .clone()
+            .unwrap_or_else(|| format!("boxdelegate/{id}"));
         land::check_branch_name(&project.repo, &branch)?;
-        if checked_out.as_deref() == Some(branch.as_str()) && !land::worktree_clean(&project.repo)? {
+        if checked_out.as_deref() == Some(branch.as_str()) && !land::worktree_clean(&project.repo)?
+        {
             return Err(Error::Repo {
                 path: project.repo.root.clone(),
                 message: format!("the target branch {branch} is checked out and the working tree has uncommitted changes"),
                 hint: Some("commit or stash your changes first, or land on another branch (--branch, default boxdelegate/<unit-id>)".into()),
             });
         }
-        planned.push(Planned { unit, globs, agent, env, timeout, limits, branch });
+        planned.push(Planned {
+            unit,
+            globs,
+            agent,
+            env,
+            timeout,
+            limits,
+            branch,
+        });
     }
     Ok(planned)
 }
 
-pub async fn run(project: &Project, args: RunArgs, include_dirty: bool, reporter: &dyn Reporter) -> Result<Vec<UnitResult>> {
+pub async fn run(
+    project: &Project,
+    args: RunArgs,
+    include_dirty: bool,
+    reporter: &dyn Reporter,
+) -> Result<Vec<UnitResult>> {
     let planned = plan(project, &args)?;
     let snapshot = Snapshot::take(&project.repo, include_dirty)?;
     let entries = snapshot::list_tree(&project.repo, &snapshot.tree)?;
@@ -202,7 +227,11 @@ pub async fn run(project: &Project, args: RunArgs, include_dirty: bool, reporter
     for p in planned {
         if !args.rerun {
             if let Some(commit) = land::find_landed(&project.repo, &p.branch, &p.unit.meta.id)? {
-                reporter.phase(&format!("{}: already landed as {}", p.unit.meta.id, short(&commit)));
+                reporter.phase(&format!(
+                    "{}: already landed as {}",
+                    p.unit.meta.id,
+                    short(&commit)
+                ));
                 results.push(UnitResult {
                     unit: p.unit.meta.id.clone(),
                     title: p.unit.meta.title.clone(),
@@ -221,7 +250,9 @@ pub async fn run(project: &Project, args: RunArgs, include_dirty: bool, reporter
                     rejections: vec![],
                     landed: None,
                     log: None,
-                    message: format!("already landed as {commit} (run again with --rerun to delegate it anew)"),
+                    message: format!(
+                        "already landed as {commit} (run again with --rerun to delegate it anew)"
+                    ),
                     seconds: 0.0,
                     co_author: String::new(),
                     body: String::new(),
@@ -236,19 +267,53 @@ pub async fn run(project: &Project, args: RunArgs, include_dirty: bool, reporter
     }
 
     let engine = Engine::connect().await?;
-    reporter.phase(&format!("snapshot {} ({} files)", short(&snapshot.tree), entries.len()));
-    let deps = images::plan_deps(&engine, &project.repo, &project.profile, project.config.project.base_image.as_deref(), &entries).await?;
-    let cx = images::Context { engine: &engine, repo: &project.repo, profile: &project.profile, limits: &project.limits, reporter };
+    reporter.phase(&format!(
+        "snapshot {} ({} files)",
+        short(&snapshot.tree),
+        entries.len()
+    ));
+    let deps = images::plan_deps(
+        &engine,
+        &project.repo,
+        &project.profile,
+        project.config.project.base_image.as_deref(),
+        &entries,
+    )
+    .await?;
+    let cx = images::Context {
+        engine: &engine,
+        repo: &project.repo,
+        profile: &project.profile,
+        limits: &project.limits,
+        reporter,
+    };
     images::ensure_deps(&cx, &deps).await?;
     let unit_image = images::ensure_unit(&cx, &deps, &snapshot, &entries, true).await?;
     create_private_dir(&run_dir)?;
 
     for p in todo {
-        let result = run_unit(project, &engine, &p, &snapshot, &entries, &unit_image.image, &run_id, &run_dir, reporter).await?;
+        let result = run_unit(
+            project,
+            &engine,
+            &p,
+            &snapshot,
+            &entries,
+            &unit_image.image,
+            &run_id,
+            &run_dir,
+            reporter,
+        )
+        .await?;
         let unit_dir = run_dir.join(&p.unit.meta.id);
-        let json = serde_json::to_vec_pretty(&result).map_err(|e| Error::Internal(e.to_string()))?;
+        let json =
+            serde_json::to_vec_pretty(&result).map_err(|e| Error::Internal(e.to_string()))?;
         extract::write_private(&unit_dir.join("result.json"), &json)?;
-        extract::write_private(&state_dir(project).join("last").join(format!("{}.json", p.unit.meta.id)), &json)?;
+        extract::write_private(
+            &state_dir(project)
+                .join("last")
+                .join(format!("{}.json", p.unit.meta.id)),
+            &json,
+        )?;
         results.push(result);
     }
     Ok(results)
@@ -318,7 +383,9 @@ async fn run_unit(
         })
         .await?;
     let outcome = async {
-        engine.upload(&container, PROMPT_DIR, prompt_tar(&p.unit.prompt())?).await?;
+        engine
+            .upload(&container, PROMPT_DIR, prompt_tar(&p.unit.prompt())?)
+            .await?;
         engine.start(&container).await?;
         let log_task = {
             let engine = engine.clone();
@@ -366,7 +433,10 @@ async fn run_unit(
     let Some(code) = code else {
         engine.remove_container(&container).await?;
         result.status = Status::Timeout;
-        result.message = format!("the agent ran longer than {}s and was killed; nothing landed", p.timeout.as_secs());
+        result.message = format!(
+            "the agent ran longer than {}s and was killed; nothing landed",
+            p.timeout.as_secs()
+        );
         result.seconds = started.elapsed().as_secs_f64();
         return Ok(result);
     };
@@ -374,25 +444,49 @@ async fn run_unit(
 
     // Extract, then the container is gone.
     reporter.phase(&format!("{id}: extracting the change"));
-    let read_limits = ReadLimits { entries: p.limits.max_files, bytes: p.limits.max_bytes };
-    let extracted = extract::extract(engine, &container, &project.repo, &snapshot.tree, entries, read_limits).await;
+    let read_limits = ReadLimits {
+        entries: p.limits.max_files,
+        bytes: p.limits.max_bytes,
+    };
+    let extracted = extract::extract(
+        engine,
+        &container,
+        &project.repo,
+        &snapshot.tree,
+        entries,
+        read_limits,
+    )
+    .await;
     engine.remove_container(&container).await?;
     let extracted = extracted?;
     let set: &ChangeSet = &extracted.set;
     result.files_changed = set.changes.len();
-    let changes_json = serde_json::to_vec_pretty(set).map_err(|e| Error::Internal(e.to_string()))?;
+    let changes_json =
+        serde_json::to_vec_pretty(set).map_err(|e| Error::Internal(e.to_string()))?;
     extract::write_private(&unit_dir.join("changes.json"), &changes_json)?;
 
     if set.truncated.is_none() && !set.changes.is_empty() {
         let patch = unit_dir.join("change.patch");
-        let written = extracted.write(&project.repo, &unit_dir.join("objects"), &snapshot.tree, &patch)?;
+        let written = extracted.write(
+            &project.repo,
+            &unit_dir.join("objects"),
+            &snapshot.tree,
+            &patch,
+        )?;
         result.tree = Some(written.tree);
         result.patch = Some(patch);
         result.patch_sha256 = Some(written.patch_sha256);
     }
     if code != 0 {
         result.status = Status::AgentFailed;
-        result.message = format!("the agent exited with code {code}; nothing landed (see the log{})", if result.patch.is_some() { " and the kept patch" } else { "" });
+        result.message = format!(
+            "the agent exited with code {code}; nothing landed (see the log{})",
+            if result.patch.is_some() {
+                " and the kept patch"
+            } else {
+                ""
+            }
+        );
         result.seconds = started.elapsed().as_secs_f64();
         return Ok(result);
     }
@@ -410,7 +504,11 @@ async fn run_unit(
         result.message = format!(
             "{} scope violation(s); nothing landed{}",
             result.rejections.len(),
-            if result.patch.is_some() { ", the patch is kept" } else { "" }
+            if result.patch.is_some() {
+                ", the patch is kept"
+            } else {
+                ""
+            }
         );
         result.seconds = started.elapsed().as_secs_f64();
         return Ok(result);
@@ -443,12 +541,21 @@ fn land_request(r: &UnitResult) -> Option<LandRequest> {
 
 fn finish_landing(result: &mut UnitResult, landed: Landed) {
     match &landed {
-        Landed::Committed { commit, branch, rebased_onto, note, .. } => {
+        Landed::Committed {
+            commit,
+            branch,
+            rebased_onto,
+            note,
+            ..
+        } => {
             result.status = Status::Landed;
             result.message = format!(
                 "landed as {} on {branch}{}{}",
                 short(commit),
-                rebased_onto.as_ref().map(|h| format!(" (on top of {}, the branch had moved)", short(h))).unwrap_or_default(),
+                rebased_onto
+                    .as_ref()
+                    .map(|h| format!(" (on top of {}, the branch had moved)", short(h)))
+                    .unwrap_or_default(),
                 note.as_ref().map(|n| format!("; {n}")).unwrap_or_default()
             );
         }
@@ -472,9 +579,13 @@ pub fn apply(project: &Project, id: &str, branch: Option<String>) -> Result<Unit
     land::check_branch_name(&project.repo, &result.branch)?;
     let unit = unit::load(&project.repo.root, &project.config.project.units_dir, id)?;
     let globs = unit.globs()?;
-    let unit_dir = state_dir(project).join("runs").join(&result.run_id).join(id);
+    let unit_dir = state_dir(project)
+        .join("runs")
+        .join(&result.run_id)
+        .join(id);
     let set: ChangeSet = serde_json::from_slice(
-        &std::fs::read(unit_dir.join("changes.json")).map_err(|e| Error::io("reading the kept change set", e))?,
+        &std::fs::read(unit_dir.join("changes.json"))
+            .map_err(|e| Error::io("reading the kept change set", e))?,
     )
     .map_err(|e| Error::Internal(format!("the kept change set is unreadable: {e}")))?;
     if matches!(result.status, Status::Landed | Status::AlreadyLanded) {
@@ -485,22 +596,36 @@ pub fn apply(project: &Project, id: &str, branch: Option<String>) -> Result<Unit
     }
     if result.tree.is_none() {
         return Err(Error::Usage {
-            message: format!("the last run of unit {id} kept no change ({})", result.message),
+            message: format!(
+                "the last run of unit {id} kept no change ({})",
+                result.message
+            ),
             hint: format!("run it again: boxdelegate run --unit {id}"),
         });
     }
     result.rejections = scope::check(&set, &globs, &project.limits, &unit.file);
     if !result.rejections.is_empty() {
         result.status = Status::Rejected;
-        result.message = format!("{} scope violation(s); nothing landed", result.rejections.len());
+        result.message = format!(
+            "{} scope violation(s); nothing landed",
+            result.rejections.len()
+        );
         return Ok(result);
     }
     let checked_out = land::checked_out_branch(&project.repo);
-    if checked_out.as_deref() == Some(result.branch.as_str()) && !land::worktree_clean(&project.repo)? {
+    if checked_out.as_deref() == Some(result.branch.as_str())
+        && !land::worktree_clean(&project.repo)?
+    {
         return Err(Error::Repo {
             path: project.repo.root.clone(),
-            message: format!("the target branch {} is checked out and the working tree has uncommitted changes", result.branch),
-            hint: Some("commit or stash your changes first, or apply to another branch with --branch".into()),
+            message: format!(
+                "the target branch {} is checked out and the working tree has uncommitted changes",
+                result.branch
+            ),
+            hint: Some(
+                "commit or stash your changes first, or apply to another branch with --branch"
+                    .into(),
+            ),
         });
     }
     land::import_objects(&project.repo, &unit_dir.join("objects"))?;
@@ -508,32 +633,30 @@ pub fn apply(project: &Project, id: &str, branch: Option<String>) -> Result<Unit
     let landed = land::land(&project.repo, &req)?;
     finish_landing(&mut result, landed);
     let json = serde_json::to_vec_pretty(&result).map_err(|e| Error::Internal(e.to_string()))?;
-    extract::write_private(&state_dir(project).join("last").join(format!("{id}.json")), &json)?;
+    extract::write_private(
+        &state_dir(project).join("last").join(format!("{id}.json")),
+        &json,
+    )?;
     Ok(result)
 }
 
 /// The last recorded result of unit `id`.
 pub fn last_result(project: &Project, id: &str) -> Result<UnitResult> {
-    unit::validate_id(id).map_err(|m| Error::Usage { message: format!("unit {m}"), hint: "`boxdelegate unit ls` lists the units".into() })?;
+    unit::validate_id(id).map_err(|m| Error::Usage {
+        message: format!("unit {m}"),
+        hint: "`boxdelegate unit ls` lists the units".into(),
+    })?;
     let path = state_dir(project).join("last").join(format!("{id}.json"));
     let data = std::fs::read(&path).map_err(|_| Error::Usage {
         message: format!("unit {id} has no recorded result"),
         hint: format!("run it first: boxdelegate run --unit {id}"),
     })?;
-    serde_json::from_slice(&data).map_err(|e| Error::Internal(format!("{} is unreadable: {e}", path.display())))
+    serde_json::from_slice(&data)
+        .map_err(|e| Error::Internal(format!("{} is unreadable: {e}", path.display())))
 }
 
 fn prompt_tar(prompt: &str) -> Result<impl crate::engine::ByteStream> {
-    let mut ar = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(prompt.len() as u64);
-    h.set_mode(0o600);
-    h.set_uid(snapshot::OWNER_UID);
-    h.set_gid(snapshot::OWNER_UID);
-    h.set_mtime(snapshot::FIXED_MTIME);
-    ar.append_data(&mut h, PROMPT_FILE, prompt.as_bytes()).map_err(|e| Error::io("packing the prompt", e))?;
-    let data = ar.into_inner().map_err(|e| Error::io("packing the prompt", e))?;
-    Ok(futures_util::stream::once(async move { Ok(bytes::Bytes::from(data)) }))
+    images::single_file_tar(PROMPT_FILE, prompt.as_bytes(), 0o600)
 }
 
 trait PrivateOpen {
@@ -550,5 +673,9 @@ impl PrivateOpen for std::fs::OpenOptions {
 /// The process exit code for a set of results: 0 when every unit landed (now or before), else
 /// the code of the first unit that did not.
 pub fn exit_code(results: &[UnitResult]) -> i32 {
-    results.iter().map(|r| r.status.exit_code()).find(|c| *c != exit::OK).unwrap_or(exit::OK)
+    results
+        .iter()
+        .map(|r| r.status.exit_code())
+        .find(|c| *c != exit::OK)
+        .unwrap_or(exit::OK)
 }

@@ -24,7 +24,11 @@ pub struct Rejection {
 
 impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {} [{}] (hint: {})", self.path, self.message, self.rule, self.hint)
+        write!(
+            f,
+            "{}: {} [{}] (hint: {})",
+            self.path, self.message, self.rule, self.hint
+        )
     }
 }
 
@@ -87,14 +91,31 @@ pub fn symlink_stays_inside(path: &[u8], target: &[u8]) -> bool {
 }
 
 /// Checks every change; an empty result means the change set is accepted.
-pub fn check(changes: &ChangeSet, globs: &UnitGlobs, limits: &Limits, unit_file: &Path) -> Vec<Rejection> {
+pub fn check(
+    changes: &ChangeSet,
+    globs: &UnitGlobs,
+    limits: &Limits,
+    unit_file: &Path,
+) -> Vec<Rejection> {
     let mut out = Vec::new();
     let unit_file = unit_file.display();
-    let reject = |out: &mut Vec<Rejection>, path: &[u8], rule: &str, message: String, hint: String| {
-        out.push(Rejection { path: display_path(path), rule: rule.into(), message, hint });
-    };
+    let reject =
+        |out: &mut Vec<Rejection>, path: &[u8], rule: &str, message: String, hint: String| {
+            out.push(Rejection {
+                path: display_path(path),
+                rule: rule.into(),
+                message,
+                hint,
+            });
+        };
     if let Some(reason) = &changes.truncated {
-        reject(&mut out, b"/work", reason.rule(), reason.to_string(), reason.hint(limits));
+        reject(
+            &mut out,
+            b"/work",
+            reason.rule(),
+            reason.to_string(),
+            reason.hint(limits),
+        );
         return out;
     }
     let count = changes.changes.len() as u64;
@@ -103,7 +124,10 @@ pub fn check(changes: &ChangeSet, globs: &UnitGlobs, limits: &Limits, unit_file:
             &mut out,
             b"*",
             "limit-files",
-            format!("{count} files changed, more than the limit of {}", limits.max_files),
+            format!(
+                "{count} files changed, more than the limit of {}",
+                limits.max_files
+            ),
             "split the unit, or raise [limits] max_files".into(),
         );
     }
@@ -113,7 +137,10 @@ pub fn check(changes: &ChangeSet, globs: &UnitGlobs, limits: &Limits, unit_file:
             &mut out,
             b"*",
             "limit-bytes",
-            format!("the change writes {total} bytes, more than the limit of {}", limits.max_bytes),
+            format!(
+                "the change writes {total} bytes, more than the limit of {}",
+                limits.max_bytes
+            ),
             "raise [limits] max_bytes if this much output is expected".into(),
         );
     }
@@ -123,44 +150,86 @@ pub fn check(changes: &ChangeSet, globs: &UnitGlobs, limits: &Limits, unit_file:
     out
 }
 
-fn check_one(out: &mut Vec<Rejection>, change: &Change, globs: &UnitGlobs, limits: &Limits, unit_file: &str) {
+fn check_one(
+    out: &mut Vec<Rejection>,
+    change: &Change,
+    globs: &UnitGlobs,
+    limits: &Limits,
+    unit_file: &str,
+) {
     let path = &change.path;
     let mut reject = |rule: &str, message: String, hint: String| {
-        out.push(Rejection { path: display_path(path), rule: rule.into(), message, hint });
+        out.push(Rejection {
+            path: display_path(path),
+            rule: rule.into(),
+            message,
+            hint,
+        });
     };
     if is_git_path(path) {
-        reject("git-path", "writes inside a .git directory".into(), "agents must not touch git metadata; boxdelegate commits for them".into());
+        reject(
+            "git-path",
+            "writes inside a .git directory".into(),
+            "agents must not touch git metadata; boxdelegate commits for them".into(),
+        );
         return;
     }
     if let Some(why) = bad_name(path) {
-        reject("path-name", format!("the file name {why}"), "use plain UTF-8 file names".into());
+        reject(
+            "path-name",
+            format!("the file name {why}"),
+            "use plain UTF-8 file names".into(),
+        );
         return;
     }
     match &change.node {
-        Node::Special(what) => reject(
+        Node::Special { what } => reject(
             "special-file",
             format!("is a {what}"),
             "only regular files, directories and symlinks can be landed".into(),
         ),
-        Node::Symlink { target } if change.kind != ChangeKind::Deleted && !symlink_stays_inside(path, target) => reject(
-            "symlink-escape",
-            format!("is a symlink to {}, outside the repository", display_path(target)),
-            "use a relative symlink that stays inside the repository, or copy the file".into(),
-        ),
+        Node::Symlink { target }
+            if change.kind != ChangeKind::Deleted && !symlink_stays_inside(path, target) =>
+        {
+            reject(
+                "symlink-escape",
+                format!(
+                    "is a symlink to {}, outside the repository",
+                    display_path(target)
+                ),
+                "use a relative symlink that stays inside the repository, or copy the file".into(),
+            )
+        }
         Node::File { mode, size, .. } if change.kind != ChangeKind::Deleted => {
             if mode & 0o6000 != 0 {
-                reject("setuid", format!("has the setuid/setgid bit (mode {mode:o})"), "remove the bit (chmod u-s,g-s)".into());
+                reject(
+                    "setuid",
+                    format!("has the setuid/setgid bit (mode {mode:o})"),
+                    "remove the bit (chmod u-s,g-s)".into(),
+                );
             }
             let was_exec = change.old_mode.is_some_and(|m| m & 0o111 != 0);
-            if mode & 0o111 != 0 && !was_exec && !globs.executable.is_match(Path::new(&String::from_utf8_lossy(path).into_owned())) {
+            if mode & 0o111 != 0
+                && !was_exec
+                && !globs
+                    .executable
+                    .is_match(Path::new(&String::from_utf8_lossy(path).into_owned()))
+            {
                 reject(
                     "exec-bit",
                     "gains an executable bit".into(),
-                    format!("allow it with executable = [\"{}\"] in {unit_file}", display_path(path)),
+                    format!(
+                        "allow it with executable = [\"{}\"] in {unit_file}",
+                        display_path(path)
+                    ),
                 );
             }
             if *size > limits.max_bytes {
-                reject("file-size", format!("is {size} bytes, over the limit of {}", limits.max_bytes), "raise [limits] max_bytes if this is expected".into());
+                reject(
+                    "file-size",
+                    format!("is {size} bytes, over the limit of {}", limits.max_bytes),
+                    "raise [limits] max_bytes if this is expected".into(),
+                );
             }
         }
         _ => {}
@@ -169,13 +238,21 @@ fn check_one(out: &mut Vec<Rejection>, change: &Change, globs: &UnitGlobs, limit
     if !globs.scope.is_match(p) {
         reject(
             "out-of-scope",
-            format!("{} but the unit allows only {}", change.kind.verb(), globs.scope.patterns.join(", ")),
+            format!(
+                "{} but the unit allows only {}",
+                change.kind.verb(),
+                globs.scope.patterns.join(", ")
+            ),
             format!("widen scope in {unit_file}, or tell the agent to leave this file alone"),
         );
     } else if globs.deny.is_match(p) {
         reject(
             "denied",
-            format!("{} but matches deny {}", change.kind.verb(), globs.deny.patterns.join(", ")),
+            format!(
+                "{} but matches deny {}",
+                change.kind.verb(),
+                globs.deny.patterns.join(", ")
+            ),
             format!("remove it from deny in {unit_file} if the change is intended"),
         );
     }
@@ -183,7 +260,8 @@ fn check_one(out: &mut Vec<Rejection>, change: &Change, globs: &UnitGlobs, limit
         reject(
             "protected",
             format!("{} but is protected", change.kind.verb()),
-            "protected files (e.g. the tests that define done) may not be modified by the agent".into(),
+            "protected files (e.g. the tests that define done) may not be modified by the agent"
+                .into(),
         );
     }
 }
@@ -194,25 +272,52 @@ mod tests {
     use crate::config::unit::Globs;
 
     fn globs(scope: &[&str]) -> UnitGlobs {
-        let g = |v: &[&str]| Globs::new(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        UnitGlobs { scope: g(scope), deny: g(&["src/secret/**"]), protected: g(&["tests/spec.rs"]), executable: g(&["bin/*"]) }
+        let g =
+            |v: &[&str]| Globs::new(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        UnitGlobs {
+            scope: g(scope),
+            deny: g(&["src/secret/**"]),
+            protected: g(&["tests/spec.rs"]),
+            executable: g(&["bin/*"]),
+        }
     }
 
     fn file(path: &str, kind: ChangeKind, mode: u32, old_mode: Option<u32>) -> Change {
-        Change { path: path.as_bytes().to_vec(), kind, node: Node::File { mode, size: 3, blob: None }, old_mode }
+        Change {
+            path: path.as_bytes().to_vec(),
+            kind,
+            node: Node::File {
+                mode,
+                size: 3,
+                blob: None,
+            },
+            old_mode,
+        }
     }
 
     fn rules(changes: Vec<Change>) -> Vec<(String, String)> {
-        let set = ChangeSet { changes, ..Default::default() };
-        check(&set, &globs(&["src/**", "tests/**", "bin/*"]), &Limits::default(), Path::new("units/u.md"))
-            .into_iter()
-            .map(|r| (r.path, r.rule))
-            .collect()
+        let set = ChangeSet {
+            changes,
+            ..Default::default()
+        };
+        check(
+            &set,
+            &globs(&["src/**", "tests/**", "bin/*"]),
+            &Limits::default(),
+            Path::new("units/u.md"),
+        )
+        .into_iter()
+        .map(|r| (r.path, r.rule))
+        .collect()
     }
 
     #[test]
     fn in_scope_changes_pass() {
-        assert!(rules(vec![file("src/a.rs", ChangeKind::Added, 0o644, None), file("src/b.rs", ChangeKind::Deleted, 0o644, Some(0o644))]).is_empty());
+        assert!(rules(vec![
+            file("src/a.rs", ChangeKind::Added, 0o644, None),
+            file("src/b.rs", ChangeKind::Deleted, 0o644, Some(0o644))
+        ])
+        .is_empty());
     }
 
     #[test]
@@ -238,9 +343,16 @@ mod tests {
             ("src/a\\nb", "path-name"),
         ];
         for (p, rule) in expect {
-            assert!(r.contains(&(p.to_string(), rule.to_string())), "{p} {rule}: {r:?}");
+            assert!(
+                r.contains(&(p.to_string(), rule.to_string())),
+                "{p} {rule}: {r:?}"
+            );
         }
-        assert!(!r.iter().any(|(p, _)| p == "bin/tool" || p == "src/was-exec.sh"), "{r:?}");
+        assert!(
+            !r.iter()
+                .any(|(p, _)| p == "bin/tool" || p == "src/was-exec.sh"),
+            "{r:?}"
+        );
     }
 
     #[test]

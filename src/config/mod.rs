@@ -4,8 +4,8 @@
 //! line. Nothing in this module talks to the engine or writes to the repository (except `init`).
 
 pub mod init;
-pub mod unit;
 pub mod profile;
+pub mod unit;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

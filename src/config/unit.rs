@@ -110,8 +110,13 @@ impl Globs {
                 .map_err(|e| (p.clone(), e.kind().to_string()))?;
             b.add(glob);
         }
-        let set = b.build().map_err(|e| (patterns.join(", "), e.to_string()))?;
-        Ok(Globs { patterns: patterns.to_vec(), set })
+        let set = b
+            .build()
+            .map_err(|e| (patterns.join(", "), e.to_string()))?;
+        Ok(Globs {
+            patterns: patterns.to_vec(),
+            set,
+        })
     }
 
     pub fn is_match(&self, path: &Path) -> bool {
@@ -152,7 +157,9 @@ impl Unit {
 pub fn validate_id(id: &str) -> std::result::Result<(), String> {
     let ok = !id.is_empty()
         && id.len() <= 64
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         && !id.starts_with(['.', '-'])
         && !id.contains("..")
         && !id.ends_with(".lock");
@@ -168,7 +175,9 @@ pub fn validate_id(id: &str) -> std::result::Result<(), String> {
 /// Splits `+++` front matter from the body; returns (front matter, body, line of the first
 /// front-matter line).
 fn split_front_matter(text: &str) -> Option<(&str, &str)> {
-    let rest = text.strip_prefix("+++\n").or_else(|| text.strip_prefix("+++\r\n"))?;
+    let rest = text
+        .strip_prefix("+++\n")
+        .or_else(|| text.strip_prefix("+++\r\n"))?;
     let mut offset = 0;
     for line in rest.split_inclusive('\n') {
         if line.trim_end() == "+++" {
@@ -208,8 +217,14 @@ impl Unit {
             if stem != self.meta.id {
                 return Err(Error::config_hint(
                     file,
-                    format!("id {:?} does not match the file name {stem:?}", self.meta.id),
-                    format!("rename the file to {}.md or set id = {stem:?}", self.meta.id),
+                    format!(
+                        "id {:?} does not match the file name {stem:?}",
+                        self.meta.id
+                    ),
+                    format!(
+                        "rename the file to {}.md or set id = {stem:?}",
+                        self.meta.id
+                    ),
                 ));
             }
         }
@@ -224,7 +239,10 @@ impl Unit {
             ));
         }
         if self.body.is_empty() {
-            return Err(Error::config(file, "the task (the Markdown after the front matter) is empty"));
+            return Err(Error::config(
+                file,
+                "the task (the Markdown after the front matter) is empty",
+            ));
         }
         self.globs()?;
         Ok(())
@@ -282,7 +300,11 @@ pub fn list_ids(root: &Path, units_dir: &str) -> Vec<String> {
 
 /// The text of a new unit file.
 pub fn scaffold(id: &str, scope: &[String]) -> String {
-    let scope = scope.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+    let scope = scope
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         r#"+++
 id = "{id}"
@@ -307,7 +329,8 @@ it is done.
 mod tests {
     use super::*;
 
-    const GOOD: &str = "+++\nid = \"wu-auth\"\ntitle = \"Add login\"\nscope = [\"src/auth/**\"]\n+++\nDo it.\n";
+    const GOOD: &str =
+        "+++\nid = \"wu-auth\"\ntitle = \"Add login\"\nscope = [\"src/auth/**\"]\n+++\nDo it.\n";
 
     #[test]
     fn parses_front_matter_and_body() {
@@ -322,8 +345,11 @@ mod tests {
 
     #[test]
     fn unknown_key_reports_the_file_line() {
-        let text = "+++\nid = \"wu-auth\"\ntitle = \"t\"\nscope = [\"a\"]\nscoep = [\"b\"]\n+++\nx\n";
-        let err = Unit::parse(text, Path::new("units/wu-auth.md")).unwrap_err().to_string();
+        let text =
+            "+++\nid = \"wu-auth\"\ntitle = \"t\"\nscope = [\"a\"]\nscoep = [\"b\"]\n+++\nx\n";
+        let err = Unit::parse(text, Path::new("units/wu-auth.md"))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("units/wu-auth.md:5:1"), "{err}");
         assert!(err.contains("scoep"), "{err}");
     }
@@ -331,8 +357,13 @@ mod tests {
     #[test]
     fn bad_globs_and_ids_are_rejected() {
         let text = "+++\nid = \"wu-auth\"\ntitle = \"t\"\nscope = [\"src/[\"]\n+++\nx\n";
-        let err = Unit::parse(text, Path::new("units/wu-auth.md")).unwrap_err().to_string();
-        assert!(err.contains("scope: glob \"src/[\" does not compile"), "{err}");
+        let err = Unit::parse(text, Path::new("units/wu-auth.md"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("scope: glob \"src/[\" does not compile"),
+            "{err}"
+        );
         assert!(validate_id("../etc").is_err());
         assert!(validate_id("a b").is_err());
         assert!(validate_id("wu-1.2_x").is_ok());
@@ -340,8 +371,13 @@ mod tests {
 
     #[test]
     fn missing_front_matter_and_mismatched_id() {
-        assert!(Unit::parse("just text", Path::new("units/x.md")).unwrap_err().to_string().contains("no front matter"));
-        let err = Unit::parse(GOOD, Path::new("units/other.md")).unwrap_err().to_string();
+        assert!(Unit::parse("just text", Path::new("units/x.md"))
+            .unwrap_err()
+            .to_string()
+            .contains("no front matter"));
+        let err = Unit::parse(GOOD, Path::new("units/other.md"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("does not match the file name"), "{err}");
     }
 

@@ -332,7 +332,9 @@ impl Engine {
             .docker
             .container_changes(id)
             .await
-            .map_err(|e| Error::engine(format!("reading the changes of container {}", short(id)), e))?
+            .map_err(|e| {
+                Error::engine(format!("reading the changes of container {}", short(id)), e)
+            })?
             .unwrap_or_default();
         Ok(list
             .into_iter()
@@ -369,7 +371,9 @@ impl Engine {
         {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
-            Err(BollardError::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
             Err(e) => Err(Error::engine(format!("killing container {}", short(id)), e)),
         }
     }

@@ -232,3 +232,60 @@ pub fn stderr(out: &std::process::Output) -> String {
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+impl TestRepo {
+    /// Writes `units/<id>.md`.
+    pub fn unit(&self, id: &str, front: &str, task: &str) {
+        self.write(
+            &format!("units/{id}.md"),
+            &format!("+++\nid = \"{id}\"\ntitle = \"Unit {id}\"\n{front}\n+++\n{task}\n"),
+        );
+    }
+
+    /// Sets the command agent in boxdelegate.toml (test profile).
+    pub fn agent(&self, command: &str) {
+        let cmd = toml_string(command);
+        self.write(
+            "boxdelegate.toml",
+            &format!(
+                "[project]\nprofile = \"test\"\n\n[agent]\nkind = \"command\"\ncommand = {cmd}\n"
+            ),
+        );
+    }
+
+    /// Runs `run --json` with `args`; returns the exit code and the unit results.
+    pub fn run(&self, args: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
+        let out = self
+            .cmd()
+            .args(["run", "--json"])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("run printed no JSON ({e}): {}\n{err}", stdout(&out)));
+        // Unit images built for this repository are removed with it.
+        let mut images = self.images.borrow_mut();
+        for u in v["units"].as_array().unwrap() {
+            if let Some(i) = u["unit_image"].as_str() {
+                if !images.contains(&i.to_string()) {
+                    images.push(i.to_string());
+                }
+            }
+        }
+        (
+            out.status.code().unwrap_or(-1),
+            v["units"].as_array().unwrap().clone(),
+            err,
+        )
+    }
+
+    /// Every ref with its target.
+    pub fn refs(&self) -> String {
+        self.git(&["for-each-ref", "--format=%(refname) %(objectname)"])
+    }
+}
+
+pub fn toml_string(s: &str) -> String {
+    format!("'''{s}'''")
+}

@@ -4,4 +4,5 @@ mod bad_inputs;
 mod common;
 mod images;
 mod init;
+mod run;
 mod snapshot;

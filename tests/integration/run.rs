@@ -1,0 +1,363 @@
+//! `boxdelegate run` with the command agent, against the real engine and real git.
+
+use crate::common::*;
+
+fn project(salt: &str) -> TestRepo {
+    let repo = TestRepo::with_project(salt);
+    repo.write("src/math.py", "def one():\n    return 1\n");
+    repo.write("tests/spec.txt", "protected spec\n");
+    repo.write("bin/tool.sh", "#!/bin/sh\necho tool\n");
+    repo
+}
+
+#[test]
+fn a_change_inside_the_scope_lands_as_exactly_one_commit() {
+    require_base_image();
+    let repo = project("run-lands");
+    repo.agent("cat > /tmp/prompt-seen; printf 'def add(a, b):\\n    return a + b\\n' >> src/math.py; mkdir -p tests; printf 'assert add(1, 2) == 3\\n' > tests/test_add.py; mkdir -p target; echo junk > target/build.o; echo \"unit=$BOXDELEGATE_UNIT_ID title=$BOXDELEGATE_UNIT_TITLE\"; head -1 /tmp/prompt-seen");
+    repo.unit(
+        "add",
+        "scope = [\"src/**\", \"tests/test_*.py\"]",
+        "Add add(a, b) to src/math.py with a test.",
+    );
+    let snapshot = repo.commit("project");
+    repo.write("untracked-note.txt", "mine\n");
+    let index = std::fs::read(repo.path().join(".git/index")).unwrap();
+    let status = repo.git(&["status", "--porcelain"]);
+    let refs = repo.refs();
+
+    let (code, units, err) = repo.run(&["--unit", "add"]);
+    assert_eq!(code, 0, "{err}\n{units:?}");
+    let u = &units[0];
+    assert_eq!(u["status"], "landed", "{u}");
+    assert_eq!(
+        u["files_changed"], 2,
+        "the ignored build output is dropped: {u}"
+    );
+
+    let branch = "refs/heads/boxdelegate/add";
+    let commit = repo.git(&["rev-parse", branch]);
+    assert_eq!(
+        repo.git(&["rev-list", "--count", &format!("{snapshot}..{commit}")]),
+        "1"
+    );
+    assert_eq!(repo.git(&["rev-parse", &format!("{commit}^")]), snapshot);
+    assert_eq!(
+        repo.git(&["diff", "--name-status", &snapshot, &commit]),
+        "M\tsrc/math.py\nA\ttests/test_add.py"
+    );
+    assert_eq!(
+        repo.git(&["show", &format!("{commit}:src/math.py")]),
+        "def one():\n    return 1\ndef add(a, b):\n    return a + b"
+    );
+    let msg = repo.git(&["log", "-1", "--format=%B", &commit]);
+    assert!(msg.starts_with("Unit add\n\nAdd add(a, b)"), "{msg}");
+    for trailer in [
+        "Boxdelegate-Unit: add",
+        "Boxdelegate-Agent: command",
+        "Boxdelegate-Snapshot: ",
+        "Boxdelegate-Patch-Sha256: ",
+        "Co-authored-by: ",
+    ] {
+        assert!(msg.contains(trailer), "{trailer} in {msg}");
+    }
+    // The user's side is untouched: work tree, index, other refs.
+    assert_eq!(
+        std::fs::read(repo.path().join(".git/index")).unwrap(),
+        index
+    );
+    assert_eq!(repo.git(&["status", "--porcelain"]), status);
+    let mut expected: std::collections::BTreeSet<String> = refs.lines().map(String::from).collect();
+    expected.insert(format!("{branch} {commit}"));
+    let after: std::collections::BTreeSet<String> = repo.refs().lines().map(String::from).collect();
+    assert_eq!(after, expected, "exactly one new ref, no other ref moved");
+    // The agent saw its prompt on stdin and its environment.
+    let log = std::fs::read_to_string(u["log"].as_str().unwrap()).unwrap();
+    assert!(log.contains("unit=add title=Unit add"), "{log}");
+    assert!(log.contains("# Unit add"), "{log}");
+    // No container is left.
+    let left = docker(&[
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        &format!("label=boxdelegate.run={}", u["run_id"].as_str().unwrap()),
+    ]);
+    assert_eq!(left.trim(), "");
+
+    // Running it again does not land a duplicate.
+    let (code, units, err) = repo.run(&["--unit", "add"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(units[0]["status"], "already-landed");
+    assert_eq!(repo.git(&["rev-parse", branch]), commit);
+}
+
+#[test]
+fn an_edit_outside_the_scope_is_rejected_and_its_patch_kept() {
+    require_base_image();
+    let repo = project("run-out-of-scope");
+    repo.agent("echo changed >> README.md; echo 'def two(): return 2' >> src/math.py");
+    repo.unit("narrow", "scope = [\"src/**\"]", "Add two().");
+    repo.commit("project");
+    let refs = repo.refs();
+    let (code, units, err) = repo.run(&["--unit", "narrow"]);
+    assert_eq!(code, 10, "{err}");
+    let u = &units[0];
+    assert_eq!(u["status"], "rejected");
+    let rej = u["rejections"].as_array().unwrap();
+    assert_eq!(rej.len(), 1, "{rej:?}");
+    assert_eq!(rej[0]["path"], "README.md");
+    assert_eq!(rej[0]["rule"], "out-of-scope");
+    assert!(
+        rej[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("allows only src/**"),
+        "{rej:?}"
+    );
+    assert!(
+        rej[0]["hint"].as_str().unwrap().contains("units/narrow.md"),
+        "{rej:?}"
+    );
+    assert_eq!(repo.refs(), refs, "nothing landed");
+    // The patch is kept and shown by `diff`.
+    let out = repo.cmd().args(["diff", "narrow"]).output().unwrap();
+    let patch = stdout(&out);
+    assert!(
+        patch.contains("+changed") && patch.contains("def two()"),
+        "{patch}"
+    );
+    let show = repo.cmd().args(["show", "narrow"]).output().unwrap();
+    assert!(stdout(&show).contains("rejected"), "{}", stdout(&show));
+    // Widening the scope and applying the kept result lands it with the same checks.
+    repo.unit(
+        "narrow",
+        "scope = [\"src/**\", \"README.md\"]",
+        "Add two().",
+    );
+    let out = repo
+        .cmd()
+        .args(["apply", "narrow", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], "landed", "{v}");
+}
+
+#[test]
+fn hostile_agent_writes_are_rejected_and_reach_nothing_outside() {
+    require_base_image();
+    let repo = project("run-hostile");
+    let outside = tempfile::tempdir().unwrap();
+    let canary = outside.path().join("canary");
+    let attack = format!(
+        r#"set -x
+mkdir -p {o}; ln -s {o} src/escape-abs; echo pwned > src/escape-abs/canary
+ln -s ../../../../etc src/escape-rel; echo pwned > src/escape-rel/hostile || true
+mkdir -p src/linked; ln -s /etc/passwd src/linked/passwd
+mkdir -p .git/hooks; printf '#!/bin/sh\necho owned\n' > .git/hooks/pre-commit; chmod +x .git/hooks/pre-commit
+mkdir -p src/nested/.git; echo '[core]' > src/nested/.git/config
+echo x > "src/new
+line"
+echo x > "$(printf 'src/bad\377name')"
+cp /bin/true src/suid; chmod 4755 src/suid
+mkfifo src/fifo
+chmod +x bin/tool-not-there 2>/dev/null; echo '#!/bin/sh' > src/run.sh; chmod +x src/run.sh
+"#,
+        o = outside.path().display()
+    );
+    repo.agent(&attack);
+    repo.unit(
+        "hostile",
+        "scope = [\"src/**\", \"bin/**\", \".git/**\"]",
+        "Be hostile.",
+    );
+    repo.commit("project");
+    let refs = repo.refs();
+    let hooks: Vec<_> = std::fs::read_dir(repo.path().join(".git/hooks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let (code, units, err) = repo.run(&["--unit", "hostile"]);
+    assert_eq!(code, 10, "{err}\n{units:?}");
+    let rules: Vec<(String, String)> = units[0]["rejections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["path"].as_str().unwrap().to_string(),
+                r["rule"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for (path, rule) in [
+        ("src/escape-abs", "symlink-escape"),
+        ("src/escape-rel", "symlink-escape"),
+        ("src/linked/passwd", "symlink-escape"),
+        (".git/hooks/pre-commit", "git-path"),
+        ("src/nested/.git/config", "git-path"),
+        ("src/new\\nline", "path-name"),
+        ("src/bad\\xffname", "path-name"),
+        ("src/suid", "setuid"),
+        ("src/fifo", "special-file"),
+        ("src/run.sh", "exec-bit"),
+    ] {
+        assert!(
+            rules.contains(&(path.to_string(), rule.to_string())),
+            "{path} {rule} missing from {rules:#?}"
+        );
+    }
+    assert!(
+        !canary.exists(),
+        "nothing was written outside the repository"
+    );
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    assert_eq!(repo.refs(), refs, "no ref moved");
+    let hooks_after: Vec<_> = std::fs::read_dir(repo.path().join(".git/hooks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(hooks, hooks_after, "the host's hooks are untouched");
+}
+
+#[test]
+fn oversized_changes_are_stopped_by_the_limits() {
+    require_base_image();
+    let repo = project("run-limits");
+    repo.unit(
+        "sparse",
+        "scope = [\"src/**\"]",
+        "Write a huge sparse file.",
+    );
+    repo.unit("many", "scope = [\"src/**\"]", "Write 5000 files.");
+    repo.unit("wipe", "scope = [\"src/**\"]", "Delete everything.");
+    repo.unit("exec", "scope = [\"bin/**\"]", "Make a script executable.");
+    repo.commit("project");
+    let refs = repo.refs();
+    let cases = [
+        ("sparse", "truncate -s 2G src/big", "limit-bytes"),
+        ("many", "mkdir -p src/many && cd src/many && seq 1 5000 | xargs touch", "limit-files"),
+        ("wipe", "find . -mindepth 1 -maxdepth 1 -exec rm -rf {} +", "out-of-scope"),
+        ("exec", "chmod +x bin/tool.sh && echo 'echo more' >> bin/tool.sh && chmod -x bin/tool.sh && chmod u+x bin/tool.sh", "exec-bit"),
+    ];
+    for (unit, command, rule) in cases {
+        repo.agent(command);
+        let (code, units, err) = repo.run(&["--unit", unit]);
+        assert_eq!(code, 10, "{unit}: {err}\n{units:?}");
+        let rules: Vec<&str> = units[0]["rejections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["rule"].as_str().unwrap())
+            .collect();
+        assert!(rules.contains(&rule), "{unit}: {rule} not in {rules:?}");
+        assert_eq!(repo.refs(), refs, "{unit}: no ref moved");
+    }
+}
+
+#[test]
+fn an_agent_that_outlives_its_timeout_is_killed() {
+    require_base_image();
+    let repo = project("run-timeout");
+    repo.agent("echo started; exec sleep 600");
+    repo.unit(
+        "slow",
+        "scope = [\"src/**\"]\ntimeout = \"2s\"",
+        "Take forever.",
+    );
+    repo.commit("project");
+    let refs = repo.refs();
+    let (code, units, err) = repo.run(&["--unit", "slow"]);
+    assert_eq!(code, 12, "{err}");
+    assert_eq!(units[0]["status"], "timeout");
+    assert!(units[0]["seconds"].as_f64().unwrap() < 60.0);
+    let left = docker(&[
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        &format!(
+            "label=boxdelegate.run={}",
+            units[0]["run_id"].as_str().unwrap()
+        ),
+    ]);
+    assert_eq!(left.trim(), "", "no container left");
+    assert_eq!(repo.refs(), refs);
+}
+
+#[test]
+fn a_moved_branch_takes_non_overlapping_changes_and_refuses_overlapping_ones() {
+    require_base_image();
+    let repo = project("run-moved");
+    repo.write("src/other.py", "x = 1\n");
+    repo.agent("echo 'def two(): return 2' >> src/math.py");
+    repo.unit("two", "scope = [\"src/**\"]", "Add two().");
+    let base = repo.commit("project");
+    // `target` moves past the snapshot with a change elsewhere…
+    repo.git(&["branch", "target"]);
+    repo.git(&["checkout", "-q", "target"]);
+    repo.write("src/other.py", "x = 2\n");
+    let moved = repo.commit("move target");
+    repo.git(&["checkout", "-q", "main"]);
+    let (code, units, err) = repo.run(&["--unit", "two", "--branch", "target"]);
+    assert_eq!(code, 0, "{err}\n{units:?}");
+    let landed = repo.git(&["rev-parse", "target"]);
+    assert_eq!(
+        repo.git(&["rev-parse", &format!("{landed}^")]),
+        moved,
+        "on top of the moved head"
+    );
+    assert_eq!(
+        repo.git(&["show", &format!("{landed}:src/other.py")]),
+        "x = 2"
+    );
+    assert!(repo
+        .git(&["show", &format!("{landed}:src/math.py")])
+        .contains("def two()"));
+    assert_eq!(repo.git(&["rev-parse", "HEAD"]), base);
+
+    // …and `clash` moves with an overlapping change.
+    repo.git(&["branch", "clash", &base]);
+    repo.git(&["checkout", "-q", "clash"]);
+    repo.write(
+        "src/math.py",
+        "def one():\n    return 1\ndef three(): return 3\n",
+    );
+    let clash = repo.commit("clash");
+    repo.git(&["checkout", "-q", "main"]);
+    let refs = repo.refs();
+    let (code, units, err) = repo.run(&["--unit", "two", "--branch", "clash", "--rerun"]);
+    assert_eq!(code, 11, "{err}\n{units:?}");
+    assert_eq!(units[0]["status"], "conflict");
+    assert!(
+        units[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("src/math.py"),
+        "{}",
+        units[0]
+    );
+    assert_eq!(repo.git(&["rev-parse", "clash"]), clash, "nothing written");
+    assert_eq!(repo.refs(), refs);
+}
+
+#[test]
+fn landing_on_the_checked_out_branch_updates_a_clean_work_tree() {
+    require_base_image();
+    let repo = project("run-checked-out");
+    repo.agent("echo 'def two(): return 2' >> src/math.py");
+    repo.unit("two", "scope = [\"src/**\"]", "Add two().");
+    repo.commit("project");
+    let (code, units, err) = repo.run(&["--unit", "two", "--branch", "main"]);
+    assert_eq!(code, 0, "{err}\n{units:?}");
+    assert_eq!(
+        repo.git(&["status", "--porcelain"]),
+        "",
+        "work tree and index follow the branch"
+    );
+    assert!(std::fs::read_to_string(repo.path().join("src/math.py"))
+        .unwrap()
+        .contains("def two()"));
+}
