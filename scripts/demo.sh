@@ -31,7 +31,10 @@ echo "== boxdelegate doctor"
 echo "== boxdelegate image build (dependency image + unit image)"
 "$bd" image build
 
-echo "== again: everything cached"
-"$bd" image build
+echo "== boxdelegate run --unit add-goodbye"
+"$bd" run --unit add-goodbye
+
+echo "== the landed commit"
+git log -1 --stat boxdelegate/add-goodbye
 
 echo "demo finished: the example repository is in $work"

@@ -35,6 +35,8 @@ pub mod exit {
     pub const AGENT_FAILED: i32 = 13;
     /// The agent changed nothing.
     pub const NO_CHANGE: i32 = 14;
+    /// A check failed (or timed out) in the clean verify container; nothing landed.
+    pub const VERIFY_FAILED: i32 = 15;
     /// `doctor` found problems.
     pub const NOT_READY: i32 = 9;
 }

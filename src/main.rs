@@ -15,6 +15,7 @@ mod report;
 mod run;
 mod scope;
 mod snapshot;
+mod verify;
 
 use clap::Parser;
 

@@ -46,6 +46,8 @@ pub enum Status {
     AgentFailed,
     /// The agent changed nothing.
     NoChange,
+    /// A check failed in the clean verify container; nothing landed, the patch is kept.
+    VerifyFailed,
 }
 
 impl Status {
@@ -57,6 +59,7 @@ impl Status {
             Status::Timeout => exit::TIMEOUT,
             Status::AgentFailed => exit::AGENT_FAILED,
             Status::NoChange => exit::NO_CHANGE,
+            Status::VerifyFailed => exit::VERIFY_FAILED,
         }
     }
 }
@@ -79,6 +82,7 @@ pub struct UnitResult {
     pub patch: Option<PathBuf>,
     pub patch_sha256: Option<String>,
     pub rejections: Vec<Rejection>,
+    pub verdict: Option<crate::verify::Verdict>,
     pub landed: Option<Landed>,
     pub log: Option<PathBuf>,
     pub message: String,
@@ -129,6 +133,8 @@ struct Planned {
     timeout: Duration,
     limits: Limits,
     branch: String,
+    checks: Vec<crate::verify::Check>,
+    verify_timeout: Duration,
 }
 
 fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
@@ -196,6 +202,12 @@ fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
                 hint: Some("commit or stash your changes first, or land on another branch (--branch, default boxdelegate/<unit-id>)".into()),
             });
         }
+        let checks = crate::verify::checks(&project.profile, &project.config.verify);
+        let verify_timeout = project
+            .config
+            .verify
+            .timeout
+            .unwrap_or(crate::verify::DEFAULT_CHECK_TIMEOUT);
         planned.push(Planned {
             unit,
             globs,
@@ -204,6 +216,8 @@ fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
             timeout,
             limits,
             branch,
+            checks,
+            verify_timeout,
         });
     }
     Ok(planned)
@@ -248,6 +262,7 @@ pub async fn run(
                     patch: None,
                     patch_sha256: None,
                     rejections: vec![],
+                    verdict: None,
                     landed: None,
                     log: None,
                     message: format!(
@@ -352,6 +367,7 @@ async fn run_unit(
         patch: None,
         patch_sha256: None,
         rejections: vec![],
+        verdict: None,
         landed: None,
         log: Some(unit_dir.join("agent.log")),
         message: String::new(),
@@ -514,9 +530,49 @@ async fn run_unit(
         return Ok(result);
     }
 
-    // Land (verification in a clean container comes before this, once it exists).
-    reporter.phase(&format!("{id}: landing on {}", p.branch));
+    // Verify in a clean container, then land.
     land::import_objects(&project.repo, &unit_dir.join("objects"))?;
+    let tree = result.tree.clone().expect("an accepted change has a tree");
+    if !p.checks.is_empty() {
+        reporter.phase(&format!(
+            "{id}: verifying ({})",
+            p.checks
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let sink = reporter.line_sink();
+        let vreq = crate::verify::VerifyRequest {
+            image,
+            snapshot_tree: &snapshot.tree,
+            new_tree: &tree,
+            checks: &p.checks,
+            limits: &p.limits,
+            timeout: p.verify_timeout,
+            run_id,
+            unit_id: id,
+            log: &unit_dir.join("verify.log"),
+        };
+        let verdict =
+            crate::verify::verify(engine, &project.repo, &vreq, &|l: &str| sink(l)).await?;
+        let failed = verdict
+            .checks
+            .iter()
+            .find(|c| c.exit_code != Some(0))
+            .cloned();
+        result.verdict = Some(verdict);
+        if let Some(c) = failed {
+            result.status = Status::VerifyFailed;
+            result.message = match c.exit_code {
+                Some(code) => format!("check {} failed in the clean container (exit {code}); nothing landed, the patch is kept:\n{}", c.name, c.tail),
+                None => format!("check {} ran longer than {}s in the clean container; nothing landed", c.name, p.verify_timeout.as_secs()),
+            };
+            result.seconds = started.elapsed().as_secs_f64();
+            return Ok(result);
+        }
+    }
+    reporter.phase(&format!("{id}: landing on {}", p.branch));
     let req = land_request(&result).expect("an accepted change has a tree");
     let landed = land::land(&project.repo, &req)?;
     finish_landing(&mut result, landed);

@@ -362,6 +362,59 @@ impl Engine {
             .map_err(move |e| Error::engine(context.clone(), e))
     }
 
+    /// Runs `cmd` in running container `id`, feeding each output chunk to `on_output`, and
+    /// returns the exit code as the engine reports it.
+    pub async fn exec(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        workdir: &str,
+        mut on_output: impl FnMut(&[u8]),
+    ) -> Result<i64> {
+        let context = || format!("running a command in container {}", short(id));
+        let exec = self
+            .docker
+            .create_exec(
+                id,
+                bollard::models::ExecConfig {
+                    cmd: Some(cmd),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    working_dir: Some(workdir.to_string()),
+                    privileged: Some(false),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| Error::engine(context(), e))?
+            .id;
+        match self
+            .docker
+            .start_exec(&exec, None::<bollard::exec::StartExecOptions>)
+            .await
+            .map_err(|e| Error::engine(context(), e))?
+        {
+            bollard::exec::StartExecResults::Attached { mut output, .. } => {
+                while let Some(chunk) = output.next().await {
+                    let chunk = chunk.map_err(|e| Error::engine(context(), e))?;
+                    on_output(&chunk.into_bytes());
+                }
+            }
+            bollard::exec::StartExecResults::Detached => {}
+        }
+        let inspect = self
+            .docker
+            .inspect_exec(&exec)
+            .await
+            .map_err(|e| Error::engine(context(), e))?;
+        inspect.exit_code.ok_or_else(|| {
+            Error::Internal(format!(
+                "the engine reported no exit code for a command in {}",
+                short(id)
+            ))
+        })
+    }
+
     /// Kills a running container (the hard timeout).
     pub async fn kill(&self, id: &str) -> Result<()> {
         match self

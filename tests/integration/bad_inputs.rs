@@ -248,18 +248,36 @@ fn run_project(salt: &str) -> TestRepo {
 #[test]
 fn run_with_an_unknown_unit_id() {
     let case = Case::new(run_project("bad-unit-id"));
-    case.fails(&["run", "--unit", "nope"], false, 3, &["units/nope.md: unknown unit \"nope\"", "known units: good"]);
+    case.fails(
+        &["run", "--unit", "nope"],
+        false,
+        3,
+        &["units/nope.md: unknown unit \"nope\"", "known units: good"],
+    );
 }
 
 #[test]
 fn run_with_bad_front_matter() {
     let repo = run_project("bad-front-matter");
-    repo.write("units/broken.md", "+++\nid = \"broken\"\ntitle = \"t\"\nscope = [\"src/**\"]\nowner = \"me\"\n+++\nx\n");
+    repo.write(
+        "units/broken.md",
+        "+++\nid = \"broken\"\ntitle = \"t\"\nscope = [\"src/**\"]\nowner = \"me\"\n+++\nx\n",
+    );
     repo.write("units/nofront.md", "just a task\n");
     repo.commit("broken units");
     let case = Case::new(repo);
-    case.fails(&["run", "--unit", "broken"], false, 3, &["units/broken.md:5:1", "unknown field `owner`"]);
-    case.fails(&["run", "--unit", "nofront"], false, 3, &["units/nofront.md: no front matter"]);
+    case.fails(
+        &["run", "--unit", "broken"],
+        false,
+        3,
+        &["units/broken.md:5:1", "unknown field `owner`"],
+    );
+    case.fails(
+        &["run", "--unit", "nofront"],
+        false,
+        3,
+        &["units/nofront.md: no front matter"],
+    );
 }
 
 #[test]
@@ -268,15 +286,35 @@ fn run_with_a_scope_glob_that_does_not_compile() {
     repo.unit("globby", "scope = [\"src/[a-\"]", "x");
     repo.commit("bad glob");
     let case = Case::new(repo);
-    case.fails(&["run", "--unit", "globby"], false, 3, &["units/globby.md: scope: glob \"src/[a-\" does not compile"]);
+    case.fails(
+        &["run", "--unit", "globby"],
+        false,
+        3,
+        &["units/globby.md: scope: glob \"src/[a-\" does not compile"],
+    );
 }
 
 #[test]
 fn run_with_a_branch_name_git_rejects() {
     let case = Case::new(run_project("bad-branch"));
-    case.fails(&["run", "--unit", "good", "--branch", "no..dots"], false, 2, &["\"no..dots\" is not a valid branch name"]);
-    case.fails(&["run", "--unit", "good", "--branch=-x"], false, 2, &["not a valid branch name"]);
-    case.fails(&["run", "--unit", "good", "--branch", "bad name"], false, 2, &["not a valid branch name"]);
+    case.fails(
+        &["run", "--unit", "good", "--branch", "no..dots"],
+        false,
+        2,
+        &["\"no..dots\" is not a valid branch name"],
+    );
+    case.fails(
+        &["run", "--unit", "good", "--branch=-x"],
+        false,
+        2,
+        &["not a valid branch name"],
+    );
+    case.fails(
+        &["run", "--unit", "good", "--branch", "bad name"],
+        false,
+        2,
+        &["not a valid branch name"],
+    );
 }
 
 #[test]
@@ -288,13 +326,26 @@ fn run_onto_the_checked_out_branch_with_a_dirty_work_tree() {
         &["run", "--unit", "good", "--branch", "main"],
         false,
         4,
-        &["target branch main is checked out and the working tree has uncommitted changes", "hint: commit or stash"],
+        &[
+            "target branch main is checked out and the working tree has uncommitted changes",
+            "hint: commit or stash",
+        ],
     );
 }
 
 #[test]
 fn unit_new_refuses_to_overwrite() {
     let case = Case::new(run_project("unit-new"));
-    case.fails(&["unit", "new", "good", "--scope", "src/**"], false, 8, &["units/good.md already exists"]);
-    case.fails(&["unit", "new", "x", "--scope", "src/[", "--scope", "b"], false, 2, &["--scope \"src/[\" does not compile"]);
+    case.fails(
+        &["unit", "new", "good", "--scope", "src/**"],
+        false,
+        8,
+        &["units/good.md already exists"],
+    );
+    case.fails(
+        &["unit", "new", "x", "--scope", "src/[", "--scope", "b"],
+        false,
+        2,
+        &["--scope \"src/[\" does not compile"],
+    );
 }

@@ -70,22 +70,42 @@ fn unit_new_ls_and_check() {
         repo.write(&format!("src/f{i}.txt"), "x\n");
     }
     repo.commit("files");
-    let out = repo.cmd().args(["unit", "new", "wide", "--scope", "src/**"]).output().unwrap();
+    let out = repo
+        .cmd()
+        .args(["unit", "new", "wide", "--scope", "src/**"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = repo.cmd().args(["unit", "new", "narrow", "--scope", "src/f1.txt"]).output().unwrap();
+    let out = repo
+        .cmd()
+        .args(["unit", "new", "narrow", "--scope", "src/f1.txt"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let out = repo.cmd().args(["unit", "ls", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ids: Vec<&str> = v.as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["narrow", "wide"]);
     let out = repo.cmd().args(["unit", "check"]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("narrow: ok (1 file(s) in scope"), "{text}");
-    assert!(text.contains("wide: warning: 9 files in scope (more than 6)"), "{text}");
+    assert!(
+        text.contains("wide: warning: 9 files in scope (more than 6)"),
+        "{text}"
+    );
     // A broken unit fails the check with its reason.
     repo.write("units/bad.md", "+++\nid = \"bad\"\n+++\nx\n");
     let out = repo.cmd().args(["unit", "check", "bad"]).output().unwrap();
     assert_eq!(out.status.code(), Some(3));
-    assert!(stdout(&out).contains("bad: error: units/bad.md"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("bad: error: units/bad.md"),
+        "{}",
+        stdout(&out)
+    );
 }

@@ -361,3 +361,44 @@ fn landing_on_the_checked_out_branch_updates_a_clean_work_tree() {
         .unwrap()
         .contains("def two()"));
 }
+
+#[test]
+fn verification_in_a_clean_container_decides_what_lands() {
+    require_base_image();
+    let repo = project("run-verify");
+    // The check needs the agent's function, and runs without network.
+    repo.write(
+        "boxdelegate.toml",
+        "[project]\nprofile = \"test\"\n[agent]\ncommand = '''echo 'def two(): return 2' >> src/math.py; echo polluted > /tmp/agent-was-here'''\n[verify]\ntest = '''grep -q 'def two' src/math.py && test ! -e /tmp/agent-was-here && ! getent hosts deb.debian.org && echo '1 passed, 0 failed' '''\n",
+    );
+    repo.unit("two", "scope = [\"src/**\"]", "Add two().");
+    repo.commit("project");
+    let (code, units, err) = repo.run(&["--unit", "two"]);
+    assert_eq!(code, 0, "{err}\n{units:?}");
+    assert_eq!(units[0]["status"], "landed");
+    assert_eq!(
+        units[0]["verdict"]["checks"][0]["exit_code"], 0,
+        "{}",
+        units[0]
+    );
+
+    // A failing check: nothing lands, the patch is kept, the tail is reported.
+    repo.write("boxdelegate.toml", "[project]\nprofile = \"test\"\n[agent]\ncommand = \"echo 'def three(): return 3' >> src/math.py\"\n[verify]\ntest = \"echo 'FAILED test_three'; exit 4\"\n");
+    repo.unit("three", "scope = [\"src/**\"]", "Add three().");
+    repo.commit("three");
+    let refs = repo.refs();
+    let (code, units, err) = repo.run(&["--unit", "three"]);
+    assert_eq!(code, 15, "{err}\n{units:?}");
+    assert_eq!(units[0]["status"], "verify-failed");
+    assert_eq!(units[0]["verdict"]["checks"][0]["exit_code"], 4);
+    assert!(
+        units[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("FAILED test_three"),
+        "{}",
+        units[0]
+    );
+    assert_eq!(repo.refs(), refs, "nothing landed");
+    assert!(std::path::Path::new(units[0]["patch"].as_str().unwrap()).is_file());
+}
