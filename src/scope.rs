@@ -356,6 +356,21 @@ mod tests {
     }
 
     #[test]
+    fn a_rename_is_checked_on_its_old_and_new_paths() {
+        // Extraction sees a rename as a deletion plus an addition; both paths must be allowed.
+        let out = rules(vec![
+            file("docs/old.md", ChangeKind::Deleted, 0o644, Some(0o644)),
+            file("src/new.md", ChangeKind::Added, 0o644, None),
+        ]);
+        assert_eq!(out, vec![("docs/old.md".to_string(), "out-of-scope".to_string())]);
+        let out = rules(vec![
+            file("src/old.md", ChangeKind::Deleted, 0o644, Some(0o644)),
+            file("docs/new.md", ChangeKind::Added, 0o644, None),
+        ]);
+        assert_eq!(out, vec![("docs/new.md".to_string(), "out-of-scope".to_string())]);
+    }
+
+    #[test]
     fn symlinks_must_stay_inside() {
         assert!(symlink_stays_inside(b"src/a", b"b"));
         assert!(symlink_stays_inside(b"src/a", b"../README.md"));
