@@ -340,28 +340,8 @@ async fn prepare(
     let snapshot = Snapshot::take(&project.repo, snap.include_dirty)?;
     let entries = snapshot::list_tree(&project.repo, &snapshot.tree)?;
     let engine = Engine::connect().await?;
-    reporter.phase(&format!(
-        "snapshot {} ({} files)",
-        short(&snapshot.tree),
-        entries.len()
-    ));
-    let deps = images::plan_deps(
-        &engine,
-        &project.repo,
-        &project.profile,
-        project.base_image(),
-        &entries,
-    )
-    .await?;
-    let cx = images::Context {
-        engine: &engine,
-        repo: &project.repo,
-        profile: &project.profile,
-        limits: &project.limits,
-        reporter,
-    };
-    let deps_image = images::ensure_deps(&cx, &deps).await?;
-    let unit_image = images::ensure_unit(&cx, &deps, &snapshot, &entries, incremental).await?;
+    let (deps, deps_image, unit_image) =
+        ensure_images(&engine, project, &snapshot, &entries, incremental, reporter).await?;
     Ok(Prepared {
         files: entries.len(),
         snapshot,
@@ -369,6 +349,40 @@ async fn prepare(
         deps_image,
         unit_image,
     })
+}
+
+/// The dependency and unit images of `snapshot`, built when missing.
+pub async fn ensure_images(
+    engine: &Engine,
+    project: &Project,
+    snapshot: &Snapshot,
+    entries: &[TreeEntry],
+    incremental: bool,
+    reporter: &dyn Reporter,
+) -> Result<(DepsPlan, images::Ensured, images::Ensured)> {
+    reporter.phase(&format!(
+        "snapshot {} ({} files)",
+        short(&snapshot.tree),
+        entries.len()
+    ));
+    let deps = images::plan_deps(
+        engine,
+        &project.repo,
+        &project.profile,
+        project.base_image(),
+        entries,
+    )
+    .await?;
+    let cx = images::Context {
+        engine,
+        repo: &project.repo,
+        profile: &project.profile,
+        limits: &project.limits,
+        reporter,
+    };
+    let deps_image = images::ensure_deps(&cx, &deps).await?;
+    let unit_image = images::ensure_unit(&cx, &deps, snapshot, entries, incremental).await?;
+    Ok((deps, deps_image, unit_image))
 }
 
 async fn image(global: &GlobalArgs, cmd: ImageCommand) -> Result<i32> {

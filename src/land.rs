@@ -65,6 +65,24 @@ pub fn check_branch_name(repo: &Repo, name: &str) -> Result<()> {
     }
 }
 
+/// Checks a landing target before any work: a valid branch name, and if it is the checked-out
+/// branch, a clean working tree.
+pub fn check_target(repo: &Repo, branch: &str) -> Result<()> {
+    check_branch_name(repo, branch)?;
+    if checked_out_branch(repo).as_deref() == Some(branch) && !worktree_clean(repo)? {
+        return Err(Error::Repo {
+            path: repo.root.clone(),
+            message: format!(
+                "the target branch {branch} is checked out and the working tree has uncommitted changes"
+            ),
+            hint: Some(
+                "commit or stash your changes first, or land on another branch (--branch; the default is boxdelegate/<unit-id>)".into(),
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The branch checked out in the repository's work tree, if any.
 pub fn checked_out_branch(repo: &Repo) -> Option<String> {
     repo.text(&["symbolic-ref", "-q", "HEAD"])

@@ -92,6 +92,36 @@ pub struct UnitResult {
     pub body: String,
 }
 
+impl UnitResult {
+    /// A result with nothing done yet.
+    fn new(p: &Planned, snapshot: &Snapshot, run_id: &str) -> UnitResult {
+        UnitResult {
+            unit: p.unit.meta.id.clone(),
+            title: p.unit.meta.title.clone(),
+            status: Status::NoChange,
+            run_id: run_id.to_string(),
+            branch: p.branch.clone(),
+            agent: p.agent.name().into(),
+            snapshot_commit: snapshot.commit.clone(),
+            snapshot_tree: snapshot.tree.clone(),
+            unit_image: None,
+            agent_exit_code: None,
+            files_changed: 0,
+            tree: None,
+            patch: None,
+            patch_sha256: None,
+            rejections: vec![],
+            verdict: None,
+            landed: None,
+            log: None,
+            message: String::new(),
+            seconds: 0.0,
+            co_author: String::new(),
+            body: String::new(),
+        }
+    }
+}
+
 /// Where run state lives: inside the git directory, so the work tree is never touched.
 pub fn state_dir(project: &Project) -> PathBuf {
     project.repo.common_dir.join("boxdelegate")
@@ -162,7 +192,6 @@ fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
             hint: "run the units one at a time with --branch, or let each land on boxdelegate/<unit-id>".into(),
         });
     }
-    let checked_out = land::checked_out_branch(&project.repo);
     let mut planned = Vec::new();
     for id in ids {
         let unit = unit::load(&project.repo.root, units_dir, &id)?;
@@ -193,15 +222,7 @@ fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
             .branch
             .clone()
             .unwrap_or_else(|| format!("boxdelegate/{id}"));
-        land::check_branch_name(&project.repo, &branch)?;
-        if checked_out.as_deref() == Some(branch.as_str()) && !land::worktree_clean(&project.repo)?
-        {
-            return Err(Error::Repo {
-                path: project.repo.root.clone(),
-                message: format!("the target branch {branch} is checked out and the working tree has uncommitted changes"),
-                hint: Some("commit or stash your changes first, or land on another branch (--branch, default boxdelegate/<unit-id>)".into()),
-            });
-        }
+        land::check_target(&project.repo, &branch)?;
         let checks = crate::verify::checks(&project.profile, &project.config.verify);
         let verify_timeout = project
             .config
@@ -246,32 +267,12 @@ pub async fn run(
                     p.unit.meta.id,
                     short(&commit)
                 ));
-                results.push(UnitResult {
-                    unit: p.unit.meta.id.clone(),
-                    title: p.unit.meta.title.clone(),
-                    status: Status::AlreadyLanded,
-                    run_id: run_id.clone(),
-                    branch: p.branch.clone(),
-                    agent: p.agent.name().into(),
-                    snapshot_commit: snapshot.commit.clone(),
-                    snapshot_tree: snapshot.tree.clone(),
-                    unit_image: None,
-                    agent_exit_code: None,
-                    files_changed: 0,
-                    tree: None,
-                    patch: None,
-                    patch_sha256: None,
-                    rejections: vec![],
-                    verdict: None,
-                    landed: None,
-                    log: None,
-                    message: format!(
-                        "already landed as {commit} (run again with --rerun to delegate it anew)"
-                    ),
-                    seconds: 0.0,
-                    co_author: String::new(),
-                    body: String::new(),
-                });
+                let mut r = UnitResult::new(&p, &snapshot, &run_id);
+                r.status = Status::AlreadyLanded;
+                r.message = format!(
+                    "already landed as {commit} (run again with --rerun to delegate it anew)"
+                );
+                results.push(r);
                 continue;
             }
         }
@@ -282,28 +283,9 @@ pub async fn run(
     }
 
     let engine = Engine::connect().await?;
-    reporter.phase(&format!(
-        "snapshot {} ({} files)",
-        short(&snapshot.tree),
-        entries.len()
-    ));
-    let deps = images::plan_deps(
-        &engine,
-        &project.repo,
-        &project.profile,
-        project.config.project.base_image.as_deref(),
-        &entries,
-    )
-    .await?;
-    let cx = images::Context {
-        engine: &engine,
-        repo: &project.repo,
-        profile: &project.profile,
-        limits: &project.limits,
-        reporter,
-    };
-    images::ensure_deps(&cx, &deps).await?;
-    let unit_image = images::ensure_unit(&cx, &deps, &snapshot, &entries, true).await?;
+    let (_, _, unit_image) =
+        crate::commands::ensure_images(&engine, project, &snapshot, &entries, true, reporter)
+            .await?;
     create_private_dir(&run_dir)?;
 
     for p in todo {
@@ -351,30 +333,11 @@ async fn run_unit(
     let unit_dir = run_dir.join(id);
     create_private_dir(&unit_dir)?;
     let spec = p.agent.spec(&p.unit);
-    let mut result = UnitResult {
-        unit: id.clone(),
-        title: p.unit.meta.title.clone(),
-        status: Status::NoChange,
-        run_id: run_id.to_string(),
-        branch: p.branch.clone(),
-        agent: p.agent.name().into(),
-        snapshot_commit: snapshot.commit.clone(),
-        snapshot_tree: snapshot.tree.clone(),
-        unit_image: Some(image.to_string()),
-        agent_exit_code: None,
-        files_changed: 0,
-        tree: None,
-        patch: None,
-        patch_sha256: None,
-        rejections: vec![],
-        verdict: None,
-        landed: None,
-        log: Some(unit_dir.join("agent.log")),
-        message: String::new(),
-        seconds: 0.0,
-        co_author: spec.co_author.clone(),
-        body: p.unit.body.clone(),
-    };
+    let mut result = UnitResult::new(p, snapshot, run_id);
+    result.unit_image = Some(image.to_string());
+    result.log = Some(unit_dir.join("agent.log"));
+    result.co_author = spec.co_author.clone();
+    result.body = p.unit.body.clone();
 
     // The agent container.
     reporter.phase(&format!("{id}: agent ({}) running", p.agent.name()));
@@ -632,7 +595,7 @@ pub fn apply(project: &Project, id: &str, branch: Option<String>) -> Result<Unit
     if let Some(b) = branch {
         result.branch = b;
     }
-    land::check_branch_name(&project.repo, &result.branch)?;
+    land::check_target(&project.repo, &result.branch)?;
     let unit = unit::load(&project.repo.root, &project.config.project.units_dir, id)?;
     let globs = unit.globs()?;
     let unit_dir = state_dir(project)
@@ -667,22 +630,6 @@ pub fn apply(project: &Project, id: &str, branch: Option<String>) -> Result<Unit
             result.rejections.len()
         );
         return Ok(result);
-    }
-    let checked_out = land::checked_out_branch(&project.repo);
-    if checked_out.as_deref() == Some(result.branch.as_str())
-        && !land::worktree_clean(&project.repo)?
-    {
-        return Err(Error::Repo {
-            path: project.repo.root.clone(),
-            message: format!(
-                "the target branch {} is checked out and the working tree has uncommitted changes",
-                result.branch
-            ),
-            hint: Some(
-                "commit or stash your changes first, or apply to another branch with --branch"
-                    .into(),
-            ),
-        });
     }
     land::import_objects(&project.repo, &unit_dir.join("objects"))?;
     let req = land_request(&result).expect("checked above");

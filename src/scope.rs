@@ -362,12 +362,18 @@ mod tests {
             file("docs/old.md", ChangeKind::Deleted, 0o644, Some(0o644)),
             file("src/new.md", ChangeKind::Added, 0o644, None),
         ]);
-        assert_eq!(out, vec![("docs/old.md".to_string(), "out-of-scope".to_string())]);
+        assert_eq!(
+            out,
+            vec![("docs/old.md".to_string(), "out-of-scope".to_string())]
+        );
         let out = rules(vec![
             file("src/old.md", ChangeKind::Deleted, 0o644, Some(0o644)),
             file("docs/new.md", ChangeKind::Added, 0o644, None),
         ]);
-        assert_eq!(out, vec![("docs/new.md".to_string(), "out-of-scope".to_string())]);
+        assert_eq!(
+            out,
+            vec![("docs/new.md".to_string(), "out-of-scope".to_string())]
+        );
     }
 
     #[test]

@@ -53,7 +53,12 @@ impl Case {
 fn not_a_git_repository() {
     let dir = tempfile::tempdir().unwrap();
     let binary = assert_cmd::cargo::cargo_bin("boxdelegate");
-    for args in [&["snapshot"][..], &["image", "build"][..], &["init"][..], &["run", "--all"][..]] {
+    for args in [
+        &["snapshot"][..],
+        &["image", "build"][..],
+        &["init"][..],
+        &["run", "--all"][..],
+    ] {
         let out = std::process::Command::new(&binary)
             .args(args)
             .current_dir(dir.path())
