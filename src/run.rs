@@ -519,17 +519,14 @@ async fn run_unit(
         };
         let verdict =
             crate::verify::verify(engine, &project.repo, &vreq, &|l: &str| sink(l)).await?;
-        let failed = verdict
-            .checks
-            .iter()
-            .find(|c| c.exit_code != Some(0))
-            .cloned();
+        let failed = verdict.checks.iter().find(|c| !c.passed).cloned();
         result.verdict = Some(verdict);
         if let Some(c) = failed {
             result.status = Status::VerifyFailed;
-            result.message = match c.exit_code {
-                Some(code) => format!("check {} failed in the clean container (exit {code}); nothing landed, the patch is kept:\n{}", c.name, c.tail),
-                None => format!("check {} ran longer than {}s in the clean container; nothing landed", c.name, p.verify_timeout.as_secs()),
+            result.message = match (c.exit_code, &c.note) {
+                (Some(0), Some(note)) => format!("check {}: {note}; nothing landed, the patch is kept", c.name),
+                (Some(code), _) => format!("check {} failed in the clean container (exit {code}); nothing landed, the patch is kept:\n{}", c.name, c.tail),
+                (None, _) => format!("check {} ran longer than {}s in the clean container; nothing landed", c.name, p.verify_timeout.as_secs()),
             };
             result.seconds = started.elapsed().as_secs_f64();
             return Ok(result);

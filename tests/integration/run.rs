@@ -401,4 +401,22 @@ fn verification_in_a_clean_container_decides_what_lands() {
     );
     assert_eq!(repo.refs(), refs, "nothing landed");
     assert!(std::path::Path::new(units[0]["patch"].as_str().unwrap()).is_file());
+
+    // A test command that exits 0 but ran zero tests is not a pass.
+    repo.write("boxdelegate.toml", "[project]\nprofile = \"test\"\n[agent]\ncommand = \"echo 'def four(): return 4' >> src/math.py\"\n[verify]\ntest = \"echo 'no tests ran in 0.01s'\"\n");
+    repo.unit("four", "scope = [\"src/**\"]", "Add four().");
+    repo.commit("four");
+    let refs = repo.refs();
+    let (code, units, err) = repo.run(&["--unit", "four"]);
+    assert_eq!(code, 15, "{err}\n{units:?}");
+    assert!(
+        units[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("pytest ran zero tests"),
+        "{}",
+        units[0]
+    );
+    assert_eq!(units[0]["verdict"]["checks"][0]["tests"]["total"], 0);
+    assert_eq!(repo.refs(), refs, "nothing landed");
 }

@@ -20,6 +20,8 @@ use crate::git::Repo;
 use crate::images;
 use crate::snapshot;
 
+pub mod counts;
+
 /// Default limit per check.
 pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
@@ -38,6 +40,12 @@ pub struct CheckResult {
     pub seconds: f64,
     /// The last lines of the check's output.
     pub tail: String,
+    /// For the test check: the tests the runner reported, when its summary was recognised.
+    pub tests: Option<counts::Counts>,
+    /// Whether the check passed: exit code 0 and, for tests, at least one test run.
+    pub passed: bool,
+    /// Why the verdict is what it is, when the exit code alone does not say it.
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -158,13 +166,24 @@ async fn run_checks(
         on_line(&format!("verify {}: {}", check.name, check.command));
         let mut tail: Vec<String> = Vec::new();
         let mut partial = String::new();
+        // Summary lines come last: keep the end of the output for counting tests.
+        let mut recent = String::new();
         let exec = engine.exec(
             id,
             vec!["sh".into(), "-c".into(), check.command.clone()],
             "/work",
             |chunk| {
                 let _ = log.write_all(chunk);
-                partial.push_str(&String::from_utf8_lossy(chunk));
+                let text = String::from_utf8_lossy(chunk);
+                recent.push_str(&text);
+                if recent.len() > 512 * 1024 {
+                    let mut cut = recent.len() - 256 * 1024;
+                    while !recent.is_char_boundary(cut) {
+                        cut += 1;
+                    }
+                    recent.drain(..cut);
+                }
+                partial.push_str(&text);
                 while let Some(i) = partial.find('\n') {
                     let line: String = partial.drain(..=i).collect();
                     let line = line.trim_end().to_string();
@@ -183,7 +202,27 @@ async fn run_checks(
         if !partial.is_empty() {
             tail.push(partial.trim_end().to_string());
         }
-        let ok = code == Some(0);
+        let tests = (check.name == "test")
+            .then(|| counts::count(&recent))
+            .flatten();
+        let (ok, note) = match (code, &tests) {
+            (None, _) => (
+                false,
+                Some(format!(
+                    "stopped after {}s (timeout)",
+                    req.timeout.as_secs()
+                )),
+            ),
+            (Some(0), Some(t)) if t.total == 0 => (
+                false,
+                Some(format!("{} ran zero tests, which is not a pass", t.runner)),
+            ),
+            (Some(0), None) if check.name == "test" => (
+                true,
+                Some("test runner not recognised: judged by its exit code alone".into()),
+            ),
+            (Some(c), _) => (c == 0, None),
+        };
         passed &= ok;
         results.push(CheckResult {
             name: check.name.clone(),
@@ -191,6 +230,9 @@ async fn run_checks(
             exit_code: code,
             seconds: started.elapsed().as_secs_f64(),
             tail: tail.join("\n"),
+            tests,
+            passed: ok,
+            note,
         });
         if code.is_none() {
             break; // the container is busy with the timed-out check; the rest cannot run cleanly

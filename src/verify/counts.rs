@@ -1,0 +1,202 @@
+//! How many tests a check ran, read from the summary lines of common test runners, so that a
+//! check that ran zero tests is not taken for a pass. Runners not recognised here are judged by
+//! their exit code alone, and the report says so.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+/// The tests a runner reported, summed over its summary lines.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counts {
+    pub runner: String,
+    pub total: u64,
+}
+
+struct Rule {
+    runner: &'static str,
+    re: Regex,
+    /// Sums the numbers a match carries into the total.
+    total: fn(&regex::Captures) -> u64,
+}
+
+fn num(c: &regex::Captures, name: &str) -> u64 {
+    c.name(name)
+        .and_then(|m| m.as_str().parse().ok())
+        .unwrap_or(0)
+}
+
+static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
+    let r = |p: &str| Regex::new(p).expect("valid regex");
+    vec![
+        // nextest: "Summary [   0.2s] 10 tests run: 10 passed, 0 skipped"
+        Rule {
+            runner: "cargo-nextest",
+            re: r(r"Summary \[[^\]]*\]\s+(?P<n>\d+) tests? run"),
+            total: |c| num(c, "n"),
+        },
+        // cargo test: "test result: ok. 3 passed; 1 failed; 0 ignored; ..."
+        Rule {
+            runner: "cargo-test",
+            re: r(r"test result: \w+\. (?P<p>\d+) passed; (?P<f>\d+) failed"),
+            total: |c| num(c, "p") + num(c, "f"),
+        },
+        // jest: "Tests:       1 failed, 2 passed, 3 total"
+        Rule {
+            runner: "jest",
+            re: r(r"^Tests:\s+.*?(?P<n>\d+) total"),
+            total: |c| num(c, "n"),
+        },
+        // vitest: "      Tests  2 passed (2)" / "Tests  1 failed | 1 passed (2)"
+        Rule {
+            runner: "vitest",
+            re: r(r"^\s*Tests\s+.*\((?P<n>\d+)\)\s*$"),
+            total: |c| num(c, "n"),
+        },
+        // node --test: "# tests 3" (TAP) / "ℹ tests 3" (spec)
+        Rule {
+            runner: "node-test",
+            re: r(r"^(?:#|ℹ) tests (?P<n>\d+)\s*$"),
+            total: |c| num(c, "n"),
+        },
+        // go test: "ok  	example.com/pkg	0.01s" (a package with tests) and its no-test variants
+        Rule {
+            runner: "go-test",
+            re: r(r"^(?:ok|FAIL|\?)\s+\S+\s+(?P<rest>.*)$"),
+            total: |c| {
+                let rest = c.name("rest").map(|m| m.as_str()).unwrap_or_default();
+                u64::from(!(rest.contains("[no test files]") || rest.contains("[no tests to run]")))
+            },
+        },
+        // pytest: "3 passed, 1 failed in 0.12s", "no tests ran in 0.01s"
+        Rule {
+            runner: "pytest",
+            re: r(r"^=*\s*(?P<body>(?:\d+ \w+(?:, )?)+) in [\d.]+s\b|^=*\s*no tests ran\b"),
+            total: |c| {
+                let body = c.name("body").map(|m| m.as_str()).unwrap_or_default();
+                body.split(", ")
+                    .filter_map(|part| {
+                        let (n, what) = part.split_once(' ')?;
+                        matches!(
+                            what,
+                            "passed" | "failed" | "error" | "errors" | "xfailed" | "xpassed"
+                        )
+                        .then(|| n.parse::<u64>().ok())
+                        .flatten()
+                    })
+                    .sum()
+            },
+        },
+        // The plain line any runner may print: "N passed, N failed" (", N skipped" may follow).
+        Rule {
+            runner: "plain",
+            re: r(r"^(?:\w+:\s*)?(?P<p>\d+) passed, (?P<f>\d+) failed(?:, \d+ skipped)?\s*$"),
+            total: |c| num(c, "p") + num(c, "f"),
+        },
+    ]
+});
+
+/// The tests counted in `output`, by the first runner whose summary lines appear in it.
+pub fn count(output: &str) -> Option<Counts> {
+    for rule in RULES.iter() {
+        let mut seen = false;
+        let mut total = 0;
+        for line in output.lines() {
+            if let Some(c) = rule.re.captures(line.trim_end()) {
+                seen = true;
+                total += (rule.total)(&c);
+            }
+        }
+        if seen {
+            return Some(Counts {
+                runner: rule.runner.to_string(),
+                total,
+            });
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn total(s: &str) -> Option<(String, u64)> {
+        count(s).map(|c| (c.runner, c.total))
+    }
+
+    #[test]
+    fn cargo_and_nextest() {
+        let out = "running 3 tests\ntest result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\n\nrunning 0 tests\ntest result: ok. 0 passed; 0 failed; 0 ignored\n";
+        assert_eq!(total(out), Some(("cargo-test".to_string(), 3)));
+        assert_eq!(
+            total("test result: ok. 0 passed; 0 failed; 0 ignored"),
+            Some(("cargo-test".to_string(), 0))
+        );
+        assert_eq!(
+            total("     Summary [   0.2s] 10 tests run: 10 passed, 0 skipped"),
+            Some(("cargo-nextest".to_string(), 10))
+        );
+        assert_eq!(
+            total("     Summary [   0.0s] 0 tests run: 0 passed, 0 skipped"),
+            Some(("cargo-nextest".to_string(), 0))
+        );
+    }
+
+    #[test]
+    fn pytest() {
+        assert_eq!(
+            total("...\n3 passed in 0.03s"),
+            Some(("pytest".to_string(), 3))
+        );
+        assert_eq!(
+            total("===== 1 failed, 2 passed, 1 warning in 0.12s ====="),
+            Some(("pytest".to_string(), 3))
+        );
+        assert_eq!(
+            total("no tests ran in 0.01s"),
+            Some(("pytest".to_string(), 0))
+        );
+        assert_eq!(
+            total("===== 2 skipped in 0.01s ====="),
+            Some(("pytest".to_string(), 0))
+        );
+    }
+
+    #[test]
+    fn go_test() {
+        assert_eq!(
+            total("ok  \texample.com/a\t0.002s\n?   \texample.com/b\t[no test files]\n"),
+            Some(("go-test".to_string(), 1))
+        );
+        assert_eq!(total("?   \texample.com/b\t[no test files]\nok  \texample.com/a\t0.002s [no tests to run]\n"), Some(("go-test".to_string(), 0)));
+    }
+
+    #[test]
+    fn javascript_runners() {
+        assert_eq!(
+            total("Tests:       1 failed, 2 passed, 3 total"),
+            Some(("jest".to_string(), 3))
+        );
+        assert_eq!(total("Tests:       0 total"), Some(("jest".to_string(), 0)));
+        assert_eq!(
+            total("      Tests  2 passed (2)"),
+            Some(("vitest".to_string(), 2))
+        );
+        assert_eq!(
+            total("# tests 4\n# pass 4\n# fail 0"),
+            Some(("node-test".to_string(), 4))
+        );
+        assert_eq!(total("ℹ tests 0"), Some(("node-test".to_string(), 0)));
+    }
+
+    #[test]
+    fn plain_line_and_unknown_output() {
+        assert_eq!(
+            total("results: 5 passed, 0 failed, 1 skipped"),
+            Some(("plain".to_string(), 5))
+        );
+        assert_eq!(total("all good"), None);
+        assert_eq!(total(""), None);
+    }
+}
