@@ -188,8 +188,28 @@ fn md5ish(data: &[u8]) -> u64 {
 
 impl Drop for TestRepo {
     fn drop(&mut self) {
+        // Unit images first, then the dependency images they were built on.
+        let mut deps = Vec::new();
         for image in self.images.borrow().iter().rev() {
+            if let Ok(out) = Command::new("docker")
+                .args([
+                    "image",
+                    "inspect",
+                    "--format",
+                    "{{index .Config.Labels \"boxdelegate.deps-key\"}}",
+                    image,
+                ])
+                .output()
+            {
+                let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                if !key.is_empty() && image.starts_with("boxdelegate/snap:") {
+                    deps.push(format!("boxdelegate/deps:{key}"));
+                }
+            }
             let _ = Command::new("docker").args(["rmi", image]).output();
+        }
+        for image in deps {
+            let _ = Command::new("docker").args(["rmi", &image]).output();
         }
     }
 }
