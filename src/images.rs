@@ -438,8 +438,7 @@ pub async fn ensure_unit(
                 diff.upserted.len(),
                 diff.deleted.len()
             ));
-            let script =
-                "xargs -0 rm -rf -- < /tmp/.boxdelegate-delete && rm -f /tmp/.boxdelegate-delete";
+            let script = DELETE_SCRIPT;
             let id = engine
                 .create_container(create(
                     parent_image.clone(),
@@ -580,8 +579,12 @@ async fn find_parent(
     Ok(best.filter(|(_, _, _, d)| d.len() * 2 < total_entries.max(1)))
 }
 
+/// Removes the paths listed by [`deletion_list`] (run inside the container being updated).
+pub const DELETE_SCRIPT: &str =
+    "xargs -0 rm -rf -- < /tmp/.boxdelegate-delete && rm -f /tmp/.boxdelegate-delete";
+
 /// A tar holding `/tmp/.boxdelegate-delete`: NUL-separated absolute paths under `/work`.
-fn deletion_list(paths: &[Vec<u8>]) -> Result<impl ByteStream> {
+pub fn deletion_list(paths: &[Vec<u8>]) -> Result<impl ByteStream> {
     let mut list = Vec::new();
     for p in paths {
         list.extend_from_slice(b"/work/");

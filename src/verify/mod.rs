@@ -127,21 +127,16 @@ async fn run_checks(
     // Make /work hold exactly the new tree: deletions, then the changed entries.
     let diff = snapshot::diff_trees(repo, req.snapshot_tree, req.new_tree)?;
     if !diff.deleted.is_empty() {
-        let mut list = Vec::new();
-        for p in &diff.deleted {
-            list.extend_from_slice(b"/work/");
-            list.extend_from_slice(p);
-            list.push(0);
-        }
         engine
-            .upload(
-                id,
-                "/tmp",
-                images::single_file_tar(".boxdelegate-delete", &list, 0o644)?,
-            )
+            .upload(id, "/tmp", images::deletion_list(&diff.deleted)?)
             .await?;
         let code = engine
-            .exec(id, vec!["sh".into(), "-c".into(), "xargs -0 rm -rf -- < /tmp/.boxdelegate-delete && rm -f /tmp/.boxdelegate-delete".into()], "/work", |_| {})
+            .exec(
+                id,
+                vec!["sh".into(), "-c".into(), images::DELETE_SCRIPT.into()],
+                "/work",
+                |_| {},
+            )
             .await?;
         if code != 0 {
             return Err(Error::Internal(format!(
