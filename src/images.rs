@@ -100,6 +100,19 @@ pub struct Ensured {
     pub deleted: Option<usize>,
 }
 
+impl Ensured {
+    fn cached(image: String, id: String) -> Ensured {
+        Ensured {
+            image,
+            id,
+            how: "cached".into(),
+            parent_tree: None,
+            uploaded: None,
+            deleted: None,
+        }
+    }
+}
+
 /// The key of a dependency image: sha256 over the toolchain image id, the profile's install
 /// recipe and environment, and the manifests' paths and contents (as blob ids, which are
 /// content hashes themselves).
@@ -245,14 +258,7 @@ pub async fn ensure_deps(cx: &Context<'_>, plan: &DepsPlan) -> Result<Ensured> {
     } = *cx;
     let tag = plan.tag();
     if let Some(id) = engine.image_id(&tag).await? {
-        return Ok(Ensured {
-            image: tag,
-            id,
-            how: "cached".into(),
-            parent_tree: None,
-            uploaded: None,
-            deleted: None,
-        });
+        return Ok(Ensured::cached(tag, id));
     }
     reporter.phase(&format!(
         "installing dependencies ({} profile, {} manifest file(s))",
@@ -387,14 +393,7 @@ pub async fn ensure_unit(
     } = *cx;
     let tag = snap_tag(&snapshot.tree, &plan.key);
     if let Some(id) = engine.image_id(&tag).await? {
-        return Ok(Ensured {
-            image: tag,
-            id,
-            how: "cached".into(),
-            parent_tree: None,
-            uploaded: None,
-            deleted: None,
-        });
+        return Ok(Ensured::cached(tag, id));
     }
     let parent = if incremental {
         find_parent(engine, repo, plan, snapshot, entries.len()).await?

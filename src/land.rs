@@ -270,31 +270,7 @@ pub fn land(repo: &Repo, req: &LandRequest) -> Result<Landed> {
         }
     };
     let expected = old.clone().unwrap_or_else(|| ZERO.to_string());
-    let checked_out = checked_out_branch(repo).as_deref() == Some(req.branch.as_str());
-    if checked_out {
-        let old = old.clone().expect("a checked-out branch exists");
-        if worktree_clean(repo)? {
-            // Index and work tree first, then the ref (compare-and-swap); undo on a lost race.
-            repo.run(&["read-tree", "-m", "-u", &old, &new])?;
-            if let Err(e) = repo.run(&[
-                "update-ref",
-                "-m",
-                "boxdelegate: land",
-                &refname,
-                &new,
-                &expected,
-            ]) {
-                let _ = repo.run(&["read-tree", "-m", "-u", &new, &old]);
-                return Err(e);
-            }
-            return Ok(Landed::Committed {
-                commit: new,
-                branch: req.branch.clone(),
-                rebased_onto,
-                worktree_updated: true,
-                note: None,
-            });
-        }
+    let update_ref = || {
         repo.run(&[
             "update-ref",
             "-m",
@@ -302,33 +278,37 @@ pub fn land(repo: &Repo, req: &LandRequest) -> Result<Landed> {
             &refname,
             &new,
             &expected,
-        ])?;
-        let note = format!(
-            "{} is checked out with local changes, so only the branch moved; once your changes are committed or stashed, bring the files in with: git read-tree -m -u {old} {new}",
-            req.branch
-        );
-        return Ok(Landed::Committed {
-            commit: new,
-            branch: req.branch.clone(),
-            rebased_onto,
-            worktree_updated: false,
-            note: Some(note),
-        });
-    }
-    repo.run(&[
-        "update-ref",
-        "-m",
-        "boxdelegate: land",
-        &refname,
-        &new,
-        &expected,
-    ])?;
+        ])
+    };
+    let checked_out = checked_out_branch(repo).as_deref() == Some(req.branch.as_str());
+    let (worktree_updated, note) = match old.as_deref() {
+        Some(old) if checked_out && worktree_clean(repo)? => {
+            // Index and work tree first, then the ref (compare-and-swap); undo on a lost race.
+            repo.run(&["read-tree", "-m", "-u", old, &new])?;
+            if let Err(e) = update_ref() {
+                let _ = repo.run(&["read-tree", "-m", "-u", &new, old]);
+                return Err(e);
+            }
+            (true, None)
+        }
+        Some(old) if checked_out => {
+            update_ref()?;
+            (false, Some(format!(
+                "{} is checked out with local changes, so only the branch moved; once your changes are committed or stashed, bring the files in with: git read-tree -m -u {old} {new}",
+                req.branch
+            )))
+        }
+        _ => {
+            update_ref()?;
+            (false, None)
+        }
+    };
     Ok(Landed::Committed {
         commit: new,
         branch: req.branch.clone(),
         rebased_onto,
-        worktree_updated: false,
-        note: None,
+        worktree_updated,
+        note,
     })
 }
 
