@@ -80,6 +80,42 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Re-check a commit or a patch in a clean container against its base; write a record.
+    #[command(
+        after_help = "Exit codes: 0 pass (--replay: the verdict matches the record), 15 fail, 12 a check timed out, 16 infrastructure failure, 17 (--replay) the verdict differs, 2 bad input."
+    )]
+    Verify {
+        /// The commit to verify (its tree against --base, default its first parent).
+        #[arg(long, value_name = "REV", conflicts_with_all = ["patch", "replay"], required_unless_present_any = ["patch", "replay"])]
+        commit: Option<String>,
+        /// The commit the change is judged against.
+        #[arg(long, value_name = "REV", conflicts_with = "replay")]
+        base: Option<String>,
+        /// A patch (git diff format) to apply to --base and verify.
+        #[arg(
+            long,
+            value_name = "FILE",
+            requires = "base",
+            conflicts_with = "replay"
+        )]
+        patch: Option<PathBuf>,
+        /// Re-run a verification record and report whether the verdict matches.
+        #[arg(long, value_name = "RECORD")]
+        replay: Option<PathBuf>,
+        /// The unit whose protected paths and expected tests apply (default: the commit's
+        /// Boxdelegate-Unit trailer, when its unit file exists).
+        #[arg(long, value_name = "ID", conflicts_with = "replay")]
+        unit: Option<String>,
+        /// Where to write the verification record (default: under .git/boxdelegate/verify/).
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
+        /// Also write the verdict as JUnit XML.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Print the record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create, list and check unit files.
     #[command(subcommand)]
     Unit(UnitCommand),

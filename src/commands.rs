@@ -190,6 +190,105 @@ pub async fn run(cli: Cli) -> Result<i32> {
             Ok(r.status.exit_code())
         }
         Command::Doctor { json } => crate::doctor::run(global, json).await,
+        Command::Verify {
+            commit,
+            base,
+            patch,
+            replay,
+            unit,
+            record,
+            junit,
+            json,
+        } => {
+            let repo = open_repo(global)?;
+            let reporter = reporter(global, json);
+            let args = crate::verify::command::VerifyArgs {
+                commit,
+                base,
+                patch,
+                replay,
+                unit,
+                record,
+                junit,
+            };
+            let done = crate::verify::command::run(&repo, args, reporter.as_ref()).await;
+            reporter.finish();
+            let done = done?;
+            if json {
+                print_json(&done.record)?;
+            } else {
+                print_verification(&done);
+            }
+            Ok(done.exit_code)
+        }
+    }
+}
+
+fn print_verification(done: &crate::verify::command::Outcome) {
+    let r = &done.record;
+    let v = &r.verdict;
+    println!("verdict   {}", v.verdict.as_str());
+    println!(
+        "base      {}{}",
+        r.base.tree,
+        r.base
+            .commit
+            .as_deref()
+            .map(|c| format!(" (commit {})", short(c)))
+            .unwrap_or_default()
+    );
+    println!(
+        "change    {}{}",
+        r.change.tree,
+        r.change
+            .commit
+            .as_deref()
+            .map(|c| format!(" (commit {})", short(c)))
+            .unwrap_or_default()
+    );
+    if !v.restored.is_empty() {
+        println!(
+            "restored  {} (protected, from the base)",
+            v.restored.join(", ")
+        );
+    }
+    for c in &v.checks {
+        let tests = c
+            .tests
+            .as_ref()
+            .map(|t| format!(", {} tests", t.total))
+            .unwrap_or_default();
+        println!(
+            "check     {:<10} {:<13} exit {}{tests}, {:.1}s",
+            c.name,
+            c.outcome.as_str(),
+            c.exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
+            c.seconds
+        );
+    }
+    println!("summary   {}", v.summary);
+    if let Some(rp) = &r.replay {
+        if rp.matches {
+            println!("replay    the verdict matches the record");
+        } else {
+            println!("replay    the verdict differs from the record:");
+            for d in &rp.differences {
+                println!("  - {d}");
+            }
+        }
+    }
+    println!("record    {}", done.path.display());
+    if !v.passed {
+        for c in v.checks.iter().filter(|c| !c.passed) {
+            println!(
+                "--- {} ({}): last lines of its output:\n{}",
+                c.name,
+                c.outcome.as_str(),
+                c.tail
+            );
+        }
     }
 }
 

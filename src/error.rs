@@ -29,16 +29,21 @@ pub mod exit {
     pub const REJECTED: i32 = 10;
     /// The target branch moved and the change conflicts with it; nothing was written.
     pub const CONFLICT: i32 = 11;
-    /// The agent outlived its timeout.
+    /// The agent, or a check in the verify container, outlived its timeout.
     pub const TIMEOUT: i32 = 12;
     /// The agent exited with a non-zero code.
     pub const AGENT_FAILED: i32 = 13;
     /// The agent changed nothing.
     pub const NO_CHANGE: i32 = 14;
-    /// A check failed (or timed out) in the clean verify container; nothing landed.
+    /// A check failed in the clean verify container (or the verdict is `fail`); nothing landed.
     pub const VERIFY_FAILED: i32 = 15;
     /// `doctor` found problems.
     pub const NOT_READY: i32 = 9;
+    /// Verification was stopped by the infrastructure (an OOM kill, an engine error): this says
+    /// nothing about the change.
+    pub const INFRA: i32 = 16;
+    /// `verify --replay`: the verdict differs from the record's.
+    pub const REPLAY_MISMATCH: i32 = 17;
 }
 
 #[derive(Debug, thiserror::Error)]

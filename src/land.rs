@@ -223,15 +223,39 @@ fn commit_tree(repo: &Repo, tree: &str, parent: &str, msg: &str) -> Result<Strin
     Ok(String::from_utf8_lossy(&out).trim().to_string())
 }
 
-/// Lands `req.tree` on `req.branch`.
-pub fn land(repo: &Repo, req: &LandRequest) -> Result<Landed> {
+/// A commit made for landing, before the branch is moved.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    Ready {
+        /// The commit the branch will point at.
+        commit: String,
+        /// The branch head it was made against (None: the branch is new).
+        old: Option<String>,
+        /// When the branch had moved: its head, and the merged tree (the tree that lands,
+        /// which differs from the verified one).
+        merged: Option<(String, String)>,
+    },
+    Conflict(Landed),
+}
+
+/// Makes the commit that would land `req.tree` on `req.branch`: on the snapshot commit, or
+/// merged onto the branch head when it moved. Writes objects only, never a ref.
+pub fn prepare(repo: &Repo, req: &LandRequest) -> Result<Prepared> {
     let refname = format!("refs/heads/{}", req.branch);
     let old = repo.resolve(&refname)?;
     let msg = message(req);
     let candidate = commit_tree(repo, &req.tree, &req.snapshot_commit, &msg)?;
-    let (new, rebased_onto) = match &old {
-        None => (candidate, None),
-        Some(head) if *head == req.snapshot_commit => (candidate, None),
+    match &old {
+        None => Ok(Prepared::Ready {
+            commit: candidate,
+            old,
+            merged: None,
+        }),
+        Some(head) if *head == req.snapshot_commit => Ok(Prepared::Ready {
+            commit: candidate,
+            old,
+            merged: None,
+        }),
         Some(head) => {
             let out = repo
                 .cmd()
@@ -245,7 +269,11 @@ pub fn land(repo: &Repo, req: &LandRequest) -> Result<Landed> {
             match out.status.code() {
                 Some(0) => {
                     let merged = text.lines().next().unwrap_or_default().trim().to_string();
-                    (commit_tree(repo, &merged, head, &msg)?, Some(head.clone()))
+                    Ok(Prepared::Ready {
+                        commit: commit_tree(repo, &merged, head, &msg)?,
+                        old: old.clone(),
+                        merged: Some((head.clone(), merged)),
+                    })
                 }
                 Some(1) => {
                     let paths = text
@@ -254,21 +282,39 @@ pub fn land(repo: &Repo, req: &LandRequest) -> Result<Landed> {
                         .take_while(|l| !l.is_empty())
                         .map(str::to_string)
                         .collect();
-                    return Ok(Landed::Conflict {
+                    Ok(Prepared::Conflict(Landed::Conflict {
                         branch: req.branch.clone(),
                         head: head.clone(),
                         paths,
-                    });
+                    }))
                 }
-                _ => {
-                    return Err(Error::Git {
-                        args: "merge-tree --write-tree".into(),
-                        message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                    })
-                }
+                _ => Err(Error::Git {
+                    args: "merge-tree --write-tree".into(),
+                    message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                }),
             }
         }
+    }
+}
+
+/// Lands `req.tree` on `req.branch`.
+pub fn land(repo: &Repo, req: &LandRequest) -> Result<Landed> {
+    let prepared = prepare(repo, req)?;
+    finish(repo, req, prepared)
+}
+
+/// Moves the branch to a prepared commit (compare-and-swap on the head it was made against).
+pub fn finish(repo: &Repo, req: &LandRequest, prepared: Prepared) -> Result<Landed> {
+    let (new, old, merged) = match prepared {
+        Prepared::Conflict(landed) => return Ok(landed),
+        Prepared::Ready {
+            commit,
+            old,
+            merged,
+        } => (commit, old, merged),
     };
+    let rebased_onto = merged.map(|(head, _)| head);
+    let refname = format!("refs/heads/{}", req.branch);
     let expected = old.clone().unwrap_or_else(|| ZERO.to_string());
     let update_ref = || {
         repo.run(&[

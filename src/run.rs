@@ -48,6 +48,9 @@ pub enum Status {
     NoChange,
     /// A check failed in the clean verify container; nothing landed, the patch is kept.
     VerifyFailed,
+    /// Verification was stopped by the infrastructure (OOM kill, engine error); nothing
+    /// landed, the patch is kept. Says nothing about the change.
+    InfraError,
 }
 
 impl Status {
@@ -60,6 +63,7 @@ impl Status {
             Status::AgentFailed => exit::AGENT_FAILED,
             Status::NoChange => exit::NO_CHANGE,
             Status::VerifyFailed => exit::VERIFY_FAILED,
+            Status::InfraError => exit::INFRA,
         }
     }
 }
@@ -83,6 +87,8 @@ pub struct UnitResult {
     pub patch_sha256: Option<String>,
     pub rejections: Vec<Rejection>,
     pub verdict: Option<crate::verify::Verdict>,
+    /// When the branch had moved: the verdict on the merged tree that would land.
+    pub merged_verdict: Option<crate::verify::Verdict>,
     pub landed: Option<Landed>,
     pub log: Option<PathBuf>,
     pub message: String,
@@ -112,6 +118,7 @@ impl UnitResult {
             patch_sha256: None,
             rejections: vec![],
             verdict: None,
+            merged_verdict: None,
             landed: None,
             log: None,
             message: String::new(),
@@ -138,7 +145,7 @@ fn new_run_id() -> String {
     )
 }
 
-fn create_private_dir(path: &Path) -> Result<()> {
+pub fn create_private_dir(path: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -164,7 +171,8 @@ struct Planned {
     limits: Limits,
     branch: String,
     checks: Vec<crate::verify::Check>,
-    verify_timeout: Duration,
+    settings: crate::verify::Settings,
+    merged: crate::config::MergedPolicy,
 }
 
 fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
@@ -224,11 +232,7 @@ fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
             .unwrap_or_else(|| format!("boxdelegate/{id}"));
         land::check_target(&project.repo, &branch)?;
         let checks = crate::verify::checks(&project.profile, &project.config.verify);
-        let verify_timeout = project
-            .config
-            .verify
-            .timeout
-            .unwrap_or(crate::verify::DEFAULT_CHECK_TIMEOUT);
+        let settings = crate::verify::Settings::from_config(&project.config.verify);
         planned.push(Planned {
             unit,
             globs,
@@ -238,7 +242,8 @@ fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
             limits,
             branch,
             checks,
-            verify_timeout,
+            settings,
+            merged: project.config.verify.merged.unwrap_or_default(),
         });
     }
     Ok(planned)
@@ -283,7 +288,7 @@ pub async fn run(
     }
 
     let engine = Engine::connect().await?;
-    let (_, _, unit_image) =
+    let (deps, _, unit_image) =
         crate::commands::ensure_images(&engine, project, &snapshot, &entries, true, reporter)
             .await?;
     create_private_dir(&run_dir)?;
@@ -296,6 +301,7 @@ pub async fn run(
             &snapshot,
             &entries,
             &unit_image.image,
+            &deps.key,
             &run_id,
             &run_dir,
             reporter,
@@ -324,6 +330,7 @@ async fn run_unit(
     snapshot: &Snapshot,
     entries: &[snapshot::TreeEntry],
     image: &str,
+    deps_key: &str,
     run_id: &str,
     run_dir: &Path,
     reporter: &dyn Reporter,
@@ -476,19 +483,25 @@ async fn run_unit(
         return Ok(result);
     }
 
-    // Scope.
+    // Scope. Edits of protected paths are reported and the change is rejected, but it is still
+    // verified with those paths restored, so the report says what the original tests make of it.
     result.rejections = scope::check(set, &p.globs, &p.limits, &p.unit.file);
-    if !result.rejections.is_empty() {
-        result.status = Status::Rejected;
-        result.message = format!(
+    let protected_only =
+        !result.rejections.is_empty() && result.rejections.iter().all(|r| r.rule == "protected");
+    let rejected_message = |r: &UnitResult| {
+        format!(
             "{} scope violation(s); nothing landed{}",
-            result.rejections.len(),
-            if result.patch.is_some() {
+            r.rejections.len(),
+            if r.patch.is_some() {
                 ", the patch is kept"
             } else {
                 ""
             }
-        );
+        )
+    };
+    if !result.rejections.is_empty() && (!protected_only || p.checks.is_empty()) {
+        result.status = Status::Rejected;
+        result.message = rejected_message(&result);
         result.seconds = started.elapsed().as_secs_f64();
         return Ok(result);
     }
@@ -496,48 +509,148 @@ async fn run_unit(
     // Verify in a clean container, then land.
     land::import_objects(&project.repo, &unit_dir.join("objects"))?;
     let tree = result.tree.clone().expect("an accepted change has a tree");
+    let cache_dir = crate::verify::state_paths(&project.repo.common_dir).1;
+    let verify_log = unit_dir.join("verify.log");
+    let sink = reporter.line_sink();
+    let on_line = |l: &str| sink(l);
+    let check_names = p
+        .checks
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
     if !p.checks.is_empty() {
-        reporter.phase(&format!(
-            "{id}: verifying ({})",
-            p.checks
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-        let sink = reporter.line_sink();
+        reporter.phase(&format!("{id}: verifying ({check_names})"));
         let vreq = crate::verify::VerifyRequest {
             image,
-            snapshot_tree: &snapshot.tree,
-            new_tree: &tree,
+            image_tree: &snapshot.tree,
+            base_tree: &snapshot.tree,
+            tree: &tree,
+            deps_key,
             checks: &p.checks,
+            settings: &p.settings,
+            protected: Some(&p.globs.protected),
+            expect: &p.unit.meta.tests,
             limits: &p.limits,
-            timeout: p.verify_timeout,
             run_id,
             unit_id: id,
-            log: &unit_dir.join("verify.log"),
+            log: &verify_log,
+            cache_dir: &cache_dir,
         };
-        let verdict =
-            crate::verify::verify(engine, &project.repo, &vreq, &|l: &str| sink(l)).await?;
-        let failed = verdict.checks.iter().find(|c| !c.passed).cloned();
+        let verdict = crate::verify::verify(engine, &project.repo, &vreq, &on_line).await?;
+        let passed = verdict.passed;
+        let summary = verdict.summary.clone();
+        let failure = (!passed).then(|| failure_status(&verdict, "", p.settings.timeout_secs));
         result.verdict = Some(verdict);
-        if let Some(c) = failed {
-            result.status = Status::VerifyFailed;
-            result.message = match (c.exit_code, &c.note) {
-                (Some(0), Some(note)) => format!("check {}: {note}; nothing landed, the patch is kept", c.name),
-                (Some(code), _) => format!("check {} failed in the clean container (exit {code}); nothing landed, the patch is kept:\n{}", c.name, c.tail),
-                (None, _) => format!("check {} ran longer than {}s in the clean container; nothing landed", c.name, p.verify_timeout.as_secs()),
-            };
+        if protected_only {
+            result.status = Status::Rejected;
+            result.message = format!(
+                "{}; with the protected paths restored, verification says {summary}",
+                rejected_message(&result)
+            );
+            result.seconds = started.elapsed().as_secs_f64();
+            return Ok(result);
+        }
+        if let Some((status, message)) = failure {
+            result.status = status;
+            result.message = message;
             result.seconds = started.elapsed().as_secs_f64();
             return Ok(result);
         }
     }
     reporter.phase(&format!("{id}: landing on {}", p.branch));
     let req = land_request(&result).expect("an accepted change has a tree");
-    let landed = land::land(&project.repo, &req)?;
+    let prepared = land::prepare(&project.repo, &req)?;
+    if let land::Prepared::Ready {
+        merged: Some((head, merged_tree)),
+        ..
+    } = &prepared
+    {
+        let reverify = *merged_tree != tree
+            && p.merged == crate::config::MergedPolicy::Reverify
+            && !p.checks.is_empty();
+        if reverify {
+            reporter.phase(&format!(
+                "{id}: {} moved to {}; verifying the merged tree before landing it",
+                p.branch,
+                short(head)
+            ));
+            let head_tree = project
+                .repo
+                .text(&["rev-parse", &format!("{head}^{{tree}}")])?;
+            let vreq = crate::verify::VerifyRequest {
+                image,
+                image_tree: &snapshot.tree,
+                base_tree: &head_tree,
+                tree: merged_tree,
+                deps_key,
+                checks: &p.checks,
+                settings: &p.settings,
+                protected: None,
+                expect: &p.unit.meta.tests,
+                limits: &p.limits,
+                run_id,
+                unit_id: id,
+                log: &verify_log,
+                cache_dir: &cache_dir,
+            };
+            let verdict = crate::verify::verify(engine, &project.repo, &vreq, &on_line).await?;
+            let failure = (!verdict.passed).then(|| {
+                failure_status(
+                    &verdict,
+                    &format!(
+                        "{} moved to {} and the merged tree fails verification: ",
+                        p.branch,
+                        short(head)
+                    ),
+                    p.settings.timeout_secs,
+                )
+            });
+            result.merged_verdict = Some(verdict);
+            if let Some((status, message)) = failure {
+                result.status = status;
+                result.message = message;
+                result.seconds = started.elapsed().as_secs_f64();
+                return Ok(result);
+            }
+        }
+    }
+    let landed = land::finish(&project.repo, &req, prepared)?;
     finish_landing(&mut result, landed);
     result.seconds = started.elapsed().as_secs_f64();
     Ok(result)
+}
+
+/// The status and message of a unit whose verdict keeps it from landing.
+fn failure_status(
+    verdict: &crate::verify::Verdict,
+    prefix: &str,
+    timeout_secs: u64,
+) -> (Status, String) {
+    use crate::verify::Kind;
+    match verdict.verdict {
+        Kind::Timeout => (
+            Status::Timeout,
+            format!(
+                "{prefix}a check ran longer than {timeout_secs}s in the clean container and was killed; nothing landed, the patch is kept ({})",
+                verdict.summary
+            ),
+        ),
+        Kind::InfraError => (
+            Status::InfraError,
+            format!(
+                "{prefix}verification was stopped by the infrastructure, which says nothing about the change; nothing landed, the patch is kept; run it again ({})",
+                verdict.summary
+            ),
+        ),
+        Kind::Fail | Kind::Pass => (
+            Status::VerifyFailed,
+            format!(
+                "{prefix}verification failed in the clean container; nothing landed, the patch is kept: {}",
+                verdict.explain()
+            ),
+        ),
+    }
 }
 
 fn land_request(r: &UnitResult) -> Option<LandRequest> {

@@ -107,6 +107,25 @@ pub struct VerifyConfig {
     /// Wall-clock limit for each check.
     #[serde(default, with = "duration_opt")]
     pub timeout: Option<Duration>,
+    /// Re-runs of a failing check before it counts as failed (a pass on a re-run is `flaky`).
+    #[serde(default)]
+    pub reruns: Option<u32>,
+    /// Run the checks on the unmodified base too, to tell regressions from pre-existing
+    /// failures (default true).
+    #[serde(default)]
+    pub baseline: Option<bool>,
+    /// When the branch moved and the landed tree is a merge: "reverify" it first (default)
+    /// or "trust" the verification of the unit's own tree.
+    #[serde(default)]
+    pub merged: Option<MergedPolicy>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MergedPolicy {
+    #[default]
+    Reverify,
+    Trust,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -179,7 +198,12 @@ impl Config {
             }
             Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
         };
-        let config: Config = parse_toml(&text, Path::new(CONFIG_FILE))?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates the text of a `boxdelegate.toml` (e.g. one read from a commit).
+    pub fn parse(text: &str) -> Result<Config> {
+        let config: Config = parse_toml(text, Path::new(CONFIG_FILE))?;
         config.validate()?;
         Ok(config)
     }

@@ -70,6 +70,22 @@ pub struct Checks {
 impl Profile {
     /// Loads profile `name`: the repository's own file if there is one, else the embedded one.
     pub fn load(root: &Path, name: &str) -> Result<Profile> {
+        Profile::check_name(root, name)?;
+        let local = root.join(LOCAL_DIR).join(format!("{name}.toml"));
+        let text = match std::fs::read_to_string(&local) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(format!("reading {}", local.display()), e)),
+        };
+        Profile::resolve(root, name, text)
+    }
+
+    /// The local directory's path of profile `name`, relative to the repository root.
+    pub fn local_path(name: &str) -> PathBuf {
+        PathBuf::from(LOCAL_DIR).join(format!("{name}.toml"))
+    }
+
+    fn check_name(root: &Path, name: &str) -> Result<()> {
         if name.is_empty()
             || !name
                 .chars()
@@ -81,13 +97,18 @@ impl Profile {
                 format!("use one of {}", names(root).join(", ")),
             ));
         }
-        let local = root.join(LOCAL_DIR).join(format!("{name}.toml"));
-        let (text, source, file) = match std::fs::read_to_string(&local) {
-            Ok(text) => {
-                let rel = PathBuf::from(LOCAL_DIR).join(format!("{name}.toml"));
+        Ok(())
+    }
+
+    /// Profile `name` from the text of its local file, or the embedded one when there is none.
+    pub fn resolve(root: &Path, name: &str, local: Option<String>) -> Result<Profile> {
+        Profile::check_name(root, name)?;
+        let (text, source, file) = match local {
+            Some(text) => {
+                let rel = Profile::local_path(name);
                 (text, rel.display().to_string(), rel)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            None => {
                 let text = EMBEDDED
                     .iter()
                     .find(|(n, _)| *n == name)
@@ -108,7 +129,6 @@ impl Profile {
                     PathBuf::from(format!("profiles/{name}.toml")),
                 )
             }
-            Err(e) => return Err(Error::io(format!("reading {}", local.display()), e)),
         };
         let mut profile: Profile = parse_toml(&text, &file)?;
         profile.name = name.to_string();

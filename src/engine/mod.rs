@@ -415,6 +415,46 @@ impl Engine {
         })
     }
 
+    /// Whether the engine recorded an out-of-memory kill in container `id`.
+    pub async fn oom_killed(&self, id: &str) -> Result<bool> {
+        let inspect = self
+            .docker
+            .inspect_container(id, None::<qp::InspectContainerOptions>)
+            .await
+            .map_err(|e| Error::engine(format!("inspecting container {}", short(id)), e))?;
+        Ok(inspect.state.and_then(|s| s.oom_killed).unwrap_or(false))
+    }
+
+    /// Starts counting the engine's out-of-memory events for container `id`. An OOM kill of a
+    /// process other than the container's main one (a check run with exec) shows only as such
+    /// an event: the container's `OOMKilled` state is set only when the container itself dies.
+    pub fn watch_oom(&self, id: &str) -> OomWatch {
+        let (tx, rx) = tokio::sync::watch::channel(0u64);
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+            .saturating_sub(1);
+        let options = qp::EventsOptions {
+            // Replaying from just before now closes the gap between subscribing and the
+            // daemon registering the subscription.
+            since: Some(since.to_string()),
+            until: None,
+            filters: Some(HashMap::from([
+                ("container".to_string(), vec![id.to_string()]),
+                ("event".to_string(), vec!["oom".to_string()]),
+            ])),
+        };
+        let docker = self.docker.clone();
+        let task = tokio::spawn(async move {
+            let mut events = Box::pin(docker.events(Some(options)));
+            while let Some(Ok(_)) = events.next().await {
+                tx.send_modify(|n| *n += 1);
+            }
+        });
+        OomWatch { rx, task }
+    }
+
     /// Kills a running container (the hard timeout).
     pub async fn kill(&self, id: &str) -> Result<()> {
         match self
@@ -594,6 +634,34 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+/// Out-of-memory events of one container, counted while the watch lives.
+pub struct OomWatch {
+    rx: tokio::sync::watch::Receiver<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl OomWatch {
+    pub fn count(&self) -> u64 {
+        *self.rx.borrow()
+    }
+
+    /// Whether the count grows beyond `seen` within `limit` (the event may trail the exit of
+    /// the killed process by a moment).
+    pub async fn grows_beyond(&self, seen: u64, limit: std::time::Duration) -> bool {
+        let mut rx = self.rx.clone();
+        let grew = tokio::time::timeout(limit, rx.wait_for(|n| *n > seen))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        grew
+    }
+}
+
+impl Drop for OomWatch {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

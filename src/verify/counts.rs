@@ -62,7 +62,8 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
         // go test: "ok  	example.com/pkg	0.01s" (a package with tests) and its no-test variants
         Rule {
             runner: "go-test",
-            re: r(r"^(?:ok|FAIL|\?)\s+\S+\s+(?P<rest>.*)$"),
+            // go separates the package and the time with tabs, which TAP's "ok 1 - name" lacks.
+            re: r(r"^(?:ok|FAIL|\?)\s+\S+\t(?P<rest>.*)$"),
             total: |c| {
                 let rest = c.name("rest").map(|m| m.as_str()).unwrap_or_default();
                 u64::from(!(rest.contains("[no test files]") || rest.contains("[no tests to run]")))
@@ -87,6 +88,12 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
                     .sum()
             },
         },
+        // TAP's plan line, "1..N" (bats, prove, any TAP producer); "1..0" means nothing ran.
+        Rule {
+            runner: "tap",
+            re: r(r"^1\.\.(?P<n>\d+)(?:\s+#.*)?$"),
+            total: |c| num(c, "n"),
+        },
         // The plain line any runner may print: "N passed, N failed" (", N skipped" may follow).
         Rule {
             runner: "plain",
@@ -97,24 +104,44 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
 });
 
 /// The tests counted in `output`, by the first runner whose summary lines appear in it.
+#[cfg(test)]
 pub fn count(output: &str) -> Option<Counts> {
-    for rule in RULES.iter() {
-        let mut seen = false;
-        let mut total = 0;
-        for line in output.lines() {
-            if let Some(c) = rule.re.captures(line.trim_end()) {
-                seen = true;
-                total += (rule.total)(&c);
+    let mut counter = Counter::default();
+    for line in output.lines() {
+        counter.feed(line);
+    }
+    counter.finish()
+}
+
+/// Counts tests line by line, so output of any length is read once and never kept.
+#[derive(Debug, Default)]
+pub struct Counter {
+    /// Per rule: whether its summary line was seen, and the sum of its totals.
+    seen: Vec<Option<u64>>,
+}
+
+impl Counter {
+    pub fn feed(&mut self, line: &str) {
+        if self.seen.is_empty() {
+            self.seen = vec![None; RULES.len()];
+        }
+        let line = line.trim_end();
+        for (rule, seen) in RULES.iter().zip(self.seen.iter_mut()) {
+            if let Some(c) = rule.re.captures(line) {
+                *seen = Some(seen.unwrap_or(0) + (rule.total)(&c));
             }
         }
-        if seen {
-            return Some(Counts {
+    }
+
+    /// The first runner (in the order of the rules) whose summary lines were seen.
+    pub fn finish(&self) -> Option<Counts> {
+        RULES.iter().zip(&self.seen).find_map(|(rule, seen)| {
+            seen.map(|total| Counts {
                 runner: rule.runner.to_string(),
                 total,
-            });
-        }
+            })
+        })
     }
-    None
 }
 
 #[cfg(test)]
@@ -195,6 +222,14 @@ mod tests {
         assert_eq!(
             total("results: 5 passed, 0 failed, 1 skipped"),
             Some(("plain".to_string(), 5))
+        );
+        assert_eq!(
+            total("1..3\nok 1 - a\nok 2 - b\nnot ok 3 - c"),
+            Some(("tap".to_string(), 3))
+        );
+        assert_eq!(
+            total("1..0 # SKIP nothing to do"),
+            Some(("tap".to_string(), 0))
         );
         assert_eq!(total("all good"), None);
         assert_eq!(total(""), None);

@@ -1,57 +1,49 @@
-//! Verification in a second, clean container: the unit image with the change applied, no
-//! network, no secrets, the same hardening and limits. Each check's exit code comes from the
-//! engine, never from parsing output.
+//! Verification in a second, clean container: the image of the base tree with the change
+//! applied, no network, no secrets, the same hardening and limits. Each check's exit code comes
+//! from the engine, never from parsing output; output is read only to count tests and to learn
+//! their names.
 //!
-//! A unit whose project configures no checks passes verification trivially (and the report
-//! says so); only a passing unit lands.
+//! The same checks run on the unmodified base (the baseline, cached per deps key, tree and
+//! commands), so a failure is told apart as a regression, a pre-existing failure or a fix.
+//! Failing checks may be re-run to classify flakes. A timeout, an OOM kill or an engine error is
+//! an infrastructure verdict, never "the change is wrong".
+//!
+//! This module never lands anything and never trusts the container: the tree it checks is
+//! written on the host from git objects, and protected paths are restored from the base first.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bollard::models::ContainerCreateBody;
+use sha2::{Digest, Sha256};
 
 use crate::config::profile::Profile;
+use crate::config::unit::Globs;
 use crate::config::{Limits, VerifyConfig};
 use crate::engine::{hardened_host_config, labels, Engine};
 use crate::error::{Error, Result};
 use crate::git::Repo;
 use crate::images;
-use crate::snapshot;
+use crate::snapshot::{self, EntryKind};
 
+pub mod command;
 pub mod counts;
+pub mod junit;
+pub mod names;
+pub mod record;
 
 /// Default limit per check.
 pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// Lines of output kept per check for the report.
+const TAIL_LINES: usize = 30;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Check {
     pub name: String,
     pub command: String,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct CheckResult {
-    pub name: String,
-    pub command: String,
-    /// None when the check was stopped by its timeout.
-    pub exit_code: Option<i64>,
-    pub seconds: f64,
-    /// The last lines of the check's output.
-    pub tail: String,
-    /// For the test check: the tests the runner reported, when its summary was recognised.
-    pub tests: Option<counts::Counts>,
-    /// Whether the check passed: exit code 0 and, for tests, at least one test run.
-    pub passed: bool,
-    /// Why the verdict is what it is, when the exit code alone does not say it.
-    pub note: Option<String>,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Verdict {
-    pub passed: bool,
-    pub checks: Vec<CheckResult>,
 }
 
 /// The checks to run: `[verify]` keys override the profile's (`""` disables one).
@@ -75,25 +67,778 @@ pub fn checks(profile: &Profile, verify: &VerifyConfig) -> Vec<Check> {
     .collect()
 }
 
+/// How checks are run, from `[verify]`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Settings {
+    /// Limit of each check, in seconds.
+    pub timeout_secs: u64,
+    /// Re-runs of a failing check before it counts as failed.
+    pub reruns: u32,
+    /// Whether the checks also run on the unmodified base.
+    pub baseline: bool,
+}
+
+impl Settings {
+    pub fn from_config(verify: &VerifyConfig) -> Settings {
+        Settings {
+            timeout_secs: verify.timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT).as_secs(),
+            reruns: verify.reruns.unwrap_or(0),
+            baseline: verify.baseline.unwrap_or(true),
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs.max(1))
+    }
+}
+
+/// One execution of a check on one tree, as the engine and the runner's output tell it.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct CheckRun {
+    /// None when the check did not finish (timeout, OOM kill of the container).
+    pub exit_code: Option<i64>,
+    pub seconds: f64,
+    /// The last lines of the output.
+    pub tail: String,
+    /// For the test check: the tests the runner counted, when its summary was recognised.
+    pub tests: Option<counts::Counts>,
+    /// The tests the runner reported failed, by name (empty when it reports no names).
+    pub failed_tests: Vec<String>,
+    /// Whether the runner reported tests by name.
+    pub names_known: bool,
+    pub timed_out: bool,
+    pub oom_killed: bool,
+    #[serde(skip)]
+    pub names: names::Names,
+}
+
+impl CheckRun {
+    fn zero_tests(&self) -> bool {
+        self.exit_code == Some(0) && self.tests.as_ref().is_some_and(|t| t.total == 0)
+    }
+
+    /// Exit code 0 and, for a test check, at least one test run.
+    pub fn ok(&self) -> bool {
+        self.exit_code == Some(0) && !self.zero_tests() && !self.oom_killed
+    }
+
+    /// Ran to its end and failed (not stopped by the infrastructure).
+    fn failed(&self) -> bool {
+        !self.ok() && !self.timed_out && !self.oom_killed && self.exit_code.is_some()
+    }
+}
+
+/// What a check came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Passed, and passed (or was not run) on the base too.
+    Pass,
+    /// Passes now; failed on the base.
+    Fixed,
+    /// Fails now, with only the failures it already had on the base.
+    PreExisting,
+    /// Failed, then passed when run again.
+    Flaky,
+    /// Fails because of the change.
+    Fail,
+    /// The test command ran zero tests: not a pass.
+    NoTests,
+    /// Outlived its limit; the container was killed.
+    Timeout,
+    /// Killed by the infrastructure (out of memory) or stopped by an engine error.
+    InfraError,
+}
+
+impl Outcome {
+    /// Whether a check with this outcome lets the change land.
+    pub fn lets_land(self) -> bool {
+        matches!(
+            self,
+            Outcome::Pass | Outcome::Fixed | Outcome::PreExisting | Outcome::Flaky
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pass => "pass",
+            Outcome::Fixed => "fixed",
+            Outcome::PreExisting => "pre-existing",
+            Outcome::Flaky => "flaky",
+            Outcome::Fail => "fail",
+            Outcome::NoTests => "no-tests",
+            Outcome::Timeout => "timeout",
+            Outcome::InfraError => "infra-error",
+        }
+    }
+}
+
+/// A check's result on the base, as far as the verdict uses it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BaselineCheck {
+    pub exit_code: Option<i64>,
+    pub passed: bool,
+    pub failed_tests: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub command: String,
+    pub outcome: Outcome,
+    /// Whether this check lets the change land.
+    pub passed: bool,
+    pub exit_code: Option<i64>,
+    pub seconds: f64,
+    pub tail: String,
+    pub tests: Option<counts::Counts>,
+    pub failed_tests: Vec<String>,
+    /// Tests that fail now and did not fail on the base.
+    pub regressions: Vec<String>,
+    /// Tests that fail now and failed on the base too.
+    pub pre_existing: Vec<String>,
+    /// Tests that failed on the base and pass now.
+    pub fixed: Vec<String>,
+    /// Tests that failed, then passed on a re-run.
+    pub flaky: Vec<String>,
+    /// How many times the check was run again after failing.
+    pub reruns: u32,
+    pub baseline: Option<BaselineCheck>,
+    /// Why the outcome is what it is, when the exit code alone does not say it.
+    pub note: Option<String>,
+}
+
+/// The overall verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    Pass,
+    Fail,
+    Timeout,
+    InfraError,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Pass => "pass",
+            Kind::Fail => "fail",
+            Kind::Timeout => "timeout",
+            Kind::InfraError => "infra-error",
+        }
+    }
+
+    pub fn exit_code(self) -> i32 {
+        use crate::error::exit;
+        match self {
+            Kind::Pass => exit::OK,
+            Kind::Fail => exit::VERIFY_FAILED,
+            Kind::Timeout => exit::TIMEOUT,
+            Kind::InfraError => exit::INFRA,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExpectationStatus {
+    Passed,
+    Failed,
+    /// The runner reports names, and none matched.
+    NotRun,
+    /// The runner reports no names: the expectation could not be checked.
+    Unchecked,
+}
+
+/// A test the unit expects to pass afterwards.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Expectation {
+    pub test: String,
+    pub status: ExpectationStatus,
+    /// The reported test name that matched.
+    pub matched: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BaselineInfo {
+    pub tree: String,
+    pub key: String,
+    /// True when the baseline came from the cache.
+    pub cached: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Verdict {
+    pub verdict: Kind,
+    /// Whether the change may land.
+    pub passed: bool,
+    /// The tree the checks ran on (the change, with protected paths restored).
+    pub tree: String,
+    /// Protected paths the change touched, restored from the base before the checks.
+    pub restored: Vec<String>,
+    pub checks: Vec<CheckResult>,
+    pub expectations: Vec<Expectation>,
+    pub baseline: Option<BaselineInfo>,
+    /// One line: the verdict and what decided it.
+    pub summary: String,
+}
+
+impl Verdict {
+    /// What a person reads: the summary, then for each failing check its failing tests and the
+    /// tail of its log.
+    pub fn explain(&self) -> String {
+        let mut out = self.summary.clone();
+        for c in self.checks.iter().filter(|c| !c.passed) {
+            out.push_str(&format!(
+                "\n--- {} ({}): last lines of its output:\n{}",
+                c.name,
+                c.outcome.as_str(),
+                c.tail
+            ));
+        }
+        out
+    }
+}
+
 pub struct VerifyRequest<'a> {
+    /// The image holding `image_tree` in /work with the dependencies installed.
     pub image: &'a str,
-    pub snapshot_tree: &'a str,
-    pub new_tree: &'a str,
+    pub image_tree: &'a str,
+    /// The tree the change is judged against (the baseline runs on it).
+    pub base_tree: &'a str,
+    /// The changed tree; its objects must be in the repository.
+    pub tree: &'a str,
+    pub deps_key: &'a str,
     pub checks: &'a [Check],
+    pub settings: &'a Settings,
+    /// Paths restored from `base_tree` before the checks.
+    pub protected: Option<&'a Globs>,
+    /// Tests that must pass afterwards (the unit's `tests`).
+    pub expect: &'a [String],
     pub limits: &'a Limits,
-    pub timeout: Duration,
     pub run_id: &'a str,
     pub unit_id: &'a str,
     pub log: &'a Path,
+    /// Where baselines are cached.
+    pub cache_dir: &'a Path,
 }
 
-/// Runs the checks against `new_tree` (whose objects must be in `repo`).
+type LineSink<'a> = &'a (dyn Fn(&str) + Sync);
+
+/// Verifies `req.tree`: the baseline (cached), then the checks on the change.
 pub async fn verify(
     engine: &Engine,
     repo: &Repo,
     req: &VerifyRequest<'_>,
-    on_line: &(dyn Fn(&str) + Sync),
+    on_line: LineSink<'_>,
 ) -> Result<Verdict> {
+    let (tree, restored) = restore_protected(repo, req.base_tree, req.tree, req.protected)?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(req.log)
+        .map_err(|e| Error::io(format!("opening {}", req.log.display()), e))?;
+    for path in &restored {
+        let _ = writeln!(log, "# protected path {path} restored from the base");
+    }
+
+    let mut baseline_info = None;
+    let mut baseline: Option<Vec<CheckRun>> = None;
+    if req.settings.baseline && req.base_tree != tree {
+        let key = baseline_key(req.deps_key, req.base_tree, req.checks, req.settings);
+        let file = req.cache_dir.join(format!("{key}.json"));
+        let cached = std::fs::read(&file)
+            .ok()
+            .and_then(|d| serde_json::from_slice::<Vec<CheckRun>>(&d).ok())
+            .filter(|runs| runs.len() == req.checks.len());
+        let from_cache = cached.is_some();
+        let runs = match cached {
+            Some(runs) => runs,
+            None => {
+                on_line("verify: baseline (the checks on the unmodified base)");
+                let _ = writeln!(log, "## baseline on {}", req.base_tree);
+                match in_container(
+                    engine,
+                    repo,
+                    req,
+                    req.base_tree,
+                    "baseline",
+                    &mut log,
+                    on_line,
+                    &|_, _| false,
+                )
+                .await
+                {
+                    Ok(ran) => {
+                        let runs: Vec<CheckRun> = ran.into_iter().map(|r| r.first).collect();
+                        // A baseline cut short by the infrastructure says nothing; keep only
+                        // complete ones.
+                        if runs.len() == req.checks.len()
+                            && runs.iter().all(|r| !r.timed_out && !r.oom_killed)
+                        {
+                            let json = serde_json::to_vec(&runs)
+                                .map_err(|e| Error::Internal(e.to_string()))?;
+                            crate::extract::write_private(&file, &json)?;
+                        }
+                        runs
+                    }
+                    Err(e) if is_infra(&e) => return Ok(infra_verdict(&tree, restored, &e)),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        baseline_info = Some(BaselineInfo {
+            tree: req.base_tree.to_string(),
+            key,
+            cached: from_cache,
+        });
+        baseline = Some(runs);
+    }
+
+    let _ = writeln!(log, "## checks on {tree}");
+    let base_ref = baseline.as_deref();
+    let should_rerun = |i: usize, run: &CheckRun| {
+        run.failed()
+            && !run.zero_tests()
+            && classify(run, base_ref.and_then(|b| b.get(i))).0 == Outcome::Fail
+    };
+    let runs = match in_container(
+        engine,
+        repo,
+        req,
+        &tree,
+        "verify",
+        &mut log,
+        on_line,
+        &should_rerun,
+    )
+    .await
+    {
+        Ok(runs) => runs,
+        Err(e) if is_infra(&e) => return Ok(infra_verdict(&tree, restored, &e)),
+        Err(e) => return Err(e),
+    };
+    Ok(judge(
+        req,
+        &tree,
+        restored,
+        runs,
+        baseline.as_deref(),
+        baseline_info,
+    ))
+}
+
+/// A check's first run, and its re-runs.
+struct Ran {
+    first: CheckRun,
+    reruns: Vec<CheckRun>,
+}
+
+fn judge(
+    req: &VerifyRequest<'_>,
+    tree: &str,
+    restored: Vec<String>,
+    runs: Vec<Ran>,
+    baseline: Option<&[CheckRun]>,
+    baseline_info: Option<BaselineInfo>,
+) -> Verdict {
+    let mut checks = Vec::new();
+    let mut expectations = Vec::new();
+    for (i, (check, ran)) in req.checks.iter().zip(&runs).enumerate() {
+        let base = baseline.and_then(|b| b.get(i));
+        let run = &ran.first;
+        let (mut outcome, mut lists, mut note) = classify(run, base);
+        if outcome == Outcome::Fail {
+            if let Some(good) = ran
+                .reruns
+                .iter()
+                .find(|r| classify(r, base).0 != Outcome::Fail)
+            {
+                outcome = Outcome::Flaky;
+                let still: BTreeSet<&String> = good.failed_tests.iter().collect();
+                lists.flaky = run
+                    .failed_tests
+                    .iter()
+                    .filter(|t| !still.contains(t))
+                    .cloned()
+                    .collect();
+                lists.regressions.clear();
+                note = Some(format!(
+                    "failed, then passed on re-run {} of {}",
+                    ran.reruns
+                        .iter()
+                        .position(|r| std::ptr::eq(r, good))
+                        .unwrap_or(0)
+                        + 1,
+                    req.settings.reruns
+                ));
+            }
+        }
+        if check.name == "test" {
+            for want in req.expect {
+                let (status, matched) = if run.names.is_empty() {
+                    (ExpectationStatus::Unchecked, None)
+                } else {
+                    match run.names.lookup(want) {
+                        Some((name, names::Outcome::Passed)) => {
+                            (ExpectationStatus::Passed, Some(name.to_string()))
+                        }
+                        Some((name, names::Outcome::Failed)) => {
+                            (ExpectationStatus::Failed, Some(name.to_string()))
+                        }
+                        None => (ExpectationStatus::NotRun, None),
+                    }
+                };
+                expectations.push(Expectation {
+                    test: want.clone(),
+                    status,
+                    matched,
+                });
+            }
+        }
+        checks.push(CheckResult {
+            name: check.name.clone(),
+            command: check.command.clone(),
+            outcome,
+            passed: outcome.lets_land(),
+            exit_code: run.exit_code,
+            seconds: run.seconds,
+            tail: run.tail.clone(),
+            tests: run.tests.clone(),
+            failed_tests: run.failed_tests.clone(),
+            regressions: lists.regressions,
+            pre_existing: lists.pre_existing,
+            fixed: lists.fixed,
+            flaky: lists.flaky,
+            reruns: ran.reruns.len() as u32,
+            baseline: base.map(|b| BaselineCheck {
+                exit_code: b.exit_code,
+                passed: b.ok(),
+                failed_tests: b.failed_tests.clone(),
+            }),
+            note,
+        });
+    }
+    let mut notes = Vec::new();
+    if runs.len() < req.checks.len() {
+        notes.push(format!(
+            "{} not run after the timeout",
+            req.checks[runs.len()..]
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if req.checks.is_empty() {
+        notes.push("no checks configured: nothing to run".into());
+    }
+    let unmet: Vec<&Expectation> = expectations
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.status,
+                ExpectationStatus::Failed | ExpectationStatus::NotRun
+            )
+        })
+        .collect();
+    let kind = if checks.iter().any(|c| c.outcome == Outcome::Timeout) {
+        Kind::Timeout
+    } else if checks.iter().any(|c| c.outcome == Outcome::InfraError) {
+        Kind::InfraError
+    } else if checks.iter().any(|c| !c.passed) || !unmet.is_empty() {
+        Kind::Fail
+    } else {
+        Kind::Pass
+    };
+    let mut parts: Vec<String> = checks.iter().map(describe).collect();
+    for e in &unmet {
+        parts.push(format!(
+            "expected test {} {}",
+            e.test,
+            match e.status {
+                ExpectationStatus::Failed => "failed",
+                _ => "was not run",
+            }
+        ));
+    }
+    let unchecked = expectations
+        .iter()
+        .filter(|e| e.status == ExpectationStatus::Unchecked)
+        .count();
+    if unchecked > 0 {
+        parts.push(format!(
+            "{unchecked} expected test(s) not checked: the runner reports no test names"
+        ));
+    }
+    parts.extend(notes);
+    Verdict {
+        verdict: kind,
+        passed: kind == Kind::Pass,
+        tree: tree.to_string(),
+        restored,
+        checks,
+        expectations,
+        baseline: baseline_info,
+        summary: format!("{}: {}", kind.as_str(), parts.join("; ")),
+    }
+}
+
+fn describe(c: &CheckResult) -> String {
+    let names = |v: &[String]| {
+        let mut s = v.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        if v.len() > 5 {
+            s.push_str(&format!(" and {} more", v.len() - 5));
+        }
+        s
+    };
+    let mut s = format!("{} {}", c.name, c.outcome.as_str());
+    if let Some(t) = &c.tests {
+        s.push_str(&format!(" ({} tests)", t.total));
+    }
+    if !c.regressions.is_empty() {
+        s.push_str(&format!(", failing: {}", names(&c.regressions)));
+    } else if c.outcome == Outcome::Fail && !c.failed_tests.is_empty() {
+        s.push_str(&format!(", failing: {}", names(&c.failed_tests)));
+    } else if c.outcome == Outcome::Fail {
+        if let Some(code) = c.exit_code {
+            s.push_str(&format!(" (exit {code})"));
+        }
+    }
+    if !c.pre_existing.is_empty() {
+        s.push_str(&format!(", pre-existing: {}", names(&c.pre_existing)));
+    }
+    if !c.fixed.is_empty() {
+        s.push_str(&format!(", fixed: {}", names(&c.fixed)));
+    }
+    if !c.flaky.is_empty() {
+        s.push_str(&format!(", flaky: {}", names(&c.flaky)));
+    }
+    if let Some(n) = &c.note {
+        s.push_str(&format!(" [{n}]"));
+    }
+    s
+}
+
+#[derive(Default)]
+struct Lists {
+    regressions: Vec<String>,
+    pre_existing: Vec<String>,
+    fixed: Vec<String>,
+    flaky: Vec<String>,
+}
+
+/// A check's outcome on the change, compared with its result on the base.
+fn classify(run: &CheckRun, base: Option<&CheckRun>) -> (Outcome, Lists, Option<String>) {
+    let mut lists = Lists::default();
+    if run.timed_out {
+        return (
+            Outcome::Timeout,
+            lists,
+            Some("stopped by its time limit; the container was killed".into()),
+        );
+    }
+    if run.oom_killed {
+        return (
+            Outcome::InfraError,
+            lists,
+            Some("killed for running out of memory (raise [limits] memory); this says nothing about the change".into()),
+        );
+    }
+    let base_usable = base.filter(|b| !b.timed_out && !b.oom_killed && b.exit_code.is_some());
+    if run.zero_tests() {
+        let runner = run
+            .tests
+            .as_ref()
+            .map(|t| t.runner.as_str())
+            .unwrap_or("the runner");
+        return (
+            Outcome::NoTests,
+            lists,
+            Some(format!("{runner} ran zero tests, which is not a pass")),
+        );
+    }
+    let unrecognised = run.tests.is_none() && run.names.is_empty() && !run.names_known;
+    if run.ok() {
+        let note = unrecognised
+            .then(|| "test runner not recognised: judged by its exit code alone".to_string());
+        return match base_usable {
+            Some(b) if !b.ok() => {
+                lists.fixed = b.failed_tests.clone();
+                (Outcome::Fixed, lists, note)
+            }
+            _ => (Outcome::Pass, lists, note),
+        };
+    }
+    // Failed.
+    let Some(b) = base_usable else {
+        lists.regressions = run.failed_tests.clone();
+        let note = base
+            .is_some()
+            .then(|| "the baseline did not finish, so every failure counts".to_string());
+        return (Outcome::Fail, lists, note);
+    };
+    if b.ok() {
+        lists.regressions = run.failed_tests.clone();
+        return (Outcome::Fail, lists, None);
+    }
+    // Both failed. By name when the failures are explained by names on both sides.
+    if !run.failed_tests.is_empty() && !b.failed_tests.is_empty() {
+        let before: BTreeSet<&String> = b.failed_tests.iter().collect();
+        let now: BTreeSet<&String> = run.failed_tests.iter().collect();
+        lists.regressions = now.difference(&before).map(|s| s.to_string()).collect();
+        lists.pre_existing = now.intersection(&before).map(|s| s.to_string()).collect();
+        lists.fixed = before
+            .difference(&now)
+            .filter(|t| run.names.tests.contains_key(t.as_str()) || run.names.is_empty())
+            .map(|s| s.to_string())
+            .collect();
+        let outcome = if lists.regressions.is_empty() {
+            Outcome::PreExisting
+        } else {
+            Outcome::Fail
+        };
+        return (outcome, lists, None);
+    }
+    if run.failed_tests.is_empty() && b.failed_tests.is_empty() && run.exit_code == b.exit_code {
+        return (
+            Outcome::PreExisting,
+            lists,
+            Some(format!(
+                "failed on the base too, with the same exit code {}; compared by exit code only (no test names reported)",
+                run.exit_code.unwrap_or_default()
+            )),
+        );
+    }
+    lists.regressions = run.failed_tests.clone();
+    (
+        Outcome::Fail,
+        lists,
+        Some("failed on the base too, but differently".into()),
+    )
+}
+
+fn is_infra(e: &Error) -> bool {
+    matches!(e, Error::Engine { .. } | Error::EngineUnreachable { .. })
+}
+
+fn infra_verdict(tree: &str, restored: Vec<String>, e: &Error) -> Verdict {
+    Verdict {
+        verdict: Kind::InfraError,
+        passed: false,
+        tree: tree.to_string(),
+        restored,
+        checks: vec![],
+        expectations: vec![],
+        baseline: None,
+        summary: format!("infra-error: the engine failed during verification ({e}); this says nothing about the change"),
+    }
+}
+
+/// The cache key of a baseline: what decides its result.
+pub fn baseline_key(deps_key: &str, tree: &str, checks: &[Check], settings: &Settings) -> String {
+    let mut h = Sha256::new();
+    let mut field = |s: &str| {
+        h.update((s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    };
+    field("boxdelegate-baseline-v1");
+    field(deps_key);
+    field(tree);
+    field(&settings.timeout_secs.to_string());
+    for c in checks {
+        field(&c.name);
+        field(&c.command);
+    }
+    hex::encode(h.finalize())
+}
+
+/// The tree to check: `tree` with every protected path the change touched put back as it is
+/// in `base` (or removed, when the change added it).
+pub fn restore_protected(
+    repo: &Repo,
+    base: &str,
+    tree: &str,
+    protected: Option<&Globs>,
+) -> Result<(String, Vec<String>)> {
+    let Some(globs) = protected.filter(|g| !g.patterns.is_empty()) else {
+        return Ok((tree.to_string(), vec![]));
+    };
+    let diff = snapshot::diff_trees(repo, base, tree)?;
+    let touched: BTreeSet<Vec<u8>> = diff
+        .deleted
+        .iter()
+        .cloned()
+        .chain(diff.upserted.iter().map(|e| e.path.clone()))
+        .filter(|p| {
+            use std::os::unix::ffi::OsStrExt;
+            globs.is_match(Path::new(std::ffi::OsStr::from_bytes(p)))
+        })
+        .collect();
+    if touched.is_empty() {
+        return Ok((tree.to_string(), vec![]));
+    }
+    let base_entries: HashMap<Vec<u8>, snapshot::TreeEntry> = snapshot::list_tree(repo, base)?
+        .into_iter()
+        .map(|e| (e.path.clone(), e))
+        .collect();
+    let dir = tempfile::Builder::new()
+        .prefix("boxdelegate-restore-")
+        .tempdir()
+        .map_err(|e| Error::io("creating a temporary index", e))?;
+    let index = dir.path().join("index");
+    let git = |args: &[&str], input: Option<&[u8]>| -> Result<Vec<u8>> {
+        let mut cmd = repo.cmd();
+        cmd.env("GIT_INDEX_FILE", &index);
+        repo.run_with(cmd, args, input)
+    };
+    git(&["read-tree", tree], None)?;
+    // Removals first, so a path that changed between file and directory can come back.
+    let mut remove = Vec::new();
+    let mut add = Vec::new();
+    for p in &touched {
+        remove.extend_from_slice(b"0 0000000000000000000000000000000000000000\t");
+        remove.extend_from_slice(p);
+        remove.push(0);
+        if let Some(e) = base_entries.get(p) {
+            let mode = match e.kind {
+                EntryKind::File { executable: true } => "100755",
+                EntryKind::File { executable: false } => "100644",
+                EntryKind::Symlink => "120000",
+                EntryKind::Gitlink => "160000",
+            };
+            add.extend_from_slice(format!("{mode} {}\t", e.oid).as_bytes());
+            add.extend_from_slice(p);
+            add.push(0);
+        }
+    }
+    git(&["update-index", "-z", "--index-info"], Some(&remove))?;
+    if !add.is_empty() {
+        git(&["update-index", "-z", "--index-info"], Some(&add))?;
+    }
+    let restored_tree = String::from_utf8_lossy(&git(&["write-tree"], None)?)
+        .trim()
+        .to_string();
+    let restored = touched
+        .iter()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    Ok((restored_tree, restored))
+}
+
+/// Runs every check in a fresh container of `req.image` holding `tree`; stops at a timeout
+/// (the container is killed) or an OOM kill.
+#[allow(clippy::too_many_arguments)]
+async fn in_container(
+    engine: &Engine,
+    repo: &Repo,
+    req: &VerifyRequest<'_>,
+    tree: &str,
+    role: &str,
+    log: &mut std::fs::File,
+    on_line: LineSink<'_>,
+    should_rerun: &(dyn Fn(usize, &CheckRun) -> bool + Sync),
+) -> Result<Vec<Ran>> {
     let mut host = hardened_host_config(req.limits);
     host.network_mode = Some("none".into());
     let id = engine
@@ -102,7 +847,7 @@ pub async fn verify(
             cmd: Some(vec!["sleep".into(), "infinity".into()]),
             working_dir: Some("/work".into()),
             labels: Some(HashMap::from([
-                (labels::KIND.to_string(), "verify".to_string()),
+                (labels::KIND.to_string(), role.to_string()),
                 (labels::RUN.to_string(), req.run_id.to_string()),
                 (labels::UNIT.to_string(), req.unit_id.to_string()),
             ])),
@@ -111,21 +856,54 @@ pub async fn verify(
             ..Default::default()
         })
         .await?;
-    let result = run_checks(engine, repo, &id, req, on_line).await;
+    let oom = engine.watch_oom(&id);
+    let result = async {
+        engine.start(&id).await?;
+        apply_tree(engine, repo, &id, req.image_tree, tree).await?;
+        let mut ran = Vec::new();
+        for (i, check) in req.checks.iter().enumerate() {
+            on_line(&format!("{role} {}: {}", check.name, check.command));
+            let first = run_check(engine, &id, &oom, check, req.settings, log, on_line).await?;
+            let stop = first.timed_out || first.oom_killed;
+            let mut reruns = Vec::new();
+            if !stop && should_rerun(i, &first) {
+                for n in 1..=req.settings.reruns {
+                    on_line(&format!(
+                        "{role} {}: failed; re-run {n} of {}",
+                        check.name, req.settings.reruns
+                    ));
+                    let _ = writeln!(log, "# re-run {n} of {}", req.settings.reruns);
+                    let again =
+                        run_check(engine, &id, &oom, check, req.settings, log, on_line).await?;
+                    let done = again.ok()
+                        || again.timed_out
+                        || again.oom_killed
+                        || !should_rerun(i, &again);
+                    reruns.push(again);
+                    if done {
+                        break;
+                    }
+                }
+            }
+            ran.push(Ran { first, reruns });
+            if stop {
+                break; // the container is killed or broken; the rest cannot run cleanly
+            }
+        }
+        Ok::<_, Error>(ran)
+    }
+    .await;
     engine.remove_container(&id).await?;
     result
 }
 
-async fn run_checks(
-    engine: &Engine,
-    repo: &Repo,
-    id: &str,
-    req: &VerifyRequest<'_>,
-    on_line: &(dyn Fn(&str) + Sync),
-) -> Result<Verdict> {
-    engine.start(id).await?;
-    // Make /work hold exactly the new tree: deletions, then the changed entries.
-    let diff = snapshot::diff_trees(repo, req.snapshot_tree, req.new_tree)?;
+/// Makes /work in container `id` (which holds `from`) hold exactly `to`: deletions, then the
+/// changed entries, written from git objects on the host.
+async fn apply_tree(engine: &Engine, repo: &Repo, id: &str, from: &str, to: &str) -> Result<()> {
+    if from == to {
+        return Ok(());
+    }
+    let diff = snapshot::diff_trees(repo, from, to)?;
     if !diff.deleted.is_empty() {
         engine
             .upload(id, "/tmp", images::deletion_list(&diff.deleted)?)
@@ -144,99 +922,109 @@ async fn run_checks(
             )));
         }
     }
-    let (body, done) = images::tar_body(repo.clone(), diff.upserted.clone(), vec![]);
-    engine.upload(id, "/work", body).await?;
-    images::join_tar(done).await?;
-
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(req.log)
-        .map_err(|e| Error::io(format!("opening {}", req.log.display()), e))?;
-    let mut results = Vec::new();
-    let mut passed = true;
-    for check in req.checks {
-        let started = Instant::now();
-        let _ = writeln!(log, "$ {}", check.command);
-        on_line(&format!("verify {}: {}", check.name, check.command));
-        let mut tail: Vec<String> = Vec::new();
-        let mut partial = String::new();
-        // Summary lines come last: keep the end of the output for counting tests.
-        let mut recent = String::new();
-        let exec = engine.exec(
-            id,
-            vec!["sh".into(), "-c".into(), check.command.clone()],
-            "/work",
-            |chunk| {
-                let _ = log.write_all(chunk);
-                let text = String::from_utf8_lossy(chunk);
-                recent.push_str(&text);
-                if recent.len() > 512 * 1024 {
-                    let mut cut = recent.len() - 256 * 1024;
-                    while !recent.is_char_boundary(cut) {
-                        cut += 1;
-                    }
-                    recent.drain(..cut);
-                }
-                partial.push_str(&text);
-                while let Some(i) = partial.find('\n') {
-                    let line: String = partial.drain(..=i).collect();
-                    let line = line.trim_end().to_string();
-                    on_line(&line);
-                    tail.push(line);
-                    if tail.len() > 30 {
-                        tail.remove(0);
-                    }
-                }
-            },
-        );
-        let code = match tokio::time::timeout(req.timeout, exec).await {
-            Ok(code) => Some(code?),
-            Err(_) => None,
-        };
-        if !partial.is_empty() {
-            tail.push(partial.trim_end().to_string());
-        }
-        let tests = (check.name == "test")
-            .then(|| counts::count(&recent))
-            .flatten();
-        let (ok, note) = match (code, &tests) {
-            (None, _) => (
-                false,
-                Some(format!(
-                    "stopped after {}s (timeout)",
-                    req.timeout.as_secs()
-                )),
-            ),
-            (Some(0), Some(t)) if t.total == 0 => (
-                false,
-                Some(format!("{} ran zero tests, which is not a pass", t.runner)),
-            ),
-            (Some(0), None) if check.name == "test" => (
-                true,
-                Some("test runner not recognised: judged by its exit code alone".into()),
-            ),
-            (Some(c), _) => (c == 0, None),
-        };
-        passed &= ok;
-        results.push(CheckResult {
-            name: check.name.clone(),
-            command: check.command.clone(),
-            exit_code: code,
-            seconds: started.elapsed().as_secs_f64(),
-            tail: tail.join("\n"),
-            tests,
-            passed: ok,
-            note,
-        });
-        if code.is_none() {
-            break; // the container is busy with the timed-out check; the rest cannot run cleanly
-        }
+    if !diff.upserted.is_empty() {
+        let (body, done) = images::tar_body(repo.clone(), diff.upserted, vec![]);
+        engine.upload(id, "/work", body).await?;
+        images::join_tar(done).await?;
     }
-    Ok(Verdict {
-        passed,
-        checks: results,
+    Ok(())
+}
+
+/// Runs one check; a timeout kills the container.
+async fn run_check(
+    engine: &Engine,
+    id: &str,
+    oom: &crate::engine::OomWatch,
+    check: &Check,
+    settings: &Settings,
+    log: &mut std::fs::File,
+    on_line: LineSink<'_>,
+) -> Result<CheckRun> {
+    let started = Instant::now();
+    let ooms_before = oom.count();
+    let _ = writeln!(log, "$ {}", check.command);
+    let mut tail: Vec<String> = Vec::new();
+    let mut partial = String::new();
+    let mut names = names::Names::default();
+    let mut counter = counts::Counter::default();
+    let is_test = check.name == "test";
+    let mut line_done = |line: &str, tail: &mut Vec<String>| {
+        on_line(line);
+        if is_test {
+            names.feed(line);
+            counter.feed(line);
+        }
+        tail.push(line.to_string());
+        if tail.len() > TAIL_LINES {
+            tail.remove(0);
+        }
+    };
+    let exec = engine.exec(
+        id,
+        vec!["sh".into(), "-c".into(), check.command.clone()],
+        "/work",
+        |chunk| {
+            let _ = log.write_all(chunk);
+            partial.push_str(&String::from_utf8_lossy(chunk));
+            while let Some(i) = partial.find('\n') {
+                let line: String = partial.drain(..=i).collect();
+                line_done(line.trim_end(), &mut tail);
+            }
+            // A runaway line without a newline must not grow without bound.
+            if partial.len() > 64 * 1024 {
+                let line = std::mem::take(&mut partial);
+                line_done(line.trim_end(), &mut tail);
+            }
+        },
+    );
+    let code = match tokio::time::timeout(settings.timeout(), exec).await {
+        Ok(code) => Some(code?),
+        Err(_) => None,
+    };
+    if !partial.is_empty() {
+        let line = std::mem::take(&mut partial);
+        line_done(line.trim_end(), &mut tail);
+    }
+    let timed_out = code.is_none();
+    let oom_killed = match code {
+        None => {
+            engine.kill(id).await?;
+            let _ = writeln!(
+                log,
+                "# stopped after {}s: the container was killed",
+                settings.timeout_secs
+            );
+            false
+        }
+        Some(0) => false,
+        // 137: killed by SIGKILL, as the OOM killer does; its event may trail the exit a little.
+        Some(137) => {
+            oom.grows_beyond(ooms_before, Duration::from_secs(3)).await
+                || engine.oom_killed(id).await?
+        }
+        Some(_) => oom.count() > ooms_before || engine.oom_killed(id).await?,
+    };
+    if oom_killed {
+        let _ = writeln!(log, "# killed for running out of memory");
+    }
+    let tests = if is_test { counter.finish() } else { None };
+    Ok(CheckRun {
+        exit_code: code,
+        seconds: started.elapsed().as_secs_f64(),
+        tail: tail.join("\n"),
+        tests,
+        failed_tests: names.failed(),
+        names_known: !names.is_empty(),
+        timed_out,
+        oom_killed,
+        names,
     })
+}
+
+/// Where verification records and baselines live.
+pub fn state_paths(common_dir: &Path) -> (PathBuf, PathBuf) {
+    let root = common_dir.join("boxdelegate");
+    (root.join("verify"), root.join("baselines"))
 }
 
 #[cfg(test)]
@@ -267,5 +1055,124 @@ mod tests {
             .map(|c| c.command)
             .collect();
         assert_eq!(names, ["make test"]);
+    }
+
+    fn run(code: i64, failed: &[&str], passed: &[&str]) -> CheckRun {
+        let mut names = names::Names::default();
+        for f in failed {
+            names.feed(&format!("not ok 1 - {f}"));
+        }
+        for p in passed {
+            names.feed(&format!("ok 1 - {p}"));
+        }
+        CheckRun {
+            exit_code: Some(code),
+            failed_tests: names.failed(),
+            names_known: !names.is_empty(),
+            tests: Some(counts::Counts {
+                runner: "tap".into(),
+                total: (failed.len() + passed.len()) as u64,
+            }),
+            names,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn classification_against_the_baseline() {
+        let ok = run(0, &[], &["a", "b"]);
+        let broke_a = run(1, &["a"], &["b"]);
+        let broke_b = run(1, &["b"], &["a"]);
+        let broke_ab = run(1, &["a", "b"], &[]);
+        // No baseline: a failure is a failure.
+        assert_eq!(classify(&broke_a, None).0, Outcome::Fail);
+        // Regression: passed before.
+        let (o, l, _) = classify(&broke_a, Some(&ok));
+        assert_eq!((o, l.regressions), (Outcome::Fail, vec!["a".to_string()]));
+        // The same failure before: pre-existing.
+        let (o, l, _) = classify(&broke_a, Some(&broke_a));
+        assert_eq!(
+            (o, l.pre_existing),
+            (Outcome::PreExisting, vec!["a".to_string()])
+        );
+        // A new failure next to an old one: a regression, named.
+        let (o, l, _) = classify(&broke_ab, Some(&broke_a));
+        assert_eq!(o, Outcome::Fail);
+        assert_eq!(l.regressions, ["b"]);
+        assert_eq!(l.pre_existing, ["a"]);
+        // One fixed, another broken.
+        let (o, l, _) = classify(&broke_b, Some(&broke_a));
+        assert_eq!(
+            (o, l.fixed, l.regressions),
+            (Outcome::Fail, vec!["a".to_string()], vec!["b".to_string()])
+        );
+        // Fixed.
+        let (o, l, _) = classify(&ok, Some(&broke_a));
+        assert_eq!((o, l.fixed), (Outcome::Fixed, vec!["a".to_string()]));
+        // Passing on both.
+        assert_eq!(classify(&ok, Some(&ok)).0, Outcome::Pass);
+    }
+
+    #[test]
+    fn classification_without_names_and_infrastructure() {
+        let plain = |code| CheckRun {
+            exit_code: Some(code),
+            ..Default::default()
+        };
+        assert_eq!(classify(&plain(2), Some(&plain(2))).0, Outcome::PreExisting);
+        assert_eq!(classify(&plain(1), Some(&plain(2))).0, Outcome::Fail);
+        // A failure without names (e.g. it no longer compiles) next to a named failure before.
+        assert_eq!(
+            classify(&plain(101), Some(&run(1, &["a"], &[]))).0,
+            Outcome::Fail
+        );
+        let timeout = CheckRun {
+            timed_out: true,
+            ..Default::default()
+        };
+        assert_eq!(classify(&timeout, Some(&plain(0))).0, Outcome::Timeout);
+        let oom = CheckRun {
+            exit_code: Some(137),
+            oom_killed: true,
+            ..Default::default()
+        };
+        assert_eq!(classify(&oom, None).0, Outcome::InfraError);
+        // A baseline that timed out says nothing.
+        assert_eq!(classify(&plain(1), Some(&timeout)).0, Outcome::Fail);
+        let zero = CheckRun {
+            exit_code: Some(0),
+            tests: Some(counts::Counts {
+                runner: "pytest".into(),
+                total: 0,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(classify(&zero, Some(&zero)).0, Outcome::NoTests);
+    }
+
+    #[test]
+    fn baseline_key_changes_with_every_input() {
+        let s = Settings {
+            timeout_secs: 60,
+            reruns: 0,
+            baseline: true,
+        };
+        let c = |cmd: &str| {
+            vec![Check {
+                name: "test".into(),
+                command: cmd.into(),
+            }]
+        };
+        let k = baseline_key("d", "t", &c("x"), &s);
+        assert_eq!(k, baseline_key("d", "t", &c("x"), &s));
+        assert_ne!(k, baseline_key("e", "t", &c("x"), &s));
+        assert_ne!(k, baseline_key("d", "u", &c("x"), &s));
+        assert_ne!(k, baseline_key("d", "t", &c("y"), &s));
+        // Re-runs do not change what the baseline is.
+        let r = Settings {
+            reruns: 3,
+            ..s.clone()
+        };
+        assert_eq!(k, baseline_key("d", "t", &c("x"), &r));
     }
 }

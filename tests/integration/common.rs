@@ -214,6 +214,14 @@ impl Drop for TestRepo {
     }
 }
 
+/// The binary, with a hermetic git environment.
+pub fn boxdelegate() -> Command {
+    let mut cmd = Command::cargo_bin("boxdelegate").unwrap();
+    git_env(&mut cmd);
+    cmd.env_remove("CODEX_THREAD_ID").env_remove("RUST_LOG");
+    cmd
+}
+
 /// Runs the docker CLI (for inspection only; the binary itself talks to the engine API).
 pub fn docker(args: &[&str]) -> String {
     let out = Command::new("docker")
@@ -293,6 +301,14 @@ impl TestRepo {
             v["units"].as_array().unwrap().clone(),
             err,
         )
+    }
+
+    /// Remembers an image for removal when the test ends.
+    pub fn remember_image(&self, image: &str) {
+        let mut images = self.images.borrow_mut();
+        if !images.iter().any(|i| i == image) {
+            images.push(image.to_string());
+        }
     }
 
     /// Every ref with its target.

@@ -6,3 +6,4 @@ mod images;
 mod init;
 mod run;
 mod snapshot;
+mod verify;

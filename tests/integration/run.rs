@@ -383,7 +383,7 @@ fn verification_in_a_clean_container_decides_what_lands() {
     );
 
     // A failing check: nothing lands, the patch is kept, the tail is reported.
-    repo.write("boxdelegate.toml", "[project]\nprofile = \"test\"\n[agent]\ncommand = \"echo 'def three(): return 3' >> src/math.py\"\n[verify]\ntest = \"echo 'FAILED test_three'; exit 4\"\n");
+    repo.write("boxdelegate.toml", "[project]\nprofile = \"test\"\n[agent]\ncommand = \"echo 'def three(): return 3' >> src/math.py\"\n[verify]\ntest = \"if grep -q three src/math.py; then echo 'FAILED test_three'; exit 4; fi; echo '1 passed, 0 failed'\"\n");
     repo.unit("three", "scope = [\"src/**\"]", "Add three().");
     repo.commit("three");
     let refs = repo.refs();
@@ -418,5 +418,6 @@ fn verification_in_a_clean_container_decides_what_lands() {
         units[0]
     );
     assert_eq!(units[0]["verdict"]["checks"][0]["tests"]["total"], 0);
+    assert_eq!(units[0]["verdict"]["checks"][0]["outcome"], "no-tests");
     assert_eq!(repo.refs(), refs, "nothing landed");
 }

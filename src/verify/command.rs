@@ -1,0 +1,438 @@
+//! `boxdelegate verify`: re-checks a commit or a patch against its base in a clean container,
+//! for CI and for people, and writes a verification record; `--replay` checks a record again.
+//!
+//! Every input is resolved before the engine is touched: the revisions, the patch (applied to
+//! the base in a temporary index), the record (its trees must be in this repository). The
+//! checks and the profile come from the base commit's `boxdelegate.toml`, so a change cannot
+//! weaken the checks that judge it.
+
+use std::path::{Path, PathBuf};
+
+use crate::commands::Project;
+use crate::config::unit::{self, Globs};
+use crate::config::{profile::Profile, Config, CONFIG_FILE};
+use crate::engine::{short, Engine};
+use crate::error::{Error, Result};
+use crate::git::Repo;
+use crate::report::Reporter;
+use crate::snapshot::{self, Snapshot};
+
+use super::record::{self, EngineVersion, Record, Replay, Side};
+use super::{Check, Settings, VerifyRequest};
+
+pub struct VerifyArgs {
+    pub commit: Option<String>,
+    pub base: Option<String>,
+    pub patch: Option<PathBuf>,
+    pub replay: Option<PathBuf>,
+    pub unit: Option<String>,
+    pub record: Option<PathBuf>,
+    pub junit: Option<PathBuf>,
+}
+
+/// What `verify` did: the record, where it was written, and the exit code.
+pub struct Outcome {
+    pub record: Record,
+    pub path: PathBuf,
+    pub exit_code: i32,
+}
+
+/// Everything resolved before the engine: the trees, the checks and what applies to them.
+struct Resolved {
+    base: Side,
+    change: Side,
+    patch_sha256: Option<String>,
+    unit: Option<String>,
+    protected: Vec<String>,
+    expect: Vec<String>,
+    checks: Vec<Check>,
+    settings: Settings,
+    replay: Option<(Record, String)>,
+}
+
+fn usage(message: String, hint: &str) -> Error {
+    Error::Usage {
+        message,
+        hint: hint.into(),
+    }
+}
+
+/// Resolves `rev` to a commit, or fails with a message naming it.
+fn commit_of(repo: &Repo, rev: &str, flag: &str) -> Result<String> {
+    if rev.starts_with('-') || rev.is_empty() {
+        return Err(usage(
+            format!("{flag}: {rev:?} is not a revision"),
+            "name a commit: a branch, a tag or a hash",
+        ));
+    }
+    repo.resolve(&format!("{rev}^{{commit}}"))?.ok_or_else(|| {
+        usage(
+            format!("{flag}: unknown revision {rev:?} in {}", repo.root.display()),
+            "name a commit of this repository: a branch, a tag or a hash (`git log --oneline` lists them)",
+        )
+    })
+}
+
+fn tree_of(repo: &Repo, commit: &str) -> Result<String> {
+    repo.text(&["rev-parse", &format!("{commit}^{{tree}}")])
+}
+
+/// The base tree with the patch applied, written through a temporary index; the user's index
+/// and work tree are not touched.
+fn apply_patch(repo: &Repo, base_tree: &str, patch: &Path) -> Result<(String, String)> {
+    let data = std::fs::read(patch).map_err(|e| {
+        usage(
+            format!("--patch: cannot read {}: {e}", patch.display()),
+            "pass a patch file in git diff format (`git diff BASE > change.patch`)",
+        )
+    })?;
+    let dir = tempfile::Builder::new()
+        .prefix("boxdelegate-patch-")
+        .tempdir()
+        .map_err(|e| Error::io("creating a temporary index", e))?;
+    let index = dir.path().join("index");
+    let git = |args: &[&str], input: Option<&[u8]>| {
+        let mut cmd = repo.cmd();
+        cmd.env("GIT_INDEX_FILE", &index);
+        repo.run_with(cmd, args, input)
+    };
+    git(&["read-tree", base_tree], None)?;
+    // `git apply` checks every hunk before it writes anything, so a patch that does not apply
+    // leaves the object database as it was.
+    git(&["apply", "--cached", "--whitespace=nowarn", "-"], Some(&data)).map_err(|e| {
+        let detail = match e {
+            Error::Git { message, .. } => message,
+            other => other.to_string(),
+        };
+        usage(
+            format!(
+                "--patch: {} does not apply to the base {}: {detail}",
+                patch.display(),
+                short(base_tree)
+            ),
+            "make the patch against the base you name (`git diff BASE > change.patch`), or name the base it was made on with --base",
+        )
+    })?;
+    let tree = String::from_utf8_lossy(&git(&["write-tree"], None)?)
+        .trim()
+        .to_string();
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
+    Ok((tree, sha))
+}
+
+/// The file at `path` in `commit`, if it is there.
+fn file_at(repo: &Repo, commit: &str, path: &str) -> Option<String> {
+    repo.run(&["cat-file", "blob", &format!("{commit}:{path}")])
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// The project as the base commit configures it (falling back to the work tree's
+/// `boxdelegate.toml` when the base has none).
+fn project_at(repo: &Repo, commit: &str) -> Result<Project> {
+    let config = match file_at(repo, commit, CONFIG_FILE) {
+        Some(text) => Config::parse(&text)?,
+        None => Config::load(&repo.root)?,
+    };
+    let name = &config.project.profile;
+    let local = file_at(
+        repo,
+        commit,
+        &Profile::local_path(name).display().to_string(),
+    );
+    let profile = match local {
+        Some(text) => Profile::resolve(&repo.root, name, Some(text))?,
+        None => Profile::load(&repo.root, name)?,
+    };
+    let limits = config.limits.resolve();
+    Ok(Project {
+        repo: repo.clone(),
+        config,
+        profile,
+        limits,
+    })
+}
+
+/// The unit named by the commit's `Boxdelegate-Unit` trailer, when there is exactly one.
+fn unit_of_commit(repo: &Repo, commit: &str) -> Option<String> {
+    let text = repo
+        .text(&[
+            "log",
+            "-1",
+            &format!(
+                "--format=%(trailers:key={},valueonly,separator=%x2C)",
+                crate::land::TRAILER_UNIT
+            ),
+            commit,
+        ])
+        .ok()?;
+    let units: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    (units.len() == 1).then(|| units[0].to_string())
+}
+
+fn resolve(repo: &Repo, args: &VerifyArgs) -> Result<(Resolved, Project)> {
+    if let Some(path) = &args.replay {
+        let (rec, sha) = record::load(repo, path)?;
+        let base_commit = rec.base.commit.clone().ok_or_else(|| {
+            usage(
+                format!("{} names no base commit", path.display()),
+                "replay a record written by `boxdelegate verify`",
+            )
+        })?;
+        if repo
+            .resolve(&format!("{base_commit}^{{commit}}"))?
+            .is_none()
+        {
+            return Err(usage(
+                format!(
+                    "{} is not a record of this repository: its base commit {base_commit} is not in {}",
+                    path.display(),
+                    repo.root.display()
+                ),
+                "replay a record in the repository it was made in (fetch the commits it names first)",
+            ));
+        }
+        let project = project_at(repo, &base_commit)?;
+        let resolved = Resolved {
+            base: rec.base.clone(),
+            change: rec.change.clone(),
+            patch_sha256: rec.patch_sha256.clone(),
+            unit: rec.unit.clone(),
+            protected: rec.protected.clone(),
+            expect: rec.expect.clone(),
+            checks: rec.checks.clone(),
+            settings: rec.settings.clone(),
+            replay: Some((rec, sha)),
+        };
+        return Ok((resolved, project));
+    }
+
+    let (base_commit, change, patch_sha256) = match (&args.commit, &args.patch) {
+        (Some(rev), None) => {
+            let commit = commit_of(repo, rev, "--commit")?;
+            let base = match &args.base {
+                Some(b) => commit_of(repo, b, "--base")?,
+                None => repo.resolve(&format!("{commit}^1"))?.ok_or_else(|| {
+                    usage(
+                        format!("--commit {rev}: the commit has no parent to compare with"),
+                        "name the base with --base REV",
+                    )
+                })?,
+            };
+            let tree = tree_of(repo, &commit)?;
+            (
+                base,
+                Side {
+                    commit: Some(commit),
+                    tree,
+                },
+                None,
+            )
+        }
+        (None, Some(patch)) => {
+            let Some(b) = &args.base else {
+                return Err(usage(
+                    "--patch needs --base REV: the commit the patch applies to".into(),
+                    "e.g. boxdelegate verify --patch change.patch --base main",
+                ));
+            };
+            let base = commit_of(repo, b, "--base")?;
+            let (tree, sha) = apply_patch(repo, &tree_of(repo, &base)?, patch)?;
+            (base, Side { commit: None, tree }, Some(sha))
+        }
+        _ => {
+            return Err(usage(
+                "verify needs exactly one of --commit REV, --patch FILE or --replay RECORD".into(),
+                "e.g. boxdelegate verify --commit HEAD",
+            ))
+        }
+    };
+    let base = Side {
+        tree: tree_of(repo, &base_commit)?,
+        commit: Some(base_commit.clone()),
+    };
+    let project = project_at(repo, &base_commit)?;
+    let unit_id = args.unit.clone().or_else(|| {
+        change
+            .commit
+            .as_deref()
+            .and_then(|c| unit_of_commit(repo, c))
+            .filter(|id| {
+                unit::validate_id(id).is_ok()
+                    && repo
+                        .root
+                        .join(&project.config.project.units_dir)
+                        .join(format!("{id}.md"))
+                        .is_file()
+            })
+    });
+    let (protected, expect) = match &unit_id {
+        Some(id) => {
+            let u = unit::load(&repo.root, &project.config.project.units_dir, id)?;
+            u.globs()?; // the globs must compile
+            (u.meta.protected.clone(), u.meta.tests.clone())
+        }
+        None => (vec![], vec![]),
+    };
+    let resolved = Resolved {
+        base,
+        change,
+        patch_sha256,
+        unit: unit_id,
+        protected,
+        expect,
+        checks: super::checks(&project.profile, &project.config.verify),
+        settings: Settings::from_config(&project.config.verify),
+        replay: None,
+    };
+    Ok((resolved, project))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// Runs `boxdelegate verify`.
+pub async fn run(repo: &Repo, args: VerifyArgs, reporter: &dyn Reporter) -> Result<Outcome> {
+    let (r, project) = resolve(repo, &args)?;
+    let protected = Globs::new(&r.protected).map_err(|(glob, err)| {
+        usage(
+            format!("protected glob {glob:?} does not compile: {err}"),
+            "fix the unit's protected globs",
+        )
+    })?;
+    let base_commit = r.base.commit.clone().expect("resolved with a base commit");
+
+    let engine = Engine::connect().await?;
+    let snap = Snapshot {
+        commit: base_commit,
+        tree: r.base.tree.clone(),
+        dirty: false,
+    };
+    let entries = snapshot::list_tree(repo, &snap.tree)?;
+    let (deps, deps_image, unit_image) =
+        crate::commands::ensure_images(&engine, &project, &snap, &entries, true, reporter).await?;
+
+    let (records_dir, cache_dir) = super::state_paths(&repo.common_dir);
+    crate::run::create_private_dir(&records_dir)?;
+    let created = unix_now();
+    let stem = format!("{created}-{}", short(&r.change.tree));
+    let log = records_dir.join(format!("{stem}.log"));
+    reporter.phase(&format!(
+        "verifying {} against {} ({})",
+        short(&r.change.tree),
+        short(&r.base.tree),
+        r.checks
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let sink = reporter.line_sink();
+    let run_id = format!("verify-{stem}");
+    let req = VerifyRequest {
+        image: &unit_image.image,
+        image_tree: &r.base.tree,
+        base_tree: &r.base.tree,
+        tree: &r.change.tree,
+        deps_key: &deps.key,
+        checks: &r.checks,
+        settings: &r.settings,
+        protected: Some(&protected),
+        expect: &r.expect,
+        limits: &project.limits,
+        run_id: &run_id,
+        unit_id: r.unit.as_deref().unwrap_or("-"),
+        log: &log,
+        cache_dir: &cache_dir,
+    };
+    let verdict = super::verify(&engine, repo, &req, &|l: &str| sink(l)).await?;
+    let info = engine.info().await?;
+
+    let mut exit_code = verdict.verdict.exit_code();
+    let replay = r.replay.as_ref().map(|(rec, sha)| {
+        let differences = record::compare(&rec.verdict, &verdict);
+        if !rec.deps_key.is_empty() && rec.deps_key != deps.key {
+            // Not a verdict difference, but the first thing to look at when there is one.
+            reporter.phase(&format!(
+                "note: the dependency image differs from the record's (deps key {} then, {} now)",
+                short(&rec.deps_key),
+                short(&deps.key)
+            ));
+        }
+        Replay {
+            record_sha256: sha.clone(),
+            matches: differences.is_empty(),
+            differences,
+        }
+    });
+    if let Some(rp) = &replay {
+        exit_code = if rp.matches {
+            crate::error::exit::OK
+        } else {
+            crate::error::exit::REPLAY_MISMATCH
+        };
+    }
+    let record = Record {
+        schema: record::SCHEMA,
+        boxdelegate_version: env!("CARGO_PKG_VERSION").to_string(),
+        engine: EngineVersion {
+            version: info.version,
+            api_version: info.api_version,
+            os: info.os,
+        },
+        created,
+        base: r.base,
+        change: r.change,
+        patch_sha256: r.patch_sha256,
+        unit: r.unit,
+        protected: r.protected,
+        expect: r.expect,
+        profile: project.profile.name.clone(),
+        deps_key: deps.key.clone(),
+        deps_image: deps_image.image,
+        deps_image_id: deps_image.id,
+        unit_image: unit_image.image,
+        unit_image_id: unit_image.id,
+        checks: r.checks,
+        settings: r.settings,
+        verdict,
+        replay,
+    };
+    let path = args
+        .record
+        .clone()
+        .unwrap_or_else(|| records_dir.join(format!("{stem}.json")));
+    let json = serde_json::to_vec_pretty(&record).map_err(|e| Error::Internal(e.to_string()))?;
+    write_file(&path, &json)?;
+    if let Some(junit) = &args.junit {
+        write_file(junit, super::junit::render(&record.verdict)?.as_bytes())?;
+    }
+    Ok(Outcome {
+        record,
+        path,
+        exit_code,
+    })
+}
+
+/// Writes a file the user named (or the record in the state directory) atomically.
+fn write_file(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    std::io::Write::write_all(&mut tmp, data)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e.error))?;
+    Ok(())
+}
