@@ -37,4 +37,7 @@ echo "== boxdelegate run --unit add-goodbye"
 echo "== the landed commit"
 git log -1 --stat boxdelegate/add-goodbye
 
+echo "== boxdelegate verify --commit boxdelegate/add-goodbye (what CI would re-check)"
+"$bd" verify --commit boxdelegate/add-goodbye
+
 echo "demo finished: the example repository is in $work"

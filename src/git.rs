@@ -151,7 +151,7 @@ impl Repo {
 
     /// A git command whose new objects go to the private store `store`, reading the
     /// repository's own objects as alternates: nothing reaches the user's object database until
-    /// a change lands.
+    /// a change has passed the scope check and goes on to be verified and landed.
     pub fn store_cmd(&self, store: &Path) -> Command {
         let mut cmd = self.cmd();
         cmd.env("GIT_OBJECT_DIRECTORY", store).env(

@@ -108,6 +108,9 @@ timeout = "30m"
 # lint = "..."
 # typecheck = "..."
 timeout = "10m"
+# reruns = 0          # re-runs of a failing check; a pass on a re-run is "flaky"
+# baseline = true     # also run the checks on the unmodified snapshot (cached)
+# merged = "reverify" # verify the merged tree when the branch moved ("trust" skips it)
 
 [limits]
 memory = "4g"        # per container
