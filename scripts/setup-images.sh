@@ -36,10 +36,16 @@ fi
 
 for name in "$@"; do
     tag="boxdelegate/$name:bookworm"
+    # The codex image is tagged by the Codex CLI version, not by the Debian release.
+    [ "$name" = codex ] && tag="boxdelegate/codex:${CODEX_VERSION:-0.163.0}"
     if docker image inspect "$tag" >/dev/null 2>&1; then
         echo "toolchain image $tag: present"
     else
         echo "toolchain image $tag: absent, building it"
-        "$bd" -q image build "$name"
+        if [ "$name" = codex ]; then
+            "$bd" -q image build codex --codex-version "${CODEX_VERSION:-0.163.0}"
+        else
+            "$bd" -q image build "$name"
+        fi
     fi
 done

@@ -171,6 +171,7 @@ pub struct SnapshotArgs {
 pub enum ImageCommand {
     /// Without NAME: make the dependency and unit images for the current snapshot.
     /// With NAME (base, python, rust, node, go): build that shipped Containerfile.
+    /// With `codex`: the image holding the pinned Codex CLI binary.
     Build {
         /// A shipped Containerfile to build instead.
         name: Option<String>,
@@ -179,6 +180,12 @@ pub enum ImageCommand {
         /// Upload the whole snapshot even when an incremental build is possible.
         #[arg(long)]
         full: bool,
+        /// For `codex`: the Codex CLI version (default: [agent] codex_version, else 0.163.0).
+        #[arg(long, value_name = "VERSION")]
+        codex_version: Option<String>,
+        /// For `codex`: a local codex binary instead of the PyPI wheel (air-gapped sites).
+        #[arg(long, value_name = "PATH")]
+        codex_binary: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },

@@ -487,10 +487,45 @@ pub async fn ensure_images(
 async fn image(global: &GlobalArgs, cmd: ImageCommand) -> Result<i32> {
     match cmd {
         ImageCommand::Build {
+            name: Some(name),
+            codex_version,
+            codex_binary,
+            json,
+            ..
+        } if name == "codex" => {
+            let version = match codex_version {
+                Some(v) => v,
+                None => Project::open(global)
+                    .ok()
+                    .and_then(|p| p.config.agent.codex_version)
+                    .unwrap_or_else(|| crate::agent::codex::DEFAULT_VERSION.to_string()),
+            };
+            let reporter = reporter(global, json);
+            let engine = Engine::connect().await?;
+            let built = crate::agent::codex::ensure_image(
+                &engine,
+                &version,
+                codex_binary.as_deref(),
+                true,
+                reporter.as_ref(),
+            )
+            .await;
+            reporter.finish();
+            let tag = built?;
+            let id = engine.image_id(&tag).await?.unwrap_or_default();
+            if json {
+                print_json(&serde_json::json!({"image": tag, "id": id, "version": version}))?;
+            } else {
+                println!("built {tag} ({})", short(&id));
+            }
+            Ok(exit::OK)
+        }
+        ImageCommand::Build {
             name: None,
             snap,
             full,
             json,
+            ..
         } => {
             let project = Project::open(global)?;
             let reporter = reporter(global, json);

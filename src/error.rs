@@ -79,6 +79,8 @@ pub enum Error {
         code: i64,
         tail: String,
     },
+    #[error("fetching {what} failed: {message}")]
+    Fetch { what: String, message: String },
     #[error("{path} already exists")]
     Exists { path: PathBuf, hint: String },
     #[error("{message}")]
@@ -102,7 +104,7 @@ impl Error {
             Error::Repo { .. } | Error::Git { .. } => exit::REPO,
             Error::EngineUnreachable { .. } | Error::Engine { .. } => exit::ENGINE,
             Error::ImageMissing { .. } => exit::IMAGE_MISSING,
-            Error::Install { .. } => exit::INSTALL,
+            Error::Install { .. } | Error::Fetch { .. } => exit::INSTALL,
             Error::Exists { .. } => exit::EXISTS,
             Error::Usage { .. } => exit::USAGE,
             Error::Io { .. } | Error::Internal(_) => exit::INTERNAL,
@@ -120,6 +122,9 @@ impl Error {
             | Error::Usage { hint, .. } => Some(hint),
             Error::Install { .. } => Some(
                 "fix the dependency manifests (lockfile) or the profile's install step, then run again",
+            ),
+            Error::Fetch { .. } => Some(
+                "check that PyPI is reachable (BOXDELEGATE_CA_BUNDLE for an intercepting proxy), or pass a local binary: boxdelegate image build codex --codex-binary PATH",
             ),
             _ => None,
         }

@@ -595,8 +595,8 @@ pub fn deletion_list(paths: &[Vec<u8>]) -> Result<impl ByteStream> {
 
 /// Where the install step finds the site's CA bundle, and how it is told to trust it. The file
 /// is removed before the container is committed: it is transport, not an input of the image.
-const CA_FILE: &str = ".boxdelegate-ca.crt";
-const CA_PREAMBLE: &str = "boxdelegate_ca=/tmp/.boxdelegate-ca.crt
+pub const CA_FILE: &str = ".boxdelegate-ca.crt";
+pub const CA_PREAMBLE: &str = "boxdelegate_ca=/tmp/.boxdelegate-ca.crt
 trap 'rm -f \"$boxdelegate_ca\"' EXIT
 export SSL_CERT_FILE=\"$boxdelegate_ca\" PIP_CERT=\"$boxdelegate_ca\" REQUESTS_CA_BUNDLE=\"$boxdelegate_ca\" \\
   CARGO_HTTP_CAINFO=\"$boxdelegate_ca\" NODE_EXTRA_CA_CERTS=\"$boxdelegate_ca\" GIT_SSL_CAINFO=\"$boxdelegate_ca\" \\
@@ -604,7 +604,7 @@ export SSL_CERT_FILE=\"$boxdelegate_ca\" PIP_CERT=\"$boxdelegate_ca\" REQUESTS_C
 
 /// The CA bundle dependency installs trust: `BOXDELEGATE_CA_BUNDLE`, else `SSL_CERT_FILE`
 /// (sites behind a TLS-intercepting proxy), else none (the image's own).
-fn ca_bundle() -> Result<Option<Vec<u8>>> {
+pub fn ca_bundle() -> Result<Option<Vec<u8>>> {
     let path = std::env::var_os("BOXDELEGATE_CA_BUNDLE")
         .or_else(|| std::env::var_os("SSL_CERT_FILE"))
         .filter(|p| !p.is_empty());

@@ -26,6 +26,9 @@ use crate::report::Reporter;
 use crate::scope::{self, Rejection};
 use crate::snapshot::{self, Snapshot};
 
+/// Default time without output after which the agent is reported silent.
+pub const DEFAULT_SILENCE_WARNING: Duration = Duration::from_secs(30 * 60);
+
 /// Default wall-clock limit of one agent attempt.
 pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
@@ -92,6 +95,16 @@ pub struct UnitResult {
     pub landed: Option<Landed>,
     pub log: Option<PathBuf>,
     pub message: String,
+    /// Things worth knowing that did not decide the status.
+    pub warnings: Vec<String>,
+    /// Tokens the agent used (codex), summed over its turn.
+    pub usage: Option<crate::agent::events::Usage>,
+    /// Estimated cost in USD, from `[prices]`.
+    pub cost_usd: Option<f64>,
+    /// Why codex's turn failed, when it did.
+    pub agent_failure: Option<crate::agent::events::FailureKind>,
+    /// What codex reported doing.
+    pub agent_activity: Option<crate::agent::events::Activity>,
     pub seconds: f64,
     /// For `apply`: what landing needs.
     pub co_author: String,
@@ -122,6 +135,11 @@ impl UnitResult {
             landed: None,
             log: None,
             message: String::new(),
+            warnings: vec![],
+            usage: None,
+            cost_usd: None,
+            agent_failure: None,
+            agent_activity: None,
             seconds: 0.0,
             co_author: String::new(),
             body: String::new(),
@@ -173,6 +191,9 @@ struct Planned {
     checks: Vec<crate::verify::Check>,
     settings: crate::verify::Settings,
     merged: crate::config::MergedPolicy,
+    network: Option<String>,
+    silence_warning: Duration,
+    price: Option<crate::agent::events::Price>,
 }
 
 fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
@@ -208,7 +229,7 @@ fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
             Some(o) => o.apply(&project.config.agent),
             None => project.config.agent.clone(),
         };
-        let agent = agent::for_config(&config, &unit)?;
+        let agent = agent::for_config(&config, &unit, &project.repo.root)?;
         let env = agent::host_env(&config.env)?;
         let timeout = unit
             .meta
@@ -244,6 +265,14 @@ fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
             checks,
             settings,
             merged: project.config.verify.merged.unwrap_or_default(),
+            network: config.network.clone().filter(|n| n != "none"),
+            silence_warning: config.silence_warning.unwrap_or(DEFAULT_SILENCE_WARNING),
+            price: config
+                .model
+                .as_ref()
+                .and_then(|m| project.config.prices.get(m))
+                .or_else(|| project.config.prices.get("*"))
+                .cloned(),
         });
     }
     Ok(planned)
@@ -291,6 +320,27 @@ pub async fn run(
     let (deps, _, unit_image) =
         crate::commands::ensure_images(&engine, project, &snapshot, &entries, true, reporter)
             .await?;
+    // What the agents need beyond the unit image: the codex image, their networks.
+    let mut versions: Vec<&str> = todo
+        .iter()
+        .filter_map(|p| p.agent.codex_version())
+        .collect();
+    versions.sort();
+    versions.dedup();
+    for v in versions {
+        crate::agent::codex::ensure_image(&engine, v, None, false, reporter).await?;
+    }
+    for p in &todo {
+        if let Some(n) = &p.network {
+            if !engine.network_exists(n).await? {
+                return Err(Error::config_hint(
+                    crate::config::CONFIG_FILE,
+                    format!("agent.network: the engine has no network {n:?}"),
+                    format!("create it first (e.g. `docker network create --internal {n}`), or set network = \"none\""),
+                ));
+            }
+        }
+    }
     create_private_dir(&run_dir)?;
 
     for p in todo {
@@ -350,8 +400,10 @@ async fn run_unit(
     reporter.phase(&format!("{id}: agent ({}) running", p.agent.name()));
     let mut env = spec.env.clone();
     env.extend(p.env.iter().cloned());
+    let redactor = crate::agent::Redactor::new(&p.env, &spec.secrets);
     let mut host = hardened_host_config(&p.limits);
-    host.network_mode = Some("none".into());
+    host.network_mode = Some(p.network.clone().unwrap_or_else(|| "none".into()));
+    let prompt = assemble_prompt(project, snapshot, entries, p)?;
     let container = engine
         .create_container(ContainerCreateBody {
             image: Some(image.to_string()),
@@ -363,21 +415,37 @@ async fn run_unit(
                 (labels::RUN.to_string(), run_id.to_string()),
                 (labels::UNIT.to_string(), id.clone()),
             ])),
-            network_disabled: Some(true),
+            network_disabled: Some(p.network.is_none()),
             host_config: Some(host),
             ..Default::default()
         })
         .await?;
+    let activity = std::sync::Arc::new(std::sync::Mutex::new(
+        crate::agent::events::Activity::default(),
+    ));
     let outcome = async {
         engine
-            .upload(&container, PROMPT_DIR, prompt_tar(&p.unit.prompt())?)
+            .upload(&container, PROMPT_DIR, prompt_tar(&prompt)?)
             .await?;
+        for f in &spec.files {
+            engine
+                .upload(&container, &f.dir, agent_file_tar(f)?)
+                .await?;
+        }
+        if let Some(tool) = &spec.tool_image {
+            crate::agent::codex::install_into(engine, tool, &container).await?;
+        }
         engine.start(&container).await?;
         let log_task = {
             let engine = engine.clone();
             let container = container.clone();
             let log_path = unit_dir.join("agent.log");
             let sink = reporter.line_sink();
+            let redactor = redactor.clone();
+            let activity = activity.clone();
+            let codex = spec.events == crate::agent::Events::Codex;
+            let silence = p.silence_warning;
+            let unit = id.clone();
             tokio::spawn(async move {
                 let mut file = std::fs::OpenOptions::new()
                     .create(true)
@@ -386,12 +454,48 @@ async fn run_unit(
                     .open(&log_path)
                     .ok();
                 let mut logs = Box::pin(engine.logs(&container, None, true));
-                while let Some(Ok(chunk)) = logs.next().await {
-                    if let Some(f) = file.as_mut() {
-                        let _ = f.write_all(chunk.as_bytes());
+                let mut partial = String::new();
+                let mut warned = false;
+                loop {
+                    let next = match tokio::time::timeout(silence, logs.next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            if !warned {
+                                sink(&format!(
+                                    "warning: {unit}: the agent has printed nothing for {}",
+                                    humantime::format_duration(silence)
+                                ));
+                                warned = true;
+                            }
+                            continue;
+                        }
+                    };
+                    let Some(Ok(chunk)) = next else { break };
+                    warned = false;
+                    partial.push_str(&chunk);
+                    while let Some(i) = partial.find('\n') {
+                        let line: String = partial.drain(..=i).collect();
+                        let line = redactor.redact(line.trim_end_matches(['\n', '\r']));
+                        if let Some(f) = file.as_mut() {
+                            let _ = writeln!(f, "{line}");
+                        }
+                        if codex {
+                            let mut a = activity.lock().expect("poisoned");
+                            if a.feed(&line) {
+                                sink(&format!("{unit}: {}", a.status_line()));
+                                continue;
+                            }
+                        }
+                        sink(&line);
                     }
-                    for line in chunk.lines() {
-                        sink(line);
+                }
+                if !partial.is_empty() {
+                    let line = redactor.redact(&partial);
+                    if let Some(f) = file.as_mut() {
+                        let _ = writeln!(f, "{line}");
+                    }
+                    if codex {
+                        activity.lock().expect("poisoned").feed(&line);
                     }
                 }
             })
@@ -416,6 +520,15 @@ async fn run_unit(
             return Err(e);
         }
     };
+    let activity = activity.lock().expect("poisoned").clone();
+    if spec.events == crate::agent::Events::Codex {
+        result.usage = Some(activity.usage.clone());
+        result.cost_usd = p
+            .price
+            .as_ref()
+            .map(|price| crate::agent::events::cost(&activity.usage, price));
+        result.agent_activity = Some(activity.clone());
+    }
     let Some(code) = code else {
         engine.remove_container(&container).await?;
         result.status = Status::Timeout;
@@ -462,6 +575,48 @@ async fn run_unit(
         result.tree = Some(written.tree);
         result.patch = Some(patch);
         result.patch_sha256 = Some(written.patch_sha256);
+    }
+    if spec.events == crate::agent::Events::Codex {
+        if let Some(message) = &activity.turn_failed {
+            let kind = activity
+                .failure
+                .unwrap_or_else(|| crate::agent::events::classify_failure(message));
+            result.agent_failure = Some(kind);
+            result.status = if kind.is_infrastructure() {
+                Status::InfraError
+            } else {
+                Status::AgentFailed
+            };
+            result.message = format!(
+                "codex failed ({}{}): {}; nothing landed",
+                serde_json::to_value(kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                if kind.retryable() {
+                    ", retryable"
+                } else {
+                    ", not retryable"
+                },
+                redactor.redact(message)
+            );
+            result.seconds = started.elapsed().as_secs_f64();
+            return Ok(result);
+        }
+        if code == 0 && !activity.turn_completed {
+            result.status = Status::AgentFailed;
+            result.message =
+                "codex exited 0 without completing its turn (no turn.completed event); nothing landed".into();
+            result.seconds = started.elapsed().as_secs_f64();
+            return Ok(result);
+        }
+        if !activity.failed_file_changes.is_empty() {
+            result.warnings.push(format!(
+                "codex reported {} file change(s) that failed ({}): its own sandbox may have blocked them",
+                activity.failed_file_changes.len(),
+                activity.failed_file_changes.join(", ")
+            ));
+        }
     }
     if code != 0 {
         result.status = Status::AgentFailed;
@@ -766,6 +921,110 @@ pub fn last_result(project: &Project, id: &str) -> Result<UnitResult> {
     })?;
     serde_json::from_slice(&data)
         .map_err(|e| Error::Internal(format!("{} is unreadable: {e}", path.display())))
+}
+
+/// The unit's prompt, with its context files, standards and gotchas read from the snapshot.
+fn assemble_prompt(
+    project: &Project,
+    snapshot: &Snapshot,
+    entries: &[snapshot::TreeEntry],
+    p: &Planned,
+) -> Result<String> {
+    use crate::agent::prompt::{self, ContextFile};
+    let read = |path: &str| -> Option<String> {
+        project
+            .repo
+            .run(&["cat-file", "blob", &format!("{}:{path}", snapshot.tree)])
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    let context_globs =
+        crate::config::unit::Globs::new(&p.unit.meta.context).map_err(|(g, e)| {
+            Error::config(
+                &p.unit.file,
+                format!("context: glob {g:?} does not compile: {e}"),
+            )
+        })?;
+    let mut context = Vec::new();
+    if !p.unit.meta.context.is_empty() {
+        for e in entries {
+            if matches!(e.kind, snapshot::EntryKind::File { .. })
+                && context_globs.is_match(e.path())
+            {
+                let path = e.path().display().to_string();
+                if let Some(content) = read(&path) {
+                    context.push(ContextFile { path, content });
+                }
+            }
+        }
+    }
+    let standards = ["AGENTS.md", "CLAUDE.md"].iter().find_map(|name| {
+        read(name).map(|content| ContextFile {
+            path: name.to_string(),
+            content,
+        })
+    });
+    let gotchas = read(".boxdelegate/gotchas.md");
+    let test_command = p
+        .checks
+        .iter()
+        .find(|c| c.name == "test")
+        .map(|c| c.command.clone());
+    let network = match &p.network {
+        None => "off: the container has no network".to_string(),
+        Some(n) => format!("limited to the engine network {n:?} (the model's endpoint)"),
+    };
+    Ok(prompt::assemble(&prompt::PromptInput {
+        unit_id: &p.unit.meta.id,
+        title: &p.unit.meta.title,
+        task: &p.unit.body,
+        scope: &p.unit.meta.scope,
+        deny: &p.unit.meta.deny,
+        protected: &p.unit.meta.protected,
+        context: &context,
+        done: &p.unit.meta.done,
+        tests: &p.unit.meta.tests,
+        test_command: test_command.as_deref(),
+        standards,
+        gotchas: gotchas.as_deref(),
+        network: &network,
+        retry: None,
+    }))
+}
+
+/// A tar creating `file.path` under its directory, owned by the container's user.
+fn agent_file_tar(file: &crate::agent::AgentFile) -> Result<impl crate::engine::ByteStream> {
+    let mut ar = tar::Builder::new(Vec::new());
+    let parts: Vec<&str> = file.path.split('/').collect();
+    for i in 1..parts.len() {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o700);
+        h.set_uid(snapshot::OWNER_UID);
+        h.set_gid(snapshot::OWNER_UID);
+        h.set_size(0);
+        h.set_mtime(snapshot::FIXED_MTIME);
+        ar.append_data(
+            &mut h,
+            format!("{}/", parts[..i].join("/")),
+            std::io::empty(),
+        )
+        .map_err(|e| Error::io("packing an agent file", e))?;
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_size(file.data.len() as u64);
+    h.set_mode(file.mode);
+    h.set_uid(snapshot::OWNER_UID);
+    h.set_gid(snapshot::OWNER_UID);
+    h.set_mtime(snapshot::FIXED_MTIME);
+    ar.append_data(&mut h, &file.path, &file.data[..])
+        .map_err(|e| Error::io("packing an agent file", e))?;
+    let data = ar
+        .into_inner()
+        .map_err(|e| Error::io("packing an agent file", e))?;
+    Ok(futures_util::stream::once(async move {
+        Ok(bytes::Bytes::from(data))
+    }))
 }
 
 fn prompt_tar(prompt: &str) -> Result<impl crate::engine::ByteStream> {

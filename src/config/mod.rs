@@ -28,6 +28,10 @@ pub struct Config {
     pub verify: VerifyConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Prices per model, in USD per million tokens, for the cost estimate (`"*"` matches any
+    /// model). No prices are built in: they would silently go stale.
+    #[serde(default)]
+    pub prices: BTreeMap<String, crate::agent::events::Price>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -92,6 +96,44 @@ pub struct AgentConfig {
     /// Wall-clock limit for one agent attempt, e.g. "30m" or 1800 (seconds).
     #[serde(default, with = "duration_opt")]
     pub timeout: Option<Duration>,
+    /// Warn when the agent has printed nothing for this long (default 30 minutes).
+    #[serde(default, with = "duration_opt")]
+    pub silence_warning: Option<Duration>,
+    /// The agent container's network: "none" (default) or the name of an existing engine
+    /// network (e.g. an internal network whose only other member is a model gateway).
+    #[serde(default)]
+    pub network: Option<String>,
+    /// For `kind = "codex"`: the Codex CLI version (default 0.163.0).
+    #[serde(default)]
+    pub codex_version: Option<String>,
+    /// For `kind = "codex"`: `model_reasoning_effort` (e.g. "low", "medium", "high").
+    #[serde(default)]
+    pub reasoning_effort: Option<String>,
+    /// For `kind = "codex"`: extra `-c key=value` overrides.
+    #[serde(default)]
+    pub codex_config: Vec<String>,
+    /// For `kind = "codex"`: a Codex `auth.json` copied into the container's `CODEX_HOME` at
+    /// start (relative to the repository root or absolute).
+    #[serde(default)]
+    pub auth_file: Option<PathBuf>,
+    /// For `kind = "codex"`: a custom model provider (a local model or a gateway).
+    #[serde(default)]
+    pub provider: Option<CodexProvider>,
+}
+
+/// A model provider for Codex, speaking the Responses API.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CodexProvider {
+    /// A short identifier, e.g. "gateway".
+    pub name: String,
+    /// E.g. "http://gateway.internal:8080/v1".
+    pub base_url: String,
+    /// The variable holding the key (it must be listed in `[agent] env`).
+    pub env_key: String,
+    /// Request and stream retries (codex's default when unset).
+    #[serde(default)]
+    pub max_retries: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -234,6 +276,36 @@ impl Config {
                 .is_some_and(|c| c.trim().is_empty())
         {
             return Err(Error::config(file, "agent.command: is empty"));
+        }
+        if let Some(p) = &self.agent.provider {
+            if p.name.is_empty()
+                || !p
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(Error::config(
+                    file,
+                    format!(
+                        "agent.provider.name: {:?} must be letters, digits, - or _",
+                        p.name
+                    ),
+                ));
+            }
+            if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
+                return Err(Error::config(
+                    file,
+                    format!(
+                        "agent.provider.base_url: {:?} is not an http(s) URL",
+                        p.base_url
+                    ),
+                ));
+            }
+        }
+        if let Some(n) = &self.agent.network {
+            if n.is_empty() || n == "host" || n.starts_with("container:") {
+                return Err(Error::config_hint(file, format!("agent.network: {n:?} is not allowed"), "use \"none\" or the name of an engine network you created (e.g. `docker network create --internal NAME`)"));
+            }
         }
         for name in &self.agent.env {
             if name.is_empty() || name.contains('=') {

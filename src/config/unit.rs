@@ -79,6 +79,7 @@ impl AgentOverride {
             model: self.model.clone().or_else(|| base.model.clone()),
             env: self.env.clone().unwrap_or_else(|| base.env.clone()),
             timeout: self.timeout.or(base.timeout),
+            ..base.clone()
         }
     }
 }

@@ -425,6 +425,19 @@ impl Engine {
         Ok(inspect.state.and_then(|s| s.oom_killed).unwrap_or(false))
     }
 
+    /// Whether the engine has a network called `name`.
+    pub async fn network_exists(&self, name: &str) -> Result<bool> {
+        match self
+            .docker
+            .inspect_network(name, None::<qp::InspectNetworkOptions>)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(Error::engine(format!("inspecting network {name}"), e)),
+        }
+    }
+
     /// Starts counting the engine's out-of-memory events for container `id`. An OOM kill of a
     /// process other than the container's main one (a check run with exec) shows only as such
     /// an event: the container's `OOMKilled` state is set only when the container itself dies.

@@ -1,9 +1,11 @@
 //! Integration tests: the real binary against real git repositories and the real engine.
 
 mod bad_inputs;
+mod codex;
 mod common;
 mod images;
 mod init;
+mod model_server;
 mod run;
 mod snapshot;
 mod verify;

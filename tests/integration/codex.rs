@@ -1,0 +1,335 @@
+//! The real Codex CLI in a real agent container, against the scripted model server.
+//!
+//! The test creates an internal engine network (no route out); the server listens on the
+//! network's host side, and the agent container joins that network only.
+
+use std::process::Command;
+
+use crate::common::*;
+use crate::model_server::*;
+
+const KEY: &str = "sk-test-boxdelegate-0123456789abcdef";
+const OTHER_SECRET: &str = "other-secret-value-42424242";
+
+/// An internal network, removed when dropped.
+struct Network {
+    name: String,
+    gateway: std::net::IpAddr,
+}
+
+impl Network {
+    fn create(salt: &str) -> Network {
+        let name = format!("bd-test-{salt}-{}", std::process::id());
+        let _ = Command::new("docker")
+            .args(["network", "rm", &name])
+            .output();
+        docker(&["network", "create", "--internal", &name]);
+        let gw = docker(&[
+            "network",
+            "inspect",
+            "--format",
+            "{{(index .IPAM.Config 0).Gateway}}",
+            &name,
+        ]);
+        Network {
+            name,
+            gateway: gw.trim().parse().expect("a gateway address"),
+        }
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.name])
+            .output();
+    }
+}
+
+fn codex_project(salt: &str, net: &Network, server: &ModelServer) -> TestRepo {
+    let repo = TestRepo::with_project(salt);
+    repo.write(
+        "boxdelegate.toml",
+        &format!(
+            r#"[project]
+profile = "test"
+
+[agent]
+kind = "codex"
+model = "gpt-5.5"
+env = ["BD_MODEL_KEY", "BD_OTHER_SECRET"]
+network = "{}"
+timeout = "5m"
+
+[agent.provider]
+name = "scripted"
+base_url = "{}"
+env_key = "BD_MODEL_KEY"
+max_retries = 0
+
+[prices."gpt-5.5"]
+input = 1.25
+cached_input = 0.125
+output = 10.0
+"#,
+            net.name,
+            server.base_url()
+        ),
+    );
+    repo.unit(
+        "greet",
+        "scope = [\"src/**\"]\ndone = [\"src/hello.txt says hello\"]",
+        "Add src/hello.txt and mark src/lib.txt as edited.",
+    );
+    repo.commit("codex project");
+    repo
+}
+
+fn run_codex(repo: &TestRepo, unit: &str) -> (i32, serde_json::Value, String) {
+    let out = repo
+        .cmd()
+        .args(["run", "--json", "--unit", unit, "--rerun"])
+        .env("BD_MODEL_KEY", KEY)
+        .env("BD_OTHER_SECRET", OTHER_SECRET)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}\n{}", stdout(&out), stderr(&out)));
+    let u = v["units"][0].clone();
+    if let Some(i) = u["unit_image"].as_str() {
+        repo.remember_image(i);
+    }
+    (out.status.code().unwrap_or(-1), u, stderr(&out))
+}
+
+/// Every file under `dir`, read as text.
+fn all_text(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(data) = std::fs::read(&p) {
+                out.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn codex_lands_a_scripted_session_and_keeps_credentials_out_of_everything() {
+    require_base_image();
+    let net = Network::create("codex-ok");
+    let server = ModelServer::start(net.gateway);
+    let repo = codex_project("codex-ok", &net, &server);
+    server.script(vec![
+        (
+            0,
+            Step::Events(vec![
+                apply_patch(
+                    "c1",
+                    "*** Begin Patch\n*** Add File: src/hello.txt\n+hello\n*** End Patch\n",
+                ),
+                exec_command("c2", "echo edited >> src/lib.txt"),
+                completed("r1", 1000, 200, 40),
+            ]),
+        ),
+        (
+            2,
+            Step::Events(vec![message("Done."), completed("r2", 1200, 1000, 10)]),
+        ),
+    ]);
+    let (code, u, err) = run_codex(&repo, "greet");
+    assert_eq!(code, 0, "{u}\n{err}");
+    assert_eq!(u["status"], "landed", "{u}");
+    let branch = "boxdelegate/greet";
+    assert_eq!(
+        repo.git(&["show", &format!("{branch}:src/hello.txt")]),
+        "hello"
+    );
+    assert!(repo
+        .git(&["show", &format!("{branch}:src/lib.txt")])
+        .ends_with("edited"));
+    // The scripted usage, summed over the turn, and its cost at the configured prices.
+    let usage = &u["usage"];
+    assert_eq!(usage["input_tokens"], 2200, "{u}");
+    assert_eq!(usage["cached_input_tokens"], 1200, "{u}");
+    assert_eq!(usage["output_tokens"], 50, "{u}");
+    let cost = u["cost_usd"].as_f64().unwrap();
+    let expected = (1000.0 * 1.25 + 1200.0 * 0.125 + 50.0 * 10.0) / 1e6;
+    assert!((cost - expected).abs() < 1e-9, "{cost} vs {expected}");
+
+    // What reached the server: the task, the scope and the definition of done; a credential
+    // only as the bearer token of the provider's key.
+    let reqs = server.requests();
+    let posts: Vec<&Request> = reqs.iter().filter(|r| r.method == "POST").collect();
+    assert!(posts.len() >= 2, "{reqs:?}");
+    let first = &posts[0].body;
+    for want in [
+        "Add src/hello.txt and mark src/lib.txt as edited.",
+        "src/**",
+        "src/hello.txt says hello",
+    ] {
+        assert!(first.contains(want), "prompt lacks {want:?}");
+    }
+    for r in &reqs {
+        assert!(
+            !r.body.contains(KEY) && !r.body.contains(OTHER_SECRET),
+            "a credential in a request body"
+        );
+        for (k, v) in &r.headers {
+            assert!(!v.contains(OTHER_SECRET), "{k}");
+            if k == "authorization" {
+                assert_eq!(v, &format!("Bearer {KEY}"));
+            } else {
+                assert!(!v.contains(KEY), "{k}: {v}");
+            }
+        }
+    }
+    // Nothing stored or printed holds a credential.
+    let state = all_text(&repo.path().join(".git/boxdelegate"));
+    assert!(
+        state.contains("Done.") || state.contains("hello"),
+        "the state was read"
+    );
+    assert!(
+        !state.contains(KEY) && !state.contains(OTHER_SECRET),
+        "a credential in the run state"
+    );
+    assert!(!err.contains(KEY) && !u.to_string().contains(KEY));
+
+    // No image boxdelegate built holds the credential, in any layer.
+    let unit_image = u["unit_image"].as_str().unwrap();
+    let deps_key = docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{index .Config.Labels \"boxdelegate.deps-key\"}}",
+        unit_image,
+    ]);
+    for image in [
+        unit_image.to_string(),
+        format!("boxdelegate/deps:{}", deps_key.trim()),
+        "boxdelegate/codex:0.163.0".to_string(),
+    ] {
+        let scan = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "docker save {image} | grep -a -c -e \"$1\" -e \"$2\""
+            ))
+            .arg("sh")
+            .arg(KEY)
+            .arg(OTHER_SECRET)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&scan.stdout).trim(),
+            "0",
+            "{image} holds a credential"
+        );
+    }
+}
+
+#[test]
+fn codex_failures_are_classified() {
+    require_base_image();
+    let net = Network::create("codex-fail");
+    let server = ModelServer::start(net.gateway);
+    let repo = codex_project("codex-fail", &net, &server);
+    let refs = repo.refs();
+
+    server.script(vec![(0, Step::Status(401, "invalid api key"))]);
+    let (code, u, err) = run_codex(&repo, "greet");
+    assert_eq!(code, 13, "{u}\n{err}");
+    assert_eq!(u["status"], "agent-failed", "{u}");
+    assert_eq!(u["agent_failure"], "authentication", "{u}");
+    assert!(
+        u["message"].as_str().unwrap().contains("not retryable"),
+        "{u}"
+    );
+
+    for (status, kind) in [(500, "server-error"), (429, "rate-limit")] {
+        server.script(vec![(0, Step::Status(status, "scripted failure"))]);
+        let (code, u, err) = run_codex(&repo, "greet");
+        assert_eq!(code, 16, "{status}: {}\n{err}", u["message"]);
+        assert_eq!(u["status"], "infra-error", "{u}");
+        assert_eq!(u["agent_failure"], kind, "{u}");
+    }
+
+    // A stream cut before response.completed.
+    server.script(vec![(0, Step::Events(vec![message("working on it")]))]);
+    let (code, u, err) = run_codex(&repo, "greet");
+    assert_ne!(code, 0, "{u}\n{err}");
+    assert_eq!(u["agent_failure"], "stream", "{u}");
+    assert!(!u["message"].as_str().unwrap().is_empty());
+
+    // A session that changes nothing.
+    server.script(vec![(
+        0,
+        Step::Events(vec![message("Nothing to do."), completed("r1", 10, 0, 2)]),
+    )]);
+    let (code, u, err) = run_codex(&repo, "greet");
+    assert_eq!(code, 14, "{u}\n{err}");
+    assert_eq!(u["status"], "no-change", "{u}");
+    assert_eq!(repo.refs(), refs, "nothing landed");
+}
+
+#[test]
+fn a_missing_codex_credential_is_reported_before_any_container() {
+    let net_name = "bd-test-missing-credential";
+    let repo = TestRepo::with_project("codex-missing");
+    repo.write(
+        "boxdelegate.toml",
+        &format!("[project]\nprofile = \"test\"\n[agent]\nkind = \"codex\"\nenv = [\"CODEX_API_KEY\"]\nnetwork = \"{net_name}\"\n"),
+    );
+    repo.unit("greet", "scope = [\"src/**\"]", "Greet.");
+    repo.commit("project");
+    let before = repo.host_state();
+    let out = repo
+        .cmd()
+        .args(["run", "--unit", "greet"])
+        .env_remove("CODEX_API_KEY")
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("CODEX_API_KEY is not set"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(repo.host_state(), before);
+
+    // No credential configured at all.
+    repo.write(
+        "boxdelegate.toml",
+        "[project]\nprofile = \"test\"\n[agent]\nkind = \"codex\"\n",
+    );
+    let out = repo
+        .cmd()
+        .args(["run", "--unit", "greet"])
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("needs a credential"),
+        "{}",
+        stderr(&out)
+    );
+    // A Codex session variable is never forwarded.
+    repo.write("boxdelegate.toml", "[project]\nprofile = \"test\"\n[agent]\nkind = \"codex\"\nenv = [\"CODEX_API_KEY\", \"CODEX_THREAD_ID\"]\n");
+    let out = repo
+        .cmd()
+        .args(["run", "--unit", "greet"])
+        .env("CODEX_API_KEY", "x")
+        .env("CODEX_THREAD_ID", "t")
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("never passed"), "{}", stderr(&out));
+}
