@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the engine has boxdelegate's base image (built from Debian packages when absent,
-# no registry needed) and, optionally, toolchain images: scripts/setup-images.sh [python rust …]
+# no registry needed) and, optionally, toolchain images and the codex image:
+#   scripts/setup-images.sh [python rust codex …]   (codex is fetched with the python image: name python first)
 #
 # Needs root (debootstrap) the first time only. BOXDELEGATE points at the binary to use
 # (default: target/release/boxdelegate, then target/debug/boxdelegate, then PATH).

@@ -128,6 +128,11 @@ pub async fn run(cli: Cli) -> Result<i32> {
             json,
         } => {
             let project = Project::open(global)?;
+            if std::env::var_os("CODEX_THREAD_ID").is_some() {
+                // Started by a Codex session: its sandbox usually hides the engine, so say so
+                // before anything fails for that reason.
+                eprintln!("note: boxdelegate was started inside a Codex session (CODEX_THREAD_ID is set); the container engine is usually unreachable from there, and no CODEX_* session variable is passed to any container");
+            }
             let reporter = reporter(global, json);
             let args = crate::run::RunArgs {
                 units,
@@ -301,6 +306,20 @@ fn print_result(r: &crate::run::UnitResult) {
         "{:<20} {:<14} {} ({} file(s), {:.1}s)",
         r.unit, status, r.message, r.files_changed, r.seconds
     );
+    if let Some(u) = &r.usage {
+        println!(
+            "  tokens: {} input ({} cached), {} output{}",
+            u.input_tokens,
+            u.cached_input_tokens,
+            u.output_tokens,
+            r.cost_usd
+                .map(|c| format!("; cost ≈ ${c:.4}"))
+                .unwrap_or_else(|| "; no price configured for this model ([prices])".into())
+        );
+    }
+    for w in &r.warnings {
+        println!("  warning: {w}");
+    }
     for rej in &r.rejections {
         println!("  - {rej}");
     }
