@@ -84,38 +84,7 @@ pub enum Command {
     #[command(
         after_help = "Exit codes: 0 pass (--replay: the verdict matches the record), 15 fail, 12 a check timed out, 16 infrastructure failure, 17 (--replay) the verdict differs, 2 bad input."
     )]
-    Verify {
-        /// The commit to verify (its tree against --base, default its first parent).
-        #[arg(long, value_name = "REV", conflicts_with_all = ["patch", "replay"], required_unless_present_any = ["patch", "replay"])]
-        commit: Option<String>,
-        /// The commit the change is judged against.
-        #[arg(long, value_name = "REV", conflicts_with = "replay")]
-        base: Option<String>,
-        /// A patch (git diff format) to apply to --base and verify.
-        #[arg(
-            long,
-            value_name = "FILE",
-            requires = "base",
-            conflicts_with = "replay"
-        )]
-        patch: Option<PathBuf>,
-        /// Re-run a verification record and report whether the verdict matches.
-        #[arg(long, value_name = "RECORD")]
-        replay: Option<PathBuf>,
-        /// The unit whose protected paths and expected tests apply (default: the commit's
-        /// Boxdelegate-Unit trailer, when its unit file exists).
-        #[arg(long, value_name = "ID", conflicts_with = "replay")]
-        unit: Option<String>,
-        /// Where to write the verification record (default: under .git/boxdelegate/verify/).
-        #[arg(long, value_name = "FILE")]
-        record: Option<PathBuf>,
-        /// Also write the verdict as JUnit XML.
-        #[arg(long, value_name = "FILE")]
-        junit: Option<PathBuf>,
-        /// Print the record as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Verify(VerifyArgs),
     /// Create, list and check unit files.
     #[command(subcommand)]
     Unit(UnitCommand),
@@ -219,4 +188,38 @@ pub enum ImageCommand {
     },
     /// Load images written by `image save`.
     Load { input: PathBuf },
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The commit to verify (its tree against --base, default its first parent).
+    #[arg(long, value_name = "REV", conflicts_with_all = ["patch", "replay"], required_unless_present_any = ["patch", "replay"])]
+    pub commit: Option<String>,
+    /// The commit the change is judged against.
+    #[arg(long, value_name = "REV", conflicts_with = "replay")]
+    pub base: Option<String>,
+    /// A patch (git diff format) to apply to --base and verify.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "base",
+        conflicts_with = "replay"
+    )]
+    pub patch: Option<PathBuf>,
+    /// Re-run a verification record and report whether the verdict matches.
+    #[arg(long, value_name = "RECORD")]
+    pub replay: Option<PathBuf>,
+    /// The unit whose protected paths and expected tests apply (default: the commit's
+    /// Boxdelegate-Unit trailer, when its unit file exists).
+    #[arg(long, value_name = "ID", conflicts_with = "replay")]
+    pub unit: Option<String>,
+    /// Where to write the verification record (default: under .git/boxdelegate/verify/).
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Also write the verdict as JUnit XML.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Print the record as JSON.
+    #[arg(long)]
+    pub json: bool,
 }

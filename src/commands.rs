@@ -195,27 +195,10 @@ pub async fn run(cli: Cli) -> Result<i32> {
             Ok(r.status.exit_code())
         }
         Command::Doctor { json } => crate::doctor::run(global, json).await,
-        Command::Verify {
-            commit,
-            base,
-            patch,
-            replay,
-            unit,
-            record,
-            junit,
-            json,
-        } => {
+        Command::Verify(args) => {
             let repo = open_repo(global)?;
+            let json = args.json;
             let reporter = reporter(global, json);
-            let args = crate::verify::command::VerifyArgs {
-                commit,
-                base,
-                patch,
-                replay,
-                unit,
-                record,
-                junit,
-            };
             let done = crate::verify::command::run(&repo, args, reporter.as_ref()).await;
             reporter.finish();
             let done = done?;

@@ -674,24 +674,24 @@ async fn run_unit(
         .map(|c| c.name.as_str())
         .collect::<Vec<_>>()
         .join(", ");
+    let vreq = crate::verify::VerifyRequest {
+        image,
+        image_tree: &snapshot.tree,
+        base_tree: &snapshot.tree,
+        tree: &tree,
+        deps_key,
+        checks: &p.checks,
+        settings: &p.settings,
+        protected: Some(&p.globs.protected),
+        expect: &p.unit.meta.tests,
+        limits: &p.limits,
+        run_id,
+        unit_id: id,
+        log: &verify_log,
+        cache_dir: &cache_dir,
+    };
     if !p.checks.is_empty() {
         reporter.phase(&format!("{id}: verifying ({check_names})"));
-        let vreq = crate::verify::VerifyRequest {
-            image,
-            image_tree: &snapshot.tree,
-            base_tree: &snapshot.tree,
-            tree: &tree,
-            deps_key,
-            checks: &p.checks,
-            settings: &p.settings,
-            protected: Some(&p.globs.protected),
-            expect: &p.unit.meta.tests,
-            limits: &p.limits,
-            run_id,
-            unit_id: id,
-            log: &verify_log,
-            cache_dir: &cache_dir,
-        };
         let verdict = crate::verify::verify(engine, &project.repo, &vreq, &on_line).await?;
         let passed = verdict.passed;
         let summary = verdict.summary.clone();
@@ -733,21 +733,13 @@ async fn run_unit(
             let head_tree = project
                 .repo
                 .text(&["rev-parse", &format!("{head}^{{tree}}")])?;
+            // The merged tree, judged against the head it lands on; protected paths are the
+            // head's (the unit's own edits of them were refused by the scope check).
             let vreq = crate::verify::VerifyRequest {
-                image,
-                image_tree: &snapshot.tree,
                 base_tree: &head_tree,
                 tree: merged_tree,
-                deps_key,
-                checks: &p.checks,
-                settings: &p.settings,
                 protected: None,
-                expect: &p.unit.meta.tests,
-                limits: &p.limits,
-                run_id,
-                unit_id: id,
-                log: &verify_log,
-                cache_dir: &cache_dir,
+                ..vreq
             };
             let verdict = crate::verify::verify(engine, &project.repo, &vreq, &on_line).await?;
             let failure = (!verdict.passed).then(|| {

@@ -20,15 +20,7 @@ use crate::snapshot::{self, Snapshot};
 use super::record::{self, EngineVersion, Record, Replay, Side};
 use super::{Check, Settings, VerifyRequest};
 
-pub struct VerifyArgs {
-    pub commit: Option<String>,
-    pub base: Option<String>,
-    pub patch: Option<PathBuf>,
-    pub replay: Option<PathBuf>,
-    pub unit: Option<String>,
-    pub record: Option<PathBuf>,
-    pub junit: Option<PathBuf>,
-}
+pub use crate::cli::VerifyArgs;
 
 /// What `verify` did: the record, where it was written, and the exit code.
 pub struct Outcome {

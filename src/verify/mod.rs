@@ -300,6 +300,7 @@ impl Verdict {
     }
 }
 
+#[derive(Clone, Copy)]
 pub struct VerifyRequest<'a> {
     /// The image holding `image_tree` in /work with the dependencies installed.
     pub image: &'a str,
