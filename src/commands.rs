@@ -502,13 +502,19 @@ async fn image(global: &GlobalArgs, cmd: ImageCommand) -> Result<i32> {
                     .and_then(|p| p.config.agent.codex_version)
                     .unwrap_or_else(|| crate::agent::codex::DEFAULT_VERSION.to_string()),
             };
+            crate::agent::codex::check_version(&version)?;
+            if let Some(b) = &codex_binary {
+                crate::agent::codex::check_binary(b)?;
+            }
             let reporter = reporter(global, json);
             let engine = Engine::connect().await?;
+            // The version pins the content: an existing image is reused; a local binary
+            // always replaces it.
             let built = crate::agent::codex::ensure_image(
                 &engine,
                 &version,
                 codex_binary.as_deref(),
-                true,
+                false,
                 reporter.as_ref(),
             )
             .await;

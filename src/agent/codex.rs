@@ -306,6 +306,24 @@ pub async fn install_into(engine: &Engine, tool_image: &str, id: &str) -> Result
     copied
 }
 
+/// Refuses a `--codex-binary` that is not a readable ELF executable (before the engine is used).
+pub fn check_binary(path: &Path) -> Result<()> {
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .map_err(|e| Error::Usage {
+            message: format!("--codex-binary: cannot read {}: {e}", path.display()),
+            hint: "pass the path of a Linux codex executable".into(),
+        })?;
+    if magic != *b"\x7fELF" {
+        return Err(Error::Usage {
+            message: format!("--codex-binary: {} is not a Linux executable", path.display()),
+            hint: format!("pass the static codex binary (it is in the PyPI wheel {WHEEL}, at codex_cli_bin/bin/codex)"),
+        });
+    }
+    Ok(())
+}
+
 /// Makes sure the codex image of `version` exists: from `binary` when given, else fetched from
 /// PyPI in a helper container. Returns the tag.
 pub async fn ensure_image(
@@ -326,19 +344,7 @@ pub async fn ensure_image(
         .map_err(|e| Error::io("creating a temporary directory", e))?;
     let files: Vec<(String, std::path::PathBuf)> = match binary {
         Some(path) => {
-            let mut magic = [0u8; 4];
-            std::fs::File::open(path)
-                .and_then(|mut f| f.read_exact(&mut magic))
-                .map_err(|e| Error::Usage {
-                    message: format!("--codex-binary: cannot read {}: {e}", path.display()),
-                    hint: "pass the path of a Linux codex executable".into(),
-                })?;
-            if magic != *b"\x7fELF" {
-                return Err(Error::Usage {
-                    message: format!("--codex-binary: {} is not a Linux executable", path.display()),
-                    hint: format!("pass the static codex binary (it is in the PyPI wheel {WHEEL}, at codex_cli_bin/bin/codex)"),
-                });
-            }
+            check_binary(path)?;
             vec![("codex".into(), path.to_path_buf())]
         }
         None => fetch_from_pypi(engine, version, dir.path(), reporter).await?,

@@ -333,3 +333,70 @@ fn a_missing_codex_credential_is_reported_before_any_container() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("never passed"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_local_codex_binary_is_imported_and_its_version_checked() {
+    require_base_image();
+    let repo = TestRepo::with_project("codex-binary");
+    // Not an executable: refused before the engine is used.
+    let out = repo
+        .cmd()
+        .args(["image", "build", "codex", "--codex-binary", "README.md"])
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not a Linux executable"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The real binary, taken out of the codex image (which `run` builds when missing), under a
+    // version it does not have: imported, run, refused, and the image removed again.
+    let out = repo
+        .cmd()
+        .args(["image", "build", "codex"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success()
+            || docker(&["images", "-q", "boxdelegate/codex:0.163.0"])
+                .trim()
+                .len()
+                > 0,
+        "{}",
+        stderr(&out)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let id = docker(&[
+        "create",
+        "boxdelegate/codex:0.163.0",
+        "/opt/boxdelegate/codex/bin/codex",
+    ]);
+    let id = id.trim();
+    docker(&[
+        "cp",
+        &format!("{id}:/opt/boxdelegate/codex/bin/codex"),
+        dir.path().join("codex").to_str().unwrap(),
+    ]);
+    docker(&["rm", id]);
+    let out = repo
+        .cmd()
+        .args(["image", "build", "codex", "--codex-version", "9.9.9-test"])
+        .arg("--codex-binary")
+        .arg(dir.path().join("codex"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not codex-cli 9.9.9-test"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        docker(&["images", "-q", "boxdelegate/codex:9.9.9-test"]).trim(),
+        "",
+        "the wrong image is removed"
+    );
+}
