@@ -514,7 +514,6 @@ async fn image(global: &GlobalArgs, cmd: ImageCommand) -> Result<i32> {
                 &engine,
                 &version,
                 codex_binary.as_deref(),
-                false,
                 reporter.as_ref(),
             )
             .await;

@@ -784,7 +784,10 @@ impl Extracted {
 
 /// Writes `data` to `path` atomically (temp file, fsync, rename), readable by the user only.
 pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let mut tmp = tempfile::Builder::new()

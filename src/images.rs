@@ -625,13 +625,28 @@ pub fn ca_bundle() -> Result<Option<Vec<u8>>> {
 /// A tar holding one file owned by the `box` user.
 pub fn single_file_tar(name: &str, data: &[u8], mode: u32) -> Result<impl ByteStream> {
     let mut ar = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(data.len() as u64);
-    h.set_mode(mode);
-    h.set_uid(snapshot::OWNER_UID);
-    h.set_gid(snapshot::OWNER_UID);
-    h.set_mtime(snapshot::FIXED_MTIME);
-    ar.append_data(&mut h, name, data)
+    let header = |size: u64, mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_uid(snapshot::OWNER_UID);
+        h.set_gid(snapshot::OWNER_UID);
+        h.set_mtime(snapshot::FIXED_MTIME);
+        h
+    };
+    // Parent directories of a nested name are created private to the container's user.
+    let parts: Vec<&str> = name.split('/').collect();
+    for i in 1..parts.len() {
+        let mut h = header(0, 0o700);
+        h.set_entry_type(tar::EntryType::Directory);
+        ar.append_data(
+            &mut h,
+            format!("{}/", parts[..i].join("/")),
+            std::io::empty(),
+        )
+        .map_err(|e| Error::io(format!("packing {name}"), e))?;
+    }
+    ar.append_data(&mut header(data.len() as u64, mode), name, data)
         .map_err(|e| Error::io(format!("packing {name}"), e))?;
     let data = ar
         .into_inner()

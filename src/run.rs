@@ -328,7 +328,7 @@ pub async fn run(
     versions.sort();
     versions.dedup();
     for v in versions {
-        crate::agent::codex::ensure_image(&engine, v, None, false, reporter).await?;
+        crate::agent::codex::ensure_image(&engine, v, None, reporter).await?;
     }
     for p in &todo {
         if let Some(n) = &p.network {
@@ -429,7 +429,11 @@ async fn run_unit(
             .await?;
         for f in &spec.files {
             engine
-                .upload(&container, &f.dir, agent_file_tar(f)?)
+                .upload(
+                    &container,
+                    &f.dir,
+                    images::single_file_tar(&f.path, &f.data, f.mode)?,
+                )
                 .await?;
         }
         if let Some(tool) = &spec.tool_image {
@@ -981,41 +985,6 @@ fn assemble_prompt(
         gotchas: gotchas.as_deref(),
         network: &network,
         retry: None,
-    }))
-}
-
-/// A tar creating `file.path` under its directory, owned by the container's user.
-fn agent_file_tar(file: &crate::agent::AgentFile) -> Result<impl crate::engine::ByteStream> {
-    let mut ar = tar::Builder::new(Vec::new());
-    let parts: Vec<&str> = file.path.split('/').collect();
-    for i in 1..parts.len() {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o700);
-        h.set_uid(snapshot::OWNER_UID);
-        h.set_gid(snapshot::OWNER_UID);
-        h.set_size(0);
-        h.set_mtime(snapshot::FIXED_MTIME);
-        ar.append_data(
-            &mut h,
-            format!("{}/", parts[..i].join("/")),
-            std::io::empty(),
-        )
-        .map_err(|e| Error::io("packing an agent file", e))?;
-    }
-    let mut h = tar::Header::new_gnu();
-    h.set_size(file.data.len() as u64);
-    h.set_mode(file.mode);
-    h.set_uid(snapshot::OWNER_UID);
-    h.set_gid(snapshot::OWNER_UID);
-    h.set_mtime(snapshot::FIXED_MTIME);
-    ar.append_data(&mut h, &file.path, &file.data[..])
-        .map_err(|e| Error::io("packing an agent file", e))?;
-    let data = ar
-        .into_inner()
-        .map_err(|e| Error::io("packing an agent file", e))?;
-    Ok(futures_util::stream::once(async move {
-        Ok(bytes::Bytes::from(data))
     }))
 }
 

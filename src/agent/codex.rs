@@ -330,12 +330,11 @@ pub async fn ensure_image(
     engine: &Engine,
     version: &str,
     binary: Option<&Path>,
-    rebuild: bool,
     reporter: &dyn Reporter,
 ) -> Result<String> {
     check_version(version)?;
     let tag = image_tag(version);
-    if !rebuild && binary.is_none() && engine.image_id(&tag).await?.is_some() {
+    if binary.is_none() && engine.image_id(&tag).await?.is_some() {
         return Ok(tag);
     }
     let dir = tempfile::Builder::new()
@@ -514,12 +513,16 @@ async fn fetch_from_pypi(
         for name in ["codex", "codex-code-mode-host"] {
             let path = into.join(name);
             let stream = engine.download(&id, &format!("/tmp/unpacked/codex_cli_bin/bin/{name}"));
-            let mut data = Vec::new();
+            // The archive goes to disk, not memory: the binary is hundreds of megabytes.
+            let archive = into.join(format!("{name}.tar"));
+            let mut tar_file = std::fs::File::create(&archive)
+                .map_err(|e| Error::io(format!("writing {}", archive.display()), e))?;
             let mut stream = Box::pin(stream);
             let mut missing = false;
             while let Some(chunk) = stream.next().await {
                 match chunk {
-                    Ok(c) => data.extend_from_slice(&c),
+                    Ok(c) => std::io::Write::write_all(&mut tar_file, &c)
+                        .map_err(|e| Error::io(format!("writing {}", archive.display()), e))?,
                     Err(_) if name != "codex" => {
                         missing = true; // the helper binary is optional
                         break;
@@ -527,11 +530,15 @@ async fn fetch_from_pypi(
                     Err(e) => return Err(e),
                 }
             }
+            drop(tar_file);
             if missing {
                 continue;
             }
             // The archive holds one regular file; anything else is refused.
-            let mut ar = tar::Archive::new(&data[..]);
+            let mut ar = tar::Archive::new(
+                std::fs::File::open(&archive)
+                    .map_err(|e| Error::io(format!("reading {}", archive.display()), e))?,
+            );
             let mut written = false;
             for entry in ar
                 .entries()
@@ -546,6 +553,7 @@ async fn fetch_from_pypi(
                     written = true;
                 }
             }
+            let _ = std::fs::remove_file(&archive);
             if written {
                 files.push((name.to_string(), path));
             }

@@ -403,28 +403,13 @@ pub async fn run(repo: &Repo, args: VerifyArgs, reporter: &dyn Reporter) -> Resu
         .clone()
         .unwrap_or_else(|| records_dir.join(format!("{stem}.json")));
     let json = serde_json::to_vec_pretty(&record).map_err(|e| Error::Internal(e.to_string()))?;
-    write_file(&path, &json)?;
+    crate::extract::write_private(&path, &json)?;
     if let Some(junit) = &args.junit {
-        write_file(junit, super::junit::render(&record.verdict)?.as_bytes())?;
+        crate::extract::write_private(junit, super::junit::render(&record.verdict)?.as_bytes())?;
     }
     Ok(Outcome {
         record,
         path,
         exit_code,
     })
-}
-
-/// Writes a file the user named (or the record in the state directory) atomically.
-fn write_file(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-    std::io::Write::write_all(&mut tmp, data)
-        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-    tmp.persist(path)
-        .map_err(|e| Error::io(format!("writing {}", path.display()), e.error))?;
-    Ok(())
 }

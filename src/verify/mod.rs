@@ -450,10 +450,11 @@ fn judge(
         let run = &ran.first;
         let (mut outcome, mut lists, mut note) = classify(run, base);
         if outcome == Outcome::Fail {
-            if let Some(good) = ran
+            if let Some((n, good)) = ran
                 .reruns
                 .iter()
-                .find(|r| classify(r, base).0 != Outcome::Fail)
+                .enumerate()
+                .find(|(_, r)| classify(r, base).0 != Outcome::Fail)
             {
                 outcome = Outcome::Flaky;
                 let still: BTreeSet<&String> = good.failed_tests.iter().collect();
@@ -466,11 +467,7 @@ fn judge(
                 lists.regressions.clear();
                 note = Some(format!(
                     "failed, then passed on re-run {} of {}",
-                    ran.reruns
-                        .iter()
-                        .position(|r| std::ptr::eq(r, good))
-                        .unwrap_or(0)
-                        + 1,
+                    n + 1,
                     req.settings.reruns
                 ));
             }
@@ -659,7 +656,7 @@ fn classify(run: &CheckRun, base: Option<&CheckRun>) -> (Outcome, Lists, Option<
             Some(format!("{runner} ran zero tests, which is not a pass")),
         );
     }
-    let unrecognised = run.tests.is_none() && run.names.is_empty() && !run.names_known;
+    let unrecognised = run.tests.is_none() && !run.names_known;
     if run.ok() {
         let note = unrecognised
             .then(|| "test runner not recognised: judged by its exit code alone".to_string());
