@@ -308,6 +308,7 @@ fn a_missing_codex_credential_is_reported_before_any_container() {
         "boxdelegate.toml",
         "[project]\nprofile = \"test\"\n[agent]\nkind = \"codex\"\n",
     );
+    let before = repo.host_state();
     let out = repo
         .cmd()
         .args(["run", "--unit", "greet"])
@@ -320,8 +321,10 @@ fn a_missing_codex_credential_is_reported_before_any_container() {
         "{}",
         stderr(&out)
     );
+    assert_eq!(repo.host_state(), before);
     // A Codex session variable is never forwarded.
     repo.write("boxdelegate.toml", "[project]\nprofile = \"test\"\n[agent]\nkind = \"codex\"\nenv = [\"CODEX_API_KEY\", \"CODEX_THREAD_ID\"]\n");
+    let before = repo.host_state();
     let out = repo
         .cmd()
         .args(["run", "--unit", "greet"])
@@ -332,6 +335,7 @@ fn a_missing_codex_credential_is_reported_before_any_container() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("never passed"), "{}", stderr(&out));
+    assert_eq!(repo.host_state(), before);
 }
 
 #[test]
