@@ -75,8 +75,44 @@ pub enum Command {
         /// Delegate again even if the unit already landed.
         #[arg(long)]
         rerun: bool,
+        /// Units worked on at once (default: [run] jobs, else from the engine's CPUs and memory).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        jobs: Option<u16>,
+        /// When another boxdelegate works on this repository, wait for it instead of refusing.
+        #[arg(long)]
+        wait: bool,
         #[command(flatten)]
         snap: SnapshotArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Continue an interrupted run (the newest unfinished one, or RUN).
+    Resume {
+        run: Option<String>,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        jobs: Option<u16>,
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show runs: units, phases, attempts, containers (the newest run, or RUN, or --all).
+    Status {
+        run: Option<String>,
+        /// Every run, not only the newest.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the containers, unit images and directories of finished runs (or of RUN).
+    Clean {
+        /// Only this run (also one whose journal is unreadable).
+        #[arg(long = "run", value_name = "ID")]
+        run: Option<String>,
+        /// Also remove a run that is not finished, even with agent containers still running.
+        #[arg(long)]
+        force: bool,
         #[arg(long)]
         json: bool,
     },
@@ -101,6 +137,8 @@ pub enum Command {
         unit: String,
         #[arg(long)]
         branch: Option<String>,
+        #[arg(long)]
+        wait: bool,
         #[arg(long)]
         json: bool,
     },

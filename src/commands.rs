@@ -69,7 +69,7 @@ fn reporter(global: &GlobalArgs, json: bool) -> Box<dyn Reporter> {
     }
 }
 
-fn print_json(value: &impl serde::Serialize) -> Result<()> {
+pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| Error::Internal(e.to_string()))?;
     println!("{text}");
     Ok(())
@@ -124,34 +124,60 @@ pub async fn run(cli: Cli) -> Result<i32> {
             all,
             branch,
             rerun,
+            jobs,
+            wait,
             snap,
             json,
         } => {
-            let project = Project::open(global)?;
-            if std::env::var_os("CODEX_THREAD_ID").is_some() {
-                // Started by a Codex session: its sandbox usually hides the engine, so say so
-                // before anything fails for that reason.
-                eprintln!("note: boxdelegate was started inside a Codex session (CODEX_THREAD_ID is set); the container engine is usually unreachable from there, and no CODEX_* session variable is passed to any container");
-            }
-            let reporter = reporter(global, json);
             let args = crate::run::RunArgs {
                 units,
                 all,
                 branch,
                 rerun,
+                include_dirty: snap.include_dirty,
+                jobs: jobs.map(usize::from),
+                resume: None,
             };
-            let results =
-                crate::run::run(&project, args, snap.include_dirty, reporter.as_ref()).await;
-            reporter.finish();
-            let results = results?;
-            if json {
-                print_json(&serde_json::json!({ "units": results }))?;
-            } else {
-                for r in &results {
-                    print_result(r);
+            run_command(global, args, wait, json).await
+        }
+        Command::Resume {
+            run,
+            jobs,
+            wait,
+            json,
+        } => {
+            let project = Project::open(global)?;
+            let state = crate::run::state_dir(&project);
+            let id = match run {
+                Some(id) => {
+                    crate::status::check_run_id(&state, &id)?;
+                    id
                 }
-            }
-            Ok(crate::run::exit_code(&results))
+                None => crate::status::newest_unfinished(&state)?,
+            };
+            let args = crate::run::RunArgs {
+                units: vec![],
+                all: false,
+                branch: None,
+                rerun: false,
+                include_dirty: false,
+                jobs: jobs.map(usize::from),
+                resume: Some(id),
+            };
+            run_command(global, args, wait, json).await
+        }
+        Command::Status { run, all, json } => {
+            let project = Project::open(global)?;
+            crate::status::status(&project, run, all, json).await
+        }
+        Command::Clean { run, force, json } => {
+            let project = Project::open(global)?;
+            let _lock = crate::journal::RepoLock::acquire(
+                &crate::run::state_dir(&project),
+                "clean",
+                false,
+            )?;
+            crate::status::clean(&project, run, force, json).await
         }
         Command::Unit(cmd) => unit_command(global, cmd),
         Command::Diff { unit } => {
@@ -184,8 +210,15 @@ pub async fn run(cli: Cli) -> Result<i32> {
             }
             Ok(exit::OK)
         }
-        Command::Apply { unit, branch, json } => {
+        Command::Apply {
+            unit,
+            branch,
+            wait,
+            json,
+        } => {
             let project = Project::open(global)?;
+            let _lock =
+                crate::journal::RepoLock::acquire(&crate::run::state_dir(&project), "apply", wait)?;
             let r = crate::run::apply(&project, &unit, branch)?;
             if json {
                 print_json(&r)?;
@@ -280,6 +313,68 @@ fn print_verification(done: &crate::verify::command::Outcome) {
     }
 }
 
+async fn run_command(
+    global: &GlobalArgs,
+    args: crate::run::RunArgs,
+    wait: bool,
+    json: bool,
+) -> Result<i32> {
+    let project = Project::open(global)?;
+    if std::env::var_os("CODEX_THREAD_ID").is_some() {
+        // Started by a Codex session: its sandbox usually hides the engine, so say so
+        // before anything fails for that reason.
+        eprintln!("note: boxdelegate was started inside a Codex session (CODEX_THREAD_ID is set); the container engine is usually unreachable from there, and no CODEX_* session variable is passed to any container");
+    }
+    let _lock = crate::journal::RepoLock::acquire(&crate::run::state_dir(&project), "run", wait)?;
+    let reporter = reporter(global, json);
+    let outcome = crate::run::run(&project, args, reporter.as_ref()).await;
+    reporter.finish();
+    let outcome = outcome?;
+    if json {
+        print_json(&serde_json::json!({ "run": outcome.report, "units": outcome.results }))?;
+    } else {
+        for r in &outcome.results {
+            print_result(r);
+        }
+        if let Some(report) = &outcome.report {
+            print_report(report);
+        }
+    }
+    Ok(crate::run::exit_code(&outcome.results))
+}
+
+fn print_report(r: &crate::run::RunReport) {
+    println!();
+    println!(
+        "run {}{}: {} unit(s): {} landed on the first attempt, {} after retries, {} by the fallback agent, {} already landed, {} failed, {} in conflict, {} skipped",
+        r.run_id,
+        if r.resumed { " (resumed)" } else { "" },
+        r.units,
+        r.landed_first_attempt,
+        r.landed_after_retries,
+        r.landed_by_fallback,
+        r.already_landed,
+        r.failed,
+        r.conflict,
+        r.skipped
+    );
+    println!(
+        "  wall time {:.1}s, agent time {:.1}s, {} job(s); tokens: {} input ({} cached), {} output{}",
+        r.wall_seconds,
+        r.agent_seconds,
+        r.jobs,
+        r.usage.input_tokens,
+        r.usage.cached_input_tokens,
+        r.usage.output_tokens,
+        r.cost_usd
+            .map(|c| format!("; cost ≈ ${c:.4}"))
+            .unwrap_or_default()
+    );
+    if let Some(b) = &r.breaker {
+        println!("  circuit breaker open: {b}");
+    }
+}
+
 fn print_result(r: &crate::run::UnitResult) {
     let status = serde_json::to_value(r.status)
         .ok()
@@ -299,6 +394,24 @@ fn print_result(r: &crate::run::UnitResult) {
                 .map(|c| format!("; cost ≈ ${c:.4}"))
                 .unwrap_or_else(|| "; no price configured for this model ([prices])".into())
         );
+    }
+    if r.attempts.len() > 1 {
+        for a in &r.attempts {
+            println!(
+                "  attempt {} ({}{}): {}{}",
+                a.n,
+                a.agent,
+                if a.role == crate::journal::Role::Fallback { ", fallback" } else { "" },
+                a.infra
+                    .as_deref()
+                    .map(|k| format!("infra-error ({k})"))
+                    .unwrap_or_else(|| serde_json::to_value(a.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()),
+                a.patch
+                    .as_ref()
+                    .map(|p| format!(", patch {}", p.display()))
+                    .unwrap_or_default()
+            );
+        }
     }
     for w in &r.warnings {
         println!("  warning: {w}");

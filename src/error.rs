@@ -44,6 +44,16 @@ pub mod exit {
     pub const INFRA: i32 = 16;
     /// `verify --replay`: the verdict differs from the record's.
     pub const REPLAY_MISMATCH: i32 = 17;
+    /// A unit failed every attempt: its retries and the fallback agent; each attempt's patch
+    /// is kept.
+    pub const FAILED: i32 = 18;
+    /// The circuit breaker opened after consecutive infrastructure failures; the units not
+    /// started are `skipped`.
+    pub const BREAKER: i32 = 19;
+    /// Another boxdelegate process is working on the repository.
+    pub const BUSY: i32 = 20;
+    /// A run journal is unreadable (corrupt, truncated, another format).
+    pub const STATE: i32 = 21;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +95,14 @@ pub enum Error {
     Exists { path: PathBuf, hint: String },
     #[error("{message}")]
     Usage { message: String, hint: String },
+    #[error("{message}")]
+    Busy { message: String, hint: String },
+    #[error("{}: {message}", path.display())]
+    State {
+        path: PathBuf,
+        message: String,
+        hint: String,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -107,6 +125,8 @@ impl Error {
             Error::Install { .. } | Error::Fetch { .. } => exit::INSTALL,
             Error::Exists { .. } => exit::EXISTS,
             Error::Usage { .. } => exit::USAGE,
+            Error::Busy { .. } => exit::BUSY,
+            Error::State { .. } => exit::STATE,
             Error::Io { .. } | Error::Internal(_) => exit::INTERNAL,
         }
     }
@@ -119,7 +139,9 @@ impl Error {
             ),
             Error::ImageMissing { hint, .. }
             | Error::Exists { hint, .. }
-            | Error::Usage { hint, .. } => Some(hint),
+            | Error::Usage { hint, .. }
+            | Error::Busy { hint, .. }
+            | Error::State { hint, .. } => Some(hint),
             Error::Install { .. } => Some(
                 "fix the dependency manifests (lockfile) or the profile's install step, then run again",
             ),

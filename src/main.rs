@@ -8,13 +8,16 @@ mod doctor;
 mod engine;
 mod error;
 mod extract;
+mod failpoint;
 mod git;
 mod images;
+mod journal;
 mod land;
 mod report;
 mod run;
 mod scope;
 mod snapshot;
+mod status;
 mod verify;
 
 use clap::Parser;

@@ -21,6 +21,7 @@ use crate::engine::{hardened_host_config, labels, short, Engine};
 use crate::error::{exit, Error, Result};
 use crate::extract::{self, ChangeSet, ReadLimits};
 use crate::images;
+use crate::journal::{AttemptPhase, Role, UnitPhase};
 use crate::land::{self, LandRequest, Landed};
 use crate::report::Reporter;
 use crate::scope::{self, Rejection};
@@ -54,6 +55,10 @@ pub enum Status {
     /// Verification was stopped by the infrastructure (OOM kill, engine error); nothing
     /// landed, the patch is kept. Says nothing about the change.
     InfraError,
+    /// Every attempt failed (the retries, then the fallback agent); each one's patch is kept.
+    Failed,
+    /// Not started: the circuit breaker had opened.
+    Skipped,
 }
 
 impl Status {
@@ -67,6 +72,8 @@ impl Status {
             Status::NoChange => exit::NO_CHANGE,
             Status::VerifyFailed => exit::VERIFY_FAILED,
             Status::InfraError => exit::INFRA,
+            Status::Failed => exit::FAILED,
+            Status::Skipped => exit::BREAKER,
         }
     }
 }
@@ -106,21 +113,52 @@ pub struct UnitResult {
     /// What codex reported doing.
     pub agent_activity: Option<crate::agent::events::Activity>,
     pub seconds: f64,
+    /// Seconds the agent containers ran, over every attempt.
+    #[serde(default)]
+    pub agent_seconds: f64,
+    /// Every attempt, in order (infrastructure retries included).
+    #[serde(default)]
+    pub attempts: Vec<AttemptSummary>,
+    /// Attempts after the first that were made because a change failed (infrastructure
+    /// retries not counted).
+    #[serde(default)]
+    pub retries: u32,
+    /// The fallback agent made the final attempt.
+    #[serde(default)]
+    pub fallback: bool,
+    /// The directory of the attempt this result comes from (patch, change set, logs).
+    #[serde(default)]
+    pub attempt_dir: Option<PathBuf>,
     /// For `apply`: what landing needs.
     pub co_author: String,
     pub body: String,
 }
 
+/// One attempt at a unit, as the final result lists it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AttemptSummary {
+    pub n: u32,
+    pub role: crate::journal::Role,
+    pub agent: String,
+    pub status: Status,
+    /// What stopped it when the infrastructure did (`oom`, `timeout`, `engine`, `model-endpoint`, `verify`).
+    pub infra: Option<String>,
+    pub message: String,
+    pub patch: Option<PathBuf>,
+    pub dir: PathBuf,
+    pub agent_seconds: f64,
+}
+
 impl UnitResult {
     /// A result with nothing done yet.
-    fn new(p: &Planned, snapshot: &Snapshot, run_id: &str) -> UnitResult {
+    fn new(p: &Planned, agent: &str, snapshot: &Snapshot, run_id: &str) -> UnitResult {
         UnitResult {
             unit: p.unit.meta.id.clone(),
             title: p.unit.meta.title.clone(),
             status: Status::NoChange,
             run_id: run_id.to_string(),
             branch: p.branch.clone(),
-            agent: p.agent.name().into(),
+            agent: agent.into(),
             snapshot_commit: snapshot.commit.clone(),
             snapshot_tree: snapshot.tree.clone(),
             unit_image: None,
@@ -141,6 +179,11 @@ impl UnitResult {
             agent_failure: None,
             agent_activity: None,
             seconds: 0.0,
+            agent_seconds: 0.0,
+            attempts: vec![],
+            retries: 0,
+            fallback: false,
+            attempt_dir: None,
             co_author: String::new(),
             body: String::new(),
         }
@@ -177,23 +220,80 @@ pub struct RunArgs {
     pub all: bool,
     pub branch: Option<String>,
     pub rerun: bool,
+    pub include_dirty: bool,
+    /// Units worked on at once (None: `[run] jobs`, else from the engine's capacity).
+    pub jobs: Option<usize>,
+    /// Resume this run (`boxdelegate resume`) instead of looking for one with the same request.
+    pub resume: Option<String>,
+}
+
+/// One agent configuration, resolved for a unit.
+struct AgentPlan {
+    role: Role,
+    agent: Box<dyn Agent>,
+    env: Vec<String>,
+    timeout: Duration,
+    network: Option<String>,
+    silence_warning: Duration,
+    price: Option<crate::agent::events::Price>,
 }
 
 /// A unit with everything resolved before the engine is touched.
 struct Planned {
     unit: Unit,
     globs: UnitGlobs,
-    agent: Box<dyn Agent>,
-    env: Vec<String>,
-    timeout: Duration,
+    /// The primary agent, then the fallback when one is configured.
+    agents: Vec<AgentPlan>,
+    retries: u32,
     limits: Limits,
     branch: String,
     checks: Vec<crate::verify::Check>,
     settings: crate::verify::Settings,
     merged: crate::config::MergedPolicy,
-    network: Option<String>,
-    silence_warning: Duration,
-    price: Option<crate::agent::events::Price>,
+}
+
+impl Planned {
+    fn agent(&self, role: Role) -> &AgentPlan {
+        self.agents
+            .iter()
+            .find(|a| a.role == role)
+            .unwrap_or(&self.agents[0])
+    }
+}
+
+/// Default retries of a failed change.
+pub const DEFAULT_RETRIES: u32 = 2;
+/// Default retries of an attempt stopped by the infrastructure.
+pub const DEFAULT_INFRA_RETRIES: u32 = 2;
+/// Default wait before the first infrastructure retry.
+pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
+/// Default consecutive infrastructure failures that open the circuit breaker.
+pub const DEFAULT_BREAKER: u32 = 3;
+
+fn agent_plan(
+    project: &Project,
+    config: &crate::config::AgentConfig,
+    role: Role,
+    unit: &Unit,
+) -> Result<AgentPlan> {
+    Ok(AgentPlan {
+        role,
+        agent: agent::for_config(config, unit, &project.repo.root)?,
+        env: agent::host_env(&config.env)?,
+        timeout: unit
+            .meta
+            .timeout
+            .or(config.timeout)
+            .unwrap_or(DEFAULT_AGENT_TIMEOUT),
+        network: config.network.clone().filter(|n| n != "none"),
+        silence_warning: config.silence_warning.unwrap_or(DEFAULT_SILENCE_WARNING),
+        price: config
+            .model
+            .as_ref()
+            .and_then(|m| project.config.prices.get(m))
+            .or_else(|| project.config.prices.get("*"))
+            .cloned(),
+    })
 }
 
 fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
@@ -215,11 +315,13 @@ fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
     } else {
         args.units.clone()
     };
-    if args.branch.is_some() && ids.len() > 1 {
-        return Err(Error::Usage {
-            message: "--branch names one target branch, but several units were given".into(),
-            hint: "run the units one at a time with --branch, or let each land on boxdelegate/<unit-id>".into(),
-        });
+    for (i, id) in ids.iter().enumerate() {
+        if ids[..i].contains(id) {
+            return Err(Error::Usage {
+                message: format!("unit {id} is given twice"),
+                hint: "name each unit once".into(),
+            });
+        }
     }
     let mut planned = Vec::new();
     for id in ids {
@@ -229,13 +331,10 @@ fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
             Some(o) => o.apply(&project.config.agent),
             None => project.config.agent.clone(),
         };
-        let agent = agent::for_config(&config, &unit, &project.repo.root)?;
-        let env = agent::host_env(&config.env)?;
-        let timeout = unit
-            .meta
-            .timeout
-            .or(config.timeout)
-            .unwrap_or(DEFAULT_AGENT_TIMEOUT);
+        let mut agents = vec![agent_plan(project, &config, Role::Primary, &unit)?];
+        if let Some(fallback) = &config.fallback {
+            agents.push(agent_plan(project, fallback, Role::Fallback, &unit)?);
+        }
         let limits = match &unit.meta.limits {
             Some(l) => crate::config::LimitsConfig {
                 memory: l.memory.or(project.config.limits.memory),
@@ -257,81 +356,233 @@ fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
         planned.push(Planned {
             unit,
             globs,
-            agent,
-            env,
-            timeout,
+            agents,
+            retries: config.retries.unwrap_or(DEFAULT_RETRIES),
             limits,
             branch,
             checks,
             settings,
             merged: project.config.verify.merged.unwrap_or_default(),
-            network: config.network.clone().filter(|n| n != "none"),
-            silence_warning: config.silence_warning.unwrap_or(DEFAULT_SILENCE_WARNING),
-            price: config
-                .model
-                .as_ref()
-                .and_then(|m| project.config.prices.get(m))
-                .or_else(|| project.config.prices.get("*"))
-                .cloned(),
         });
     }
     Ok(planned)
 }
 
+/// How the units of a run share the machine and meet infrastructure failures.
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    infra_retries: u32,
+    backoff: Duration,
+    breaker: u32,
+}
+
+/// What a run came to.
+pub struct RunOutcome {
+    pub results: Vec<UnitResult>,
+    pub report: Option<RunReport>,
+}
+
+/// The summary of a run: how the units ended, time, tokens and cost.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct RunReport {
+    pub run_id: String,
+    pub resumed: bool,
+    pub jobs: usize,
+    pub units: usize,
+    pub landed_first_attempt: usize,
+    pub landed_after_retries: usize,
+    pub landed_by_fallback: usize,
+    pub already_landed: usize,
+    pub failed: usize,
+    pub conflict: usize,
+    pub skipped: usize,
+    /// Why the circuit breaker opened, when it did.
+    pub breaker: Option<String>,
+    pub wall_seconds: f64,
+    pub agent_seconds: f64,
+    pub usage: crate::agent::events::Usage,
+    pub cost_usd: Option<f64>,
+}
+
+impl RunReport {
+    fn new(run_id: &str, resumed: bool, jobs: usize, results: &[UnitResult]) -> RunReport {
+        let mut r = RunReport {
+            run_id: run_id.to_string(),
+            resumed,
+            jobs,
+            units: results.len(),
+            ..Default::default()
+        };
+        for u in results {
+            match u.status {
+                Status::Landed if u.fallback => r.landed_by_fallback += 1,
+                Status::Landed if u.retries > 0 => r.landed_after_retries += 1,
+                Status::Landed => r.landed_first_attempt += 1,
+                Status::AlreadyLanded => r.already_landed += 1,
+                Status::Conflict => r.conflict += 1,
+                Status::Skipped => r.skipped += 1,
+                _ => r.failed += 1,
+            }
+            r.agent_seconds += u.agent_seconds;
+            if let Some(usage) = &u.usage {
+                r.usage.add(usage);
+            }
+            if let Some(c) = u.cost_usd {
+                *r.cost_usd.get_or_insert(0.0) += c;
+            }
+        }
+        r
+    }
+}
+
 pub async fn run(
     project: &Project,
     args: RunArgs,
-    include_dirty: bool,
     reporter: &dyn Reporter,
-) -> Result<Vec<UnitResult>> {
+) -> Result<RunOutcome> {
+    let started = Instant::now();
+    let state = state_dir(project);
+    // A run to resume: the one named, or an unfinished one with the same request.
+    let resume = match &args.resume {
+        Some(id) => Some(crate::journal::load(&state, id)?),
+        None => None,
+    };
+    let args = match &resume {
+        Some(j) => RunArgs {
+            units: j.request.units.clone(),
+            all: false,
+            branch: j.request.branch.clone(),
+            rerun: j.request.rerun,
+            include_dirty: j.request.include_dirty,
+            ..args
+        },
+        None => args,
+    };
     let planned = plan(project, &args)?;
-    let snapshot = Snapshot::take(&project.repo, include_dirty)?;
-    let entries = snapshot::list_tree(&project.repo, &snapshot.tree)?;
-    let run_id = new_run_id();
-    let run_dir = state_dir(project).join("runs").join(&run_id);
+    let request = crate::journal::Request {
+        units: planned.iter().map(|p| p.unit.meta.id.clone()).collect(),
+        branch: args.branch.clone(),
+        rerun: args.rerun,
+        include_dirty: args.include_dirty,
+    };
+    let resume = match resume {
+        Some(j) => Some(j),
+        None => find_unfinished(&state, &request)?,
+    };
+    let resumed = resume.is_some();
 
-    // Units that landed before need neither the engine nor a run directory.
-    let mut results = Vec::new();
-    let mut todo = Vec::new();
-    for p in planned {
-        if !args.rerun {
-            if let Some(commit) = land::find_landed(&project.repo, &p.branch, &p.unit.meta.id)? {
-                reporter.phase(&format!(
-                    "{}: already landed as {}",
-                    p.unit.meta.id,
-                    short(&commit)
-                ));
-                let mut r = UnitResult::new(&p, &snapshot, &run_id);
-                r.status = Status::AlreadyLanded;
-                r.message = format!(
-                    "already landed as {commit} (run again with --rerun to delegate it anew)"
-                );
-                results.push(r);
-                continue;
-            }
+    let (snapshot, journal) = match resume {
+        Some(j) => {
+            reporter.phase(&format!(
+                "resuming run {} (snapshot {})",
+                j.run_id,
+                short(&j.snapshot_tree)
+            ));
+            let snapshot = Snapshot {
+                commit: j.snapshot_commit.clone(),
+                tree: j.snapshot_tree.clone(),
+                dirty: false,
+            };
+            (snapshot, j)
         }
-        todo.push(p);
-    }
-    if todo.is_empty() {
-        return Ok(results);
+        None => {
+            let snapshot = Snapshot::take(&project.repo, args.include_dirty)?;
+            let run_id = new_run_id();
+            let mut units = Vec::new();
+            let mut any = false;
+            for p in &planned {
+                let mut entry = crate::journal::UnitEntry {
+                    id: p.unit.meta.id.clone(),
+                    phase: UnitPhase::Pending,
+                    attempts: vec![],
+                    landing: None,
+                    result: None,
+                };
+                if !args.rerun {
+                    if let Some(commit) =
+                        land::find_landed(&project.repo, &p.branch, &p.unit.meta.id)?
+                    {
+                        reporter.phase(&format!(
+                            "{}: already landed as {}",
+                            p.unit.meta.id,
+                            short(&commit)
+                        ));
+                        let mut r =
+                            UnitResult::new(p, p.agents[0].agent.name(), &snapshot, &run_id);
+                        r.status = Status::AlreadyLanded;
+                        r.message = format!(
+                            "already landed as {commit} (run again with --rerun to delegate it anew)"
+                        );
+                        entry.phase = UnitPhase::Done;
+                        entry.result = Some(r);
+                    }
+                }
+                any |= entry.phase != UnitPhase::Done;
+                units.push(entry);
+            }
+            let journal = crate::journal::Journal {
+                schema: crate::journal::SCHEMA,
+                run_id,
+                started_at: unix_now() as u64,
+                finished_at: None,
+                request: request.clone(),
+                snapshot_commit: snapshot.commit.clone(),
+                snapshot_tree: snapshot.tree.clone(),
+                unit_image: None,
+                breaker: None,
+                consecutive_infra: 0,
+                units,
+            };
+            if !any {
+                // Nothing to do: no engine, no run directory.
+                let results = journal
+                    .units
+                    .into_iter()
+                    .filter_map(|u| u.result)
+                    .collect();
+                return Ok(RunOutcome {
+                    results,
+                    report: None,
+                });
+            }
+            (snapshot, journal)
+        }
+    };
+    let run_id = journal.run_id.clone();
+    let run_dir = crate::journal::runs_dir(&state).join(&run_id);
+    create_private_dir(&run_dir)?;
+    let live = crate::journal::Live::new(&run_dir, journal)?;
+    if !resumed {
+        reporter.phase(&format!(
+            "run {run_id}: {} unit(s) from snapshot {}",
+            planned.len(),
+            short(&snapshot.tree)
+        ));
+        crate::failpoint::hit("run-created");
     }
 
+    let entries = snapshot::list_tree(&project.repo, &snapshot.tree)?;
     let engine = Engine::connect().await?;
     let (deps, _, unit_image) =
         crate::commands::ensure_images(&engine, project, &snapshot, &entries, true, reporter)
             .await?;
+    live.update(|j| j.unit_image = Some(unit_image.image.clone()))?;
+    let todo: Vec<&Planned> = planned
+        .iter()
+        .filter(|p| live.read(|j| j.unit(&p.unit.meta.id).phase) != UnitPhase::Done)
+        .collect();
     // What the agents need beyond the unit image: the codex image, their networks.
     let mut versions: Vec<&str> = todo
         .iter()
-        .filter_map(|p| p.agent.codex_version())
+        .flat_map(|p| p.agents.iter().filter_map(|a| a.agent.codex_version()))
         .collect();
     versions.sort();
     versions.dedup();
     for v in versions {
         crate::agent::codex::ensure_image(&engine, v, None, reporter).await?;
     }
-    for p in &todo {
-        if let Some(n) = &p.network {
+    for a in todo.iter().flat_map(|p| p.agents.iter()) {
+        if let Some(n) = &a.network {
             if !engine.network_exists(n).await? {
                 return Err(Error::config_hint(
                     crate::config::CONFIG_FILE,
@@ -341,94 +592,559 @@ pub async fn run(
             }
         }
     }
-    create_private_dir(&run_dir)?;
-
-    for p in todo {
-        let result = run_unit(
-            project,
-            &engine,
-            &p,
-            &snapshot,
-            &entries,
-            &unit_image.image,
-            &deps.key,
-            &run_id,
-            &run_dir,
-            reporter,
-        )
-        .await?;
-        let unit_dir = run_dir.join(&p.unit.meta.id);
-        let json =
-            serde_json::to_vec_pretty(&result).map_err(|e| Error::Internal(e.to_string()))?;
-        extract::write_private(&unit_dir.join("result.json"), &json)?;
-        extract::write_private(
-            &state_dir(project)
-                .join("last")
-                .join(format!("{}.json", p.unit.meta.id)),
-            &json,
-        )?;
-        results.push(result);
+    if resumed {
+        remove_abandoned(&engine, &live, &run_id).await?;
     }
-    Ok(results)
+
+    let config = &project.config.run;
+    let jobs = match args.jobs.or(config.jobs) {
+        Some(j) => j.max(1),
+        None => {
+            let (cpus, memory) = engine.capacity().await?;
+            let per_unit = todo.first().map(|p| p.limits.memory).unwrap_or(4 << 30).max(1);
+            cpus.min((memory / per_unit).max(1) as usize).clamp(1, 8)
+        }
+    };
+    let policy = Policy {
+        infra_retries: config.infra_retries.unwrap_or(DEFAULT_INFRA_RETRIES),
+        backoff: config.backoff.unwrap_or(DEFAULT_BACKOFF),
+        breaker: config.breaker.unwrap_or(DEFAULT_BREAKER),
+    };
+    if todo.len() > 1 {
+        reporter.phase(&format!(
+            "{} unit(s), {jobs} at a time; landing in unit order",
+            todo.len()
+        ));
+    }
+    let ctx = Ctx {
+        project,
+        engine: &engine,
+        snapshot: &snapshot,
+        entries: &entries,
+        image: &unit_image.image,
+        deps_key: &deps.key,
+        run_id: &run_id,
+        run_dir: &run_dir,
+        reporter,
+        journal: &live,
+        policy,
+    };
+
+    // Units work in parallel; each reports when it is done, and the lander takes them in
+    // unit order, so landing is serialized and ordered.
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in &todo {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        senders.push(Some(tx));
+        receivers.push(rx);
+    }
+    let senders = std::sync::Mutex::new(senders);
+    let failure: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
+    let workers = futures_util::stream::iter(todo.iter().enumerate()).for_each_concurrent(
+        jobs,
+        |(i, p)| {
+            let ctx = &ctx;
+            let senders = &senders;
+            let failure = &failure;
+            async move {
+                if let Err(e) = work_unit(ctx, p).await {
+                    failure.lock().expect("poisoned").get_or_insert(e);
+                }
+                if let Some(tx) = senders.lock().expect("poisoned")[i].take() {
+                    let _ = tx.send(());
+                }
+            }
+        },
+    );
+    let lander = async {
+        for (p, rx) in todo.iter().zip(receivers) {
+            let _ = rx.await;
+            if let Err(e) = land_unit(&ctx, p).await {
+                failure.lock().expect("poisoned").get_or_insert(e);
+            }
+        }
+    };
+    tokio::join!(workers, lander);
+    if let Some(e) = failure.into_inner().expect("poisoned") {
+        return Err(e);
+    }
+
+    let results: Vec<UnitResult> = live.read(|j| {
+        j.units
+            .iter()
+            .filter_map(|u| u.result.clone())
+            .collect()
+    });
+    let mut report = RunReport::new(&run_id, resumed, jobs, &results);
+    report.breaker = live.read(|j| j.breaker.clone());
+    report.wall_seconds = started.elapsed().as_secs_f64();
+    live.update(|j| j.finished_at = Some(unix_now() as u64))?;
+    let json = serde_json::to_vec_pretty(&report).map_err(|e| Error::Internal(e.to_string()))?;
+    extract::write_private(&run_dir.join("report.json"), &json)?;
+    Ok(RunOutcome {
+        results,
+        report: Some(report),
+    })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_unit(
-    project: &Project,
-    engine: &Engine,
-    p: &Planned,
-    snapshot: &Snapshot,
-    entries: &[snapshot::TreeEntry],
-    image: &str,
-    deps_key: &str,
-    run_id: &str,
-    run_dir: &Path,
-    reporter: &dyn Reporter,
-) -> Result<UnitResult> {
-    let started = Instant::now();
-    let id = &p.unit.meta.id;
-    let unit_dir = run_dir.join(id);
-    create_private_dir(&unit_dir)?;
-    let spec = p.agent.spec(&p.unit);
-    let mut result = UnitResult::new(p, snapshot, run_id);
-    result.unit_image = Some(image.to_string());
-    result.log = Some(unit_dir.join("agent.log"));
-    result.co_author = spec.co_author.clone();
-    result.body = p.unit.body.clone();
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
 
-    // The agent container.
-    reporter.phase(&format!("{id}: agent ({}) running", p.agent.name()));
+/// The newest unfinished run with this request, if any. A journal that cannot be read stops
+/// the run: it might be this one.
+fn find_unfinished(
+    state: &Path,
+    request: &crate::journal::Request,
+) -> Result<Option<crate::journal::Journal>> {
+    for id in crate::journal::run_ids(state).into_iter().rev() {
+        let j = crate::journal::load(state, &id)?;
+        if !j.finished() && j.request == *request {
+            return Ok(Some(j));
+        }
+    }
+    Ok(None)
+}
+
+/// Removes the run's containers that no unfinished attempt is waiting on (left by a crash
+/// between creating a container and recording it, or a verify container).
+async fn remove_abandoned(
+    engine: &Engine,
+    live: &crate::journal::Live,
+    run_id: &str,
+) -> Result<()> {
+    let keep: Vec<String> = live.read(|j| {
+        j.units
+            .iter()
+            .flat_map(|u| u.attempts.iter())
+            .filter(|a| matches!(a.phase, AttemptPhase::Running | AttemptPhase::Exited))
+            .filter_map(|a| a.container.clone())
+            .collect()
+    });
+    for c in engine
+        .list_containers(&[&format!("{}={run_id}", labels::RUN)])
+        .await?
+    {
+        let Some(id) = c.id else { continue };
+        if !keep.iter().any(|k| *k == id) {
+            engine.remove_container(&id).await?;
+        }
+    }
+    Ok(())
+}
+
+/// What every unit of a run shares.
+struct Ctx<'a> {
+    project: &'a Project,
+    engine: &'a Engine,
+    snapshot: &'a Snapshot,
+    entries: &'a [snapshot::TreeEntry],
+    image: &'a str,
+    deps_key: &'a str,
+    run_id: &'a str,
+    run_dir: &'a Path,
+    reporter: &'a dyn Reporter,
+    journal: &'a crate::journal::Live,
+    policy: Policy,
+}
+
+/// What to do next with a unit, from its attempts so far.
+#[derive(Debug, Clone, PartialEq)]
+enum Next {
+    Attempt { role: Role, backoff: Option<Duration> },
+    Ready,
+    Final { status: Status, message: String },
+    Skip,
+}
+
+/// What [`decide`] needs of an attempt.
+#[derive(Debug, Clone)]
+struct AttemptView {
+    role: Role,
+    status: Status,
+    infra: bool,
+    /// Whether another attempt may do better (false e.g. for refused credentials).
+    retryable: bool,
+    message: String,
+}
+
+/// The retry policy: a change that failed gets `retries` fresh attempts, then the fallback
+/// agent one; an attempt stopped by the infrastructure is repeated (with a growing wait) up to
+/// `infra_retries` times in a row, apart from that budget, unless the breaker is open.
+fn decide(
+    attempts: &[AttemptView],
+    retries: u32,
+    has_fallback: bool,
+    policy: &Policy,
+    breaker_open: bool,
+) -> Next {
+    let Some(last) = attempts.last() else {
+        return if breaker_open {
+            Next::Skip
+        } else {
+            Next::Attempt {
+                role: Role::Primary,
+                backoff: None,
+            }
+        };
+    };
+    if last.status == Status::Landed {
+        return Next::Ready;
+    }
+    let regular: Vec<&AttemptView> = attempts.iter().filter(|a| !a.infra).collect();
+    let final_status = |last: &AttemptView| {
+        if regular.len() > 1 {
+            let fallback = regular.iter().any(|a| a.role == Role::Fallback);
+            Next::Final {
+                status: Status::Failed,
+                message: format!(
+                    "failed after {} attempts ({} retr{}{}); every attempt's patch is kept; the last: {}",
+                    regular.len(),
+                    regular.iter().filter(|a| a.role == Role::Primary).count() - 1,
+                    if regular.iter().filter(|a| a.role == Role::Primary).count() == 2 { "y" } else { "ies" },
+                    if fallback { ", then the fallback agent" } else { "" },
+                    last.message
+                ),
+            }
+        } else {
+            Next::Final {
+                status: last.status,
+                message: last.message.clone(),
+            }
+        }
+    };
+    if last.infra {
+        let in_a_row = attempts.iter().rev().take_while(|a| a.infra).count() as u32;
+        if breaker_open || in_a_row > policy.infra_retries {
+            return final_status(last);
+        }
+        return Next::Attempt {
+            role: last.role,
+            backoff: Some(policy.backoff.saturating_mul(1 << (in_a_row - 1).min(16))),
+        };
+    }
+    let retry_worthy = last.retryable
+        && matches!(
+            last.status,
+            Status::Rejected | Status::VerifyFailed | Status::AgentFailed | Status::Timeout
+        );
+    if !retry_worthy {
+        return final_status(last);
+    }
+    let primary_failures = regular.iter().filter(|a| a.role == Role::Primary).count() as u32;
+    match last.role {
+        Role::Primary if primary_failures <= retries => Next::Attempt {
+            role: Role::Primary,
+            backoff: None,
+        },
+        Role::Primary if has_fallback => Next::Attempt {
+            role: Role::Fallback,
+            backoff: None,
+        },
+        _ => final_status(last),
+    }
+}
+
+fn view(a: &crate::journal::Attempt) -> AttemptView {
+    AttemptView {
+        role: a.role,
+        status: a.result.status,
+        infra: a.infra.is_some(),
+        retryable: a.result.agent_failure.is_none_or(|k| k.retryable())
+            || a.result.agent_failure == Some(crate::agent::events::FailureKind::Other),
+        message: a.result.message.clone(),
+    }
+}
+
+/// Works a unit until it is ready to land or has ended: attempts, retries, the fallback.
+async fn work_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
+    let id = &p.unit.meta.id;
+    loop {
+        let (phase, last, views) = ctx.journal.read(|j| {
+            let u = j.unit(id);
+            (
+                u.phase,
+                u.attempts.last().cloned(),
+                u.attempts.iter().filter(|a| a.phase == AttemptPhase::Done).map(view).collect::<Vec<_>>(),
+            )
+        });
+        if matches!(phase, UnitPhase::Done | UnitPhase::Ready | UnitPhase::Landing) {
+            return Ok(());
+        }
+        if let Some(a) = last.filter(|a| a.phase != AttemptPhase::Done) {
+            let plan = p.agent(a.role);
+            let outcome = drive_attempt(ctx, p, plan, &a).await;
+            if let Err(e) = outcome {
+                if !matches!(e, Error::Engine { .. } | Error::EngineUnreachable { .. }) {
+                    return Err(e);
+                }
+                // The engine failed under the attempt: the change is lost, nothing is wrong
+                // with it; the attempt counts as an infrastructure failure.
+                if let Some(c) = ctx.journal.read(|j| j.unit(id).attempts.last().and_then(|a| a.container.clone())) {
+                    let _ = ctx.engine.remove_container(&c).await;
+                }
+                let message = format!("the container engine failed during the attempt: {e}");
+                ctx.journal.update(|j| {
+                    let a = j.unit_mut(id).attempts.last_mut().expect("an attempt");
+                    a.phase = AttemptPhase::Done;
+                    a.infra = Some("engine".into());
+                    a.result.status = Status::InfraError;
+                    a.result.message = message;
+                })?;
+            }
+            attempt_done(ctx, id)?;
+            continue;
+        }
+        let breaker_open = ctx.journal.read(|j| j.breaker.is_some());
+        match decide(&views, p.retries, p.agents.len() > 1, &ctx.policy, breaker_open) {
+            Next::Ready => {
+                ctx.journal.update(|j| j.unit_mut(id).phase = UnitPhase::Ready)?;
+                return Ok(());
+            }
+            Next::Skip => {
+                let reason = ctx.journal.read(|j| j.breaker.clone()).unwrap_or_default();
+                let mut r = UnitResult::new(p, p.agents[0].agent.name(), ctx.snapshot, ctx.run_id);
+                r.status = Status::Skipped;
+                r.message = format!("not started: the circuit breaker is open ({reason}); run the same command again once the cause is fixed");
+                ctx.reporter.phase(&format!("{id}: skipped ({reason})"));
+                finish_unit(ctx, id, r)?;
+                return Ok(());
+            }
+            Next::Final { status, message } => {
+                let mut r = ctx.journal.read(|j| {
+                    j.unit(id).attempts.last().expect("an attempt").result.clone()
+                });
+                r.status = status;
+                r.message = message;
+                finish_unit(ctx, id, r)?;
+                return Ok(());
+            }
+            Next::Attempt { role, backoff } => {
+                if let Some(wait) = backoff.filter(|w| !w.is_zero()) {
+                    ctx.reporter.phase(&format!(
+                        "{id}: infrastructure failure; retrying in {}",
+                        humantime::format_duration(wait)
+                    ));
+                    tokio::time::sleep(wait).await;
+                }
+                let plan = p.agent(role);
+                let n = views.len() as u32 + 1;
+                let dir = ctx.run_dir.join(id).join(format!("attempt-{n}"));
+                create_private_dir(&dir)?;
+                let mut result = UnitResult::new(p, plan.agent.name(), ctx.snapshot, ctx.run_id);
+                result.unit_image = Some(ctx.image.to_string());
+                result.attempt_dir = Some(dir.clone());
+                result.log = Some(dir.join("agent.log"));
+                result.fallback = role == Role::Fallback;
+                result.co_author = plan.agent.spec(&p.unit).co_author;
+                result.body = p.unit.body.clone();
+                ctx.journal.update(|j| {
+                    let u = j.unit_mut(id);
+                    u.phase = UnitPhase::Working;
+                    u.attempts.push(crate::journal::Attempt {
+                        n,
+                        role,
+                        agent: plan.agent.name().into(),
+                        dir,
+                        phase: AttemptPhase::Starting,
+                        container: None,
+                        started_at: None,
+                        agent_seconds: 0.0,
+                        infra: None,
+                        result,
+                    });
+                })?;
+            }
+        }
+    }
+}
+
+/// Bookkeeping once an attempt is judged: the breaker's count of infrastructure failures in a
+/// row, and the progress line.
+fn attempt_done(ctx: &Ctx<'_>, id: &str) -> Result<()> {
+    let (a, opened) = ctx.journal.update(|j| {
+        let a = j.unit(id).attempts.last().expect("an attempt").clone();
+        let mut opened = None;
+        if let Some(kind) = &a.infra {
+            j.consecutive_infra += 1;
+            if j.consecutive_infra >= ctx.policy.breaker && j.breaker.is_none() {
+                let reason = format!(
+                    "{} infrastructure failures in a row, the last in unit {id} ({kind}: {})",
+                    j.consecutive_infra, a.result.message
+                );
+                j.breaker = Some(reason.clone());
+                opened = Some(reason);
+            }
+        } else {
+            j.consecutive_infra = 0;
+        }
+        (a, opened)
+    })?;
+    crate::failpoint::hit("attempt-judged");
+    let status = serde_json::to_value(a.result.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    if a.result.status != Status::Landed {
+        ctx.reporter.phase(&format!(
+            "{id}: attempt {} ({}) ended {}{}",
+            a.n,
+            a.agent,
+            a.infra.as_deref().map(|k| format!("infra-error ({k})")).unwrap_or(status),
+            if a.result.message.is_empty() { String::new() } else { format!(": {}", a.result.message) }
+        ));
+    }
+    if let Some(reason) = opened {
+        ctx.reporter.phase(&format!("circuit breaker open: {reason}; no new unit will start"));
+    }
+    Ok(())
+}
+
+/// Records a unit's final result: in the journal, in its directory and as its last result.
+fn finish_unit(ctx: &Ctx<'_>, id: &str, mut result: UnitResult) -> Result<()> {
+    let attempts = ctx.journal.read(|j| j.unit(id).attempts.clone());
+    result.attempts = attempts
+        .iter()
+        .map(|a| AttemptSummary {
+            n: a.n,
+            role: a.role,
+            agent: a.agent.clone(),
+            status: a.result.status,
+            infra: a.infra.clone(),
+            message: a.result.message.clone(),
+            patch: a.result.patch.clone(),
+            dir: a.dir.clone(),
+            agent_seconds: a.agent_seconds,
+        })
+        .collect();
+    let regular: Vec<_> = attempts.iter().filter(|a| a.infra.is_none()).collect();
+    result.retries = regular
+        .iter()
+        .filter(|a| a.role == Role::Primary)
+        .count()
+        .saturating_sub(1) as u32;
+    result.fallback = attempts.last().is_some_and(|a| a.role == Role::Fallback);
+    result.agent_seconds = attempts.iter().map(|a| a.agent_seconds).sum();
+    let mut usage: Option<crate::agent::events::Usage> = None;
+    let mut cost: Option<f64> = None;
+    for a in &attempts {
+        if let Some(u) = &a.result.usage {
+            usage.get_or_insert_with(Default::default).add(u);
+        }
+        if let Some(c) = a.result.cost_usd {
+            *cost.get_or_insert(0.0) += c;
+        }
+    }
+    result.usage = usage;
+    result.cost_usd = cost;
+    let started = ctx.journal.read(|j| j.started_at) as f64;
+    result.seconds = (unix_now() - started).max(0.0);
+    let json = serde_json::to_vec_pretty(&result).map_err(|e| Error::Internal(e.to_string()))?;
+    extract::write_private(&ctx.run_dir.join(id).join("result.json"), &json)?;
+    extract::write_private(
+        &state_dir(ctx.project).join("last").join(format!("{id}.json")),
+        &json,
+    )?;
+    ctx.journal.update(|j| {
+        let u = j.unit_mut(id);
+        u.phase = UnitPhase::Done;
+        u.result = Some(result);
+    })?;
+    Ok(())
+}
+
+/// Sets fields of the unit's current attempt and saves the journal.
+fn update_attempt(ctx: &Ctx<'_>, id: &str, f: impl FnOnce(&mut crate::journal::Attempt)) -> Result<()> {
+    ctx.journal.update(|j| f(j.unit_mut(id).attempts.last_mut().expect("an attempt")))
+}
+
+/// Takes an attempt from its recorded phase to `done`: start the agent container, watch it,
+/// extract the change, judge it (scope, verify).
+async fn drive_attempt(
+    ctx: &Ctx<'_>,
+    p: &Planned,
+    plan: &AgentPlan,
+    attempt: &crate::journal::Attempt,
+) -> Result<()> {
+    let id = &p.unit.meta.id;
+    let mut phase = attempt.phase;
+    loop {
+        let a = ctx.journal.read(|j| j.unit(id).attempts.last().expect("an attempt").clone());
+        match phase {
+            AttemptPhase::Starting => start_agent(ctx, p, plan, &a).await?,
+            AttemptPhase::Running => watch_agent(ctx, p, plan, &a).await?,
+            AttemptPhase::Exited => extract_change(ctx, p, &a).await?,
+            AttemptPhase::Extracted => judge(ctx, p, plan, &a).await?,
+            AttemptPhase::Done => return Ok(()),
+        }
+        phase = ctx.journal.read(|j| j.unit(id).attempts.last().expect("an attempt").phase);
+    }
+}
+
+/// Creates, prepares and starts the agent container of an attempt.
+async fn start_agent(
+    ctx: &Ctx<'_>,
+    p: &Planned,
+    plan: &AgentPlan,
+    a: &crate::journal::Attempt,
+) -> Result<()> {
+    let id = &p.unit.meta.id;
+    // A container made before a crash, never recorded as started: start afresh.
+    for c in ctx
+        .engine
+        .list_containers(&[
+            &format!("{}={}", labels::RUN, ctx.run_id),
+            &format!("{}={id}", labels::UNIT),
+            &format!("{}={}", labels::ATTEMPT, a.n),
+        ])
+        .await?
+    {
+        if let Some(c) = c.id {
+            ctx.engine.remove_container(&c).await?;
+        }
+    }
+    let retry = retry_context(ctx, id, a.n)?;
+    ctx.reporter.phase(&format!(
+        "{id}: agent ({}) running{}",
+        plan.agent.name(),
+        if a.n > 1 { format!(", attempt {}", a.n) } else { String::new() }
+    ));
+    let spec = plan.agent.spec(&p.unit);
     let mut env = spec.env.clone();
-    env.extend(p.env.iter().cloned());
-    let redactor = crate::agent::Redactor::new(&p.env, &spec.secrets);
+    env.extend(plan.env.iter().cloned());
+    env.push(format!("BOXDELEGATE_ATTEMPT={}", a.n));
     let mut host = hardened_host_config(&p.limits);
-    host.network_mode = Some(p.network.clone().unwrap_or_else(|| "none".into()));
-    let prompt = assemble_prompt(project, snapshot, entries, p)?;
-    let container = engine
+    host.network_mode = Some(plan.network.clone().unwrap_or_else(|| "none".into()));
+    let prompt = assemble_prompt(ctx.project, ctx.snapshot, ctx.entries, p, plan, retry)?;
+    extract::write_private(&a.dir.join("prompt.md"), prompt.as_bytes())?;
+    let container = ctx
+        .engine
         .create_container(ContainerCreateBody {
-            image: Some(image.to_string()),
+            image: Some(ctx.image.to_string()),
             cmd: Some(spec.cmd.clone()),
             env: Some(env),
             working_dir: Some("/work".into()),
             labels: Some(HashMap::from([
                 (labels::KIND.to_string(), "agent".to_string()),
-                (labels::RUN.to_string(), run_id.to_string()),
+                (labels::RUN.to_string(), ctx.run_id.to_string()),
                 (labels::UNIT.to_string(), id.clone()),
+                (labels::ATTEMPT.to_string(), a.n.to_string()),
             ])),
-            network_disabled: Some(p.network.is_none()),
+            network_disabled: Some(plan.network.is_none()),
             host_config: Some(host),
             ..Default::default()
         })
         .await?;
-    let activity = std::sync::Arc::new(std::sync::Mutex::new(
-        crate::agent::events::Activity::default(),
-    ));
-    let outcome = async {
-        engine
+    let prepared = async {
+        ctx.engine
             .upload(&container, PROMPT_DIR, prompt_tar(&prompt)?)
             .await?;
         for f in &spec.files {
-            engine
+            ctx.engine
                 .upload(
                     &container,
                     &f.dir,
@@ -437,156 +1153,352 @@ async fn run_unit(
                 .await?;
         }
         if let Some(tool) = &spec.tool_image {
-            crate::agent::codex::install_into(engine, tool, &container).await?;
+            crate::agent::codex::install_into(ctx.engine, tool, &container).await?;
         }
-        engine.start(&container).await?;
-        let log_task = {
-            let engine = engine.clone();
-            let container = container.clone();
-            let log_path = unit_dir.join("agent.log");
-            let sink = reporter.line_sink();
-            let redactor = redactor.clone();
-            let activity = activity.clone();
-            let codex = spec.events == crate::agent::Events::Codex;
-            let silence = p.silence_warning;
-            let unit = id.clone();
-            tokio::spawn(async move {
-                let mut file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode_private()
-                    .open(&log_path)
-                    .ok();
-                let mut logs = Box::pin(engine.logs(&container, None, true));
-                let mut partial = String::new();
-                let mut warned = false;
-                loop {
-                    let next = match tokio::time::timeout(silence, logs.next()).await {
-                        Ok(next) => next,
-                        Err(_) => {
-                            if !warned {
-                                sink(&format!(
-                                    "warning: {unit}: the agent has printed nothing for {}",
-                                    humantime::format_duration(silence)
-                                ));
-                                warned = true;
-                            }
-                            continue;
+        ctx.engine.start(&container).await
+    }
+    .await;
+    if let Err(e) = prepared {
+        ctx.engine.remove_container(&container).await?;
+        return Err(e);
+    }
+    update_attempt(ctx, id, |a| {
+        a.container = Some(container.clone());
+        a.phase = AttemptPhase::Running;
+        a.started_at = Some(unix_now());
+    })?;
+    crate::failpoint::hit("agent-started");
+    Ok(())
+}
+
+/// What the retry prompt says about the last failed change, when there was one.
+fn retry_context(ctx: &Ctx<'_>, id: &str, n: u32) -> Result<Option<crate::agent::prompt::Retry>> {
+    let failed = ctx.journal.read(|j| {
+        j.unit(id)
+            .attempts
+            .iter()
+            .filter(|a| a.n < n && a.phase == AttemptPhase::Done && a.infra.is_none())
+            .last()
+            .cloned()
+    });
+    let Some(f) = failed else { return Ok(None) };
+    let r = &f.result;
+    let mut summary = format!("Outcome: {}\n", r.message);
+    if let Ok(data) = std::fs::read(f.dir.join("changes.json")) {
+        if let Ok(set) = serde_json::from_slice::<ChangeSet>(&data) {
+            summary.push_str(&format!("Files it changed ({}):\n", set.changes.len()));
+            for c in &set.changes {
+                summary.push_str(&format!("- {}\n", String::from_utf8_lossy(&c.path)));
+            }
+        }
+    }
+    if !r.rejections.is_empty() {
+        summary.push_str("Scope rules it broke:\n");
+        for rej in &r.rejections {
+            summary.push_str(&format!("- {rej}\n"));
+        }
+    }
+    let mut output = String::new();
+    if let Some(v) = &r.verdict {
+        output.push_str(&v.explain());
+        output.push('\n');
+        if let Ok(log) = std::fs::read(f.dir.join("verify.log")) {
+            output.push_str(&String::from_utf8_lossy(&log));
+        }
+    } else if r.status == Status::AgentFailed {
+        if let Ok(log) = std::fs::read(f.dir.join("agent.log")) {
+            output.push_str(&String::from_utf8_lossy(&log));
+        }
+    }
+    Ok(Some(crate::agent::prompt::Retry {
+        attempt: f.n,
+        failure_output: output,
+        rejected_summary: summary,
+    }))
+}
+
+/// Watches a started agent container until it exits or outlives its timeout; after a resume
+/// this re-attaches to the container the earlier process started.
+async fn watch_agent(
+    ctx: &Ctx<'_>,
+    p: &Planned,
+    plan: &AgentPlan,
+    a: &crate::journal::Attempt,
+) -> Result<()> {
+    let id = &p.unit.meta.id;
+    let container = a.container.clone().expect("a running attempt has a container");
+    match ctx.engine.container_running(&container).await? {
+        None => {
+            // Gone (removed by hand or by an interrupted process): the attempt starts afresh.
+            ctx.reporter.phase(&format!("{id}: the agent container {} is gone; starting the attempt again", short(&container)));
+            return update_attempt(ctx, id, |a| {
+                a.phase = AttemptPhase::Starting;
+                a.container = None;
+            });
+        }
+        Some(running) => {
+            ctx.engine.adopt(&container);
+            if running && a.started_at.is_some_and(|s| unix_now() - s > 1.0) {
+                ctx.reporter.phase(&format!("{id}: re-attached to the running agent container {}", short(&container)));
+            }
+        }
+    }
+    let spec = plan.agent.spec(&p.unit);
+    let redactor = crate::agent::Redactor::new(&plan.env, &spec.secrets);
+    let activity = std::sync::Arc::new(std::sync::Mutex::new(
+        crate::agent::events::Activity::default(),
+    ));
+    let oom = ctx.engine.watch_oom(&container);
+    let log_task = {
+        let engine = ctx.engine.clone();
+        let container = container.clone();
+        let log_path = a.dir.join("agent.log");
+        let sink = ctx.reporter.line_sink();
+        let redactor = redactor.clone();
+        let activity = activity.clone();
+        let codex = spec.events == crate::agent::Events::Codex;
+        let silence = plan.silence_warning;
+        let unit = id.clone();
+        tokio::spawn(async move {
+            // The engine replays the whole output, so the log is written anew.
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .mode_private()
+                .open(&log_path)
+                .ok();
+            let mut logs = Box::pin(engine.logs(&container, None, true));
+            let mut partial = String::new();
+            let mut warned = false;
+            loop {
+                let next = match tokio::time::timeout(silence, logs.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        if !warned {
+                            sink(&format!(
+                                "warning: {unit}: the agent has printed nothing for {}",
+                                humantime::format_duration(silence)
+                            ));
+                            warned = true;
                         }
-                    };
-                    let Some(Ok(chunk)) = next else { break };
-                    warned = false;
-                    partial.push_str(&chunk);
-                    while let Some(i) = partial.find('\n') {
-                        let line: String = partial.drain(..=i).collect();
-                        let line = redactor.redact(line.trim_end_matches(['\n', '\r']));
-                        if let Some(f) = file.as_mut() {
-                            let _ = writeln!(f, "{line}");
-                        }
-                        if codex {
-                            let mut a = activity.lock().expect("poisoned");
-                            if a.feed(&line) {
-                                sink(&format!("{unit}: {}", a.status_line()));
-                                continue;
-                            }
-                        }
-                        sink(&line);
+                        continue;
                     }
-                }
-                if !partial.is_empty() {
-                    let line = redactor.redact(&partial);
+                };
+                let Some(Ok(chunk)) = next else { break };
+                warned = false;
+                partial.push_str(&chunk);
+                while let Some(i) = partial.find('\n') {
+                    let line: String = partial.drain(..=i).collect();
+                    let line = redactor.redact(line.trim_end_matches(['\n', '\r']));
                     if let Some(f) = file.as_mut() {
                         let _ = writeln!(f, "{line}");
                     }
                     if codex {
-                        activity.lock().expect("poisoned").feed(&line);
+                        let mut a = activity.lock().expect("poisoned");
+                        if a.feed(&line) {
+                            sink(&format!("{unit}: {}", a.status_line()));
+                            continue;
+                        }
                     }
+                    sink(&line);
                 }
-            })
-        };
-        let waited = tokio::time::timeout(p.timeout, engine.wait(&container)).await;
-        let code = match waited {
-            Ok(code) => Some(code?),
-            Err(_) => {
-                engine.kill(&container).await?;
-                None
             }
-        };
-        // The log stream ends with the container; give it a moment to drain, then stop it.
-        let _ = tokio::time::timeout(Duration::from_secs(5), log_task).await;
-        Ok::<_, Error>(code)
-    }
-    .await;
-    let code = match outcome {
-        Ok(code) => code,
-        Err(e) => {
-            engine.remove_container(&container).await?;
-            return Err(e);
+            if !partial.is_empty() {
+                let line = redactor.redact(&partial);
+                if let Some(f) = file.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
+                if codex {
+                    activity.lock().expect("poisoned").feed(&line);
+                }
+            }
+        })
+    };
+    let started = a.started_at.unwrap_or_else(unix_now);
+    let remaining = plan
+        .timeout
+        .saturating_sub(Duration::from_secs_f64((unix_now() - started).max(0.0)));
+    let waited = tokio::time::timeout(remaining, ctx.engine.wait(&container)).await;
+    let code = match waited {
+        Ok(code) => Some(code?),
+        Err(_) => {
+            ctx.engine.kill(&container).await?;
+            None
         }
     };
+    let agent_seconds = (unix_now() - started).max(0.0);
+    // The log stream ends with the container; give it a moment to drain, then stop it.
+    let _ = tokio::time::timeout(Duration::from_secs(5), log_task).await;
+    let oom_killed = code.is_some()
+        && (oom.count() > 0 || ctx.engine.oom_killed(&container).await.unwrap_or(false));
     let activity = activity.lock().expect("poisoned").clone();
-    if spec.events == crate::agent::Events::Codex {
-        result.usage = Some(activity.usage.clone());
-        result.cost_usd = p
-            .price
-            .as_ref()
-            .map(|price| crate::agent::events::cost(&activity.usage, price));
-        result.agent_activity = Some(activity.clone());
-    }
-    let Some(code) = code else {
-        engine.remove_container(&container).await?;
-        result.status = Status::Timeout;
-        result.message = format!(
-            "the agent ran longer than {}s and was killed; nothing landed",
-            p.timeout.as_secs()
-        );
-        result.seconds = started.elapsed().as_secs_f64();
-        return Ok(result);
+    let codex = spec.events == crate::agent::Events::Codex;
+    let stopped = match code {
+        None => Some((
+            Status::Timeout,
+            "timeout",
+            format!(
+                "the agent ran longer than {}s and was killed; nothing landed",
+                plan.timeout.as_secs()
+            ),
+        )),
+        Some(_) if oom_killed => Some((
+            Status::InfraError,
+            "oom",
+            format!(
+                "the agent container was killed by the out-of-memory killer (limit {} MiB); nothing landed",
+                p.limits.memory >> 20
+            ),
+        )),
+        _ => None,
     };
-    result.agent_exit_code = Some(code);
+    if stopped.is_some() {
+        ctx.engine.remove_container(&container).await?;
+    }
+    update_attempt(ctx, id, |at| {
+        at.agent_seconds = agent_seconds;
+        let r = &mut at.result;
+        r.agent_exit_code = code;
+        if codex {
+            r.usage = Some(activity.usage.clone());
+            r.cost_usd = plan
+                .price
+                .as_ref()
+                .map(|price| crate::agent::events::cost(&activity.usage, price));
+            r.agent_activity = Some(activity.clone());
+        }
+        match stopped {
+            Some((status, kind, message)) => {
+                r.status = status;
+                r.message = message;
+                at.infra = Some(kind.into());
+                at.phase = AttemptPhase::Done;
+            }
+            None => at.phase = AttemptPhase::Exited,
+        }
+    })?;
+    crate::failpoint::hit("agent-exited");
+    Ok(())
+}
 
-    // Extract, then the container is gone.
-    reporter.phase(&format!("{id}: extracting the change"));
+/// Reads the change out of the exited agent container, stores it in the attempt's directory
+/// and removes the container.
+async fn extract_change(ctx: &Ctx<'_>, p: &Planned, a: &crate::journal::Attempt) -> Result<()> {
+    let id = &p.unit.meta.id;
+    let container = a.container.clone().expect("an exited attempt has a container");
+    if ctx.engine.container_running(&container).await?.is_none() {
+        ctx.reporter.phase(&format!("{id}: the agent container {} is gone before its change was read; starting the attempt again", short(&container)));
+        return update_attempt(ctx, id, |a| {
+            a.phase = AttemptPhase::Starting;
+            a.container = None;
+        });
+    }
+    ctx.reporter.phase(&format!("{id}: extracting the change"));
     let read_limits = ReadLimits {
         entries: p.limits.max_files,
         bytes: p.limits.max_bytes,
     };
     let extracted = extract::extract(
-        engine,
+        ctx.engine,
         &container,
-        &project.repo,
-        &snapshot.tree,
-        entries,
+        &ctx.project.repo,
+        &ctx.snapshot.tree,
+        ctx.entries,
         read_limits,
     )
     .await;
-    engine.remove_container(&container).await?;
-    let extracted = extracted?;
+    let extracted = match extracted {
+        Ok(e) => e,
+        Err(e) => {
+            ctx.engine.remove_container(&container).await?;
+            return Err(e);
+        }
+    };
     let set: &ChangeSet = &extracted.set;
-    result.files_changed = set.changes.len();
     let changes_json =
         serde_json::to_vec_pretty(set).map_err(|e| Error::Internal(e.to_string()))?;
-    extract::write_private(&unit_dir.join("changes.json"), &changes_json)?;
-
+    extract::write_private(&a.dir.join("changes.json"), &changes_json)?;
+    let mut written = None;
     if set.truncated.is_none() && !set.changes.is_empty() {
-        let patch = unit_dir.join("change.patch");
-        let written = extracted.write(
-            &project.repo,
-            &unit_dir.join("objects"),
-            &snapshot.tree,
+        let patch = a.dir.join("change.patch");
+        let w = extracted.write(
+            &ctx.project.repo,
+            &a.dir.join("objects"),
+            &ctx.snapshot.tree,
             &patch,
         )?;
-        result.tree = Some(written.tree);
-        result.patch = Some(patch);
-        result.patch_sha256 = Some(written.patch_sha256);
+        written = Some((w, patch));
     }
+    let files = set.changes.len();
+    update_attempt(ctx, id, |a| {
+        a.result.files_changed = files;
+        if let Some((w, patch)) = written {
+            a.result.tree = Some(w.tree);
+            a.result.patch = Some(patch);
+            a.result.patch_sha256 = Some(w.patch_sha256);
+        }
+        a.phase = AttemptPhase::Extracted;
+    })?;
+    ctx.engine.remove_container(&container).await?;
+    crate::failpoint::hit("extracted");
+    Ok(())
+}
+
+/// Judges an extracted change: the agent's own outcome, the scope, then verification in a
+/// clean container. `landed` as the attempt's status means "ready to land".
+async fn judge(
+    ctx: &Ctx<'_>,
+    p: &Planned,
+    plan: &AgentPlan,
+    a: &crate::journal::Attempt,
+) -> Result<()> {
+    let id = &p.unit.meta.id;
+    let mut result = a.result.clone();
+    let set: ChangeSet = serde_json::from_slice(
+        &std::fs::read(a.dir.join("changes.json"))
+            .map_err(|e| Error::io("reading the attempt's change set", e))?,
+    )
+    .map_err(|e| Error::Internal(format!("the attempt's change set is unreadable: {e}")))?;
+    let spec = plan.agent.spec(&p.unit);
+    let redactor = crate::agent::Redactor::new(&plan.env, &spec.secrets);
+    let mut infra = None;
+    let verdict = judge_change(ctx, p, &spec, &redactor, &set, a, &mut result, &mut infra).await?;
+    if verdict {
+        result.status = Status::Landed;
+        result.message = "passed every check; waiting to land".into();
+    }
+    update_attempt(ctx, id, |at| {
+        at.result = result;
+        at.infra = infra;
+        at.phase = AttemptPhase::Done;
+    })?;
+    Ok(())
+}
+
+/// Fills `result` with the judgement of the change; true when it may land.
+#[allow(clippy::too_many_arguments)]
+async fn judge_change(
+    ctx: &Ctx<'_>,
+    p: &Planned,
+    spec: &crate::agent::AgentSpec,
+    redactor: &crate::agent::Redactor,
+    set: &ChangeSet,
+    a: &crate::journal::Attempt,
+    result: &mut UnitResult,
+    infra: &mut Option<String>,
+) -> Result<bool> {
+    let id = &p.unit.meta.id;
+    let code = result.agent_exit_code.unwrap_or(-1);
     if spec.events == crate::agent::Events::Codex {
+        let activity = result.agent_activity.clone().unwrap_or_default();
         if let Some(message) = &activity.turn_failed {
             let kind = activity
                 .failure
                 .unwrap_or_else(|| crate::agent::events::classify_failure(message));
             result.agent_failure = Some(kind);
             result.status = if kind.is_infrastructure() {
+                *infra = Some("model-endpoint".into());
                 Status::InfraError
             } else {
                 Status::AgentFailed
@@ -604,15 +1516,13 @@ async fn run_unit(
                 },
                 redactor.redact(message)
             );
-            result.seconds = started.elapsed().as_secs_f64();
-            return Ok(result);
+            return Ok(false);
         }
         if code == 0 && !activity.turn_completed {
             result.status = Status::AgentFailed;
             result.message =
                 "codex exited 0 without completing its turn (no turn.completed event); nothing landed".into();
-            result.seconds = started.elapsed().as_secs_f64();
-            return Ok(result);
+            return Ok(false);
         }
         if !activity.failed_file_changes.is_empty() {
             result.warnings.push(format!(
@@ -632,14 +1542,12 @@ async fn run_unit(
                 ""
             }
         );
-        result.seconds = started.elapsed().as_secs_f64();
-        return Ok(result);
+        return Ok(false);
     }
     if set.is_empty() {
         result.status = Status::NoChange;
         result.message = "the agent changed nothing".into();
-        result.seconds = started.elapsed().as_secs_f64();
-        return Ok(result);
+        return Ok(false);
     }
 
     // Scope. Edits of protected paths are reported and the change is rejected, but it is still
@@ -660,17 +1568,19 @@ async fn run_unit(
     };
     if !result.rejections.is_empty() && (!protected_only || p.checks.is_empty()) {
         result.status = Status::Rejected;
-        result.message = rejected_message(&result);
-        result.seconds = started.elapsed().as_secs_f64();
-        return Ok(result);
+        result.message = rejected_message(result);
+        return Ok(false);
+    }
+    if p.checks.is_empty() {
+        return Ok(true);
     }
 
-    // Verify in a clean container, then land.
-    land::import_objects(&project.repo, &unit_dir.join("objects"))?;
+    // Verify in a clean container.
+    land::import_objects(&ctx.project.repo, &a.dir.join("objects"))?;
     let tree = result.tree.clone().expect("an accepted change has a tree");
-    let cache_dir = crate::verify::state_paths(&project.repo.common_dir).1;
-    let verify_log = unit_dir.join("verify.log");
-    let sink = reporter.line_sink();
+    let cache_dir = crate::verify::state_paths(&ctx.project.repo.common_dir).1;
+    let verify_log = a.dir.join("verify.log");
+    let sink = ctx.reporter.line_sink();
     let on_line = |l: &str| sink(l);
     let check_names = p
         .checks
@@ -678,74 +1588,129 @@ async fn run_unit(
         .map(|c| c.name.as_str())
         .collect::<Vec<_>>()
         .join(", ");
-    let vreq = crate::verify::VerifyRequest {
-        image,
-        image_tree: &snapshot.tree,
-        base_tree: &snapshot.tree,
-        tree: &tree,
-        deps_key,
+    let vreq = verify_request(ctx, p, &tree, &verify_log, &cache_dir);
+    ctx.reporter.phase(&format!("{id}: verifying ({check_names})"));
+    let verdict = crate::verify::verify(ctx.engine, &ctx.project.repo, &vreq, &on_line).await?;
+    let passed = verdict.passed;
+    let summary = verdict.summary.clone();
+    let failure = (!passed).then(|| failure_status(&verdict, "", p.settings.timeout_secs));
+    if verdict.verdict == crate::verify::Kind::InfraError {
+        *infra = Some("verify".into());
+    }
+    result.verdict = Some(verdict);
+    if protected_only {
+        result.status = Status::Rejected;
+        result.message = format!(
+            "{}; with the protected paths restored, verification says {summary}",
+            rejected_message(result)
+        );
+        return Ok(false);
+    }
+    if let Some((status, message)) = failure {
+        result.status = status;
+        result.message = message;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+fn verify_request<'a>(
+    ctx: &'a Ctx<'_>,
+    p: &'a Planned,
+    tree: &'a str,
+    log: &'a Path,
+    cache_dir: &'a Path,
+) -> crate::verify::VerifyRequest<'a> {
+    crate::verify::VerifyRequest {
+        image: ctx.image,
+        image_tree: &ctx.snapshot.tree,
+        base_tree: &ctx.snapshot.tree,
+        tree,
+        deps_key: ctx.deps_key,
         checks: &p.checks,
         settings: &p.settings,
         protected: Some(&p.globs.protected),
         expect: &p.unit.meta.tests,
         limits: &p.limits,
-        run_id,
-        unit_id: id,
-        log: &verify_log,
-        cache_dir: &cache_dir,
-    };
-    if !p.checks.is_empty() {
-        reporter.phase(&format!("{id}: verifying ({check_names})"));
-        let verdict = crate::verify::verify(engine, &project.repo, &vreq, &on_line).await?;
-        let passed = verdict.passed;
-        let summary = verdict.summary.clone();
-        let failure = (!passed).then(|| failure_status(&verdict, "", p.settings.timeout_secs));
-        result.verdict = Some(verdict);
-        if protected_only {
-            result.status = Status::Rejected;
-            result.message = format!(
-                "{}; with the protected paths restored, verification says {summary}",
-                rejected_message(&result)
+        run_id: ctx.run_id,
+        unit_id: &p.unit.meta.id,
+        log,
+        cache_dir,
+    }
+}
+
+/// Lands a unit that is ready, exactly once: the commit made for it is recorded before the
+/// branch moves, so a resumed run can tell whether the move happened.
+async fn land_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
+    let id = &p.unit.meta.id;
+    let (phase, landing, attempt) = ctx.journal.read(|j| {
+        let u = j.unit(id);
+        (u.phase, u.landing.clone(), u.attempts.last().cloned())
+    });
+    if !matches!(phase, UnitPhase::Ready | UnitPhase::Landing) {
+        return Ok(());
+    }
+    let attempt = attempt.expect("a ready unit has an attempt");
+    let mut result = attempt.result.clone();
+    let req = land_request(&result).expect("a ready change has a tree");
+    let repo = &ctx.project.repo;
+    if let Some(l) = &landing {
+        let on_branch = repo.resolve(&format!("refs/heads/{}", p.branch))?.is_some_and(|head| {
+            head == l.commit
+                || repo
+                    .run(&["merge-base", "--is-ancestor", &l.commit, &head])
+                    .is_ok()
+        });
+        if on_branch {
+            ctx.reporter.phase(&format!("{id}: landed before the interruption as {}", short(&l.commit)));
+            let rebased_onto = (l.old.is_some() && l.old.as_deref() != Some(&req.snapshot_commit))
+                .then(|| l.old.clone())
+                .flatten();
+            finish_landing(
+                &mut result,
+                Landed::Committed {
+                    commit: l.commit.clone(),
+                    branch: p.branch.clone(),
+                    rebased_onto,
+                    worktree_updated: false,
+                    note: None,
+                },
             );
-            result.seconds = started.elapsed().as_secs_f64();
-            return Ok(result);
-        }
-        if let Some((status, message)) = failure {
-            result.status = status;
-            result.message = message;
-            result.seconds = started.elapsed().as_secs_f64();
-            return Ok(result);
+            return finish_landed(ctx, id, result);
         }
     }
-    reporter.phase(&format!("{id}: landing on {}", p.branch));
-    let req = land_request(&result).expect("an accepted change has a tree");
-    let prepared = land::prepare(&project.repo, &req)?;
+    ctx.reporter.phase(&format!("{id}: landing on {}", p.branch));
+    land::import_objects(repo, &attempt.dir.join("objects"))?;
+    let prepared = land::prepare(repo, &req)?;
     if let land::Prepared::Ready {
         merged: Some((head, merged_tree)),
         ..
     } = &prepared
     {
+        let tree = result.tree.clone().unwrap_or_default();
         let reverify = *merged_tree != tree
             && p.merged == crate::config::MergedPolicy::Reverify
             && !p.checks.is_empty();
         if reverify {
-            reporter.phase(&format!(
+            ctx.reporter.phase(&format!(
                 "{id}: {} moved to {}; verifying the merged tree before landing it",
                 p.branch,
                 short(head)
             ));
-            let head_tree = project
-                .repo
-                .text(&["rev-parse", &format!("{head}^{{tree}}")])?;
+            let head_tree = repo.text(&["rev-parse", &format!("{head}^{{tree}}")])?;
+            let cache_dir = crate::verify::state_paths(&repo.common_dir).1;
+            let log = attempt.dir.join("verify-merged.log");
+            let sink = ctx.reporter.line_sink();
+            let on_line = |l: &str| sink(l);
             // The merged tree, judged against the head it lands on; protected paths are the
             // head's (the unit's own edits of them were refused by the scope check).
             let vreq = crate::verify::VerifyRequest {
                 base_tree: &head_tree,
                 tree: merged_tree,
                 protected: None,
-                ..vreq
+                ..verify_request(ctx, p, &tree, &log, &cache_dir)
             };
-            let verdict = crate::verify::verify(engine, &project.repo, &vreq, &on_line).await?;
+            let verdict = crate::verify::verify(ctx.engine, repo, &vreq, &on_line).await?;
             let failure = (!verdict.passed).then(|| {
                 failure_status(
                     &verdict,
@@ -761,16 +1726,46 @@ async fn run_unit(
             if let Some((status, message)) = failure {
                 result.status = status;
                 result.message = message;
-                result.seconds = started.elapsed().as_secs_f64();
-                return Ok(result);
+                return finish_unit(ctx, id, result);
             }
         }
     }
-    let landed = land::finish(&project.repo, &req, prepared)?;
+    if let land::Prepared::Ready { commit, old, .. } = &prepared {
+        ctx.journal.update(|j| {
+            let u = j.unit_mut(id);
+            u.phase = UnitPhase::Landing;
+            u.landing = Some(crate::journal::Landing {
+                commit: commit.clone(),
+                old: old.clone(),
+            });
+        })?;
+        crate::failpoint::hit("landing");
+    }
+    let landed = land::finish(repo, &req, prepared)?;
+    crate::failpoint::hit("landed");
     finish_landing(&mut result, landed);
-    result.seconds = started.elapsed().as_secs_f64();
-    Ok(result)
+    finish_landed(ctx, id, result)
 }
+
+fn finish_landed(ctx: &Ctx<'_>, id: &str, mut result: UnitResult) -> Result<()> {
+    if result.status == Status::Landed {
+        let (n, fallback) = ctx.journal.read(|j| {
+            let u = j.unit(id);
+            let regular = u.attempts.iter().filter(|a| a.infra.is_none() && a.role == Role::Primary).count();
+            (regular.saturating_sub(1), u.attempts.last().is_some_and(|a| a.role == Role::Fallback))
+        });
+        if fallback {
+            result.message.push_str(" by the fallback agent");
+        } else if n > 0 {
+            result.message.push_str(&format!(
+                " after {n} retr{}",
+                if n == 1 { "y" } else { "ies" }
+            ));
+        }
+    }
+    finish_unit(ctx, id, result)
+}
+
 
 /// The status and message of a unit whose verdict keeps it from landing.
 fn failure_status(
@@ -859,10 +1854,12 @@ pub fn apply(project: &Project, id: &str, branch: Option<String>) -> Result<Unit
     land::check_target(&project.repo, &result.branch)?;
     let unit = unit::load(&project.repo.root, &project.config.project.units_dir, id)?;
     let globs = unit.globs()?;
-    let unit_dir = state_dir(project)
-        .join("runs")
-        .join(&result.run_id)
-        .join(id);
+    let unit_dir = result.attempt_dir.clone().unwrap_or_else(|| {
+        state_dir(project)
+            .join("runs")
+            .join(&result.run_id)
+            .join(id)
+    });
     let set: ChangeSet = serde_json::from_slice(
         &std::fs::read(unit_dir.join("changes.json"))
             .map_err(|e| Error::io("reading the kept change set", e))?,
@@ -925,6 +1922,8 @@ fn assemble_prompt(
     snapshot: &Snapshot,
     entries: &[snapshot::TreeEntry],
     p: &Planned,
+    plan: &AgentPlan,
+    retry: Option<crate::agent::prompt::Retry>,
 ) -> Result<String> {
     use crate::agent::prompt::{self, ContextFile};
     let read = |path: &str| -> Option<String> {
@@ -966,7 +1965,7 @@ fn assemble_prompt(
         .iter()
         .find(|c| c.name == "test")
         .map(|c| c.command.clone());
-    let network = match &p.network {
+    let network = match &plan.network {
         None => "off: the container has no network".to_string(),
         Some(n) => format!("limited to the engine network {n:?} (the model's endpoint)"),
     };
@@ -984,7 +1983,7 @@ fn assemble_prompt(
         standards,
         gotchas: gotchas.as_deref(),
         network: &network,
-        retry: None,
+        retry,
     }))
 }
 
@@ -1003,9 +2002,13 @@ impl PrivateOpen for std::fs::OpenOptions {
     }
 }
 
-/// The process exit code for a set of results: 0 when every unit landed (now or before), else
-/// the code of the first unit that did not.
+/// The process exit code for a set of results: 0 when every unit landed (now or before);
+/// [`exit::BREAKER`] when the circuit breaker skipped units; else the code of the first unit
+/// that did not land.
 pub fn exit_code(results: &[UnitResult]) -> i32 {
+    if results.iter().any(|r| r.status == Status::Skipped) {
+        return exit::BREAKER;
+    }
     results
         .iter()
         .map(|r| r.status.exit_code())

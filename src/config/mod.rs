@@ -28,6 +28,8 @@ pub struct Config {
     pub verify: VerifyConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub run: RunConfig,
     /// Prices per model, in USD per million tokens, for the cost estimate (`"*"` matches any
     /// model). No prices are built in: they would silently go stale.
     #[serde(default)]
@@ -119,6 +121,32 @@ pub struct AgentConfig {
     /// For `kind = "codex"`: a custom model provider (a local model or a gateway).
     #[serde(default)]
     pub provider: Option<CodexProvider>,
+    /// Fresh attempts after a change is rejected or fails verification (default 2).
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// Another agent configuration that gets the unit once the retries are spent (same keys
+    /// as `[agent]`, without a fallback of its own).
+    #[serde(default)]
+    pub fallback: Option<Box<AgentConfig>>,
+}
+
+/// How a run with several units behaves.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Units worked on at once (default: from the engine's CPUs and memory).
+    #[serde(default)]
+    pub jobs: Option<usize>,
+    /// Retries of an attempt stopped by the infrastructure (engine error, OOM kill, agent
+    /// timeout, model endpoint failure), apart from `[agent] retries` (default 2).
+    #[serde(default)]
+    pub infra_retries: Option<u32>,
+    /// Wait before the first infrastructure retry, doubled for each further one (default 10s).
+    #[serde(default, with = "duration_opt")]
+    pub backoff: Option<Duration>,
+    /// Consecutive infrastructure failures after which no new unit is started (default 3).
+    #[serde(default)]
+    pub breaker: Option<u32>,
 }
 
 /// A model provider for Codex, speaking the Responses API.
@@ -301,6 +329,23 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if let Some(f) = &self.agent.fallback {
+            if f.fallback.is_some() {
+                return Err(Error::config(
+                    file,
+                    "agent.fallback.fallback: a fallback agent has no fallback of its own",
+                ));
+            }
+            if f.kind == AgentKind::Command && f.command.as_deref().is_none_or(|c| c.trim().is_empty()) {
+                return Err(Error::config(file, "agent.fallback.command: is empty or missing"));
+            }
+        }
+        if self.run.jobs == Some(0) {
+            return Err(Error::config(file, "run.jobs: must be at least 1"));
+        }
+        if self.run.breaker == Some(0) {
+            return Err(Error::config(file, "run.breaker: must be at least 1"));
         }
         if let Some(n) = &self.agent.network {
             if n.is_empty() || n == "host" || n.starts_with("container:") {

@@ -31,6 +31,7 @@ pub mod labels {
     pub const VERSION: &str = "boxdelegate.version";
     pub const RUN: &str = "boxdelegate.run";
     pub const UNIT: &str = "boxdelegate.unit";
+    pub const ATTEMPT: &str = "boxdelegate.attempt";
 }
 
 /// A request body: a stream of byte chunks (a tar archive).
@@ -164,6 +165,36 @@ impl Engine {
             storage_driver: info.driver.unwrap_or_default(),
             root_dir: info.docker_root_dir.unwrap_or_default(),
         })
+    }
+
+    /// The engine's CPUs and memory in bytes (what parallel units share).
+    pub async fn capacity(&self) -> Result<(usize, u64)> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| Error::engine("reading engine info", e))?;
+        Ok((
+            info.ncpu.unwrap_or(1).max(1) as usize,
+            info.mem_total.unwrap_or(0).max(0) as u64,
+        ))
+    }
+
+    /// Counts a container started by an earlier process (a resumed run) as this process's own,
+    /// so an interruption removes it too.
+    pub fn adopt(&self, id: &str) {
+        self.live.lock().expect("poisoned").insert(id.to_string());
+    }
+
+    /// Whether container `id` is running; `None` when it does not exist.
+    pub async fn container_running(&self, id: &str) -> Result<Option<bool>> {
+        match self.docker.inspect_container(id, None).await {
+            Ok(c) => Ok(Some(
+                c.state.and_then(|s| s.running).unwrap_or(false),
+            )),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(Error::engine(format!("inspecting container {}", short(id)), e)),
+        }
     }
 
     /// The id of image `name`, or `None` when the engine has no such image.

@@ -1,0 +1,355 @@
+//! `boxdelegate status` and `boxdelegate clean`: what the runs of a repository hold (from their
+//! journals and from the engine's labels), and removing what finished runs left behind.
+
+use std::path::Path;
+
+use crate::commands::Project;
+use crate::engine::{labels, short, Engine};
+use crate::error::{exit, Error, Result};
+use crate::journal::{self, Journal};
+
+/// A run id given on the command line: well formed and present.
+pub fn check_run_id(state: &Path, id: &str) -> Result<()> {
+    if !journal::valid_run_id(id) || !journal::runs_dir(state).join(id).is_dir() {
+        return Err(Error::Usage {
+            message: format!("there is no run {id:?} in this repository"),
+            hint: "`boxdelegate status --all` lists the runs".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The newest run that did not finish.
+pub fn newest_unfinished(state: &Path) -> Result<String> {
+    for id in journal::run_ids(state).into_iter().rev() {
+        if !journal::load(state, &id)?.finished() {
+            return Ok(id);
+        }
+    }
+    Err(Error::Usage {
+        message: "there is no unfinished run to resume".into(),
+        hint: "`boxdelegate status --all` lists the runs; start one with `boxdelegate run`".into(),
+    })
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ContainerInfo {
+    id: String,
+    kind: String,
+    unit: String,
+    attempt: Option<String>,
+    state: String,
+}
+
+async fn containers(engine: Option<&Engine>, run_id: &str) -> Option<Vec<ContainerInfo>> {
+    let engine = engine?;
+    let list = engine
+        .list_containers(&[&format!("{}={run_id}", labels::RUN)])
+        .await
+        .ok()?;
+    Some(
+        list.into_iter()
+            .map(|c| {
+                let label = |k: &str| c.labels.as_ref().and_then(|l| l.get(k)).cloned();
+                ContainerInfo {
+                    id: c.id.clone().unwrap_or_default(),
+                    kind: label(labels::KIND).unwrap_or_default(),
+                    unit: label(labels::UNIT).unwrap_or_default(),
+                    attempt: label(labels::ATTEMPT),
+                    state: c
+                        .state
+                        .map(|s| s.to_string().to_lowercase())
+                        .unwrap_or_default(),
+                }
+            })
+            .collect(),
+    )
+}
+
+fn state_of(j: &Journal, busy: bool) -> &'static str {
+    if j.finished() {
+        "finished"
+    } else if busy {
+        "running"
+    } else {
+        "interrupted"
+    }
+}
+
+fn enum_str<T: serde::Serialize>(v: T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+pub async fn status(project: &Project, run: Option<String>, all: bool, json: bool) -> Result<i32> {
+    let state = crate::run::state_dir(project);
+    let ids = match &run {
+        Some(id) => {
+            check_run_id(&state, id)?;
+            vec![id.clone()]
+        }
+        None if all => journal::run_ids(&state),
+        None => journal::run_ids(&state).into_iter().rev().take(1).collect(),
+    };
+    let holder = journal::RepoLock::held_by(&state);
+    let engine = if ids.is_empty() {
+        None
+    } else {
+        Engine::connect().await.ok()
+    };
+    let mut runs = Vec::new();
+    let mut code = exit::OK;
+    for id in &ids {
+        let containers = containers(engine.as_ref(), id).await;
+        match journal::load(&state, id) {
+            Ok(j) => {
+                let busy = holder.is_some() && !j.finished();
+                if !json {
+                    print_run(&j, state_of(&j, busy), holder.as_deref(), containers.as_deref());
+                }
+                runs.push(serde_json::json!({
+                    "run_id": j.run_id,
+                    "state": state_of(&j, busy),
+                    "started_at": j.started_at,
+                    "finished_at": j.finished_at,
+                    "snapshot_commit": j.snapshot_commit,
+                    "snapshot_tree": j.snapshot_tree,
+                    "request": j.request,
+                    "breaker": j.breaker,
+                    "units": j.units.iter().map(|u| serde_json::json!({
+                        "id": u.id,
+                        "phase": u.phase,
+                        "status": u.result.as_ref().map(|r| r.status),
+                        "message": u.result.as_ref().map(|r| r.message.clone()),
+                        "landing": u.landing,
+                        "attempts": u.attempts.iter().map(|a| serde_json::json!({
+                            "n": a.n,
+                            "role": a.role,
+                            "agent": a.agent,
+                            "phase": a.phase,
+                            "status": (a.phase == journal::AttemptPhase::Done).then_some(a.result.status),
+                            "infra": a.infra,
+                            "container": a.container,
+                            "patch": a.result.patch,
+                            "dir": a.dir,
+                        })).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                    "containers": containers,
+                }));
+            }
+            Err(e) => {
+                code = e.exit_code();
+                if !json {
+                    eprintln!("error: {e}");
+                    if let Some(h) = e.hint() {
+                        eprintln!("hint: {h}");
+                    }
+                }
+                runs.push(serde_json::json!({
+                    "run_id": id,
+                    "state": "unreadable",
+                    "error": e.to_string(),
+                    "hint": e.hint(),
+                    "containers": containers,
+                }));
+            }
+        }
+    }
+    if json {
+        crate::commands::print_json(&serde_json::json!({ "runs": runs }))?;
+    } else if ids.is_empty() {
+        println!("no runs in this repository");
+    }
+    Ok(code)
+}
+
+fn print_run(
+    j: &Journal,
+    state: &str,
+    holder: Option<&str>,
+    containers: Option<&[ContainerInfo]>,
+) {
+    println!(
+        "run {}  {state}{}  snapshot {}  {} unit(s)",
+        j.run_id,
+        match (state, holder) {
+            ("running", Some(h)) => format!(" ({h})"),
+            ("interrupted", _) => " (continue it with `boxdelegate resume`)".into(),
+            _ => String::new(),
+        },
+        short(&j.snapshot_tree),
+        j.units.len()
+    );
+    if let Some(b) = &j.breaker {
+        println!("  circuit breaker open: {b}");
+    }
+    for u in &j.units {
+        let status = u
+            .result
+            .as_ref()
+            .map(|r| format!("{}: {}", enum_str(r.status), r.message))
+            .unwrap_or_else(|| enum_str(u.phase));
+        println!("  {:<20} {status}", u.id);
+        for a in &u.attempts {
+            println!(
+                "    attempt {} {} ({}){}{}",
+                a.n,
+                enum_str(a.phase),
+                a.agent,
+                if a.phase == journal::AttemptPhase::Done {
+                    format!(
+                        ": {}",
+                        a.infra
+                            .as_deref()
+                            .map(|k| format!("infra-error ({k})"))
+                            .unwrap_or_else(|| enum_str(a.result.status))
+                    )
+                } else {
+                    String::new()
+                },
+                a.container
+                    .as_deref()
+                    .filter(|_| a.phase != journal::AttemptPhase::Done)
+                    .map(|c| format!(", container {}", short(c)))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    match containers {
+        Some([]) => {}
+        Some(list) => {
+            for c in list {
+                println!(
+                    "  container {} {} unit {}{} {}",
+                    short(&c.id),
+                    c.kind,
+                    c.unit,
+                    c.attempt
+                        .as_deref()
+                        .map(|a| format!(" attempt {a}"))
+                        .unwrap_or_default(),
+                    c.state
+                );
+            }
+        }
+        None => println!("  containers: unknown (the engine is unreachable)"),
+    }
+}
+
+/// Removes the containers, unit images and directories of finished runs, or of run `run`.
+/// The caller holds the repository lock, so no boxdelegate is working on these runs.
+pub async fn clean(project: &Project, run: Option<String>, force: bool, json: bool) -> Result<i32> {
+    let state = crate::run::state_dir(project);
+    let mut targets = Vec::new();
+    let mut kept = Vec::new();
+    match &run {
+        Some(id) => {
+            check_run_id(&state, id)?;
+            targets.push((id.clone(), journal::load(&state, id)));
+        }
+        None => {
+            for id in journal::run_ids(&state) {
+                match journal::load(&state, &id) {
+                    Ok(j) if j.finished() => targets.push((id, Ok(j))),
+                    Ok(_) => kept.push(format!("{id} (not finished: `boxdelegate resume` continues it, `clean --run {id}` removes it)")),
+                    Err(_) => kept.push(format!("{id} (unreadable journal: `clean --run {id}` removes it)")),
+                }
+            }
+        }
+    }
+    if targets.is_empty() {
+        if json {
+            crate::commands::print_json(&serde_json::json!({ "removed": [], "kept": kept }))?;
+        } else {
+            println!("nothing to clean");
+            for k in &kept {
+                println!("  kept run {k}");
+            }
+        }
+        return Ok(exit::OK);
+    }
+    let engine = Engine::connect().await?;
+    // Images still wanted by the runs that stay.
+    let cleaned: Vec<&str> = targets.iter().map(|(id, _)| id.as_str()).collect();
+    let wanted: Vec<String> = journal::run_ids(&state)
+        .iter()
+        .filter(|id| !cleaned.contains(&id.as_str()))
+        .filter_map(|id| journal::load(&state, id).ok())
+        .filter_map(|j| j.unit_image)
+        .collect();
+    let mut removed = Vec::new();
+    for (id, loaded) in &targets {
+        let list = engine
+            .list_containers(&[&format!("{}={id}", labels::RUN)])
+            .await?;
+        let unfinished = !matches!(loaded, Ok(j) if j.finished());
+        let running = list
+            .iter()
+            .filter(|c| c.state.map(|s| s.to_string().to_lowercase()) == Some("running".into()))
+            .count();
+        if unfinished && running > 0 && !force {
+            return Err(Error::Usage {
+                message: format!(
+                    "run {id} is not finished and {running} of its container(s) still run (an agent at work)"
+                ),
+                hint: format!(
+                    "continue it with `boxdelegate resume {id}`, or remove it anyway with `boxdelegate clean --run {id} --force`"
+                ),
+            });
+        }
+        for c in &list {
+            if let Some(c) = &c.id {
+                engine.remove_container(c).await?;
+            }
+        }
+        let mut images = Vec::new();
+        if let Ok(Journal {
+            unit_image: Some(image),
+            ..
+        }) = loaded
+        {
+            if !wanted.contains(image) && engine.remove_image(image).await.is_ok() {
+                images.push(image.clone());
+            }
+        }
+        // Last results that point into this run go with it.
+        let last = state.join("last");
+        for e in std::fs::read_dir(&last).into_iter().flatten().flatten() {
+            let points_here = std::fs::read(e.path())
+                .ok()
+                .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
+                .is_some_and(|v| v["run_id"] == id.as_str());
+            if points_here {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let dir = journal::runs_dir(&state).join(id);
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
+        if !json {
+            println!(
+                "removed run {id}: {} container(s){}, its directory",
+                list.len(),
+                images
+                    .iter()
+                    .map(|i| format!(", image {i}"))
+                    .collect::<String>()
+            );
+        }
+        removed.push(serde_json::json!({
+            "run_id": id,
+            "containers": list.len(),
+            "images": images,
+        }));
+    }
+    if json {
+        crate::commands::print_json(&serde_json::json!({ "removed": removed, "kept": kept }))?;
+    } else {
+        for k in &kept {
+            println!("  kept run {k}");
+        }
+    }
+    Ok(exit::OK)
+}
