@@ -136,9 +136,10 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 rerun,
                 include_dirty: snap.include_dirty,
                 jobs: jobs.map(usize::from),
+                wait,
                 resume: None,
             };
-            run_command(global, args, wait, json).await
+            run_command(global, args, json).await
         }
         Command::Resume {
             run,
@@ -162,9 +163,10 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 rerun: false,
                 include_dirty: false,
                 jobs: jobs.map(usize::from),
+                wait,
                 resume: Some(id),
             };
-            run_command(global, args, wait, json).await
+            run_command(global, args, json).await
         }
         Command::Status { run, all, json } => {
             let project = Project::open(global)?;
@@ -217,9 +219,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             json,
         } => {
             let project = Project::open(global)?;
-            let _lock =
-                crate::journal::RepoLock::acquire(&crate::run::state_dir(&project), "apply", wait)?;
-            let r = crate::run::apply(&project, &unit, branch)?;
+            let r = crate::run::apply(&project, &unit, branch, wait)?;
             if json {
                 print_json(&r)?;
             } else {
@@ -313,19 +313,13 @@ fn print_verification(done: &crate::verify::command::Outcome) {
     }
 }
 
-async fn run_command(
-    global: &GlobalArgs,
-    args: crate::run::RunArgs,
-    wait: bool,
-    json: bool,
-) -> Result<i32> {
+async fn run_command(global: &GlobalArgs, args: crate::run::RunArgs, json: bool) -> Result<i32> {
     let project = Project::open(global)?;
     if std::env::var_os("CODEX_THREAD_ID").is_some() {
         // Started by a Codex session: its sandbox usually hides the engine, so say so
         // before anything fails for that reason.
         eprintln!("note: boxdelegate was started inside a Codex session (CODEX_THREAD_ID is set); the container engine is usually unreachable from there, and no CODEX_* session variable is passed to any container");
     }
-    let _lock = crate::journal::RepoLock::acquire(&crate::run::state_dir(&project), "run", wait)?;
     let reporter = reporter(global, json);
     let outcome = crate::run::run(&project, args, reporter.as_ref()).await;
     reporter.finish();
@@ -401,11 +395,18 @@ fn print_result(r: &crate::run::UnitResult) {
                 "  attempt {} ({}{}): {}{}",
                 a.n,
                 a.agent,
-                if a.role == crate::journal::Role::Fallback { ", fallback" } else { "" },
+                if a.role == crate::journal::Role::Fallback {
+                    ", fallback"
+                } else {
+                    ""
+                },
                 a.infra
                     .as_deref()
                     .map(|k| format!("infra-error ({k})"))
-                    .unwrap_or_else(|| serde_json::to_value(a.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()),
+                    .unwrap_or_else(|| serde_json::to_value(a.status)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()),
                 a.patch
                     .as_ref()
                     .map(|p| format!(", patch {}", p.display()))

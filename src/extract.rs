@@ -154,12 +154,6 @@ pub struct ChangeSet {
     pub ignored: usize,
 }
 
-impl ChangeSet {
-    pub fn is_empty(&self) -> bool {
-        self.changes.is_empty() && self.truncated.is_none()
-    }
-}
-
 /// Limits applied while reading archives from the container.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadLimits {

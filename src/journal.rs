@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::run::{Status, UnitResult};
+use crate::run::UnitResult;
 
 /// The journal's format version.
 pub const SCHEMA: u32 = 1;

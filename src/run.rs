@@ -223,6 +223,8 @@ pub struct RunArgs {
     pub include_dirty: bool,
     /// Units worked on at once (None: `[run] jobs`, else from the engine's capacity).
     pub jobs: Option<usize>,
+    /// When another boxdelegate works on the repository: wait for it (else refuse).
+    pub wait: bool,
     /// Resume this run (`boxdelegate resume`) instead of looking for one with the same request.
     pub resume: Option<String>,
 }
@@ -435,19 +437,15 @@ impl RunReport {
     }
 }
 
-pub async fn run(
-    project: &Project,
-    args: RunArgs,
-    reporter: &dyn Reporter,
-) -> Result<RunOutcome> {
+pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> Result<RunOutcome> {
     let started = Instant::now();
     let state = state_dir(project);
     // A run to resume: the one named, or an unfinished one with the same request.
-    let resume = match &args.resume {
+    let named = match &args.resume {
         Some(id) => Some(crate::journal::load(&state, id)?),
         None => None,
     };
-    let args = match &resume {
+    let args = match &named {
         Some(j) => RunArgs {
             units: j.request.units.clone(),
             all: false,
@@ -458,6 +456,7 @@ pub async fn run(
         },
         None => args,
     };
+    // Everything is validated before anything is written or the engine is used.
     let planned = plan(project, &args)?;
     let request = crate::journal::Request {
         units: planned.iter().map(|p| p.unit.meta.id.clone()).collect(),
@@ -465,31 +464,79 @@ pub async fn run(
         rerun: args.rerun,
         include_dirty: args.include_dirty,
     };
-    let resume = match resume {
+    let landed_before = |p: &Planned| -> Result<Option<String>> {
+        if args.rerun {
+            return Ok(None);
+        }
+        land::find_landed(&project.repo, &p.branch, &p.unit.meta.id)
+    };
+    // Every unit landed before and no run of them was interrupted: nothing to do.
+    if named.is_none() && find_unfinished(&state, &request)?.is_none() {
+        let mut all_landed = Vec::new();
+        for p in &planned {
+            match landed_before(p)? {
+                Some(commit) => all_landed.push((p, commit)),
+                None => break,
+            }
+        }
+        if all_landed.len() == planned.len() {
+            // Nothing to do: no engine, no run directory.
+            let snapshot = Snapshot::take(&project.repo, args.include_dirty)?;
+            let run_id = new_run_id();
+            let results = all_landed
+                .into_iter()
+                .map(|(p, commit)| {
+                    reporter.phase(&format!(
+                        "{}: already landed as {}",
+                        p.unit.meta.id,
+                        short(&commit)
+                    ));
+                    let mut r = UnitResult::new(p, p.agents[0].agent.name(), &snapshot, &run_id);
+                    r.status = Status::AlreadyLanded;
+                    r.message = format!(
+                        "already landed as {commit} (run again with --rerun to delegate it anew)"
+                    );
+                    r
+                })
+                .collect();
+            return Ok(RunOutcome {
+                results,
+                report: None,
+            });
+        }
+    }
+    let engine = Engine::connect().await?;
+    // One boxdelegate per repository from here on; then the run to resume, if any.
+    let _lock = crate::journal::RepoLock::acquire(&state, "run", args.wait)?;
+    let resume = match named {
         Some(j) => Some(j),
         None => find_unfinished(&state, &request)?,
     };
     let resumed = resume.is_some();
-
-    let (snapshot, journal) = match resume {
+    let snapshot = match &resume {
         Some(j) => {
             reporter.phase(&format!(
                 "resuming run {} (snapshot {})",
                 j.run_id,
                 short(&j.snapshot_tree)
             ));
-            let snapshot = Snapshot {
+            Snapshot {
                 commit: j.snapshot_commit.clone(),
                 tree: j.snapshot_tree.clone(),
                 dirty: false,
-            };
-            (snapshot, j)
+            }
         }
+        None => Snapshot::take(&project.repo, args.include_dirty)?,
+    };
+    let entries = snapshot::list_tree(&project.repo, &snapshot.tree)?;
+    let (deps, _, unit_image) =
+        crate::commands::ensure_images(&engine, project, &snapshot, &entries, true, reporter)
+            .await?;
+    let journal = match resume {
+        Some(j) => j,
         None => {
-            let snapshot = Snapshot::take(&project.repo, args.include_dirty)?;
             let run_id = new_run_id();
             let mut units = Vec::new();
-            let mut any = false;
             for p in &planned {
                 let mut entry = crate::journal::UnitEntry {
                     id: p.unit.meta.id.clone(),
@@ -498,29 +545,23 @@ pub async fn run(
                     landing: None,
                     result: None,
                 };
-                if !args.rerun {
-                    if let Some(commit) =
-                        land::find_landed(&project.repo, &p.branch, &p.unit.meta.id)?
-                    {
-                        reporter.phase(&format!(
-                            "{}: already landed as {}",
-                            p.unit.meta.id,
-                            short(&commit)
-                        ));
-                        let mut r =
-                            UnitResult::new(p, p.agents[0].agent.name(), &snapshot, &run_id);
-                        r.status = Status::AlreadyLanded;
-                        r.message = format!(
-                            "already landed as {commit} (run again with --rerun to delegate it anew)"
-                        );
-                        entry.phase = UnitPhase::Done;
-                        entry.result = Some(r);
-                    }
+                if let Some(commit) = landed_before(p)? {
+                    reporter.phase(&format!(
+                        "{}: already landed as {}",
+                        p.unit.meta.id,
+                        short(&commit)
+                    ));
+                    let mut r = UnitResult::new(p, p.agents[0].agent.name(), &snapshot, &run_id);
+                    r.status = Status::AlreadyLanded;
+                    r.message = format!(
+                        "already landed as {commit} (run again with --rerun to delegate it anew)"
+                    );
+                    entry.phase = UnitPhase::Done;
+                    entry.result = Some(r);
                 }
-                any |= entry.phase != UnitPhase::Done;
                 units.push(entry);
             }
-            let journal = crate::journal::Journal {
+            crate::journal::Journal {
                 schema: crate::journal::SCHEMA,
                 run_id,
                 started_at: unix_now() as u64,
@@ -528,24 +569,11 @@ pub async fn run(
                 request: request.clone(),
                 snapshot_commit: snapshot.commit.clone(),
                 snapshot_tree: snapshot.tree.clone(),
-                unit_image: None,
+                unit_image: Some(unit_image.image.clone()),
                 breaker: None,
                 consecutive_infra: 0,
                 units,
-            };
-            if !any {
-                // Nothing to do: no engine, no run directory.
-                let results = journal
-                    .units
-                    .into_iter()
-                    .filter_map(|u| u.result)
-                    .collect();
-                return Ok(RunOutcome {
-                    results,
-                    report: None,
-                });
             }
-            (snapshot, journal)
         }
     };
     let run_id = journal.run_id.clone();
@@ -560,12 +588,6 @@ pub async fn run(
         ));
         crate::failpoint::hit("run-created");
     }
-
-    let entries = snapshot::list_tree(&project.repo, &snapshot.tree)?;
-    let engine = Engine::connect().await?;
-    let (deps, _, unit_image) =
-        crate::commands::ensure_images(&engine, project, &snapshot, &entries, true, reporter)
-            .await?;
     live.update(|j| j.unit_image = Some(unit_image.image.clone()))?;
     let todo: Vec<&Planned> = planned
         .iter()
@@ -601,7 +623,11 @@ pub async fn run(
         Some(j) => j.max(1),
         None => {
             let (cpus, memory) = engine.capacity().await?;
-            let per_unit = todo.first().map(|p| p.limits.memory).unwrap_or(4 << 30).max(1);
+            let per_unit = todo
+                .first()
+                .map(|p| p.limits.memory)
+                .unwrap_or(4 << 30)
+                .max(1);
             cpus.min((memory / per_unit).max(1) as usize).clamp(1, 8)
         }
     };
@@ -641,9 +667,8 @@ pub async fn run(
     }
     let senders = std::sync::Mutex::new(senders);
     let failure: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
-    let workers = futures_util::stream::iter(todo.iter().enumerate()).for_each_concurrent(
-        jobs,
-        |(i, p)| {
+    let workers =
+        futures_util::stream::iter(todo.iter().enumerate()).for_each_concurrent(jobs, |(i, p)| {
             let ctx = &ctx;
             let senders = &senders;
             let failure = &failure;
@@ -655,8 +680,7 @@ pub async fn run(
                     let _ = tx.send(());
                 }
             }
-        },
-    );
+        });
     let lander = async {
         for (p, rx) in todo.iter().zip(receivers) {
             let _ = rx.await;
@@ -670,12 +694,8 @@ pub async fn run(
         return Err(e);
     }
 
-    let results: Vec<UnitResult> = live.read(|j| {
-        j.units
-            .iter()
-            .filter_map(|u| u.result.clone())
-            .collect()
-    });
+    let results: Vec<UnitResult> =
+        live.read(|j| j.units.iter().filter_map(|u| u.result.clone()).collect());
     let mut report = RunReport::new(&run_id, resumed, jobs, &results);
     report.breaker = live.read(|j| j.breaker.clone());
     report.wall_seconds = started.elapsed().as_secs_f64();
@@ -755,9 +775,15 @@ struct Ctx<'a> {
 /// What to do next with a unit, from its attempts so far.
 #[derive(Debug, Clone, PartialEq)]
 enum Next {
-    Attempt { role: Role, backoff: Option<Duration> },
+    Attempt {
+        role: Role,
+        backoff: Option<Duration>,
+    },
     Ready,
-    Final { status: Status, message: String },
+    Final {
+        status: Status,
+        message: String,
+    },
     Skip,
 }
 
@@ -869,10 +895,17 @@ async fn work_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
             (
                 u.phase,
                 u.attempts.last().cloned(),
-                u.attempts.iter().filter(|a| a.phase == AttemptPhase::Done).map(view).collect::<Vec<_>>(),
+                u.attempts
+                    .iter()
+                    .filter(|a| a.phase == AttemptPhase::Done)
+                    .map(view)
+                    .collect::<Vec<_>>(),
             )
         });
-        if matches!(phase, UnitPhase::Done | UnitPhase::Ready | UnitPhase::Landing) {
+        if matches!(
+            phase,
+            UnitPhase::Done | UnitPhase::Ready | UnitPhase::Landing
+        ) {
             return Ok(());
         }
         if let Some(a) = last.filter(|a| a.phase != AttemptPhase::Done) {
@@ -884,7 +917,10 @@ async fn work_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
                 }
                 // The engine failed under the attempt: the change is lost, nothing is wrong
                 // with it; the attempt counts as an infrastructure failure.
-                if let Some(c) = ctx.journal.read(|j| j.unit(id).attempts.last().and_then(|a| a.container.clone())) {
+                if let Some(c) = ctx
+                    .journal
+                    .read(|j| j.unit(id).attempts.last().and_then(|a| a.container.clone()))
+                {
                     let _ = ctx.engine.remove_container(&c).await;
                 }
                 let message = format!("the container engine failed during the attempt: {e}");
@@ -900,9 +936,16 @@ async fn work_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
             continue;
         }
         let breaker_open = ctx.journal.read(|j| j.breaker.is_some());
-        match decide(&views, p.retries, p.agents.len() > 1, &ctx.policy, breaker_open) {
+        match decide(
+            &views,
+            p.retries,
+            p.agents.len() > 1,
+            &ctx.policy,
+            breaker_open,
+        ) {
             Next::Ready => {
-                ctx.journal.update(|j| j.unit_mut(id).phase = UnitPhase::Ready)?;
+                ctx.journal
+                    .update(|j| j.unit_mut(id).phase = UnitPhase::Ready)?;
                 return Ok(());
             }
             Next::Skip => {
@@ -916,7 +959,12 @@ async fn work_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
             }
             Next::Final { status, message } => {
                 let mut r = ctx.journal.read(|j| {
-                    j.unit(id).attempts.last().expect("an attempt").result.clone()
+                    j.unit(id)
+                        .attempts
+                        .last()
+                        .expect("an attempt")
+                        .result
+                        .clone()
                 });
                 r.status = status;
                 r.message = message;
@@ -994,12 +1042,21 @@ fn attempt_done(ctx: &Ctx<'_>, id: &str) -> Result<()> {
             "{id}: attempt {} ({}) ended {}{}",
             a.n,
             a.agent,
-            a.infra.as_deref().map(|k| format!("infra-error ({k})")).unwrap_or(status),
-            if a.result.message.is_empty() { String::new() } else { format!(": {}", a.result.message) }
+            a.infra
+                .as_deref()
+                .map(|k| format!("infra-error ({k})"))
+                .unwrap_or(status),
+            if a.result.message.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", a.result.message)
+            }
         ));
     }
     if let Some(reason) = opened {
-        ctx.reporter.phase(&format!("circuit breaker open: {reason}; no new unit will start"));
+        ctx.reporter.phase(&format!(
+            "circuit breaker open: {reason}; no new unit will start"
+        ));
     }
     Ok(())
 }
@@ -1046,7 +1103,9 @@ fn finish_unit(ctx: &Ctx<'_>, id: &str, mut result: UnitResult) -> Result<()> {
     let json = serde_json::to_vec_pretty(&result).map_err(|e| Error::Internal(e.to_string()))?;
     extract::write_private(&ctx.run_dir.join(id).join("result.json"), &json)?;
     extract::write_private(
-        &state_dir(ctx.project).join("last").join(format!("{id}.json")),
+        &state_dir(ctx.project)
+            .join("last")
+            .join(format!("{id}.json")),
         &json,
     )?;
     ctx.journal.update(|j| {
@@ -1058,8 +1117,13 @@ fn finish_unit(ctx: &Ctx<'_>, id: &str, mut result: UnitResult) -> Result<()> {
 }
 
 /// Sets fields of the unit's current attempt and saves the journal.
-fn update_attempt(ctx: &Ctx<'_>, id: &str, f: impl FnOnce(&mut crate::journal::Attempt)) -> Result<()> {
-    ctx.journal.update(|j| f(j.unit_mut(id).attempts.last_mut().expect("an attempt")))
+fn update_attempt(
+    ctx: &Ctx<'_>,
+    id: &str,
+    f: impl FnOnce(&mut crate::journal::Attempt),
+) -> Result<()> {
+    ctx.journal
+        .update(|j| f(j.unit_mut(id).attempts.last_mut().expect("an attempt")))
 }
 
 /// Takes an attempt from its recorded phase to `done`: start the agent container, watch it,
@@ -1073,7 +1137,9 @@ async fn drive_attempt(
     let id = &p.unit.meta.id;
     let mut phase = attempt.phase;
     loop {
-        let a = ctx.journal.read(|j| j.unit(id).attempts.last().expect("an attempt").clone());
+        let a = ctx
+            .journal
+            .read(|j| j.unit(id).attempts.last().expect("an attempt").clone());
         match phase {
             AttemptPhase::Starting => start_agent(ctx, p, plan, &a).await?,
             AttemptPhase::Running => watch_agent(ctx, p, plan, &a).await?,
@@ -1081,7 +1147,9 @@ async fn drive_attempt(
             AttemptPhase::Extracted => judge(ctx, p, plan, &a).await?,
             AttemptPhase::Done => return Ok(()),
         }
-        phase = ctx.journal.read(|j| j.unit(id).attempts.last().expect("an attempt").phase);
+        phase = ctx
+            .journal
+            .read(|j| j.unit(id).attempts.last().expect("an attempt").phase);
     }
 }
 
@@ -1111,7 +1179,11 @@ async fn start_agent(
     ctx.reporter.phase(&format!(
         "{id}: agent ({}) running{}",
         plan.agent.name(),
-        if a.n > 1 { format!(", attempt {}", a.n) } else { String::new() }
+        if a.n > 1 {
+            format!(", attempt {}", a.n)
+        } else {
+            String::new()
+        }
     ));
     let spec = plan.agent.spec(&p.unit);
     let mut env = spec.env.clone();
@@ -1226,11 +1298,17 @@ async fn watch_agent(
     a: &crate::journal::Attempt,
 ) -> Result<()> {
     let id = &p.unit.meta.id;
-    let container = a.container.clone().expect("a running attempt has a container");
+    let container = a
+        .container
+        .clone()
+        .expect("a running attempt has a container");
     match ctx.engine.container_running(&container).await? {
         None => {
             // Gone (removed by hand or by an interrupted process): the attempt starts afresh.
-            ctx.reporter.phase(&format!("{id}: the agent container {} is gone; starting the attempt again", short(&container)));
+            ctx.reporter.phase(&format!(
+                "{id}: the agent container {} is gone; starting the attempt again",
+                short(&container)
+            ));
             return update_attempt(ctx, id, |a| {
                 a.phase = AttemptPhase::Starting;
                 a.container = None;
@@ -1239,7 +1317,10 @@ async fn watch_agent(
         Some(running) => {
             ctx.engine.adopt(&container);
             if running && a.started_at.is_some_and(|s| unix_now() - s > 1.0) {
-                ctx.reporter.phase(&format!("{id}: re-attached to the running agent container {}", short(&container)));
+                ctx.reporter.phase(&format!(
+                    "{id}: re-attached to the running agent container {}",
+                    short(&container)
+                ));
             }
         }
     }
@@ -1386,7 +1467,10 @@ async fn watch_agent(
 /// and removes the container.
 async fn extract_change(ctx: &Ctx<'_>, p: &Planned, a: &crate::journal::Attempt) -> Result<()> {
     let id = &p.unit.meta.id;
-    let container = a.container.clone().expect("an exited attempt has a container");
+    let container = a
+        .container
+        .clone()
+        .expect("an exited attempt has a container");
     if ctx.engine.container_running(&container).await?.is_none() {
         ctx.reporter.phase(&format!("{id}: the agent container {} is gone before its change was read; starting the attempt again", short(&container)));
         return update_attempt(ctx, id, |a| {
@@ -1431,8 +1515,12 @@ async fn extract_change(ctx: &Ctx<'_>, p: &Planned, a: &crate::journal::Attempt)
         written = Some((w, patch));
     }
     let files = set.changes.len();
+    // The scope is checked here, on the change as read (the stored change set names paths
+    // lossily, for people).
+    let rejections = scope::check(set, &p.globs, &p.limits, &p.unit.file);
     update_attempt(ctx, id, |a| {
         a.result.files_changed = files;
+        a.result.rejections = rejections;
         if let Some((w, patch)) = written {
             a.result.tree = Some(w.tree);
             a.result.patch = Some(patch);
@@ -1455,15 +1543,10 @@ async fn judge(
 ) -> Result<()> {
     let id = &p.unit.meta.id;
     let mut result = a.result.clone();
-    let set: ChangeSet = serde_json::from_slice(
-        &std::fs::read(a.dir.join("changes.json"))
-            .map_err(|e| Error::io("reading the attempt's change set", e))?,
-    )
-    .map_err(|e| Error::Internal(format!("the attempt's change set is unreadable: {e}")))?;
     let spec = plan.agent.spec(&p.unit);
     let redactor = crate::agent::Redactor::new(&plan.env, &spec.secrets);
     let mut infra = None;
-    let verdict = judge_change(ctx, p, &spec, &redactor, &set, a, &mut result, &mut infra).await?;
+    let verdict = judge_change(ctx, p, &spec, &redactor, a, &mut result, &mut infra).await?;
     if verdict {
         result.status = Status::Landed;
         result.message = "passed every check; waiting to land".into();
@@ -1483,7 +1566,6 @@ async fn judge_change(
     p: &Planned,
     spec: &crate::agent::AgentSpec,
     redactor: &crate::agent::Redactor,
-    set: &ChangeSet,
     a: &crate::journal::Attempt,
     result: &mut UnitResult,
     infra: &mut Option<String>,
@@ -1544,15 +1626,15 @@ async fn judge_change(
         );
         return Ok(false);
     }
-    if set.is_empty() {
+    if result.files_changed == 0 && result.rejections.is_empty() {
         result.status = Status::NoChange;
         result.message = "the agent changed nothing".into();
         return Ok(false);
     }
 
-    // Scope. Edits of protected paths are reported and the change is rejected, but it is still
-    // verified with those paths restored, so the report says what the original tests make of it.
-    result.rejections = scope::check(set, &p.globs, &p.limits, &p.unit.file);
+    // Scope (checked at extraction). Edits of protected paths are reported and the change is
+    // rejected, but it is still verified with those paths restored, so the report says what
+    // the original tests make of it.
     let protected_only =
         !result.rejections.is_empty() && result.rejections.iter().all(|r| r.rule == "protected");
     let rejected_message = |r: &UnitResult| {
@@ -1589,7 +1671,8 @@ async fn judge_change(
         .collect::<Vec<_>>()
         .join(", ");
     let vreq = verify_request(ctx, p, &tree, &verify_log, &cache_dir);
-    ctx.reporter.phase(&format!("{id}: verifying ({check_names})"));
+    ctx.reporter
+        .phase(&format!("{id}: verifying ({check_names})"));
     let verdict = crate::verify::verify(ctx.engine, &ctx.project.repo, &vreq, &on_line).await?;
     let passed = verdict.passed;
     let summary = verdict.summary.clone();
@@ -1655,14 +1738,19 @@ async fn land_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
     let req = land_request(&result).expect("a ready change has a tree");
     let repo = &ctx.project.repo;
     if let Some(l) = &landing {
-        let on_branch = repo.resolve(&format!("refs/heads/{}", p.branch))?.is_some_and(|head| {
-            head == l.commit
-                || repo
-                    .run(&["merge-base", "--is-ancestor", &l.commit, &head])
-                    .is_ok()
-        });
+        let on_branch = repo
+            .resolve(&format!("refs/heads/{}", p.branch))?
+            .is_some_and(|head| {
+                head == l.commit
+                    || repo
+                        .run(&["merge-base", "--is-ancestor", &l.commit, &head])
+                        .is_ok()
+            });
         if on_branch {
-            ctx.reporter.phase(&format!("{id}: landed before the interruption as {}", short(&l.commit)));
+            ctx.reporter.phase(&format!(
+                "{id}: landed before the interruption as {}",
+                short(&l.commit)
+            ));
             let rebased_onto = (l.old.is_some() && l.old.as_deref() != Some(&req.snapshot_commit))
                 .then(|| l.old.clone())
                 .flatten();
@@ -1679,7 +1767,8 @@ async fn land_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
             return finish_landed(ctx, id, result);
         }
     }
-    ctx.reporter.phase(&format!("{id}: landing on {}", p.branch));
+    ctx.reporter
+        .phase(&format!("{id}: landing on {}", p.branch));
     land::import_objects(repo, &attempt.dir.join("objects"))?;
     let prepared = land::prepare(repo, &req)?;
     if let land::Prepared::Ready {
@@ -1751,8 +1840,15 @@ fn finish_landed(ctx: &Ctx<'_>, id: &str, mut result: UnitResult) -> Result<()> 
     if result.status == Status::Landed {
         let (n, fallback) = ctx.journal.read(|j| {
             let u = j.unit(id);
-            let regular = u.attempts.iter().filter(|a| a.infra.is_none() && a.role == Role::Primary).count();
-            (regular.saturating_sub(1), u.attempts.last().is_some_and(|a| a.role == Role::Fallback))
+            let regular = u
+                .attempts
+                .iter()
+                .filter(|a| a.infra.is_none() && a.role == Role::Primary)
+                .count();
+            (
+                regular.saturating_sub(1),
+                u.attempts.last().is_some_and(|a| a.role == Role::Fallback),
+            )
         });
         if fallback {
             result.message.push_str(" by the fallback agent");
@@ -1765,7 +1861,6 @@ fn finish_landed(ctx: &Ctx<'_>, id: &str, mut result: UnitResult) -> Result<()> 
     }
     finish_unit(ctx, id, result)
 }
-
 
 /// The status and message of a unit whose verdict keeps it from landing.
 fn failure_status(
@@ -1846,7 +1941,12 @@ fn finish_landing(result: &mut UnitResult, landed: Landed) {
 }
 
 /// `boxdelegate apply UNIT`: lands the last kept result of a unit, after the same checks.
-pub fn apply(project: &Project, id: &str, branch: Option<String>) -> Result<UnitResult> {
+pub fn apply(
+    project: &Project,
+    id: &str,
+    branch: Option<String>,
+    wait: bool,
+) -> Result<UnitResult> {
     let mut result = last_result(project, id)?;
     if let Some(b) = branch {
         result.branch = b;
@@ -1889,6 +1989,7 @@ pub fn apply(project: &Project, id: &str, branch: Option<String>) -> Result<Unit
         );
         return Ok(result);
     }
+    let _lock = crate::journal::RepoLock::acquire(&state_dir(project), "apply", wait)?;
     land::import_objects(&project.repo, &unit_dir.join("objects"))?;
     let req = land_request(&result).expect("checked above");
     let landed = land::land(&project.repo, &req)?;
@@ -2014,4 +2115,201 @@ pub fn exit_code(results: &[UnitResult]) -> i32 {
         .map(|r| r.status.exit_code())
         .find(|c| *c != exit::OK)
         .unwrap_or(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: Policy = Policy {
+        infra_retries: 2,
+        backoff: Duration::from_secs(10),
+        breaker: 3,
+    };
+
+    fn failed(role: Role, status: Status) -> AttemptView {
+        AttemptView {
+            role,
+            status,
+            infra: false,
+            retryable: true,
+            message: format!("{status:?}"),
+        }
+    }
+
+    fn infra(role: Role) -> AttemptView {
+        AttemptView {
+            infra: true,
+            ..failed(role, Status::InfraError)
+        }
+    }
+
+    fn attempt(role: Role) -> Next {
+        Next::Attempt {
+            role,
+            backoff: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_change_is_retried_then_handed_to_the_fallback_then_failed() {
+        let f = |n| vec![failed(Role::Primary, Status::VerifyFailed); n];
+        assert_eq!(decide(&[], 2, true, &POLICY, false), attempt(Role::Primary));
+        assert_eq!(
+            decide(&f(1), 2, true, &POLICY, false),
+            attempt(Role::Primary)
+        );
+        assert_eq!(
+            decide(&f(2), 2, true, &POLICY, false),
+            attempt(Role::Primary)
+        );
+        assert_eq!(
+            decide(&f(3), 2, true, &POLICY, false),
+            attempt(Role::Fallback)
+        );
+        let mut all = f(3);
+        all.push(failed(Role::Fallback, Status::Rejected));
+        match decide(&all, 2, true, &POLICY, false) {
+            Next::Final { status, message } => {
+                assert_eq!(status, Status::Failed);
+                assert!(
+                    message.starts_with(
+                        "failed after 4 attempts (2 retries, then the fallback agent)"
+                    ),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without a fallback the retries are the end.
+        assert!(matches!(
+            decide(&f(3), 2, false, &POLICY, false),
+            Next::Final {
+                status: Status::Failed,
+                ..
+            }
+        ));
+        // With no retries and no fallback, the attempt's own status stands.
+        assert_eq!(
+            decide(&f(1), 0, false, &POLICY, false),
+            Next::Final {
+                status: Status::VerifyFailed,
+                message: "VerifyFailed".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_passing_attempt_is_ready_and_what_cannot_improve_is_final() {
+        let ok = failed(Role::Primary, Status::Landed);
+        assert_eq!(decide(&[ok], 2, true, &POLICY, false), Next::Ready);
+        for status in [Status::NoChange, Status::Conflict] {
+            assert!(matches!(
+                decide(&[failed(Role::Primary, status)], 2, true, &POLICY, false),
+                Next::Final { status: s, .. } if s == status
+            ));
+        }
+        let refused = AttemptView {
+            retryable: false,
+            ..failed(Role::Primary, Status::AgentFailed)
+        };
+        assert!(matches!(
+            decide(&[refused], 2, true, &POLICY, false),
+            Next::Final {
+                status: Status::AgentFailed,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn infrastructure_failures_are_retried_with_a_growing_wait_outside_the_budget() {
+        let one = [infra(Role::Primary)];
+        assert_eq!(
+            decide(&one, 0, false, &POLICY, false),
+            Next::Attempt {
+                role: Role::Primary,
+                backoff: Some(Duration::from_secs(10))
+            }
+        );
+        let two = [infra(Role::Primary), infra(Role::Primary)];
+        assert_eq!(
+            decide(&two, 0, false, &POLICY, false),
+            Next::Attempt {
+                role: Role::Primary,
+                backoff: Some(Duration::from_secs(20))
+            }
+        );
+        let three = [
+            infra(Role::Primary),
+            infra(Role::Primary),
+            infra(Role::Primary),
+        ];
+        assert!(matches!(
+            decide(&three, 0, false, &POLICY, false),
+            Next::Final {
+                status: Status::InfraError,
+                ..
+            }
+        ));
+        // An open breaker stops infrastructure retries and keeps new units from starting.
+        assert!(matches!(
+            decide(&one, 0, false, &POLICY, true),
+            Next::Final { .. }
+        ));
+        assert_eq!(decide(&[], 2, false, &POLICY, true), Next::Skip);
+        // Infrastructure failures do not use up the retries of a failed change.
+        let mixed = [
+            failed(Role::Primary, Status::VerifyFailed),
+            infra(Role::Primary),
+            failed(Role::Primary, Status::VerifyFailed),
+        ];
+        assert_eq!(
+            decide(&mixed, 2, false, &POLICY, false),
+            attempt(Role::Primary)
+        );
+    }
+
+    #[test]
+    fn the_report_counts_how_units_ended() {
+        let mut r = |status, retries, fallback| UnitResult {
+            status,
+            retries,
+            fallback,
+            agent_seconds: 2.0,
+            cost_usd: Some(0.5),
+            ..serde_json::from_value(serde_json::json!({
+                "unit": "u", "title": "", "status": "landed", "run_id": "r", "branch": "b",
+                "agent": "command", "snapshot_commit": "c", "snapshot_tree": "t",
+                "unit_image": null, "agent_exit_code": null, "files_changed": 0, "tree": null,
+                "patch": null, "patch_sha256": null, "rejections": [], "verdict": null,
+                "merged_verdict": null, "landed": null, "log": null, "message": "",
+                "warnings": [], "usage": null, "cost_usd": null, "agent_failure": null,
+                "agent_activity": null, "seconds": 0.0, "co_author": "", "body": ""
+            }))
+            .unwrap()
+        };
+        let results = vec![
+            r(Status::Landed, 0, false),
+            r(Status::Landed, 2, false),
+            r(Status::Landed, 2, true),
+            r(Status::Failed, 2, true),
+            r(Status::Conflict, 0, false),
+            r(Status::Skipped, 0, false),
+        ];
+        let report = RunReport::new("r", false, 2, &results);
+        assert_eq!(
+            (
+                report.landed_first_attempt,
+                report.landed_after_retries,
+                report.landed_by_fallback,
+                report.failed,
+                report.conflict,
+                report.skipped
+            ),
+            (1, 1, 1, 1, 1, 1)
+        );
+        assert_eq!(report.agent_seconds, 12.0);
+        assert_eq!(report.cost_usd, Some(3.0));
+    }
 }

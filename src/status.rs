@@ -107,7 +107,12 @@ pub async fn status(project: &Project, run: Option<String>, all: bool, json: boo
             Ok(j) => {
                 let busy = holder.is_some() && !j.finished();
                 if !json {
-                    print_run(&j, state_of(&j, busy), holder.as_deref(), containers.as_deref());
+                    print_run(
+                        &j,
+                        state_of(&j, busy),
+                        holder.as_deref(),
+                        containers.as_deref(),
+                    );
                 }
                 runs.push(serde_json::json!({
                     "run_id": j.run_id,
@@ -165,12 +170,7 @@ pub async fn status(project: &Project, run: Option<String>, all: bool, json: boo
     Ok(code)
 }
 
-fn print_run(
-    j: &Journal,
-    state: &str,
-    holder: Option<&str>,
-    containers: Option<&[ContainerInfo]>,
-) {
+fn print_run(j: &Journal, state: &str, holder: Option<&str>, containers: Option<&[ContainerInfo]>) {
     println!(
         "run {}  {state}{}  snapshot {}  {} unit(s)",
         j.run_id,

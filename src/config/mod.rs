@@ -337,8 +337,13 @@ impl Config {
                     "agent.fallback.fallback: a fallback agent has no fallback of its own",
                 ));
             }
-            if f.kind == AgentKind::Command && f.command.as_deref().is_none_or(|c| c.trim().is_empty()) {
-                return Err(Error::config(file, "agent.fallback.command: is empty or missing"));
+            if f.kind == AgentKind::Command
+                && f.command.as_deref().is_none_or(|c| c.trim().is_empty())
+            {
+                return Err(Error::config(
+                    file,
+                    "agent.fallback.command: is empty or missing",
+                ));
             }
         }
         if self.run.jobs == Some(0) {
@@ -495,6 +500,34 @@ pub type EnvMap = BTreeMap<String, String>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_fallback_and_run_settings_parse_and_are_checked() {
+        let c = Config::parse(
+            "[agent]\nretries = 1\ncommand = \"a\"\n[agent.fallback]\nkind = \"command\"\ncommand = \"b\"\n[run]\njobs = 2\ninfra_retries = 1\nbackoff = \"5s\"\nbreaker = 4\n",
+        )
+        .unwrap();
+        assert_eq!(c.agent.retries, Some(1));
+        assert_eq!(c.agent.fallback.unwrap().command.as_deref(), Some("b"));
+        assert_eq!(c.run.jobs, Some(2));
+        assert_eq!(c.run.backoff, Some(Duration::from_secs(5)));
+        assert_eq!(c.run.breaker, Some(4));
+        for (text, needle) in [
+            (
+                "[agent.fallback]\ncommand = \"b\"\n[agent.fallback.fallback]\ncommand = \"c\"\n",
+                "no fallback of its own",
+            ),
+            (
+                "[agent.fallback]\nkind = \"command\"\n",
+                "agent.fallback.command",
+            ),
+            ("[run]\njobs = 0\n", "run.jobs"),
+            ("[run]\nbreaker = 0\n", "run.breaker"),
+        ] {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
 
     #[test]
     fn sizes_parse_like_docker() {

@@ -189,11 +189,12 @@ impl Engine {
     /// Whether container `id` is running; `None` when it does not exist.
     pub async fn container_running(&self, id: &str) -> Result<Option<bool>> {
         match self.docker.inspect_container(id, None).await {
-            Ok(c) => Ok(Some(
-                c.state.and_then(|s| s.running).unwrap_or(false),
-            )),
+            Ok(c) => Ok(Some(c.state.and_then(|s| s.running).unwrap_or(false))),
             Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(Error::engine(format!("inspecting container {}", short(id)), e)),
+            Err(e) => Err(Error::engine(
+                format!("inspecting container {}", short(id)),
+                e,
+            )),
         }
     }
 

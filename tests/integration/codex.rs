@@ -51,10 +51,14 @@ fn codex_project(salt: &str, net: &Network, server: &ModelServer) -> TestRepo {
     repo.write(
         "boxdelegate.toml",
         &format!(
-            r#"[project]
+            r#"[run]
+infra_retries = 0
+
+[project]
 profile = "test"
 
 [agent]
+retries = 0
 kind = "codex"
 model = "gpt-5.5"
 env = ["BD_MODEL_KEY", "BD_OTHER_SECRET"]
@@ -283,7 +287,7 @@ fn a_missing_codex_credential_is_reported_before_any_container() {
     let repo = TestRepo::with_project("codex-missing");
     repo.write(
         "boxdelegate.toml",
-        &format!("[project]\nprofile = \"test\"\n[agent]\nkind = \"codex\"\nenv = [\"CODEX_API_KEY\"]\nnetwork = \"{net_name}\"\n"),
+        &format!("[run]\ninfra_retries = 0\n[project]\nprofile = \"test\"\n[agent]\nretries = 0\nkind = \"codex\"\nenv = [\"CODEX_API_KEY\"]\nnetwork = \"{net_name}\"\n"),
     );
     repo.unit("greet", "scope = [\"src/**\"]", "Greet.");
     repo.commit("project");
@@ -306,7 +310,7 @@ fn a_missing_codex_credential_is_reported_before_any_container() {
     // No credential configured at all.
     repo.write(
         "boxdelegate.toml",
-        "[project]\nprofile = \"test\"\n[agent]\nkind = \"codex\"\n",
+        "[run]\ninfra_retries = 0\n[project]\nprofile = \"test\"\n[agent]\nretries = 0\nkind = \"codex\"\n",
     );
     let before = repo.host_state();
     let out = repo
@@ -323,7 +327,7 @@ fn a_missing_codex_credential_is_reported_before_any_container() {
     );
     assert_eq!(repo.host_state(), before);
     // A Codex session variable is never forwarded.
-    repo.write("boxdelegate.toml", "[project]\nprofile = \"test\"\n[agent]\nkind = \"codex\"\nenv = [\"CODEX_API_KEY\", \"CODEX_THREAD_ID\"]\n");
+    repo.write("boxdelegate.toml", "[run]\ninfra_retries = 0\n[project]\nprofile = \"test\"\n[agent]\nretries = 0\nkind = \"codex\"\nenv = [\"CODEX_API_KEY\", \"CODEX_THREAD_ID\"]\n");
     let before = repo.host_state();
     let out = repo
         .cmd()

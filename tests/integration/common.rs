@@ -64,7 +64,10 @@ impl TestRepo {
     pub fn with_project(salt: &str) -> TestRepo {
         let repo = TestRepo::empty();
         repo.write(".boxdelegate/profiles/test.toml", TEST_PROFILE);
-        repo.write("boxdelegate.toml", "[project]\nprofile = \"test\"\n");
+        repo.write(
+            "boxdelegate.toml",
+            "[project]\nprofile = \"test\"\n\n[run]\ninfra_retries = 0\n",
+        );
         repo.write("deps.lock", &format!("left-pad==1.0 # {salt}\n"));
         repo.write("src/lib.txt", &format!("library code for {salt}\n"));
         repo.write("README.md", "# sample\n");
@@ -271,7 +274,7 @@ impl TestRepo {
         self.write(
             "boxdelegate.toml",
             &format!(
-                "[project]\nprofile = \"test\"\n\n[agent]\nkind = \"command\"\ncommand = {cmd}\n"
+                "[project]\nprofile = \"test\"\n\n[agent]\nretries = 0\nkind = \"command\"\ncommand = {cmd}\n\n[run]\ninfra_retries = 0\n"
             ),
         );
     }

@@ -6,6 +6,7 @@ mod common;
 mod images;
 mod init;
 mod model_server;
+mod resume;
 mod run;
 mod snapshot;
 mod verify;

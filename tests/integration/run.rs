@@ -369,7 +369,7 @@ fn verification_in_a_clean_container_decides_what_lands() {
     // The check needs the agent's function, and runs without network.
     repo.write(
         "boxdelegate.toml",
-        "[project]\nprofile = \"test\"\n[agent]\ncommand = '''echo 'def two(): return 2' >> src/math.py; echo polluted > /tmp/agent-was-here'''\n[verify]\ntest = '''grep -q 'def two' src/math.py && test ! -e /tmp/agent-was-here && ! getent hosts deb.debian.org && echo '1 passed, 0 failed' '''\n",
+        "[run]\ninfra_retries = 0\n[project]\nprofile = \"test\"\n[agent]\nretries = 0\ncommand = '''echo 'def two(): return 2' >> src/math.py; echo polluted > /tmp/agent-was-here'''\n[verify]\ntest = '''grep -q 'def two' src/math.py && test ! -e /tmp/agent-was-here && ! getent hosts deb.debian.org && echo '1 passed, 0 failed' '''\n",
     );
     repo.unit("two", "scope = [\"src/**\"]", "Add two().");
     repo.commit("project");
@@ -383,7 +383,7 @@ fn verification_in_a_clean_container_decides_what_lands() {
     );
 
     // A failing check: nothing lands, the patch is kept, the tail is reported.
-    repo.write("boxdelegate.toml", "[project]\nprofile = \"test\"\n[agent]\ncommand = \"echo 'def three(): return 3' >> src/math.py\"\n[verify]\ntest = \"if grep -q three src/math.py; then echo 'FAILED test_three'; exit 4; fi; echo '1 passed, 0 failed'\"\n");
+    repo.write("boxdelegate.toml", "[run]\ninfra_retries = 0\n[project]\nprofile = \"test\"\n[agent]\nretries = 0\ncommand = \"echo 'def three(): return 3' >> src/math.py\"\n[verify]\ntest = \"if grep -q three src/math.py; then echo 'FAILED test_three'; exit 4; fi; echo '1 passed, 0 failed'\"\n");
     repo.unit("three", "scope = [\"src/**\"]", "Add three().");
     repo.commit("three");
     let refs = repo.refs();
@@ -403,7 +403,7 @@ fn verification_in_a_clean_container_decides_what_lands() {
     assert!(std::path::Path::new(units[0]["patch"].as_str().unwrap()).is_file());
 
     // A test command that exits 0 but ran zero tests is not a pass.
-    repo.write("boxdelegate.toml", "[project]\nprofile = \"test\"\n[agent]\ncommand = \"echo 'def four(): return 4' >> src/math.py\"\n[verify]\ntest = \"echo 'no tests ran in 0.01s'\"\n");
+    repo.write("boxdelegate.toml", "[run]\ninfra_retries = 0\n[project]\nprofile = \"test\"\n[agent]\nretries = 0\ncommand = \"echo 'def four(): return 4' >> src/math.py\"\n[verify]\ntest = \"echo 'no tests ran in 0.01s'\"\n");
     repo.unit("four", "scope = [\"src/**\"]", "Add four().");
     repo.commit("four");
     let refs = repo.refs();

@@ -39,7 +39,7 @@ fn calc_project(salt: &str, verify: &str) -> TestRepo {
     repo.write(
         "boxdelegate.toml",
         &format!(
-            "[project]\nprofile = \"test\"\n\n[verify]\ntest = \"sh tests/run.sh\"\n{verify}\n"
+            "[run]\ninfra_retries = 0\n[project]\nprofile = \"test\"\n\n[verify]\ntest = \"sh tests/run.sh\"\n{verify}\n"
         ),
     );
     repo
@@ -56,7 +56,7 @@ fn set_agent(repo: &TestRepo, command: &str) {
     std::fs::write(
         &path,
         format!(
-            "{text}\n[agent]\nkind = \"command\"\ncommand = {}\n",
+            "{text}\n[agent]\nretries = 0\nkind = \"command\"\ncommand = {}\n",
             toml_string(command)
         ),
     )
@@ -249,7 +249,7 @@ fn the_verify_container_has_no_network_and_no_agent_secrets() {
     std::fs::write(
         repo.path().join("boxdelegate.toml"),
         text.replace("test = \"sh tests/run.sh\"", &format!("test = {}", toml_string(check)))
-            + "\n[agent]\nkind = \"command\"\nenv = [\"BD_TEST_SECRET\"]\ncommand = '''test -n \"$BD_TEST_SECRET\" && echo '# touched' >> src/calc.sh'''\n",
+            + "\n[agent]\nretries = 0\nkind = \"command\"\nenv = [\"BD_TEST_SECRET\"]\ncommand = '''test -n \"$BD_TEST_SECRET\" && echo '# touched' >> src/calc.sh'''\n",
     )
     .unwrap();
     repo.unit("iso", "scope = [\"src/**\"]", "Touch calc.");

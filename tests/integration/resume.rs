@@ -1,0 +1,637 @@
+//! Many units, retries and crashes: parallel units landing in order, retries and the fallback
+//! agent, infrastructure retries and the circuit breaker, `kill -9` at every phase boundary
+//! followed by the same command, the repository lock, `status` and `clean`.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// A project whose test check fails while `src/math.py` holds a wrong `add`.
+fn project(salt: &str, agent: &str, extra: &str) -> TestRepo {
+    let repo = TestRepo::with_project(salt);
+    repo.write("src/math.py", "def one():\n    return 1\n");
+    repo.write(
+        "boxdelegate.toml",
+        &format!(
+            "[project]\nprofile = \"test\"\n\n[verify]\ntest = '''if grep -q 'a - b' src/math.py; then echo 'FAILED test_add: add(1, 2) == -1'; exit 1; fi; echo '1 passed, 0 failed' '''\n\n[agent]\nkind = \"command\"\ncommand = {}\n{extra}",
+            toml_string(agent)
+        ),
+    );
+    repo.unit(
+        "add",
+        "scope = [\"src/**\"]",
+        "Add add(a, b) to src/math.py.",
+    );
+    repo
+}
+
+/// Writes the correct `add` from attempt `good` on, a wrong one before.
+fn agent_good_from(good: u32) -> String {
+    format!(
+        "cat > /tmp/prompt; if [ \"$BOXDELEGATE_ATTEMPT\" -ge {good} ]; then printf 'def add(a, b):\\n    return a + b\\n' >> src/math.py; else printf 'def add(a, b):\\n    return a - b\\n' >> src/math.py; fi"
+    )
+}
+
+fn containers_of_run(run_id: &str) -> String {
+    docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=boxdelegate.run={run_id}"),
+        "--format",
+        "{{.ID}} {{.Status}}",
+    ])
+}
+
+fn commits_on(repo: &TestRepo, branch: &str, since: &str) -> Vec<String> {
+    let out = repo.git(&[
+        "log",
+        "--reverse",
+        "--format=%(trailers:key=Boxdelegate-Unit,valueonly)",
+        &format!("{since}..refs/heads/{branch}"),
+    ]);
+    out.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn run_json(repo: &TestRepo, args: &[&str]) -> (i32, serde_json::Value, String) {
+    let out = repo
+        .cmd()
+        .args(["run", "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}\n{err}", stdout(&out)));
+    for u in v["units"].as_array().unwrap() {
+        if let Some(i) = u["unit_image"].as_str() {
+            repo.remember_image(i);
+        }
+    }
+    (out.status.code().unwrap_or(-1), v, err)
+}
+
+#[test]
+fn a_change_that_fails_verification_twice_is_retried_and_lands_after_2_retries() {
+    require_base_image();
+    let repo = project("resume-retries", &agent_good_from(3), "");
+    let snapshot = repo.commit("project");
+    let (code, v, err) = run_json(&repo, &["--unit", "add"]);
+    assert_eq!(code, 0, "{err}\n{v}");
+    let u = &v["units"][0];
+    assert_eq!(u["status"], "landed", "{u}");
+    assert_eq!(u["retries"], 2, "{u}");
+    assert!(
+        u["message"].as_str().unwrap().ends_with("after 2 retries"),
+        "{u}"
+    );
+    let attempts = u["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3, "{u}");
+    assert_eq!(attempts[0]["status"], "verify-failed");
+    assert_eq!(attempts[1]["status"], "verify-failed");
+    // The retry prompt carries the failing output and what the rejected change did.
+    let dir = PathBuf::from(attempts[2]["dir"].as_str().unwrap());
+    let prompt = std::fs::read_to_string(dir.join("prompt.md")).unwrap();
+    assert!(prompt.contains("Previous attempt (2) failed"), "{prompt}");
+    assert!(prompt.contains("FAILED test_add"), "{prompt}");
+    assert!(prompt.contains("src/math.py"), "{prompt}");
+    let first = std::fs::read_to_string(
+        PathBuf::from(attempts[0]["dir"].as_str().unwrap()).join("prompt.md"),
+    )
+    .unwrap();
+    assert!(!first.contains("Previous attempt"), "{first}");
+    // One commit, with the good change.
+    assert_eq!(commits_on(&repo, "boxdelegate/add", &snapshot), ["add"]);
+    assert!(repo
+        .git(&["show", "boxdelegate/add:src/math.py"])
+        .contains("return a + b"));
+    let report = &v["run"];
+    assert_eq!(report["landed_after_retries"], 1, "{report}");
+    assert_eq!(report["landed_first_attempt"], 0, "{report}");
+    assert_eq!(report["units"], 1, "{report}");
+    assert!(report["agent_seconds"].as_f64().unwrap() > 0.0, "{report}");
+}
+
+#[test]
+fn a_unit_that_always_fails_ends_failed_after_retries_and_the_fallback_with_every_patch_kept() {
+    require_base_image();
+    let repo = project(
+        "resume-fallback",
+        &agent_good_from(99),
+        "\n[agent.fallback]\nkind = \"command\"\ncommand = '''echo fallback > /tmp/x; printf 'def add(a, b):\\n    return a - b  # fallback\\n' >> src/math.py'''\n",
+    );
+    let snapshot = repo.commit("project");
+    let refs = repo.refs();
+    let (code, v, err) = run_json(&repo, &["--unit", "add"]);
+    assert_eq!(code, 18, "{err}\n{v}");
+    let u = &v["units"][0];
+    assert_eq!(u["status"], "failed", "{u}");
+    let attempts = u["attempts"].as_array().unwrap();
+    // The default budget: 2 retries, then the fallback agent.
+    assert_eq!(attempts.len(), 4, "{u}");
+    let roles: Vec<&str> = attempts
+        .iter()
+        .map(|a| a["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["primary", "primary", "primary", "fallback"]);
+    let mut patches = std::collections::BTreeSet::new();
+    for a in attempts {
+        assert_eq!(a["status"], "verify-failed", "{a}");
+        let patch = std::fs::read_to_string(a["patch"].as_str().unwrap()).unwrap();
+        assert!(patch.contains("return a - b"), "{patch}");
+        patches.insert(patch);
+    }
+    assert!(
+        patches.iter().any(|p| p.contains("# fallback")),
+        "the fallback's own patch is kept"
+    );
+    assert!(
+        u["message"]
+            .as_str()
+            .unwrap()
+            .contains("failed after 4 attempts (2 retries, then the fallback agent)"),
+        "{u}"
+    );
+    assert_eq!(v["run"]["failed"], 1);
+    assert_eq!(repo.refs(), refs, "nothing landed");
+    assert!(commits_on(&repo, "main", &snapshot).is_empty());
+}
+
+#[test]
+fn an_agent_killed_by_the_oom_killer_is_an_infrastructure_failure_and_retried() {
+    require_base_image();
+    let repo = TestRepo::with_project("resume-oom");
+    repo.write(
+        "boxdelegate.toml",
+        "[project]\nprofile = \"test\"\n[limits]\nmemory = \"96m\"\n[run]\ninfra_retries = 1\nbackoff = \"0s\"\n[agent]\nkind = \"command\"\ncommand = '''if [ \"$BOXDELEGATE_ATTEMPT\" = 1 ]; then tail /dev/zero; fi; echo five >> src/five.txt'''\n",
+    );
+    repo.unit("five", "scope = [\"src/**\"]", "Write five.");
+    repo.commit("project");
+    let (code, v, err) = run_json(&repo, &["--unit", "five"]);
+    assert_eq!(code, 0, "{err}\n{v}");
+    let u = &v["units"][0];
+    assert_eq!(u["status"], "landed", "{u}");
+    let attempts = u["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{u}");
+    assert_eq!(attempts[0]["infra"], "oom", "{u}");
+    assert_eq!(attempts[0]["status"], "infra-error", "{u}");
+    assert!(
+        attempts[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("out-of-memory"),
+        "{u}"
+    );
+    assert_eq!(
+        u["retries"], 0,
+        "an infrastructure retry is not a retry of the change"
+    );
+    assert_eq!(v["run"]["landed_first_attempt"], 1);
+}
+
+#[test]
+fn three_infrastructure_failures_in_a_row_open_the_breaker_and_skip_the_rest() {
+    require_base_image();
+    let repo = TestRepo::with_project("resume-breaker");
+    repo.write(
+        "boxdelegate.toml",
+        "[project]\nprofile = \"test\"\n[run]\ninfra_retries = 5\nbackoff = \"0s\"\njobs = 1\n[agent]\nkind = \"command\"\ntimeout = \"1s\"\ncommand = '''exec sleep 60'''\n",
+    );
+    for id in ["a1", "a2", "a3"] {
+        repo.unit(id, "scope = [\"src/**\"]", "Hang.");
+    }
+    repo.commit("project");
+    let refs = repo.refs();
+    let (code, v, err) = run_json(&repo, &["--unit", "a1", "--unit", "a2", "--unit", "a3"]);
+    assert_eq!(
+        code, 19,
+        "the exit code says the breaker opened: {err}\n{v}"
+    );
+    let units = v["units"].as_array().unwrap();
+    assert_eq!(units[0]["status"], "timeout", "{}", units[0]);
+    assert_eq!(units[0]["attempts"].as_array().unwrap().len(), 3);
+    for u in &units[1..] {
+        assert_eq!(u["status"], "skipped", "{u}");
+        assert!(
+            u["message"]
+                .as_str()
+                .unwrap()
+                .contains("3 infrastructure failures in a row"),
+            "{u}"
+        );
+        assert!(u["attempts"].as_array().unwrap().is_empty(), "{u}");
+    }
+    assert_eq!(v["run"]["skipped"], 2);
+    assert!(v["run"]["breaker"].as_str().unwrap().contains("a1"));
+    assert_eq!(repo.refs(), refs);
+    let run_id = v["run"]["run_id"].as_str().unwrap();
+    assert_eq!(containers_of_run(run_id), "", "no container is left");
+}
+
+#[test]
+fn four_units_with_two_jobs_land_in_unit_order_on_one_branch() {
+    require_base_image();
+    let repo = TestRepo::with_project("resume-parallel");
+    // The first unit is the slowest, so later units are ready first and must wait their turn.
+    repo.agent("if [ \"$BOXDELEGATE_UNIT_ID\" = u1 ]; then sleep 3; fi; echo \"$BOXDELEGATE_UNIT_ID\" > \"src/$BOXDELEGATE_UNIT_ID.txt\"");
+    for id in ["u1", "u2", "u3", "u4"] {
+        repo.unit(id, "scope = [\"src/**\"]", &format!("Write src/{id}.txt."));
+    }
+    let snapshot = repo.commit("project");
+    let (code, v, err) = run_json(
+        &repo,
+        &[
+            "--unit",
+            "u1",
+            "--unit",
+            "u2",
+            "--unit",
+            "u3",
+            "--unit",
+            "u4",
+            "--jobs",
+            "2",
+            "--branch",
+            "integration",
+        ],
+    );
+    assert_eq!(code, 0, "{err}\n{v}");
+    assert_eq!(v["run"]["jobs"], 2);
+    assert_eq!(v["run"]["landed_first_attempt"], 4);
+    assert_eq!(
+        commits_on(&repo, "integration", &snapshot),
+        ["u1", "u2", "u3", "u4"],
+        "one commit per unit, in unit order"
+    );
+    let files = repo.git(&["ls-tree", "--name-only", "integration", "src/"]);
+    assert_eq!(
+        files
+            .lines()
+            .filter(|l| l.starts_with("src/u"))
+            .collect::<Vec<_>>(),
+        ["src/u1.txt", "src/u2.txt", "src/u3.txt", "src/u4.txt"],
+        "the final tree holds the four changes together"
+    );
+    // Units ran two at a time: u2 was ready before the slow u1 and still landed after it.
+    let log = |id: &str| {
+        v["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["unit"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert!(
+        log("u2")["message"]
+            .as_str()
+            .unwrap()
+            .contains("the branch had moved"),
+        "{}",
+        log("u2")
+    );
+}
+
+/// Runs `run --unit add` with a failpoint armed; expects the process to die by SIGKILL.
+fn crash_at(repo: &TestRepo, failpoint: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let out = repo
+        .cmd()
+        .args(["run", "--json", "--unit", "add"])
+        .env("BOXDELEGATE_FAILPOINT", failpoint)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "killed at {failpoint}: {}",
+        stderr(&out)
+    );
+}
+
+fn run_ids(repo: &TestRepo) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(repo.path().join(".git/boxdelegate/runs"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// kill -9 at `failpoint`, then the same command: the unit ends as an uninterrupted run would.
+fn killed_then_resumed(failpoint: &str) {
+    require_base_image();
+    let salt = format!("resume-kill-{failpoint}");
+    // The agent takes a moment, so a crash right after its start leaves it running.
+    let repo = project(
+        &salt,
+        "sleep 1; printf 'def add(a, b):\\n    return a + b\\n' >> src/math.py",
+        "",
+    );
+    let snapshot = repo.commit("project");
+    crash_at(&repo, failpoint);
+    let runs = run_ids(&repo);
+    // A crash before the journal exists leaves nothing to resume; every later one leaves one run.
+    assert!(runs.len() <= 1, "{runs:?}");
+
+    let (code, v, err) = run_json(&repo, &["--unit", "add"]);
+    assert_eq!(code, 0, "after a crash at {failpoint}: {err}\n{v}");
+    let u = &v["units"][0];
+    assert_eq!(u["status"], "landed", "{u}");
+    if let Some(crashed) = runs.first() {
+        assert_eq!(
+            v["run"]["run_id"],
+            crashed.as_str(),
+            "the same run continued"
+        );
+        assert_eq!(v["run"]["resumed"], true);
+    }
+    assert_eq!(run_ids(&repo).len(), 1, "no second run");
+    // Exactly one commit, with the change; the patch is kept; no container is left.
+    assert_eq!(commits_on(&repo, "boxdelegate/add", &snapshot), ["add"]);
+    assert_eq!(
+        repo.git(&["show", "boxdelegate/add:src/math.py"]),
+        "def one():\n    return 1\ndef add(a, b):\n    return a + b"
+    );
+    let patch = std::fs::read_to_string(u["patch"].as_str().unwrap()).unwrap();
+    assert!(patch.contains("+    return a + b"), "{patch}");
+    assert_eq!(u["attempts"].as_array().unwrap().len(), 1, "{u}");
+    let run_id = v["run"]["run_id"].as_str().unwrap();
+    assert_eq!(containers_of_run(run_id), "", "no orphan container");
+    // Running it again does nothing more.
+    let (code, v, _) = run_json(&repo, &["--unit", "add"]);
+    assert_eq!(code, 0);
+    assert_eq!(v["units"][0]["status"], "already-landed");
+    assert_eq!(commits_on(&repo, "boxdelegate/add", &snapshot), ["add"]);
+}
+
+#[test]
+fn killed_after_the_run_is_recorded() {
+    killed_then_resumed("run-created");
+}
+
+#[test]
+fn killed_while_the_agent_runs() {
+    killed_then_resumed("agent-started");
+}
+
+#[test]
+fn killed_after_the_agent_exited() {
+    killed_then_resumed("agent-exited");
+}
+
+#[test]
+fn killed_after_extraction() {
+    killed_then_resumed("extracted");
+}
+
+#[test]
+fn killed_after_verification() {
+    killed_then_resumed("attempt-judged");
+}
+
+#[test]
+fn killed_in_the_middle_of_landing() {
+    killed_then_resumed("landing");
+}
+
+#[test]
+fn killed_after_the_branch_moved() {
+    killed_then_resumed("landed");
+}
+
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn journal(repo: &TestRepo) -> Option<serde_json::Value> {
+    let id = run_ids(repo).pop()?;
+    let data = std::fs::read(
+        repo.path()
+            .join(format!(".git/boxdelegate/runs/{id}/journal.json")),
+    )
+    .ok()?;
+    serde_json::from_slice(&data).ok()
+}
+
+#[test]
+fn a_second_boxdelegate_on_the_same_repository_refuses_or_waits() {
+    require_base_image();
+    let repo = TestRepo::with_project("resume-lock");
+    // The slow unit's agent works until the test lets it finish (a file the test creates in
+    // the agent container), so the first run holds the repository as long as the test needs.
+    repo.write(
+        "boxdelegate.toml",
+        &format!(
+            "[project]\nprofile = \"test\"\n[agent]\nkind = \"command\"\ntimeout = \"3m\"\ncommand = {}\n",
+            toml_string("if [ \"$BOXDELEGATE_UNIT_ID\" = slow ]; then while [ ! -e /tmp/go ]; do sleep 0.1; done; fi; echo \"$BOXDELEGATE_UNIT_ID\" > \"src/$BOXDELEGATE_UNIT_ID.txt\"")
+        ),
+    );
+    repo.unit("slow", "scope = [\"src/**\"]", "Slow.");
+    repo.unit("other", "scope = [\"src/**\"]", "Other.");
+    let snapshot = repo.commit("project");
+    let first = repo
+        .cmd()
+        .args(["run", "--json", "--unit", "slow", "--branch", "shared"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = KillChild(first.id());
+    wait_for("the first run's agent to start", || {
+        journal(&repo).is_some_and(|j| j["units"][0]["attempts"][0]["phase"] == "running")
+    });
+    let before = repo.refs();
+    let out = repo
+        .cmd()
+        .args(["run", "--json", "--unit", "other", "--branch", "shared"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(20), "{err}");
+    assert!(err.contains("is working on this repository"), "{err}");
+    assert!(err.contains(&format!("pid {}", first.id())), "{err}");
+    assert!(err.contains("--wait"), "{err}");
+    assert_eq!(repo.refs(), before, "the refused run touched nothing");
+    assert_eq!(run_ids(&repo).len(), 1, "the refused run wrote no run");
+    // `status` reads without the lock and says the run is running.
+    let out = repo.cmd().args(["status", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["runs"][0]["state"], "running", "{s}");
+    assert!(
+        s["runs"][0]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["kind"] == "agent" && c["state"] == "running"),
+        "{s}"
+    );
+    // With --wait the second one queues behind the first; landings never interleave.
+    let second_err = repo.path().join(".git/second.err");
+    let second = repo
+        .cmd()
+        .args([
+            "run", "--json", "--wait", "--unit", "other", "--branch", "shared",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&second_err).unwrap())
+        .spawn()
+        .unwrap();
+    let _guard2 = KillChild(second.id());
+    wait_for("the second run to queue", || {
+        std::fs::read_to_string(&second_err)
+            .is_ok_and(|e| e.contains("waiting: another boxdelegate"))
+    });
+    let run_id = run_ids(&repo).pop().unwrap();
+    let agent = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=boxdelegate.run={run_id}"),
+        "--filter",
+        "label=boxdelegate.kind=agent",
+    ]);
+    docker(&["exec", agent.trim(), "touch", "/tmp/go"]);
+    let first = first.wait_with_output().unwrap();
+    let second = second.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        second.status.success(),
+        "{}",
+        std::fs::read_to_string(&second_err).unwrap_or_default()
+    );
+    assert_eq!(commits_on(&repo, "shared", &snapshot), ["slow", "other"]);
+    for out in [&first, &second] {
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if let Some(i) = v["units"][0]["unit_image"].as_str() {
+            repo.remember_image(i);
+        }
+    }
+}
+
+struct KillChild(u32);
+
+impl Drop for KillChild {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-9", &self.0.to_string()])
+            .status();
+    }
+}
+
+#[test]
+fn a_corrupt_journal_gets_a_clear_message_and_clean_is_the_way_out() {
+    require_base_image();
+    // The agent works long enough to be still running when the test cleans up after it.
+    let repo = project(
+        "resume-corrupt",
+        "sleep 60; echo 'def add(a, b): return a + b' >> src/math.py",
+        "",
+    );
+    repo.commit("project");
+    crash_at(&repo, "agent-started");
+    let id = run_ids(&repo).pop().unwrap();
+    let path = repo
+        .path()
+        .join(format!(".git/boxdelegate/runs/{id}/journal.json"));
+    let data = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &data[..data.len() / 2]).unwrap();
+    // The agent container of the crashed run still runs.
+    let containers = containers_of_run(&id);
+    assert!(containers.contains("Up"), "{containers}");
+
+    for args in [
+        vec!["run", "--unit", "add"],
+        vec!["status"],
+        vec!["resume", id.as_str()],
+    ] {
+        let out = repo.cmd().args(&args).output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(21), "{args:?}: {err}");
+        assert!(err.contains("corrupt or truncated"), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("boxdelegate clean --run {id}")),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // A running agent is never removed without --force.
+    let out = repo.cmd().args(["clean", "--run", &id]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+    assert!(containers_of_run(&id).contains("Up"));
+    let out = repo
+        .cmd()
+        .args(["clean", "--run", &id, "--force"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(containers_of_run(&id), "");
+    assert!(run_ids(&repo).is_empty());
+    // And the unit runs anew (with a quick agent this time).
+    let config = std::fs::read_to_string(repo.path().join("boxdelegate.toml")).unwrap();
+    repo.write("boxdelegate.toml", &config.replace("sleep 60; ", ""));
+    let (code, v, err) = run_json(&repo, &["--unit", "add"]);
+    assert_eq!(code, 0, "{err}\n{v}");
+}
+
+#[test]
+fn status_shows_an_interrupted_run_and_clean_keeps_it_until_asked() {
+    require_base_image();
+    let repo = project("resume-status", &agent_good_from(1), "");
+    repo.commit("project");
+    crash_at(&repo, "extracted");
+    let id = run_ids(&repo).pop().unwrap();
+    let out = repo.cmd().args(["status", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run = &s["runs"][0];
+    assert_eq!(run["run_id"], id.as_str());
+    assert_eq!(run["state"], "interrupted", "{run}");
+    assert_eq!(run["units"][0]["phase"], "working", "{run}");
+    assert_eq!(
+        run["units"][0]["attempts"][0]["phase"], "extracted",
+        "{run}"
+    );
+    let text = stdout(&repo.cmd().args(["status"]).output().unwrap());
+    assert!(text.contains("interrupted"), "{text}");
+    assert!(text.contains("boxdelegate resume"), "{text}");
+    // clean without --run keeps unfinished runs.
+    let out = repo.cmd().args(["clean"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains("not finished"), "{}", stdout(&out));
+    assert_eq!(run_ids(&repo), [id.clone()]);
+    // resume finishes it; then clean removes the finished run.
+    let out = repo.cmd().args(["resume", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["units"][0]["status"], "landed");
+    let image = v["units"][0]["unit_image"].as_str().unwrap().to_string();
+    repo.remember_image(&image);
+    let out = repo.cmd().args(["clean", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["removed"][0]["run_id"], id.as_str(), "{c}");
+    assert!(run_ids(&repo).is_empty());
+    assert_eq!(
+        docker(&["images", "-q", &image]),
+        "",
+        "the run's unit image is removed"
+    );
+    let out = repo.cmd().args(["status"]).output().unwrap();
+    assert_eq!(stdout(&out).trim(), "no runs in this repository");
+}
