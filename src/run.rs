@@ -750,7 +750,7 @@ async fn remove_abandoned(
         .await?
     {
         let Some(id) = c.id else { continue };
-        if !keep.iter().any(|k| *k == id) {
+        if !keep.contains(&id) {
             engine.remove_container(&id).await?;
         }
     }
@@ -1249,8 +1249,8 @@ fn retry_context(ctx: &Ctx<'_>, id: &str, n: u32) -> Result<Option<crate::agent:
         j.unit(id)
             .attempts
             .iter()
-            .filter(|a| a.n < n && a.phase == AttemptPhase::Done && a.infra.is_none())
-            .last()
+            .rev()
+            .find(|a| a.n < n && a.phase == AttemptPhase::Done && a.infra.is_none())
             .cloned()
     });
     let Some(f) = failed else { return Ok(None) };
@@ -2272,7 +2272,7 @@ mod tests {
 
     #[test]
     fn the_report_counts_how_units_ended() {
-        let mut r = |status, retries, fallback| UnitResult {
+        let r = |status, retries, fallback| UnitResult {
             status,
             retries,
             fallback,

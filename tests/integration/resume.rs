@@ -614,7 +614,7 @@ fn status_shows_an_interrupted_run_and_clean_keeps_it_until_asked() {
     let out = repo.cmd().args(["clean"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(stdout(&out).contains("not finished"), "{}", stdout(&out));
-    assert_eq!(run_ids(&repo), [id.clone()]);
+    assert_eq!(run_ids(&repo), std::slice::from_ref(&id));
     // resume finishes it; then clean removes the finished run.
     let out = repo.cmd().args(["resume", "--json"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
