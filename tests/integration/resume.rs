@@ -334,14 +334,18 @@ fn killed_then_resumed(failpoint: &str) {
     // The agent takes a moment, so a crash right after its start leaves it running.
     let repo = project(
         &salt,
-        "sleep 1; printf 'def add(a, b):\\n    return a + b\\n' >> src/math.py",
+        "sleep 3; printf 'def add(a, b):\\n    return a + b\\n' >> src/math.py",
         "",
     );
     let snapshot = repo.commit("project");
     crash_at(&repo, failpoint);
     let runs = run_ids(&repo);
-    // A crash before the journal exists leaves nothing to resume; every later one leaves one run.
-    assert!(runs.len() <= 1, "{runs:?}");
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    if failpoint == "agent-started" {
+        // The agent outlives boxdelegate: the resumed run must re-attach to it.
+        let left = containers_of_run(&runs[0]);
+        assert!(left.contains("Up"), "the agent still runs: {left}");
+    }
 
     let (code, v, err) = run_json(&repo, &["--unit", "add"]);
     assert_eq!(code, 0, "after a crash at {failpoint}: {err}\n{v}");
