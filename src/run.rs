@@ -1211,6 +1211,7 @@ async fn start_agent(
             ..Default::default()
         })
         .await?;
+    crate::failpoint::hit("agent-created");
     let prepared = async {
         ctx.engine
             .upload(&container, PROMPT_DIR, prompt_tar(&prompt)?)

@@ -384,6 +384,11 @@ fn killed_after_the_run_is_recorded() {
 }
 
 #[test]
+fn killed_between_creating_the_agent_container_and_recording_it() {
+    killed_then_resumed("agent-created");
+}
+
+#[test]
 fn killed_while_the_agent_runs() {
     killed_then_resumed("agent-started");
 }
