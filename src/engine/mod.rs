@@ -533,6 +533,23 @@ impl Engine {
         match res {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
+            // The engine is removing it already (seen right after a container exits): wait for
+            // that removal to finish.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) if message.contains("already in progress") => {
+                for _ in 0..300 {
+                    if self.container_running(id).await?.is_none() {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(Error::Internal(format!(
+                    "the engine did not finish removing container {} within 30s: {message}",
+                    short(id)
+                )))
+            }
             Err(e) => Err(Error::engine(
                 format!("removing container {}", short(id)),
                 e,
@@ -716,6 +733,8 @@ pub fn hardened_host_config(limits: &crate::config::Limits) -> HostConfig {
         cap_drop: Some(vec!["ALL".into()]),
         security_opt: Some(vec!["no-new-privileges".into()]),
         privileged: Some(false),
+        // A private cgroup namespace also where the engine's default is the host's (cgroup v1).
+        cgroupns_mode: Some(bollard::models::HostConfigCgroupnsModeEnum::PRIVATE),
         init: Some(true),
         memory: Some(limits.memory as i64),
         memory_swap: Some(limits.memory as i64),

@@ -1,5 +1,6 @@
 //! Integration tests: the real binary against real git repositories and the real engine.
 
+mod attack;
 mod bad_inputs;
 mod codex;
 mod common;

@@ -532,13 +532,17 @@ fn a_second_boxdelegate_on_the_same_repository_refuses_or_waits() {
     }
 }
 
+/// Kills a spawned boxdelegate when the test fails before waiting for it.
 struct KillChild(u32);
 
 impl Drop for KillChild {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-9", &self.0.to_string()])
-            .status();
+        if std::thread::panicking() {
+            let _ = Command::new("kill")
+                .args(["-9", &self.0.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
