@@ -485,19 +485,7 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
             let run_id = new_run_id();
             let results = all_landed
                 .into_iter()
-                .map(|(p, commit)| {
-                    reporter.phase(&format!(
-                        "{}: already landed as {}",
-                        p.unit.meta.id,
-                        short(&commit)
-                    ));
-                    let mut r = UnitResult::new(p, p.agents[0].agent.name(), &snapshot, &run_id);
-                    r.status = Status::AlreadyLanded;
-                    r.message = format!(
-                        "already landed as {commit} (run again with --rerun to delegate it anew)"
-                    );
-                    r
-                })
+                .map(|(p, commit)| already_landed(p, &commit, &snapshot, &run_id, reporter))
                 .collect();
             return Ok(RunOutcome {
                 results,
@@ -546,18 +534,8 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
                     result: None,
                 };
                 if let Some(commit) = landed_before(p)? {
-                    reporter.phase(&format!(
-                        "{}: already landed as {}",
-                        p.unit.meta.id,
-                        short(&commit)
-                    ));
-                    let mut r = UnitResult::new(p, p.agents[0].agent.name(), &snapshot, &run_id);
-                    r.status = Status::AlreadyLanded;
-                    r.message = format!(
-                        "already landed as {commit} (run again with --rerun to delegate it anew)"
-                    );
                     entry.phase = UnitPhase::Done;
-                    entry.result = Some(r);
+                    entry.result = Some(already_landed(p, &commit, &snapshot, &run_id, reporter));
                 }
                 units.push(entry);
             }
@@ -706,6 +684,25 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
         results,
         report: Some(report),
     })
+}
+
+/// The result of a unit whose trailer is already on its branch: it is not run again.
+fn already_landed(
+    p: &Planned,
+    commit: &str,
+    snapshot: &Snapshot,
+    run_id: &str,
+    reporter: &dyn Reporter,
+) -> UnitResult {
+    reporter.phase(&format!(
+        "{}: already landed as {}",
+        p.unit.meta.id,
+        short(commit)
+    ));
+    let mut r = UnitResult::new(p, p.agents[0].agent.name(), snapshot, run_id);
+    r.status = Status::AlreadyLanded;
+    r.message = format!("already landed as {commit} (run again with --rerun to delegate it anew)");
+    r
 }
 
 fn unix_now() -> f64 {

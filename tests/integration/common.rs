@@ -281,6 +281,13 @@ impl TestRepo {
 
     /// Runs `run --json` with `args`; returns the exit code and the unit results.
     pub fn run(&self, args: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
+        let (code, v, err) = self.run_value(args);
+        (code, v["units"].as_array().unwrap().clone(), err)
+    }
+
+    /// Runs `run --json` with `args`; returns the exit code, the whole JSON (`run` report and
+    /// `units`) and stderr.
+    pub fn run_value(&self, args: &[&str]) -> (i32, serde_json::Value, String) {
         let out = self
             .cmd()
             .args(["run", "--json"])
@@ -291,19 +298,12 @@ impl TestRepo {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("run printed no JSON ({e}): {}\n{err}", stdout(&out)));
         // Unit images built for this repository are removed with it.
-        let mut images = self.images.borrow_mut();
         for u in v["units"].as_array().unwrap() {
             if let Some(i) = u["unit_image"].as_str() {
-                if !images.contains(&i.to_string()) {
-                    images.push(i.to_string());
-                }
+                self.remember_image(i);
             }
         }
-        (
-            out.status.code().unwrap_or(-1),
-            v["units"].as_array().unwrap().clone(),
-            err,
-        )
+        (out.status.code().unwrap_or(-1), v, err)
     }
 
     /// Remembers an image for removal when the test ends.

@@ -60,21 +60,7 @@ fn commits_on(repo: &TestRepo, branch: &str, since: &str) -> Vec<String> {
 }
 
 fn run_json(repo: &TestRepo, args: &[&str]) -> (i32, serde_json::Value, String) {
-    let out = repo
-        .cmd()
-        .args(["run", "--json"])
-        .args(args)
-        .output()
-        .unwrap();
-    let err = stderr(&out);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("no JSON ({e}): {}\n{err}", stdout(&out)));
-    for u in v["units"].as_array().unwrap() {
-        if let Some(i) = u["unit_image"].as_str() {
-            repo.remember_image(i);
-        }
-    }
-    (out.status.code().unwrap_or(-1), v, err)
+    repo.run_value(args)
 }
 
 #[test]
