@@ -907,7 +907,7 @@ async fn work_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
         }
         if let Some(a) = last.filter(|a| a.phase != AttemptPhase::Done) {
             let plan = p.agent(a.role);
-            let outcome = drive_attempt(ctx, p, plan, &a).await;
+            let outcome = drive_attempt(ctx, p, plan).await;
             if let Err(e) = outcome {
                 if !matches!(e, Error::Engine { .. } | Error::EngineUnreachable { .. }) {
                     return Err(e);
@@ -1123,30 +1123,21 @@ fn update_attempt(
         .update(|j| f(j.unit_mut(id).attempts.last_mut().expect("an attempt")))
 }
 
-/// Takes an attempt from its recorded phase to `done`: start the agent container, watch it,
-/// extract the change, judge it (scope, verify).
-async fn drive_attempt(
-    ctx: &Ctx<'_>,
-    p: &Planned,
-    plan: &AgentPlan,
-    attempt: &crate::journal::Attempt,
-) -> Result<()> {
+/// Takes the unit's current attempt from its recorded phase to `done`: start the agent
+/// container, watch it, extract the change, judge it (scope, verify).
+async fn drive_attempt(ctx: &Ctx<'_>, p: &Planned, plan: &AgentPlan) -> Result<()> {
     let id = &p.unit.meta.id;
-    let mut phase = attempt.phase;
     loop {
         let a = ctx
             .journal
             .read(|j| j.unit(id).attempts.last().expect("an attempt").clone());
-        match phase {
+        match a.phase {
             AttemptPhase::Starting => start_agent(ctx, p, plan, &a).await?,
             AttemptPhase::Running => watch_agent(ctx, p, plan, &a).await?,
             AttemptPhase::Exited => extract_change(ctx, p, &a).await?,
             AttemptPhase::Extracted => judge(ctx, p, plan, &a).await?,
             AttemptPhase::Done => return Ok(()),
         }
-        phase = ctx
-            .journal
-            .read(|j| j.unit(id).attempts.last().expect("an attempt").phase);
     }
 }
 
