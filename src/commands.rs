@@ -370,10 +370,7 @@ fn print_report(r: &crate::run::RunReport) {
 }
 
 fn print_result(r: &crate::run::UnitResult) {
-    let status = serde_json::to_value(r.status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
+    let status = crate::report::label(r.status);
     println!(
         "{:<20} {:<14} {} ({} file(s), {:.1}s)",
         r.unit, status, r.message, r.files_changed, r.seconds
@@ -403,10 +400,7 @@ fn print_result(r: &crate::run::UnitResult) {
                 a.infra
                     .as_deref()
                     .map(|k| format!("infra-error ({k})"))
-                    .unwrap_or_else(|| serde_json::to_value(a.status)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default()),
+                    .unwrap_or_else(|| crate::report::label(a.status)),
                 a.patch
                     .as_ref()
                     .map(|p| format!(", patch {}", p.display()))

@@ -8,6 +8,14 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// The serialized (kebab-case) name of a unit enum, e.g. a status, for people.
+pub fn label<T: serde::Serialize>(v: T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 pub type LineSink = Box<dyn Fn(&str) + Send + Sync + 'static>;
 
 pub trait Reporter: Send + Sync {

@@ -566,7 +566,6 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
         ));
         crate::failpoint::hit("run-created");
     }
-    live.update(|j| j.unit_image = Some(unit_image.image.clone()))?;
     let todo: Vec<&Planned> = planned
         .iter()
         .filter(|p| live.read(|j| j.unit(&p.unit.meta.id).phase) != UnitPhase::Done)
@@ -877,8 +876,8 @@ fn view(a: &crate::journal::Attempt) -> AttemptView {
         role: a.role,
         status: a.result.status,
         infra: a.infra.is_some(),
-        retryable: a.result.agent_failure.is_none_or(|k| k.retryable())
-            || a.result.agent_failure == Some(crate::agent::events::FailureKind::Other),
+        retryable: a.result.agent_failure
+            != Some(crate::agent::events::FailureKind::Authentication),
         message: a.result.message.clone(),
     }
 }
@@ -1030,10 +1029,7 @@ fn attempt_done(ctx: &Ctx<'_>, id: &str) -> Result<()> {
         (a, opened)
     })?;
     crate::failpoint::hit("attempt-judged");
-    let status = serde_json::to_value(a.result.status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
+    let status = crate::report::label(a.result.status);
     if a.result.status != Status::Landed {
         ctx.reporter.phase(&format!(
             "{id}: attempt {} ({}) ended {}{}",
@@ -1082,6 +1078,17 @@ fn finish_unit(ctx: &Ctx<'_>, id: &str, mut result: UnitResult) -> Result<()> {
         .count()
         .saturating_sub(1) as u32;
     result.fallback = attempts.last().is_some_and(|a| a.role == Role::Fallback);
+    if result.status == Status::Landed {
+        if result.fallback {
+            result.message.push_str(" by the fallback agent");
+        } else if result.retries > 0 {
+            let n = result.retries;
+            result.message.push_str(&format!(
+                " after {n} retr{}",
+                if n == 1 { "y" } else { "ies" }
+            ));
+        }
+    }
     result.agent_seconds = attempts.iter().map(|a| a.agent_seconds).sum();
     let mut usage: Option<crate::agent::events::Usage> = None;
     let mut cost: Option<f64> = None;
@@ -1576,10 +1583,7 @@ async fn judge_change(
             };
             result.message = format!(
                 "codex failed ({}{}): {}; nothing landed",
-                serde_json::to_value(kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
+                crate::report::label(kind),
                 if kind.retryable() {
                     ", retryable"
                 } else {
@@ -1753,7 +1757,7 @@ async fn land_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
                     note: None,
                 },
             );
-            return finish_landed(ctx, id, result);
+            return finish_unit(ctx, id, result);
         }
     }
     ctx.reporter
@@ -1822,32 +1826,6 @@ async fn land_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
     let landed = land::finish(repo, &req, prepared)?;
     crate::failpoint::hit("landed");
     finish_landing(&mut result, landed);
-    finish_landed(ctx, id, result)
-}
-
-fn finish_landed(ctx: &Ctx<'_>, id: &str, mut result: UnitResult) -> Result<()> {
-    if result.status == Status::Landed {
-        let (n, fallback) = ctx.journal.read(|j| {
-            let u = j.unit(id);
-            let regular = u
-                .attempts
-                .iter()
-                .filter(|a| a.infra.is_none() && a.role == Role::Primary)
-                .count();
-            (
-                regular.saturating_sub(1),
-                u.attempts.last().is_some_and(|a| a.role == Role::Fallback),
-            )
-        });
-        if fallback {
-            result.message.push_str(" by the fallback agent");
-        } else if n > 0 {
-            result.message.push_str(&format!(
-                " after {n} retr{}",
-                if n == 1 { "y" } else { "ies" }
-            ));
-        }
-    }
     finish_unit(ctx, id, result)
 }
 

@@ -7,6 +7,7 @@ use crate::commands::Project;
 use crate::engine::{labels, short, Engine};
 use crate::error::{exit, Error, Result};
 use crate::journal::{self, Journal};
+use crate::report::label;
 
 /// A run id given on the command line: well formed and present.
 pub fn check_run_id(state: &Path, id: &str) -> Result<()> {
@@ -74,13 +75,6 @@ fn state_of(j: &Journal, busy: bool) -> &'static str {
     } else {
         "interrupted"
     }
-}
-
-fn enum_str<T: serde::Serialize>(v: T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 pub async fn status(project: &Project, run: Option<String>, all: bool, json: bool) -> Result<i32> {
@@ -189,14 +183,14 @@ fn print_run(j: &Journal, state: &str, holder: Option<&str>, containers: Option<
         let status = u
             .result
             .as_ref()
-            .map(|r| format!("{}: {}", enum_str(r.status), r.message))
-            .unwrap_or_else(|| enum_str(u.phase));
+            .map(|r| format!("{}: {}", label(r.status), r.message))
+            .unwrap_or_else(|| label(u.phase));
         println!("  {:<20} {status}", u.id);
         for a in &u.attempts {
             println!(
                 "    attempt {} {} ({}){}{}",
                 a.n,
-                enum_str(a.phase),
+                label(a.phase),
                 a.agent,
                 if a.phase == journal::AttemptPhase::Done {
                     format!(
@@ -204,7 +198,7 @@ fn print_run(j: &Journal, state: &str, holder: Option<&str>, containers: Option<
                         a.infra
                             .as_deref()
                             .map(|k| format!("infra-error ({k})"))
-                            .unwrap_or_else(|| enum_str(a.result.status))
+                            .unwrap_or_else(|| label(a.result.status))
                     )
                 } else {
                     String::new()
