@@ -553,6 +553,7 @@ fn a_corrupt_journal_gets_a_clear_message_and_clean_is_the_way_out() {
     let containers = containers_of_run(&id);
     assert!(containers.contains("Up"), "{containers}");
 
+    let before = repo.host_state();
     for args in [
         vec!["run", "--unit", "add"],
         vec!["status"],
@@ -567,6 +568,7 @@ fn a_corrupt_journal_gets_a_clear_message_and_clean_is_the_way_out() {
             "{args:?}: {err}"
         );
         assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(repo.host_state(), before, "{args:?} changed nothing");
     }
     // A running agent is never removed without --force.
     let out = repo.cmd().args(["clean", "--run", &id]).output().unwrap();
