@@ -48,6 +48,7 @@ impl Project {
         let config = Config::load(&repo.root)?;
         let profile = Profile::load(&repo.root, &config.project.profile)?;
         let limits = config.limits.resolve();
+        crate::engine::set_runtime(config.project.runtime.clone());
         Ok(Project {
             repo,
             config,
@@ -408,6 +409,15 @@ fn print_result(r: &crate::run::UnitResult) {
             );
         }
     }
+    if !r.network_refused.is_empty() {
+        println!(
+            "  the egress proxy refused {} request(s):",
+            r.network_refused.len()
+        );
+        for req in &r.network_refused {
+            println!("    {req}");
+        }
+    }
     for w in &r.warnings {
         println!("  warning: {w}");
     }
@@ -676,8 +686,7 @@ async fn image(global: &GlobalArgs, cmd: ImageCommand) -> Result<i32> {
             json,
             ..
         } => {
-            let Some((_, tag, containerfile)) =
-                images::CONTAINERFILES.iter().find(|(n, _, _)| *n == name)
+            let Some((_, tag, _)) = images::CONTAINERFILES.iter().find(|(n, _, _)| *n == name)
             else {
                 return Err(Error::Usage {
                     message: format!("no shipped Containerfile named {name:?}"),
@@ -692,21 +701,8 @@ async fn image(global: &GlobalArgs, cmd: ImageCommand) -> Result<i32> {
                 });
             };
             let engine = Engine::connect().await?;
-            if name != "base" {
-                images::require_image(&engine, images::BASE_IMAGE, None).await?;
-            }
             let reporter = reporter(global, json);
-            reporter.phase(&format!("building {tag} from images/{name}/Containerfile"));
-            let sink = reporter.line_sink();
-            let kind = if name == "base" { "base" } else { "toolchain" };
-            let result = engine
-                .build(
-                    tag,
-                    containerfile,
-                    [(labels::KIND.to_string(), kind.to_string())].into(),
-                    |line| sink(line),
-                )
-                .await;
+            let result = images::build_shipped(&engine, &name, reporter.as_ref()).await;
             reporter.finish();
             result?;
             let id = engine.image_id(tag).await?.unwrap_or_default();

@@ -60,7 +60,34 @@ pub const CONTAINERFILES: &[(&str, &str, &str)] = &[
         "boxdelegate/go:bookworm",
         include_str!("../images/go/Containerfile"),
     ),
+    (
+        "proxy",
+        crate::proxy::IMAGE,
+        include_str!("../images/proxy/Containerfile"),
+    ),
 ];
+
+/// Builds one of the shipped images (see [`CONTAINERFILES`]) from its Containerfile.
+pub async fn build_shipped(engine: &Engine, name: &str, reporter: &dyn Reporter) -> Result<()> {
+    let (_, tag, containerfile) = CONTAINERFILES
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .ok_or_else(|| Error::Internal(format!("no shipped Containerfile named {name:?}")))?;
+    if name != "base" {
+        require_image(engine, BASE_IMAGE, None).await?;
+    }
+    reporter.phase(&format!("building {tag} from images/{name}/Containerfile"));
+    let sink = reporter.line_sink();
+    let kind = if name == "base" { "base" } else { "toolchain" };
+    engine
+        .build(
+            tag,
+            containerfile,
+            [(labels::KIND.to_string(), kind.to_string())].into(),
+            |line| sink(line),
+        )
+        .await
+}
 
 /// How to make the base image without a registry.
 pub const BASE_HINT: &str = "build it from Debian packages: `sudo images/base/build-from-debian.sh base.tar && boxdelegate image import base base.tar` (with a registry: `boxdelegate image build base`)";

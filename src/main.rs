@@ -13,6 +13,7 @@ mod git;
 mod images;
 mod journal;
 mod land;
+mod proxy;
 mod report;
 mod run;
 mod scope;

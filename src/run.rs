@@ -104,6 +104,9 @@ pub struct UnitResult {
     pub message: String,
     /// Things worth knowing that did not decide the status.
     pub warnings: Vec<String>,
+    /// Requests the egress proxy refused (`METHOD URL`), with `network = "proxy"`.
+    #[serde(default)]
+    pub network_refused: Vec<String>,
     /// Tokens the agent used (codex), summed over its turn.
     pub usage: Option<crate::agent::events::Usage>,
     /// Estimated cost in USD, from `[prices]`.
@@ -173,7 +176,8 @@ impl UnitResult {
             landed: None,
             log: None,
             message: String::new(),
-            warnings: vec![],
+            warnings: p.warnings.clone(),
+            network_refused: vec![],
             usage: None,
             cost_usd: None,
             agent_failure: None,
@@ -235,9 +239,85 @@ struct AgentPlan {
     agent: Box<dyn Agent>,
     env: Vec<String>,
     timeout: Duration,
-    network: Option<String>,
+    network: AgentNetwork,
     silence_warning: Duration,
     price: Option<crate::agent::events::Price>,
+}
+
+/// Where an agent container's traffic may go.
+#[derive(Debug, Clone, PartialEq)]
+enum AgentNetwork {
+    /// Loopback only.
+    None,
+    /// Only the allowed destinations, through the attempt's egress proxy.
+    Proxy {
+        allow: Vec<crate::proxy::Allow>,
+        egress: String,
+    },
+    /// An engine network: the default bridge for "open", else one the user created.
+    Engine(String),
+}
+
+impl AgentNetwork {
+    fn from_config(config: &crate::config::AgentConfig) -> AgentNetwork {
+        match config.network.as_deref().unwrap_or("none") {
+            "none" => AgentNetwork::None,
+            "open" => AgentNetwork::Engine("bridge".into()),
+            "proxy" => {
+                // Validated with the configuration.
+                let allow = match &config.allow {
+                    Some(list) => list
+                        .iter()
+                        .filter_map(|a| crate::proxy::Allow::parse(a).ok())
+                        .collect(),
+                    None => default_allow(config),
+                };
+                AgentNetwork::Proxy {
+                    allow,
+                    egress: config
+                        .egress_network
+                        .clone()
+                        .unwrap_or_else(|| crate::proxy::DEFAULT_EGRESS.into()),
+                }
+            }
+            name => AgentNetwork::Engine(name.into()),
+        }
+    }
+
+    /// In words, for the prompt.
+    fn describe(&self) -> String {
+        match self {
+            AgentNetwork::None => "off: the container has no network".into(),
+            AgentNetwork::Proxy { allow, .. } if allow.is_empty() => {
+                "through a proxy that lets nothing through".into()
+            }
+            AgentNetwork::Proxy { allow, .. } => format!(
+                "only {} (set HTTP_PROXY/HTTPS_PROXY point at the proxy that enforces this)",
+                allow
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            AgentNetwork::Engine(n) if n == "bridge" => "open".into(),
+            AgentNetwork::Engine(n) => {
+                format!("limited to the engine network {n:?} (the model's endpoint)")
+            }
+        }
+    }
+}
+
+/// The model API's host, which a proxied codex agent needs.
+fn default_allow(config: &crate::config::AgentConfig) -> Vec<crate::proxy::Allow> {
+    if config.kind != crate::config::AgentKind::Codex {
+        return Vec::new();
+    }
+    let url = config
+        .provider
+        .as_ref()
+        .map(|p| p.base_url.as_str())
+        .unwrap_or("https://api.openai.com/v1");
+    crate::proxy::Allow::from_url(url).into_iter().collect()
 }
 
 /// A unit with everything resolved before the engine is touched.
@@ -252,6 +332,8 @@ struct Planned {
     checks: Vec<crate::verify::Check>,
     settings: crate::verify::Settings,
     merged: crate::config::MergedPolicy,
+    /// Settings looser than the defaults, said at the start and kept in the result.
+    warnings: Vec<String>,
 }
 
 impl Planned {
@@ -262,6 +344,9 @@ impl Planned {
             .unwrap_or(&self.agents[0])
     }
 }
+
+/// How often an agent container's written bytes are read.
+const DISK_POLL: Duration = Duration::from_secs(1);
 
 /// Default retries of a failed change.
 pub const DEFAULT_RETRIES: u32 = 2;
@@ -287,7 +372,7 @@ fn agent_plan(
             .timeout
             .or(config.timeout)
             .unwrap_or(DEFAULT_AGENT_TIMEOUT),
-        network: config.network.clone().filter(|n| n != "none"),
+        network: AgentNetwork::from_config(config),
         silence_warning: config.silence_warning.unwrap_or(DEFAULT_SILENCE_WARNING),
         price: config
             .model
@@ -338,16 +423,19 @@ fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
             agents.push(agent_plan(project, fallback, Role::Fallback, &unit)?);
         }
         let limits = match &unit.meta.limits {
-            Some(l) => crate::config::LimitsConfig {
-                memory: l.memory.or(project.config.limits.memory),
-                cpus: l.cpus.or(project.config.limits.cpus),
-                pids: l.pids.or(project.config.limits.pids),
-                max_files: l.max_files.or(project.config.limits.max_files),
-                max_bytes: l.max_bytes.or(project.config.limits.max_bytes),
-            }
-            .resolve(),
-            None => project.limits,
+            Some(l) => l.over(&project.config.limits),
+            None => project.config.limits.clone(),
         };
+        let mut warnings = limits.loosened();
+        let limits = limits.resolve();
+        for a in &agents {
+            if a.network == AgentNetwork::Engine("bridge".into()) {
+                warnings.push(format!(
+                    "agent network \"open\" ({} agent) loosens the default \"none\": the agent can reach any host",
+                    crate::report::label(a.role)
+                ));
+            }
+        }
         let branch = args
             .branch
             .clone()
@@ -365,6 +453,7 @@ fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
             checks,
             settings,
             merged: project.config.verify.merged.unwrap_or_default(),
+            warnings,
         });
     }
     Ok(planned)
@@ -458,6 +547,13 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
     };
     // Everything is validated before anything is written or the engine is used.
     let planned = plan(project, &args)?;
+    let mut said = Vec::new();
+    for w in planned.iter().flat_map(|p| &p.warnings) {
+        if !said.contains(&w) {
+            eprintln!("warning: {w}");
+            said.push(w);
+        }
+    }
     let request = crate::journal::Request {
         units: planned.iter().map(|p| p.unit.meta.id.clone()).collect(),
         branch: args.branch.clone(),
@@ -580,16 +676,30 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
     for v in versions {
         crate::agent::codex::ensure_image(&engine, v, None, reporter).await?;
     }
+    let mut proxied = false;
     for a in todo.iter().flat_map(|p| p.agents.iter()) {
-        if let Some(n) = &a.network {
-            if !engine.network_exists(n).await? {
-                return Err(Error::config_hint(
-                    crate::config::CONFIG_FILE,
-                    format!("agent.network: the engine has no network {n:?}"),
-                    format!("create it first (e.g. `docker network create --internal {n}`), or set network = \"none\""),
-                ));
+        let (n, hint) = match &a.network {
+            AgentNetwork::None => continue,
+            AgentNetwork::Engine(n) => (n, format!("create it first (e.g. `docker network create --internal {n}`), or set network = \"none\"")),
+            AgentNetwork::Proxy { egress, .. } => {
+                proxied = true;
+                (egress, format!("set agent.egress_network to an engine network that reaches the allowed hosts, or create {egress:?}"))
             }
+        };
+        if !engine.network_exists(n).await? {
+            return Err(Error::config_hint(
+                crate::config::CONFIG_FILE,
+                format!("agent network: the engine has no network {n:?}"),
+                hint,
+            ));
         }
+    }
+    if proxied && engine.image_id(crate::proxy::IMAGE).await?.is_none() {
+        reporter.phase(&format!(
+            "building the egress proxy image {} (once)",
+            crate::proxy::IMAGE
+        ));
+        images::build_shipped(&engine, "proxy", reporter).await?;
     }
     if resumed {
         remove_abandoned(&engine, &live, &run_id).await?;
@@ -631,6 +741,7 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
         reporter,
         journal: &live,
         policy,
+        disk_quota: engine.supports_disk_quota().await,
     };
 
     // Units work in parallel; each reports when it is done, and the lander takes them in
@@ -733,21 +844,37 @@ async fn remove_abandoned(
     live: &crate::journal::Live,
     run_id: &str,
 ) -> Result<()> {
-    let keep: Vec<String> = live.read(|j| {
+    let (keep, proxies): (Vec<String>, Vec<String>) = live.read(|j| {
         j.units
             .iter()
-            .flat_map(|u| u.attempts.iter())
-            .filter(|a| matches!(a.phase, AttemptPhase::Running | AttemptPhase::Exited))
-            .filter_map(|a| a.container.clone())
-            .collect()
+            .flat_map(|u| u.attempts.iter().map(move |a| (u, a)))
+            .filter(|(_, a)| matches!(a.phase, AttemptPhase::Running | AttemptPhase::Exited))
+            .filter_map(|(u, a)| {
+                let proxy = crate::proxy::name(run_id, &u.id, a.n);
+                a.container.clone().map(|c| (c, proxy))
+            })
+            .unzip()
     });
     for c in engine
         .list_containers(&[&format!("{}={run_id}", labels::RUN)])
         .await?
     {
         let Some(id) = c.id else { continue };
-        if !keep.contains(&id) {
+        let proxy_of_kept = c
+            .names
+            .unwrap_or_default()
+            .iter()
+            .any(|n| proxies.contains(&n.trim_start_matches('/').to_string()));
+        if !keep.contains(&id) && !proxy_of_kept {
             engine.remove_container(&id).await?;
+        }
+    }
+    for n in engine
+        .list_networks(&[&format!("{}={run_id}", labels::RUN)])
+        .await?
+    {
+        if !proxies.contains(&n) {
+            engine.remove_network(&n).await?;
         }
     }
     Ok(())
@@ -766,6 +893,8 @@ struct Ctx<'a> {
     reporter: &'a dyn Reporter,
     journal: &'a crate::journal::Live,
     policy: Policy,
+    /// Whether the engine caps a container's writable layer itself.
+    disk_quota: bool,
 }
 
 /// What to do next with a unit, from its attempts so far.
@@ -1102,6 +1231,12 @@ fn finish_unit(ctx: &Ctx<'_>, id: &str, mut result: UnitResult) -> Result<()> {
     }
     result.usage = usage;
     result.cost_usd = cost;
+    result.network_refused = Vec::new();
+    for r in attempts.iter().flat_map(|a| &a.result.network_refused) {
+        if !result.network_refused.contains(r) {
+            result.network_refused.push(r.clone());
+        }
+    }
     let started = ctx.journal.read(|j| j.started_at) as f64;
     result.seconds = (unix_now() - started).max(0.0);
     let json = serde_json::to_vec_pretty(&result).map_err(|e| Error::Internal(e.to_string()))?;
@@ -1170,6 +1305,11 @@ async fn start_agent(
             ctx.engine.remove_container(&c).await?;
         }
     }
+    let proxy = matches!(plan.network, AgentNetwork::Proxy { .. })
+        .then(|| crate::proxy::name(ctx.run_id, id, a.n));
+    if let Some(name) = &proxy {
+        ctx.engine.remove_network(name).await?;
+    }
     let retry = retry_context(ctx, id, a.n)?;
     ctx.reporter.phase(&format!(
         "{id}: agent ({}) running{}",
@@ -1185,51 +1325,83 @@ async fn start_agent(
     env.extend(plan.env.iter().cloned());
     env.push(format!("BOXDELEGATE_ATTEMPT={}", a.n));
     let mut host = hardened_host_config(&p.limits);
-    host.network_mode = Some(plan.network.clone().unwrap_or_else(|| "none".into()));
+    if ctx.disk_quota {
+        host.storage_opt = Some(HashMap::from([(
+            "size".to_string(),
+            p.limits.disk.to_string(),
+        )]));
+    }
+    let attempt_labels = HashMap::from([
+        (labels::RUN.to_string(), ctx.run_id.to_string()),
+        (labels::UNIT.to_string(), id.clone()),
+        (labels::ATTEMPT.to_string(), a.n.to_string()),
+    ]);
     let prompt = assemble_prompt(ctx.project, ctx.snapshot, ctx.entries, p, plan, retry)?;
     extract::write_private(&a.dir.join("prompt.md"), prompt.as_bytes())?;
-    let container = ctx
-        .engine
-        .create_container(ContainerCreateBody {
-            image: Some(ctx.image.to_string()),
-            cmd: Some(spec.cmd.clone()),
-            env: Some(env),
-            working_dir: Some("/work".into()),
-            labels: Some(HashMap::from([
-                (labels::KIND.to_string(), "agent".to_string()),
-                (labels::RUN.to_string(), ctx.run_id.to_string()),
-                (labels::UNIT.to_string(), id.clone()),
-                (labels::ATTEMPT.to_string(), a.n.to_string()),
-            ])),
-            network_disabled: Some(plan.network.is_none()),
-            host_config: Some(host),
-            ..Default::default()
-        })
-        .await?;
-    crate::failpoint::hit("agent-created");
-    let prepared = async {
-        ctx.engine
-            .upload(&container, PROMPT_DIR, prompt_tar(&prompt)?)
+    let started = async {
+        host.network_mode = Some(match (&plan.network, &proxy) {
+            (AgentNetwork::Proxy { allow, egress }, Some(name)) => {
+                crate::proxy::start(ctx.engine, name, attempt_labels.clone(), egress, allow)
+                    .await?;
+                env.extend(crate::proxy::agent_env());
+                name.clone()
+            }
+            (AgentNetwork::Engine(n), _) => n.clone(),
+            _ => "none".into(),
+        });
+        let container = ctx
+            .engine
+            .create_container(ContainerCreateBody {
+                image: Some(ctx.image.to_string()),
+                cmd: Some(spec.cmd.clone()),
+                env: Some(env),
+                working_dir: Some("/work".into()),
+                labels: Some({
+                    let mut l = attempt_labels;
+                    l.insert(labels::KIND.to_string(), "agent".to_string());
+                    l
+                }),
+                network_disabled: Some(plan.network == AgentNetwork::None),
+                host_config: Some(host),
+                ..Default::default()
+            })
             .await?;
-        for f in &spec.files {
+        crate::failpoint::hit("agent-created");
+        let prepared = async {
             ctx.engine
-                .upload(
-                    &container,
-                    &f.dir,
-                    images::single_file_tar(&f.path, &f.data, f.mode)?,
-                )
+                .upload(&container, PROMPT_DIR, prompt_tar(&prompt)?)
                 .await?;
+            for f in &spec.files {
+                ctx.engine
+                    .upload(
+                        &container,
+                        &f.dir,
+                        images::single_file_tar(&f.path, &f.data, f.mode)?,
+                    )
+                    .await?;
+            }
+            if let Some(tool) = &spec.tool_image {
+                crate::agent::codex::install_into(ctx.engine, tool, &container).await?;
+            }
+            ctx.engine.start(&container).await
         }
-        if let Some(tool) = &spec.tool_image {
-            crate::agent::codex::install_into(ctx.engine, tool, &container).await?;
+        .await;
+        if let Err(e) = prepared {
+            ctx.engine.remove_container(&container).await?;
+            return Err(e);
         }
-        ctx.engine.start(&container).await
+        Ok(container)
     }
     .await;
-    if let Err(e) = prepared {
-        ctx.engine.remove_container(&container).await?;
-        return Err(e);
-    }
+    let container = match started {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(name) = &proxy {
+                let _ = crate::proxy::stop(ctx.engine, name).await;
+            }
+            return Err(e);
+        }
+    };
     update_attempt(ctx, id, |a| {
         a.container = Some(container.clone());
         a.phase = AttemptPhase::Running;
@@ -1396,13 +1568,40 @@ async fn watch_agent(
     let remaining = plan
         .timeout
         .saturating_sub(Duration::from_secs_f64((unix_now() - started).max(0.0)));
-    let waited = tokio::time::timeout(remaining, ctx.engine.wait(&container)).await;
+    // The writable layer is watched where the engine cannot cap it (and checked where it
+    // can): a container over its disk limit is stopped.
+    let disk_watch = async {
+        loop {
+            tokio::time::sleep(DISK_POLL).await;
+            match ctx.engine.written_bytes(&container).await {
+                Ok(n) if n > p.limits.disk => return n,
+                _ => {}
+            }
+        }
+    };
+    let waited = tokio::select! {
+        waited = tokio::time::timeout(remaining, ctx.engine.wait(&container)) => waited.map_err(|_| None),
+        n = disk_watch => Err(Some(n)),
+    };
+    let mut over_disk = None;
     let code = match waited {
         Ok(code) => Some(code?),
-        Err(_) => {
+        Err(disk) => {
             ctx.engine.kill(&container).await?;
+            over_disk = disk;
             None
         }
+    };
+    let refused = match &plan.network {
+        AgentNetwork::Proxy { .. } => {
+            let name = crate::proxy::name(ctx.run_id, id, a.n);
+            crate::proxy::stop(ctx.engine, &name)
+                .await?
+                .iter()
+                .map(|r| redactor.redact(r))
+                .collect()
+        }
+        _ => Vec::new(),
     };
     let agent_seconds = (unix_now() - started).max(0.0);
     // The log stream ends with the container; give it a moment to drain, then stop it.
@@ -1412,6 +1611,15 @@ async fn watch_agent(
     let activity = activity.lock().expect("poisoned").clone();
     let codex = spec.events == crate::agent::Events::Codex;
     let stopped = match code {
+        None if over_disk.is_some() => Some((
+            Status::InfraError,
+            "disk",
+            format!(
+                "the agent container wrote {} MiB, over the disk limit of {} MiB, and was stopped; nothing landed",
+                over_disk.unwrap_or(0) >> 20,
+                p.limits.disk >> 20
+            ),
+        )),
         None => Some((
             Status::Timeout,
             "timeout",
@@ -1437,6 +1645,7 @@ async fn watch_agent(
         at.agent_seconds = agent_seconds;
         let r = &mut at.result;
         r.agent_exit_code = code;
+        r.network_refused = refused;
         if codex {
             r.usage = Some(activity.usage.clone());
             r.cost_usd = plan
@@ -2033,10 +2242,7 @@ fn assemble_prompt(
         .iter()
         .find(|c| c.name == "test")
         .map(|c| c.command.clone());
-    let network = match &plan.network {
-        None => "off: the container has no network".to_string(),
-        Some(n) => format!("limited to the engine network {n:?} (the model's endpoint)"),
-    };
+    let network = plan.network.describe();
     Ok(prompt::assemble(&prompt::PromptInput {
         unit_id: &p.unit.meta.id,
         title: &p.unit.meta.title,

@@ -298,6 +298,12 @@ pub async fn clean(project: &Project, run: Option<String>, force: bool, json: bo
                 engine.remove_container(c).await?;
             }
         }
+        for n in engine
+            .list_networks(&[&format!("{}={id}", labels::RUN)])
+            .await?
+        {
+            engine.remove_network(&n).await?;
+        }
         let mut images = Vec::new();
         if let Ok(Journal {
             unit_image: Some(image),

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
-use bollard::models::ContainerCreateBody;
+use bollard::models::{ContainerCreateBody, HostConfig};
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::{Agent, AgentFile, AgentSpec, Events, PROMPT_DIR, PROMPT_FILE};
@@ -271,6 +271,12 @@ pub async fn install_into(engine: &Engine, tool_image: &str, id: &str) -> Result
                 "codex-source".to_string(),
             )])),
             network_disabled: Some(true),
+            // Never started, only read from; hardened all the same, like every container.
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                readonly_rootfs: Some(true),
+                ..hardened_host_config(&crate::config::Limits::default())
+            }),
             ..Default::default()
         })
         .await?;

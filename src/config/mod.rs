@@ -49,6 +49,10 @@ pub struct ProjectConfig {
     /// Directory of the unit files, relative to the repository root.
     #[serde(default = "default_units_dir")]
     pub units_dir: String,
+    /// The engine runtime every container runs under, e.g. "runsc" (gVisor) where it is
+    /// installed; unset means the engine's default (usually runc).
+    #[serde(default)]
+    pub runtime: Option<String>,
 }
 
 impl Default for ProjectConfig {
@@ -57,6 +61,7 @@ impl Default for ProjectConfig {
             profile: default_profile(),
             base_image: None,
             units_dir: default_units_dir(),
+            runtime: None,
         }
     }
 }
@@ -101,10 +106,19 @@ pub struct AgentConfig {
     /// Warn when the agent has printed nothing for this long (default 30 minutes).
     #[serde(default, with = "duration_opt")]
     pub silence_warning: Option<Duration>,
-    /// The agent container's network: "none" (default) or the name of an existing engine
-    /// network (e.g. an internal network whose only other member is a model gateway).
+    /// The agent container's network: "none" (default, loopback only), "proxy" (only the
+    /// `allow` list, through an egress proxy), "open" (the engine's default bridge), or the
+    /// name of an existing engine network (e.g. an internal network with a model gateway).
     #[serde(default)]
     pub network: Option<String>,
+    /// With `network = "proxy"`: the `host:port` destinations the proxy lets through
+    /// (default: the model API's host).
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
+    /// With `network = "proxy"`: the engine network the proxy reaches them through
+    /// (default "bridge").
+    #[serde(default)]
+    pub egress_network: Option<String>,
     /// For `kind = "codex"`: the Codex CLI version (default 0.163.0).
     #[serde(default)]
     pub codex_version: Option<String>,
@@ -216,6 +230,9 @@ pub struct LimitsConfig {
     /// Maximum total size of the files a change writes, e.g. "50m".
     #[serde(default, with = "size_opt")]
     pub max_bytes: Option<u64>,
+    /// Disk a container may write (its writable layer), e.g. "10g".
+    #[serde(default, with = "size_opt")]
+    pub disk: Option<u64>,
 }
 
 /// Effective limits with the defaults applied.
@@ -226,6 +243,7 @@ pub struct Limits {
     pub pids: i64,
     pub max_files: u64,
     pub max_bytes: u64,
+    pub disk: u64,
 }
 
 impl Default for Limits {
@@ -236,6 +254,7 @@ impl Default for Limits {
             pids: 512,
             max_files: 1000,
             max_bytes: 50 << 20,
+            disk: 10 << 30,
         }
     }
 }
@@ -249,7 +268,68 @@ impl LimitsConfig {
             pids: self.pids.unwrap_or(d.pids),
             max_files: self.max_files.unwrap_or(d.max_files),
             max_bytes: self.max_bytes.unwrap_or(d.max_bytes),
+            disk: self.disk.unwrap_or(d.disk),
         }
+    }
+
+    /// These limits, with the unset ones taken from `base`.
+    pub fn over(&self, base: &LimitsConfig) -> LimitsConfig {
+        LimitsConfig {
+            memory: self.memory.or(base.memory),
+            cpus: self.cpus.or(base.cpus),
+            pids: self.pids.or(base.pids),
+            max_files: self.max_files.or(base.max_files),
+            max_bytes: self.max_bytes.or(base.max_bytes),
+            disk: self.disk.or(base.disk),
+        }
+    }
+
+    /// One warning per limit set looser than its default.
+    pub fn loosened(&self) -> Vec<String> {
+        let d = Limits::default();
+        let l = self.resolve();
+        let mib = |b: u64| format!("{} MiB", b >> 20);
+        let mut out = Vec::new();
+        if l.memory > d.memory {
+            out.push(format!(
+                "limits.memory = {} loosens the default {}",
+                mib(l.memory),
+                mib(d.memory)
+            ));
+        }
+        if l.cpus > d.cpus {
+            out.push(format!(
+                "limits.cpus = {} loosens the default {}",
+                l.cpus, d.cpus
+            ));
+        }
+        if l.pids > d.pids {
+            out.push(format!(
+                "limits.pids = {} loosens the default {}",
+                l.pids, d.pids
+            ));
+        }
+        if l.max_files > d.max_files {
+            out.push(format!(
+                "limits.max_files = {} loosens the default {}",
+                l.max_files, d.max_files
+            ));
+        }
+        if l.max_bytes > d.max_bytes {
+            out.push(format!(
+                "limits.max_bytes = {} loosens the default {}",
+                mib(l.max_bytes),
+                mib(d.max_bytes)
+            ));
+        }
+        if l.disk > d.disk {
+            out.push(format!(
+                "limits.disk = {} loosens the default {}",
+                mib(l.disk),
+                mib(d.disk)
+            ));
+        }
+        out
     }
 }
 
@@ -352,9 +432,28 @@ impl Config {
         if self.run.breaker == Some(0) {
             return Err(Error::config(file, "run.breaker: must be at least 1"));
         }
-        if let Some(n) = &self.agent.network {
-            if n.is_empty() || n == "host" || n.starts_with("container:") {
-                return Err(Error::config_hint(file, format!("agent.network: {n:?} is not allowed"), "use \"none\" or the name of an engine network you created (e.g. `docker network create --internal NAME`)"));
+        check_network(file, "agent", &self.agent)?;
+        if let Some(f) = &self.agent.fallback {
+            check_network(file, "agent.fallback", f)?;
+        }
+        if let Some(d) = self.limits.disk {
+            if d < 1 << 20 {
+                return Err(Error::config(
+                    file,
+                    format!("limits.disk: must be at least 1 MiB, got {d} bytes"),
+                ));
+            }
+        }
+        if let Some(r) = &self.project.runtime {
+            if r.is_empty()
+                || !r
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(Error::config(
+                    file,
+                    format!("project.runtime: {r:?} is not a runtime name"),
+                ));
             }
         }
         for name in &self.agent.env {
@@ -414,6 +513,35 @@ fn toml_error(text: &str, file: &Path, key: Option<String>, e: &toml::de::Error)
 
 /// Parses sizes the way container engines write them: a number with an optional
 /// b/k/m/g/t suffix (binary multiples), e.g. "512m", "4g", "1.5g".
+/// The network keys of one agent configuration.
+fn check_network(file: &Path, key: &str, a: &AgentConfig) -> Result<()> {
+    let network = a.network.as_deref().unwrap_or("none");
+    if network.is_empty() || network == "host" || network.starts_with("container:") {
+        return Err(Error::config_hint(
+            file,
+            format!("{key}.network: {network:?} is not allowed"),
+            "use \"none\", \"proxy\", \"open\" or the name of an engine network you created (e.g. `docker network create --internal NAME`)",
+        ));
+    }
+    if network != "proxy" && (a.allow.is_some() || a.egress_network.is_some()) {
+        return Err(Error::config_hint(
+            file,
+            format!("{key}.allow and {key}.egress_network apply only to network = \"proxy\""),
+            "set network = \"proxy\", or remove them",
+        ));
+    }
+    for entry in a.allow.iter().flatten() {
+        crate::proxy::Allow::parse(entry).map_err(|e| {
+            Error::config_hint(
+                file,
+                format!("{key}.allow: {e}"),
+                "list destinations as \"host:port\", e.g. \"api.openai.com:443\"",
+            )
+        })?;
+    }
+    Ok(())
+}
+
 // Hand-written: engine users expect Docker's own `--memory` notation, which the size crates
 // (SI/IEC unit names) do not parse.
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {

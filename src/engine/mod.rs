@@ -41,6 +41,16 @@ impl<T: Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static> ByteStrea
 /// Generous HTTP timeout: waiting for an install step or a large upload is one request.
 const REQUEST_TIMEOUT_SECS: u64 = 24 * 3600;
 
+/// The runtime every container runs under (`[project] runtime`), when not the engine's default.
+static RUNTIME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the runtime of every container this process creates; the first setting wins.
+pub fn set_runtime(runtime: Option<String>) {
+    if let Some(r) = runtime {
+        let _ = RUNTIME.set(r);
+    }
+}
+
 /// The engine this process connected to, so an interrupt can remove its containers.
 static CURRENT: std::sync::OnceLock<Engine> = std::sync::OnceLock::new();
 
@@ -54,6 +64,8 @@ pub struct Engine {
     docker: Docker,
     pub endpoint: String,
     live: Arc<Mutex<HashSet<String>>>,
+    /// Networks this process created and has not removed yet.
+    networks: Arc<Mutex<HashSet<String>>>,
 }
 
 /// Facts `doctor` reports.
@@ -137,7 +149,27 @@ impl Engine {
             docker,
             endpoint,
             live: Arc::default(),
+            networks: Arc::default(),
         };
+        if let Some(runtime) = RUNTIME.get() {
+            let info = engine
+                .docker
+                .info()
+                .await
+                .map_err(|e| Error::engine("reading engine info", e))?;
+            let mut known: Vec<String> = info.runtimes.unwrap_or_default().into_keys().collect();
+            known.sort();
+            if !known.contains(runtime) {
+                return Err(Error::config_hint(
+                    crate::config::CONFIG_FILE,
+                    format!("project.runtime: the engine has no runtime {runtime:?}"),
+                    format!(
+                        "the engine offers {}; install and register {runtime:?} with the engine (e.g. gVisor's runsc), or remove the key",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
         let _ = CURRENT.set(engine.clone());
         Ok(engine)
     }
@@ -237,10 +269,23 @@ impl Engine {
 
     /// Creates a container and tracks it until [`Engine::remove_container`].
     pub async fn create_container(&self, body: ContainerCreateBody) -> Result<String> {
+        self.create_named_container(None, body).await
+    }
+
+    /// [`Engine::create_container`] with a name other commands can find it by.
+    pub async fn create_named_container(
+        &self,
+        name: Option<&str>,
+        body: ContainerCreateBody,
+    ) -> Result<String> {
         let image = body.image.clone().unwrap_or_default();
+        let options = name.map(|n| qp::CreateContainerOptions {
+            name: Some(n.to_string()),
+            ..Default::default()
+        });
         let id = self
             .docker
-            .create_container(None::<qp::CreateContainerOptions>, body)
+            .create_container(options, body)
             .await
             .map_err(|e| Error::engine(format!("creating a container from {image}"), e))?
             .id;
@@ -470,6 +515,102 @@ impl Engine {
         }
     }
 
+    /// Creates a bridge network (with no way out when `internal`) and tracks it until
+    /// [`Engine::remove_network`].
+    pub async fn create_network(
+        &self,
+        name: &str,
+        internal: bool,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
+        self.docker
+            .create_network(bollard::models::NetworkCreateRequest {
+                name: name.to_string(),
+                driver: Some("bridge".into()),
+                internal: Some(internal),
+                labels: Some(labels),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::engine(format!("creating network {name}"), e))?;
+        self.networks
+            .lock()
+            .expect("poisoned")
+            .insert(name.to_string());
+        Ok(())
+    }
+
+    /// Attaches a created container to a further network.
+    pub async fn connect_network(&self, network: &str, id: &str) -> Result<()> {
+        self.docker
+            .connect_network(
+                network,
+                bollard::models::NetworkConnectRequest {
+                    container: id.to_string(),
+                    endpoint_config: None,
+                },
+            )
+            .await
+            .map_err(|e| {
+                Error::engine(
+                    format!("attaching container {} to network {network}", short(id)),
+                    e,
+                )
+            })
+    }
+
+    /// Removes a network; one already gone is fine.
+    pub async fn remove_network(&self, name: &str) -> Result<()> {
+        let res = self.docker.remove_network(name).await;
+        self.networks.lock().expect("poisoned").remove(name);
+        match res {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(Error::engine(format!("removing network {name}"), e)),
+        }
+    }
+
+    /// Names of the networks carrying the `label=value` filters.
+    pub async fn list_networks(&self, filters: &[&str]) -> Result<Vec<String>> {
+        let f = HashMap::from([(
+            "label".to_string(),
+            filters.iter().map(|s| s.to_string()).collect(),
+        )]);
+        let nets = self
+            .docker
+            .list_networks(Some(qp::ListNetworksOptions { filters: Some(f) }))
+            .await
+            .map_err(|e| Error::engine("listing networks", e))?;
+        Ok(nets.into_iter().filter_map(|n| n.name).collect())
+    }
+
+    /// Bytes the container has written to its writable layer.
+    pub async fn written_bytes(&self, id: &str) -> Result<u64> {
+        let inspect = self
+            .docker
+            .inspect_container(id, Some(qp::InspectContainerOptions { size: true }))
+            .await
+            .map_err(|e| Error::engine(format!("inspecting container {}", short(id)), e))?;
+        Ok(inspect.size_rw.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Whether the engine can cap a container's writable layer (`--storage-opt size`): the
+    /// overlay2 driver on xfs (with project quotas), btrfs and zfs.
+    pub async fn supports_disk_quota(&self) -> bool {
+        let Ok(info) = self.docker.info().await else {
+            return false;
+        };
+        let driver = info.driver.unwrap_or_default();
+        let backing = info
+            .driver_status
+            .unwrap_or_default()
+            .into_iter()
+            .find(|kv| kv.first().map(String::as_str) == Some("Backing Filesystem"))
+            .and_then(|kv| kv.get(1).cloned())
+            .unwrap_or_default();
+        matches!(driver.as_str(), "btrfs" | "zfs") || (driver == "overlay2" && backing == "xfs")
+    }
+
     /// Starts counting the engine's out-of-memory events for container `id`. An OOM kill of a
     /// process other than the container's main one (a check run with exec) shows only as such
     /// an event: the container's `OOMKilled` state is set only when the container itself dies.
@@ -568,6 +709,16 @@ impl Engine {
             .collect();
         for id in ids {
             let _ = self.remove_container(&id).await;
+        }
+        let networks: Vec<String> = self
+            .networks
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .cloned()
+            .collect();
+        for n in networks {
+            let _ = self.remove_network(&n).await;
         }
     }
 
@@ -731,6 +882,7 @@ impl Drop for OomWatch {
 pub fn hardened_host_config(limits: &crate::config::Limits) -> HostConfig {
     HostConfig {
         cap_drop: Some(vec!["ALL".into()]),
+        runtime: RUNTIME.get().cloned(),
         security_opt: Some(vec!["no-new-privileges".into()]),
         privileged: Some(false),
         // A private cgroup namespace also where the engine's default is the host's (cgroup v1).

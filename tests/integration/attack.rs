@@ -13,6 +13,11 @@ fn inspect(id: &str) -> serde_json::Value {
 
 /// Asserts the default hardening on a running container's inspect data.
 fn assert_hardened(c: &serde_json::Value) {
+    assert_hardened_on(c, "none");
+}
+
+/// [`assert_hardened`] for a container on network `network`.
+fn assert_hardened_on(c: &serde_json::Value, network: &str) {
     let h = &c["HostConfig"];
     let name = c["Name"].as_str().unwrap_or_default();
     assert_eq!(h["CapDrop"], serde_json::json!(["ALL"]), "{name}: {h}");
@@ -53,7 +58,8 @@ fn assert_hardened(c: &serde_json::Value) {
     ] {
         assert_ne!(h[mode], "host", "{name}: {mode}");
     }
-    assert_eq!(h["NetworkMode"], "none", "{name}");
+    assert_eq!(h["NetworkMode"], network, "{name}");
+    assert_eq!(h["Runtime"], "runc", "{name}: the configured runtime");
     let user = c["Config"]["User"].as_str().unwrap_or_default();
     assert!(
         !user.is_empty() && user != "root" && !user.starts_with("0"),
@@ -66,13 +72,18 @@ fn assert_hardened(c: &serde_json::Value) {
 }
 
 fn wait_for_container(run_kind: &str) -> String {
+    wait_for("hardened", run_kind)
+}
+
+/// Waits for a running container of unit `unit` and kind `kind`.
+fn wait_for(unit: &str, run_kind: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let id = docker(&[
             "ps",
             "-q",
             "--filter",
-            "label=boxdelegate.unit=hardened",
+            &format!("label=boxdelegate.unit={unit}"),
             "--filter",
             &format!("label=boxdelegate.kind={run_kind}"),
         ]);
@@ -97,7 +108,7 @@ fn every_container_a_run_starts_has_the_default_hardening() {
     repo.write(
         "boxdelegate.toml",
         &format!(
-            "[project]\nprofile = \"test\"\n[verify]\nbaseline = false\ntest = {}\n[agent]\nretries = 0\nkind = \"command\"\ntimeout = \"3m\"\ncommand = {}\n",
+            "[project]\nprofile = \"test\"\nruntime = \"runc\"\n[verify]\nbaseline = false\ntest = {}\n[agent]\nretries = 0\nkind = \"command\"\ntimeout = \"3m\"\ncommand = {}\n",
             toml_string(&format!("{wait}; echo '1 passed, 0 failed'")),
             toml_string(&format!("{wait}; echo hardened > src/hardened.txt"))
         ),
@@ -131,12 +142,23 @@ fn every_container_a_run_starts_has_the_default_hardening() {
 /// Runs a hostile agent with `limits`; expects it stopped (`code`, `status`), nothing landed,
 /// no container left and the host as it was.
 fn contained(salt: &str, limits: &str, agent: &str, outcomes: &[(i32, &str)]) -> serde_json::Value {
+    contained_for(salt, limits, "3s", agent, outcomes)
+}
+
+/// [`contained`] with the agent's timeout.
+fn contained_for(
+    salt: &str,
+    limits: &str,
+    timeout: &str,
+    agent: &str,
+    outcomes: &[(i32, &str)],
+) -> serde_json::Value {
     require_base_image();
     let repo = TestRepo::with_project(salt);
     repo.write(
         "boxdelegate.toml",
         &format!(
-            "[project]\nprofile = \"test\"\n[run]\ninfra_retries = 0\n[limits]\n{limits}\n[agent]\nretries = 0\nkind = \"command\"\ntimeout = \"3s\"\ncommand = {}\n",
+            "[project]\nprofile = \"test\"\n[run]\ninfra_retries = 0\n[limits]\n{limits}\n[agent]\nretries = 0\nkind = \"command\"\ntimeout = \"{timeout}\"\ncommand = {}\n",
             toml_string(agent)
         ),
     );
@@ -195,6 +217,218 @@ fn a_process_that_ignores_sigterm_is_killed_at_the_timeout() {
     assert_eq!(u["attempts"][0]["infra"], "timeout", "{u}");
 }
 
+#[test]
+fn a_disk_filler_is_stopped_at_the_disk_limit() {
+    // 8 MiB files, a little at a time, for ever: only the disk limit (64 MiB) stops it, long
+    // before the timeout.
+    let u = contained_for(
+        "attack-disk",
+        "disk = \"64m\"",
+        "3m",
+        "i=0; while :; do head -c 8388608 /dev/zero > /tmp/fill$i; i=$((i+1)); sleep 0.05; done",
+        &[(16, "infra-error")],
+    );
+    assert_eq!(u["attempts"][0]["infra"], "disk", "{u}");
+    let message = u["message"].as_str().unwrap();
+    assert!(
+        message.contains("over the disk limit of 64 MiB"),
+        "{message}"
+    );
+}
+
+#[test]
+fn with_network_none_the_agent_has_only_loopback() {
+    require_base_image();
+    let repo = TestRepo::with_project("attack-netnone");
+    repo.agent("ls /sys/class/net > src/interfaces.txt");
+    // A loosened limit is said on stderr and kept in the result.
+    let config = std::fs::read_to_string(repo.path().join("boxdelegate.toml")).unwrap();
+    repo.write(
+        "boxdelegate.toml",
+        &format!("{config}[limits]\npids = 1024\n"),
+    );
+    repo.unit("netnone", "scope = [\"src/**\"]", "List the interfaces.");
+    repo.commit("project");
+    let (code, units, err) = repo.run(&["--unit", "netnone"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        repo.git(&["show", "boxdelegate/netnone:src/interfaces.txt"]),
+        "lo"
+    );
+    let warning = "limits.pids = 1024 loosens the default 512";
+    assert!(err.contains(&format!("warning: {warning}")), "{err}");
+    assert!(
+        units[0]["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w == warning),
+        "{}",
+        units[0]
+    );
+}
+
+/// Test servers of our own on a network of the test's: each serves `ok.txt` on 8000 and 8001.
+struct Servers {
+    network: String,
+    names: Vec<String>,
+}
+
+impl Servers {
+    fn start(salt: &str, names: &[&str]) -> Servers {
+        let network = format!("bdtest-{salt}-{}", std::process::id());
+        docker(&["network", "create", &network]);
+        let servers = Servers {
+            network: network.clone(),
+            names: names
+                .iter()
+                .map(|n| format!("{n}-{}", std::process::id()))
+                .collect(),
+        };
+        for name in &servers.names {
+            docker(&[
+                "run", "-d", "--rm", "--name", name, "--network", &network,
+                "--label", "boxdelegate-test=server",
+                "boxdelegate/python:bookworm", "sh", "-c",
+                "cd /tmp && echo \"served by $(hostname)\" > ok.txt && (python3 -m http.server 8001 &) && exec python3 -m http.server 8000",
+            ]);
+        }
+        servers
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", name])
+                .output();
+        }
+        let _ = std::process::Command::new("docker")
+            .args(["network", "rm", &self.network])
+            .output();
+    }
+}
+
+#[test]
+fn with_network_proxy_only_the_allowed_host_and_port_answer_and_refusals_are_reported() {
+    require_base_image();
+    let servers = Servers::start("proxy", &["allowed", "other"]);
+    let (allowed, other) = (&servers.names[0], &servers.names[1]);
+    let repo = TestRepo::with_project("attack-proxy");
+    // The agent waits for the test to inspect its container and the proxy's, then asks the
+    // proxy (from HTTP_PROXY) for three URLs and tries one host directly, with bash's
+    // /dev/tcp (the test image has no HTTP client), and writes down the status codes.
+    let fetch = format!(
+        r#"while [ ! -e /tmp/go ]; do sleep 0.1; done
+p=${{HTTP_PROXY#http://}}; p=${{p%/}}
+for url in http://{allowed}:8000/ok.txt http://{allowed}:8001/ok.txt http://{other}:8000/ok.txt; do
+  exec 3<>/dev/tcp/${{p%:*}}/${{p##*:}}
+  printf 'GET %s HTTP/1.0\r\n\r\n' "$url" >&3
+  echo "$url $(head -n1 <&3 | cut -d' ' -f2)" >> src/fetched.txt
+  exec 3<&-
+done
+if (exec 3<>/dev/tcp/{allowed}/8000) 2>/dev/null; then echo direct reached; else echo direct unreachable; fi >> src/fetched.txt"#
+    );
+    repo.write("fetch.sh", &fetch);
+    repo.agent("bash fetch.sh");
+    let config = std::fs::read_to_string(repo.path().join("boxdelegate.toml")).unwrap();
+    let config = config.replace(
+        "[agent]\n",
+        &format!(
+            "[agent]\nnetwork = \"proxy\"\nallow = [\"{allowed}:8000\"]\negress_network = \"{}\"\ntimeout = \"3m\"\n",
+            servers.network
+        ),
+    );
+    repo.write("boxdelegate.toml", &config);
+    repo.unit("proxied", "scope = [\"src/**\"]", "Fetch.");
+    repo.commit("project");
+    let child = repo
+        .cmd()
+        .args(["run", "--json", "--unit", "proxied"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnPanic(child.id());
+    let agent = wait_for("proxied", "agent");
+    let proxy = wait_for("proxied", "proxy");
+    let a = inspect(&agent);
+    let network = a["HostConfig"]["NetworkMode"].as_str().unwrap().to_string();
+    assert_hardened_on(&a, &network);
+    let p = inspect(&proxy);
+    assert_hardened_on(&p, &network);
+    assert_eq!(
+        p["HostConfig"]["ReadonlyRootfs"], true,
+        "the proxy's root is read-only"
+    );
+    let internal = docker(&["network", "inspect", &network, "--format", "{{.Internal}}"]);
+    assert_eq!(
+        internal.trim(),
+        "true",
+        "the agent's network has no way out"
+    );
+    docker(&["exec", &agent, "touch", "/tmp/go"]);
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}\n{}", stdout(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let u = &v["units"][0];
+    repo.remember_image(u["unit_image"].as_str().unwrap());
+    assert_eq!(u["status"], "landed", "{u}");
+    let fetched = repo.git(&["show", "boxdelegate/proxied:src/fetched.txt"]);
+    assert_eq!(
+        fetched,
+        format!(
+            "http://{allowed}:8000/ok.txt 200\nhttp://{allowed}:8001/ok.txt 403\nhttp://{other}:8000/ok.txt 403\ndirect unreachable"
+        )
+    );
+    assert_eq!(
+        u["network_refused"],
+        serde_json::json!([
+            format!("GET http://{allowed}:8001/ok.txt"),
+            format!("GET http://{other}:8000/ok.txt"),
+        ]),
+        "{u}"
+    );
+    let run = u["run_id"].as_str().unwrap();
+    let label = format!("label=boxdelegate.run={run}");
+    assert_eq!(
+        docker(&["ps", "-aq", "--filter", &label]),
+        "",
+        "no container left"
+    );
+    assert_eq!(
+        docker(&["network", "ls", "-q", "--filter", &label]),
+        "",
+        "no network left"
+    );
+}
+
+#[test]
+fn an_unknown_runtime_is_refused_before_anything_runs() {
+    require_base_image();
+    let repo = TestRepo::with_project("attack-runtime");
+    repo.agent("echo x > src/x.txt");
+    let config = std::fs::read_to_string(repo.path().join("boxdelegate.toml")).unwrap();
+    repo.write(
+        "boxdelegate.toml",
+        &config.replace("[project]\n", "[project]\nruntime = \"no-such-runtime\"\n"),
+    );
+    repo.unit("rt", "scope = [\"src/**\"]", "Write.");
+    repo.commit("project");
+    let before = repo.host_state();
+    let out = repo.cmd().args(["run", "--unit", "rt"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("project.runtime: the engine has no runtime \"no-such-runtime\"")
+            && err.contains("runc"),
+        "{err}"
+    );
+    assert_eq!(repo.host_state(), before);
+}
+
 /// Kills the spawned boxdelegate and the containers of this test's unit when the test fails.
 struct KillOnPanic(u32);
 
@@ -205,9 +439,16 @@ impl Drop for KillOnPanic {
                 .args(["-9", &self.0.to_string()])
                 .stderr(Stdio::null())
                 .status();
-            let ids = docker(&["ps", "-aq", "--filter", "label=boxdelegate.unit=hardened"]);
-            for id in ids.lines() {
-                let _ = docker(&["rm", "-f", id]);
+            for unit in ["hardened", "proxied"] {
+                let ids = docker(&[
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=boxdelegate.unit={unit}"),
+                ]);
+                for id in ids.lines() {
+                    let _ = docker(&["rm", "-f", id]);
+                }
             }
         }
     }
