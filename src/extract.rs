@@ -652,6 +652,16 @@ pub struct Written {
 }
 
 impl Extracted {
+    /// The changed paths whose name or content `found` matches (e.g. a secret's value).
+    pub fn paths_where(&self, found: impl Fn(&[u8]) -> bool) -> Vec<Vec<u8>> {
+        self.set
+            .changes
+            .iter()
+            .filter(|c| found(&c.path) || self.contents.get(&c.path).is_some_and(|d| found(d)))
+            .map(|c| c.path.clone())
+            .collect()
+    }
+
     /// Writes the blobs to the private object store `store`, the new tree through a temporary
     /// index, and the patch (`git diff --binary --full-index -M`) to `patch_file`.
     pub fn write(
@@ -795,6 +805,30 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
         .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     tmp.persist(path)
         .map_err(|e| Error::io(format!("writing {}", path.display()), e.error))?;
+    Ok(())
+}
+
+/// Takes group and other permissions off everything under `dir` (git writes its objects
+/// world-readable). Symlinks are not followed; boxdelegate writes none there.
+pub fn make_private(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+    for e in entries {
+        let e = e.map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+        let path = e.path();
+        let meta = std::fs::symlink_metadata(&path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        if meta.is_dir() {
+            make_private(&path)?;
+        }
+        let mode = meta.permissions().mode() & 0o700;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io(format!("restricting {}", path.display()), e))?;
+    }
     Ok(())
 }
 

@@ -1276,7 +1276,7 @@ async fn drive_attempt(ctx: &Ctx<'_>, p: &Planned, plan: &AgentPlan) -> Result<(
         match a.phase {
             AttemptPhase::Starting => start_agent(ctx, p, plan, &a).await?,
             AttemptPhase::Running => watch_agent(ctx, p, plan, &a).await?,
-            AttemptPhase::Exited => extract_change(ctx, p, &a).await?,
+            AttemptPhase::Exited => extract_change(ctx, p, plan, &a).await?,
             AttemptPhase::Extracted => judge(ctx, p, plan, &a).await?,
             AttemptPhase::Done => return Ok(()),
         }
@@ -1670,7 +1670,12 @@ async fn watch_agent(
 
 /// Reads the change out of the exited agent container, stores it in the attempt's directory
 /// and removes the container.
-async fn extract_change(ctx: &Ctx<'_>, p: &Planned, a: &crate::journal::Attempt) -> Result<()> {
+async fn extract_change(
+    ctx: &Ctx<'_>,
+    p: &Planned,
+    plan: &AgentPlan,
+    a: &crate::journal::Attempt,
+) -> Result<()> {
     let id = &p.unit.meta.id;
     let container = a
         .container
@@ -1705,11 +1710,18 @@ async fn extract_change(ctx: &Ctx<'_>, p: &Planned, a: &crate::journal::Attempt)
         }
     };
     let set: &ChangeSet = &extracted.set;
+    let redactor = crate::agent::Redactor::new(&plan.env, &plan.agent.spec(&p.unit).secrets);
+    // A change that carries a secret's value is rejected and never written down: not as a
+    // patch, not as objects.
+    let leaks = extracted.paths_where(|data| redactor.occurs_in(data));
     let changes_json =
-        serde_json::to_vec_pretty(set).map_err(|e| Error::Internal(e.to_string()))?;
-    extract::write_private(&a.dir.join("changes.json"), &changes_json)?;
+        serde_json::to_string_pretty(set).map_err(|e| Error::Internal(e.to_string()))?;
+    extract::write_private(
+        &a.dir.join("changes.json"),
+        redactor.redact(&changes_json).as_bytes(),
+    )?;
     let mut written = None;
-    if set.truncated.is_none() && !set.changes.is_empty() {
+    if set.truncated.is_none() && !set.changes.is_empty() && leaks.is_empty() {
         let patch = a.dir.join("change.patch");
         let w = extracted.write(
             &ctx.project.repo,
@@ -1717,12 +1729,25 @@ async fn extract_change(ctx: &Ctx<'_>, p: &Planned, a: &crate::journal::Attempt)
             &ctx.snapshot.tree,
             &patch,
         )?;
+        extract::make_private(&a.dir.join("objects"))?;
         written = Some((w, patch));
     }
     let files = set.changes.len();
     // The scope is checked here, on the change as read (the stored change set names paths
     // lossily, for people).
-    let rejections = scope::check(set, &p.globs, &p.limits, &p.unit.file);
+    let mut rejections = scope::check(set, &p.globs, &p.limits, &p.unit.file);
+    for path in leaks {
+        rejections.push(scope::Rejection {
+            path: scope::display_path(&path),
+            rule: "secret".into(),
+            message: "the change carries the value of a secret passed to the agent".into(),
+            hint: "secrets must never be written into the repository; the change was not kept"
+                .into(),
+        });
+    }
+    for r in &mut rejections {
+        r.path = redactor.redact(&r.path);
+    }
     update_attempt(ctx, id, |a| {
         a.result.files_changed = files;
         a.result.rejections = rejections;

@@ -16,7 +16,7 @@ pub struct Rejection {
     /// The path, escaped for display.
     pub path: String,
     /// The rule's name: out-of-scope, denied, protected, git-path, path-name, special-file,
-    /// symlink-escape, setuid, exec-bit, file-size, limit-files, limit-bytes.
+    /// symlink-escape, setuid, exec-bit, file-size, limit-files, limit-bytes, secret.
     pub rule: String,
     pub message: String,
     pub hint: String,

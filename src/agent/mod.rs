@@ -170,6 +170,13 @@ impl Redactor {
         Redactor { secrets }
     }
 
+    /// Whether any secret occurs in `data`.
+    pub fn occurs_in(&self, data: &[u8]) -> bool {
+        self.secrets
+            .iter()
+            .any(|s| data.windows(s.len()).any(|w| w == s.as_bytes()))
+    }
+
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_string();
         for s in &self.secrets {

@@ -334,10 +334,14 @@ pub async fn verify(
     on_line: LineSink<'_>,
 ) -> Result<Verdict> {
     let (tree, restored) = restore_protected(repo, req.base_tree, req.tree, req.protected)?;
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(req.log)
+    let mut log = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(req.log)
+    }
         .map_err(|e| Error::io(format!("opening {}", req.log.display()), e))?;
     for path in &restored {
         let _ = writeln!(log, "# protected path {path} restored from the base");

@@ -453,3 +453,137 @@ impl Drop for KillOnPanic {
         }
     }
 }
+
+/// Every file under `dir`, recursively (symlinks not followed).
+fn files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let t = e.file_type().unwrap();
+        if t.is_dir() {
+            files_under(&e.path(), out);
+        } else {
+            out.push(e.path());
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn a_secret_passed_to_the_agent_is_found_nowhere_it_could_leak() {
+    use std::os::unix::fs::PermissionsExt;
+    require_base_image();
+    let secret = format!("s3cr3t-{}-canary", std::process::id());
+    let repo = TestRepo::with_project("attack-secret");
+    // One unit prints the secret and writes an ordinary file; the other writes the secret
+    // into the repository. The check prints its whole environment.
+    repo.write(
+        "boxdelegate.toml",
+        &format!(
+            "[project]\nprofile = \"test\"\n[verify]\nbaseline = false\ntest = {}\n[agent]\nretries = 0\nkind = \"command\"\nenv = [\"BD_TEST_SECRET\"]\ncommand = {}\n[run]\ninfra_retries = 0\n",
+            toml_string("env; echo '1 passed, 0 failed'"),
+            toml_string(
+                "echo \"token $BD_TEST_SECRET\"; echo \"token $BD_TEST_SECRET\" >&2; \
+                 if [ \"$UNIT\" = leak ]; then echo \"$BD_TEST_SECRET\" > src/leak.txt; else echo fine > src/fine.txt; fi"
+            ),
+        ),
+    );
+    repo.write("units/.keep", "");
+    for (id, unit) in [("printer", "print"), ("leaker", "leak")] {
+        repo.write(
+            &format!("units/{id}.md"),
+            &format!("+++\nid = \"{id}\"\ntitle = \"Unit {id}\"\nscope = [\"src/**\"]\n+++\nUNIT={unit}\n"),
+        );
+    }
+    // The unit's task reaches the agent as its prompt, on stdin; the command reads the mode
+    // from it.
+    let config = std::fs::read_to_string(repo.path().join("boxdelegate.toml")).unwrap();
+    repo.write(
+        "boxdelegate.toml",
+        &config.replace(
+            "command = '''",
+            "command = '''UNIT=$(grep -o 'UNIT=[a-z]*' | head -n1 | cut -d= -f2); ",
+        ),
+    );
+    repo.commit("project");
+    let out = repo
+        .cmd()
+        .env("BD_TEST_SECRET", &secret)
+        .args(["run", "--json", "--unit", "printer", "--unit", "leaker"])
+        .output()
+        .unwrap();
+    let (stdout_text, stderr_text) = (stdout(&out), stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout_text).unwrap();
+    for u in v["units"].as_array().unwrap() {
+        if let Some(i) = u["unit_image"].as_str() {
+            repo.remember_image(i);
+        }
+    }
+    let (printer, leaker) = (&v["units"][0], &v["units"][1]);
+    assert_eq!(printer["status"], "landed", "{printer}\n{stderr_text}");
+    assert_eq!(leaker["status"], "rejected", "{leaker}");
+    assert_eq!(leaker["rejections"][0]["rule"], "secret", "{leaker}");
+    assert!(leaker["patch"].is_null(), "no patch kept: {leaker}");
+    // The secret did reach the agent: its log shows where it was, redacted.
+    let log = std::fs::read_to_string(printer["log"].as_str().unwrap()).unwrap();
+    assert!(log.contains("token [redacted]"), "{log}");
+    // The check printed its environment, without the secret's variable.
+    let run_dir = repo.path().join(".git/boxdelegate");
+    let mut files = Vec::new();
+    files_under(&run_dir, &mut files);
+    let verify_log = files
+        .iter()
+        .find(|f| f.ends_with("verify.log") && f.to_string_lossy().contains("printer"))
+        .expect("a verify log");
+    let verify_log = std::fs::read_to_string(verify_log).unwrap();
+    assert!(
+        verify_log.contains("PATH="),
+        "the check printed its env: {verify_log}"
+    );
+    assert!(!verify_log.contains("BD_TEST_SECRET"), "{verify_log}");
+    // Nowhere: run state (journal, logs, prompts, reports, patches, change lists), output,
+    // the repository's history, the unit image.
+    let mut leaks = Vec::new();
+    for f in &files {
+        if contains(&std::fs::read(f).unwrap(), &secret) {
+            leaks.push(f.display().to_string());
+        }
+        if f.starts_with(run_dir.join("runs")) {
+            let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(
+                mode & 0o077,
+                0,
+                "{} is private to the user ({mode:o})",
+                f.display()
+            );
+        }
+    }
+    assert!(leaks.is_empty(), "the secret is in {leaks:?}");
+    assert!(!stdout_text.contains(&secret) && !stderr_text.contains(&secret));
+    let history = repo.git(&["log", "-p", "--all", "--format=%H %B"]);
+    assert!(history.contains("fine"), "{history}");
+    assert!(!history.contains(&secret), "{history}");
+    let image = printer["unit_image"].as_str().unwrap();
+    let saved = std::process::Command::new("docker")
+        .args(["image", "save", image])
+        .output()
+        .unwrap();
+    assert!(saved.status.success() && saved.stdout.len() > 1 << 20);
+    assert!(
+        !contains(&saved.stdout, &secret),
+        "the secret is in an image layer"
+    );
+    let runs_mode = std::fs::metadata(
+        run_dir
+            .join("runs")
+            .join(printer["run_id"].as_str().unwrap()),
+    )
+    .unwrap()
+    .permissions()
+    .mode();
+    assert_eq!(runs_mode & 0o777, 0o700);
+}
