@@ -910,6 +910,15 @@ async fn save(global: &GlobalArgs, output: &PathBuf, snap: &SnapshotArgs) -> Res
         }
     }
     names.push(unit);
+    // The egress proxy's image goes along when the project's agents use it.
+    let agents = [Some(&project.config.agent), project.config.agent.fallback.as_deref()];
+    let proxied = agents
+        .iter()
+        .flatten()
+        .any(|a| a.network.as_deref() == Some("proxy"));
+    if proxied && engine.image_id(crate::proxy::IMAGE).await?.is_some() {
+        names.push(crate::proxy::IMAGE.to_string());
+    }
     let dir = output
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
