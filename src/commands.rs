@@ -14,7 +14,7 @@ use crate::engine::{labels, short, Engine};
 use crate::error::{exit, Error, Result};
 use crate::git::Repo;
 use crate::images::{self, DepsPlan};
-use crate::report::{Reporter, Silent, Terminal};
+use crate::report::{JsonLines, Reporter, Silent, Terminal};
 use crate::snapshot::{self, Snapshot, TreeEntry};
 
 /// A repository with its validated configuration and profile.
@@ -63,15 +63,18 @@ impl Project {
 }
 
 fn reporter(global: &GlobalArgs, json: bool) -> Box<dyn Reporter> {
-    if global.quiet || json {
+    if json {
+        Box::new(JsonLines::new())
+    } else if global.quiet {
         Box::new(Silent)
     } else {
         Box::new(Terminal::new(global.verbose > 0))
     }
 }
 
+/// Prints a command's final JSON object as one line (the last line of `--json` output).
 pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Internal(e.to_string()))?;
+    let text = serde_json::to_string(value).map_err(|e| Error::Internal(e.to_string()))?;
     println!("{text}");
     Ok(())
 }
@@ -326,11 +329,11 @@ async fn run_command(global: &GlobalArgs, args: crate::run::RunArgs, json: bool)
     reporter.finish();
     let outcome = outcome?;
     if json {
-        print_json(&serde_json::json!({ "run": outcome.report, "units": outcome.results }))?;
+        print_json(
+            &serde_json::json!({ "type": "result", "run": outcome.report, "units": outcome.results }),
+        )?;
     } else {
-        for r in &outcome.results {
-            print_result(r);
-        }
+        print_summary(&outcome.results);
         if let Some(report) = &outcome.report {
             print_report(report);
         }
@@ -370,12 +373,48 @@ fn print_report(r: &crate::run::RunReport) {
     }
 }
 
+/// The end-of-run table (one row per unit), then each unit's details.
+fn print_summary(results: &[crate::run::UnitResult]) {
+    println!(
+        "{:<24} {:<15} {:>8} {:>6} {:>8} {:>10} {:>9}",
+        "unit", "verdict", "attempts", "files", "time", "tokens", "cost"
+    );
+    for r in results {
+        let tokens = r
+            .usage
+            .as_ref()
+            .map(|u| (u.input_tokens + u.output_tokens).to_string())
+            .unwrap_or_else(|| "-".into());
+        let cost = r
+            .cost_usd
+            .map(|c| format!("${c:.4}"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<24} {:<15} {:>8} {:>6} {:>7.1}s {:>10} {:>9}",
+            r.unit,
+            crate::report::label(r.status),
+            r.attempts.len(),
+            r.files_changed,
+            r.seconds,
+            tokens,
+            cost
+        );
+    }
+    for r in results {
+        println!();
+        print_result(r);
+    }
+}
+
 fn print_result(r: &crate::run::UnitResult) {
     let status = crate::report::label(r.status);
-    println!(
-        "{:<20} {:<14} {} ({} file(s), {:.1}s)",
-        r.unit, status, r.message, r.files_changed, r.seconds
-    );
+    println!("{}: {status}: {}", r.unit, r.message);
+    if let Some(p) = &r.patch {
+        println!("  patch: {}", p.display());
+    }
+    if let Some(l) = &r.log {
+        println!("  log:   {}", l.display());
+    }
     if let Some(u) = &r.usage {
         println!(
             "  tokens: {} input ({} cached), {} output{}",
@@ -911,7 +950,10 @@ async fn save(global: &GlobalArgs, output: &PathBuf, snap: &SnapshotArgs) -> Res
     }
     names.push(unit);
     // The egress proxy's image goes along when the project's agents use it.
-    let agents = [Some(&project.config.agent), project.config.agent.fallback.as_deref()];
+    let agents = [
+        Some(&project.config.agent),
+        project.config.agent.fallback.as_deref(),
+    ];
     let proxied = agents
         .iter()
         .flatten()

@@ -666,6 +666,12 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
         .iter()
         .filter(|p| live.read(|j| j.unit(&p.unit.meta.id).phase) != UnitPhase::Done)
         .collect();
+    reporter.units(
+        &todo
+            .iter()
+            .map(|p| p.unit.meta.id.clone())
+            .collect::<Vec<_>>(),
+    );
     // What the agents need beyond the unit image: the codex image, their networks.
     let mut versions: Vec<&str> = todo
         .iter()
@@ -1078,7 +1084,7 @@ async fn work_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
                 let mut r = UnitResult::new(p, p.agents[0].agent.name(), ctx.snapshot, ctx.run_id);
                 r.status = Status::Skipped;
                 r.message = format!("not started: the circuit breaker is open ({reason}); run the same command again once the cause is fixed");
-                ctx.reporter.phase(&format!("{id}: skipped ({reason})"));
+                ctx.reporter.unit(id, &format!("skipped ({reason})"));
                 finish_unit(ctx, id, r)?;
                 return Ok(());
             }
@@ -1098,10 +1104,13 @@ async fn work_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
             }
             Next::Attempt { role, backoff } => {
                 if let Some(wait) = backoff.filter(|w| !w.is_zero()) {
-                    ctx.reporter.phase(&format!(
-                        "{id}: infrastructure failure; retrying in {}",
-                        humantime::format_duration(wait)
-                    ));
+                    ctx.reporter.unit(
+                        id,
+                        &format!(
+                            "infrastructure failure; retrying in {}",
+                            humantime::format_duration(wait)
+                        ),
+                    );
                     tokio::time::sleep(wait).await;
                 }
                 let plan = p.agent(role);
@@ -1160,20 +1169,23 @@ fn attempt_done(ctx: &Ctx<'_>, id: &str) -> Result<()> {
     crate::failpoint::hit("attempt-judged");
     let status = crate::report::label(a.result.status);
     if a.result.status != Status::Landed {
-        ctx.reporter.phase(&format!(
-            "{id}: attempt {} ({}) ended {}{}",
-            a.n,
-            a.agent,
-            a.infra
-                .as_deref()
-                .map(|k| format!("infra-error ({k})"))
-                .unwrap_or(status),
-            if a.result.message.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", a.result.message)
-            }
-        ));
+        ctx.reporter.unit(
+            id,
+            &format!(
+                "attempt {} ({}) ended {}{}",
+                a.n,
+                a.agent,
+                a.infra
+                    .as_deref()
+                    .map(|k| format!("infra-error ({k})"))
+                    .unwrap_or(status),
+                if a.result.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", a.result.message)
+                }
+            ),
+        );
     }
     if let Some(reason) = opened {
         ctx.reporter.phase(&format!(
@@ -1247,6 +1259,8 @@ fn finish_unit(ctx: &Ctx<'_>, id: &str, mut result: UnitResult) -> Result<()> {
             .join(format!("{id}.json")),
         &json,
     )?;
+    ctx.reporter
+        .unit_done(id, &crate::report::label(result.status), &result.message);
     ctx.journal.update(|j| {
         let u = j.unit_mut(id);
         u.phase = UnitPhase::Done;
@@ -1311,15 +1325,18 @@ async fn start_agent(
         ctx.engine.remove_network(name).await?;
     }
     let retry = retry_context(ctx, id, a.n)?;
-    ctx.reporter.phase(&format!(
-        "{id}: agent ({}) running{}",
-        plan.agent.name(),
-        if a.n > 1 {
-            format!(", attempt {}", a.n)
-        } else {
-            String::new()
-        }
-    ));
+    ctx.reporter.unit(
+        id,
+        &format!(
+            "agent ({}) running{}",
+            plan.agent.name(),
+            if a.n > 1 {
+                format!(", attempt {}", a.n)
+            } else {
+                String::new()
+            }
+        ),
+    );
     let spec = plan.agent.spec(&p.unit);
     let mut env = spec.env.clone();
     env.extend(plan.env.iter().cloned());
@@ -1473,10 +1490,13 @@ async fn watch_agent(
     match ctx.engine.container_running(&container).await? {
         None => {
             // Gone (removed by hand or by an interrupted process): the attempt starts afresh.
-            ctx.reporter.phase(&format!(
-                "{id}: the agent container {} is gone; starting the attempt again",
-                short(&container)
-            ));
+            ctx.reporter.unit(
+                id,
+                &format!(
+                    "the agent container {} is gone; starting the attempt again",
+                    short(&container)
+                ),
+            );
             return update_attempt(ctx, id, |a| {
                 a.phase = AttemptPhase::Starting;
                 a.container = None;
@@ -1485,10 +1505,13 @@ async fn watch_agent(
         Some(running) => {
             ctx.engine.adopt(&container);
             if running && a.started_at.is_some_and(|s| unix_now() - s > 1.0) {
-                ctx.reporter.phase(&format!(
-                    "{id}: re-attached to the running agent container {}",
-                    short(&container)
-                ));
+                ctx.reporter.unit(
+                    id,
+                    &format!(
+                        "re-attached to the running agent container {}",
+                        short(&container)
+                    ),
+                );
             }
         }
     }
@@ -1503,6 +1526,7 @@ async fn watch_agent(
         let container = container.clone();
         let log_path = a.dir.join("agent.log");
         let sink = ctx.reporter.line_sink();
+        let activity_sink = ctx.reporter.activity_sink(id);
         let redactor = redactor.clone();
         let activity = activity.clone();
         let codex = spec.events == crate::agent::Events::Codex;
@@ -1546,7 +1570,7 @@ async fn watch_agent(
                     if codex {
                         let mut a = activity.lock().expect("poisoned");
                         if a.feed(&line) {
-                            sink(&format!("{unit}: {}", a.status_line()));
+                            activity_sink(&a.status_line());
                             continue;
                         }
                     }
@@ -1682,13 +1706,13 @@ async fn extract_change(
         .clone()
         .expect("an exited attempt has a container");
     if ctx.engine.container_running(&container).await?.is_none() {
-        ctx.reporter.phase(&format!("{id}: the agent container {} is gone before its change was read; starting the attempt again", short(&container)));
+        ctx.reporter.unit(id, &format!("the agent container {} is gone before its change was read; starting the attempt again", short(&container)));
         return update_attempt(ctx, id, |a| {
             a.phase = AttemptPhase::Starting;
             a.container = None;
         });
     }
-    ctx.reporter.phase(&format!("{id}: extracting the change"));
+    ctx.reporter.unit(id, "extracting the change");
     let read_limits = ReadLimits {
         entries: p.limits.max_files,
         bytes: p.limits.max_bytes,
@@ -1898,8 +1922,7 @@ async fn judge_change(
         .collect::<Vec<_>>()
         .join(", ");
     let vreq = verify_request(ctx, p, &tree, &verify_log, &cache_dir);
-    ctx.reporter
-        .phase(&format!("{id}: verifying ({check_names})"));
+    ctx.reporter.unit(id, &format!("verifying ({check_names})"));
     let verdict = crate::verify::verify(ctx.engine, &ctx.project.repo, &vreq, &on_line).await?;
     let passed = verdict.passed;
     let summary = verdict.summary.clone();
@@ -1974,10 +1997,10 @@ async fn land_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
                         .is_ok()
             });
         if on_branch {
-            ctx.reporter.phase(&format!(
-                "{id}: landed before the interruption as {}",
-                short(&l.commit)
-            ));
+            ctx.reporter.unit(
+                id,
+                &format!("landed before the interruption as {}", short(&l.commit)),
+            );
             let rebased_onto = (l.old.is_some() && l.old.as_deref() != Some(&req.snapshot_commit))
                 .then(|| l.old.clone())
                 .flatten();
@@ -1994,8 +2017,7 @@ async fn land_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
             return finish_unit(ctx, id, result);
         }
     }
-    ctx.reporter
-        .phase(&format!("{id}: landing on {}", p.branch));
+    ctx.reporter.unit(id, &format!("landing on {}", p.branch));
     land::import_objects(repo, &attempt.dir.join("objects"))?;
     let prepared = land::prepare(repo, &req)?;
     if let land::Prepared::Ready {
@@ -2008,11 +2030,14 @@ async fn land_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
             && p.merged == crate::config::MergedPolicy::Reverify
             && !p.checks.is_empty();
         if reverify {
-            ctx.reporter.phase(&format!(
-                "{id}: {} moved to {}; verifying the merged tree before landing it",
-                p.branch,
-                short(head)
-            ));
+            ctx.reporter.unit(
+                id,
+                &format!(
+                    "{} moved to {}; verifying the merged tree before landing it",
+                    p.branch,
+                    short(head)
+                ),
+            );
             let head_tree = repo.text(&["rev-parse", &format!("{head}^{{tree}}")])?;
             let cache_dir = crate::verify::state_paths(&repo.common_dir).1;
             let log = attempt.dir.join("verify-merged.log");

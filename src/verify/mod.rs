@@ -342,7 +342,7 @@ pub async fn verify(
             .mode(0o600)
             .open(req.log)
     }
-        .map_err(|e| Error::io(format!("opening {}", req.log.display()), e))?;
+    .map_err(|e| Error::io(format!("opening {}", req.log.display()), e))?;
     for path in &restored {
         let _ = writeln!(log, "# protected path {path} restored from the base");
     }

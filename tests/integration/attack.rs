@@ -133,7 +133,7 @@ fn every_container_a_run_starts_has_the_default_hardening() {
     }
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = crate::common::final_json(&out.stdout);
     repo.remember_image(v["units"][0]["unit_image"].as_str().unwrap());
     assert_eq!(v["units"][0]["status"], "landed");
     assert_eq!(seen, ["agent", "verify"]);
@@ -372,7 +372,7 @@ if (exec 3<>/dev/tcp/{allowed}/8000) 2>/dev/null; then echo direct reached; else
     let out = child.wait_with_output().unwrap();
     let err = stderr(&out);
     assert!(out.status.success(), "{err}\n{}", stdout(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = crate::common::final_json(&out.stdout);
     let u = &v["units"][0];
     repo.remember_image(u["unit_image"].as_str().unwrap());
     assert_eq!(u["status"], "landed", "{u}");
@@ -517,7 +517,7 @@ fn a_secret_passed_to_the_agent_is_found_nowhere_it_could_leak() {
         .output()
         .unwrap();
     let (stdout_text, stderr_text) = (stdout(&out), stderr(&out));
-    let v: serde_json::Value = serde_json::from_str(&stdout_text).unwrap();
+    let v: serde_json::Value = crate::common::final_json(stdout_text.as_bytes());
     for u in v["units"].as_array().unwrap() {
         if let Some(i) = u["unit_image"].as_str() {
             repo.remember_image(i);

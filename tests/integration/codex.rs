@@ -97,7 +97,7 @@ fn run_codex(repo: &TestRepo, unit: &str) -> (i32, serde_json::Value, String) {
         .env("BD_OTHER_SECRET", OTHER_SECRET)
         .output()
         .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+    let v: serde_json::Value = crate::common::final_json_result(&out.stdout)
         .unwrap_or_else(|e| panic!("no JSON ({e}): {}\n{}", stdout(&out), stderr(&out)));
     let u = v["units"][0].clone();
     if let Some(i) = u["unit_image"].as_str() {

@@ -129,7 +129,7 @@ impl TestRepo {
             String::from_utf8_lossy(&out.stderr),
             String::from_utf8_lossy(&out.stdout)
         );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v: serde_json::Value = crate::common::final_json(&out.stdout);
         let mut images = self.images.borrow_mut();
         for key in ["unit_image", "deps_image"] {
             let tag = v[key]["image"].as_str().unwrap().to_string();
@@ -295,7 +295,7 @@ impl TestRepo {
             .output()
             .unwrap();
         let err = stderr(&out);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        let v: serde_json::Value = crate::common::final_json_result(&out.stdout)
             .unwrap_or_else(|e| panic!("run printed no JSON ({e}): {}\n{err}", stdout(&out)));
         // Unit images built for this repository are removed with it.
         for u in v["units"].as_array().unwrap() {
@@ -318,6 +318,29 @@ impl TestRepo {
     pub fn refs(&self) -> String {
         self.git(&["for-each-ref", "--format=%(refname) %(objectname)"])
     }
+}
+
+/// The final object of a `--json` command: its last line. Every line before it must be a
+/// JSON event (`"type": "event"`).
+pub fn final_json_result(stdout: &[u8]) -> Result<serde_json::Value, String> {
+    let text = String::from_utf8_lossy(stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let Some((last, events)) = lines.split_last() else {
+        return Err("no output".into());
+    };
+    for e in events {
+        let v: serde_json::Value =
+            serde_json::from_str(e).map_err(|err| format!("{err} in line {e:?}"))?;
+        if v["type"] != "event" {
+            return Err(format!("a line before the last is not an event: {e}"));
+        }
+    }
+    serde_json::from_str(last).map_err(|err| format!("{err} in the last line {last:?}"))
+}
+
+/// [`final_json_result`], which must succeed.
+pub fn final_json(stdout: &[u8]) -> serde_json::Value {
+    final_json_result(stdout).unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn toml_string(s: &str) -> String {

@@ -59,7 +59,7 @@ fn init_output_is_a_valid_config_for_the_other_commands() {
     assert!(out.status.success(), "{}", stderr(&out));
     // `doctor --json` parses the config and names the profile.
     let out = repo.cmd().args(["doctor", "--json"]).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = crate::common::final_json(&out.stdout);
     assert_eq!(v["profile"], "python", "{v}");
 }
 
@@ -83,7 +83,7 @@ fn unit_new_ls_and_check() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let out = repo.cmd().args(["unit", "ls", "--json"]).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = crate::common::final_json(&out.stdout);
     let ids: Vec<&str> = v
         .as_array()
         .unwrap()

@@ -7,6 +7,7 @@ mod common;
 mod images;
 mod init;
 mod model_server;
+mod progress;
 mod resume;
 mod run;
 mod snapshot;

@@ -465,7 +465,7 @@ fn a_second_boxdelegate_on_the_same_repository_refuses_or_waits() {
     // `status` reads without the lock and says the run is running.
     let out = repo.cmd().args(["status", "--json"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s: serde_json::Value = crate::common::final_json(&out.stdout);
     assert_eq!(s["runs"][0]["state"], "running", "{s}");
     assert!(
         s["runs"][0]["containers"]
@@ -511,7 +511,7 @@ fn a_second_boxdelegate_on_the_same_repository_refuses_or_waits() {
     );
     assert_eq!(commits_on(&repo, "shared", &snapshot), ["slow", "other"]);
     for out in [&first, &second] {
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v: serde_json::Value = crate::common::final_json(&out.stdout);
         if let Some(i) = v["units"][0]["unit_image"].as_str() {
             repo.remember_image(i);
         }
@@ -599,7 +599,7 @@ fn status_shows_an_interrupted_run_and_clean_keeps_it_until_asked() {
     let id = run_ids(&repo).pop().unwrap();
     let out = repo.cmd().args(["status", "--json"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s: serde_json::Value = crate::common::final_json(&out.stdout);
     let run = &s["runs"][0];
     assert_eq!(run["run_id"], id.as_str());
     assert_eq!(run["state"], "interrupted", "{run}");
@@ -619,13 +619,13 @@ fn status_shows_an_interrupted_run_and_clean_keeps_it_until_asked() {
     // resume finishes it; then clean removes the finished run.
     let out = repo.cmd().args(["resume", "--json"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = crate::common::final_json(&out.stdout);
     assert_eq!(v["units"][0]["status"], "landed");
     let image = v["units"][0]["unit_image"].as_str().unwrap().to_string();
     repo.remember_image(&image);
     let out = repo.cmd().args(["clean", "--json"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c: serde_json::Value = crate::common::final_json(&out.stdout);
     assert_eq!(c["removed"][0]["run_id"], id.as_str(), "{c}");
     assert!(run_ids(&repo).is_empty());
     assert_eq!(

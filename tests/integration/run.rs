@@ -141,7 +141,7 @@ fn an_edit_outside_the_scope_is_rejected_and_its_patch_kept() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = crate::common::final_json(&out.stdout);
     assert_eq!(v["status"], "landed", "{v}");
 }
 

@@ -144,7 +144,7 @@ fn include_dirty_takes_untracked_and_modified_files_without_touching_the_index()
         .args(["snapshot", "--include-dirty", "--json"])
         .output()
         .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = crate::common::final_json(&out.stdout);
     assert_eq!(v["dirty"], true);
     assert_ne!(
         v["tree"].as_str().unwrap(),
@@ -167,7 +167,7 @@ fn include_dirty_on_a_clean_tree_is_head() {
         .args(["snapshot", "--include-dirty", "--json"])
         .output()
         .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = crate::common::final_json(&out.stdout);
     assert_eq!(v["dirty"], false);
     assert_eq!(
         v["tree"].as_str().unwrap(),

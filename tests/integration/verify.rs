@@ -315,8 +315,8 @@ fn the_verify_container_has_no_network_and_no_agent_secrets() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let out = child.0.take().unwrap().wait_with_output().unwrap();
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+    let v: serde_json::Value = crate::common::final_json_result(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
     let u = &v["units"][0];
     if let Some(i) = u["unit_image"].as_str() {
         // Removed with the repository.
@@ -521,7 +521,7 @@ fn verify_commit_on_a_fresh_clone_agrees_with_the_run_and_its_replay() {
             .args(args)
             .output()
             .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        let v: serde_json::Value = crate::common::final_json_result(&out.stdout)
             .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(&out), stderr(&out)));
         (out.status.code().unwrap_or(-1), v)
     };
