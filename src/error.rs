@@ -54,6 +54,36 @@ pub mod exit {
     pub const BUSY: i32 = 20;
     /// A run journal is unreadable (corrupt, truncated, another format).
     pub const STATE: i32 = 21;
+    /// Interrupted (Ctrl-C, SIGTERM); the containers the command started are removed.
+    pub const INTERRUPTED: i32 = 130;
+
+    /// Every code above, for the test that holds the README's table to them.
+    #[cfg(test)]
+    pub const ALL: &[i32] = &[
+        OK,
+        INTERNAL,
+        USAGE,
+        CONFIG,
+        REPO,
+        ENGINE,
+        IMAGE_MISSING,
+        INSTALL,
+        EXISTS,
+        NOT_READY,
+        REJECTED,
+        CONFLICT,
+        TIMEOUT,
+        AGENT_FAILED,
+        NO_CHANGE,
+        VERIFY_FAILED,
+        INFRA,
+        REPLAY_MISMATCH,
+        FAILED,
+        BREAKER,
+        BUSY,
+        STATE,
+        INTERRUPTED,
+    ];
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,5 +214,37 @@ impl Error {
             context: context.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod exit_code_docs {
+    use super::exit;
+
+    #[test]
+    fn the_readme_documents_every_exit_code_and_no_other() {
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("## Exit codes")
+            .nth(1)
+            .expect("an exit code section");
+        let documented: Vec<i32> = table
+            .lines()
+            .skip_while(|l| !l.starts_with("| code"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                l.trim_start_matches('|')
+                    .split('|')
+                    .next()
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        let mut code = exit::ALL.to_vec();
+        code.sort();
+        assert_eq!(documented, code);
     }
 }

@@ -55,7 +55,7 @@ fn main() {
                 if let Some(engine) = engine::current() {
                     engine.cleanup().await;
                 }
-                130
+                exit::INTERRUPTED
             }
         }
     });

@@ -709,3 +709,101 @@ mod tests {
         assert_eq!(c.limits.resolve(), Limits::default());
     }
 }
+
+#[cfg(test)]
+mod reference {
+    //! docs/configuration.md against the keys the code accepts.
+    use std::collections::BTreeSet;
+
+    use serde_aux::serde_introspection::serde_introspect;
+
+    use super::*;
+    use crate::config::profile::{Checks, Profile};
+    use crate::config::unit::{AgentOverride, UnitMeta};
+
+    const DOC: &str = include_str!("../../docs/configuration.md");
+
+    /// `section.key` for each row of the `<!-- keys: NAME -->` table: "`[agent] model`" is
+    /// `agent.model`, "`[prices."MODEL"] input`" is `prices.*.input`, "`[env]`" is `env`.
+    fn documented(name: &str) -> BTreeSet<String> {
+        let marker = format!("<!-- keys: {name} -->");
+        let table = DOC.split(&marker).nth(1).expect("the table's marker");
+        let mut keys = BTreeSet::new();
+        for line in table.lines().skip(3) {
+            let Some(rest) = line.strip_prefix("| `") else {
+                if line.trim().is_empty() {
+                    break;
+                }
+                continue;
+            };
+            let cell = rest.split('`').next().unwrap();
+            let key = match cell.strip_prefix('[') {
+                Some(r) => {
+                    let (section, key) = r.split_once(']').unwrap();
+                    let section = section.replace("\"MODEL\"", "*");
+                    match key.trim() {
+                        "" => section,
+                        k => format!("{section}.{k}"),
+                    }
+                }
+                None => cell.to_string(),
+            };
+            assert!(keys.insert(key.clone()), "{key} is listed twice");
+        }
+        keys
+    }
+
+    fn fields<'de, T: serde::Deserialize<'de>>(prefix: &str, except: &[&str]) -> Vec<String> {
+        serde_introspect::<T>()
+            .iter()
+            .filter(|f| !except.contains(f))
+            .map(|f| format!("{prefix}{f}"))
+            .collect()
+    }
+
+    #[test]
+    fn every_config_key_is_documented_and_every_documented_key_accepted() {
+        let top: BTreeSet<&str> = serde_introspect::<Config>().iter().copied().collect();
+        assert_eq!(
+            top,
+            BTreeSet::from(["project", "agent", "run", "verify", "limits", "prices"]),
+            "a new top-level table needs its rows in docs/configuration.md and here"
+        );
+        let mut code = BTreeSet::new();
+        code.extend(fields::<ProjectConfig>("project.", &[]));
+        code.extend(fields::<AgentConfig>("agent.", &["provider"]));
+        code.extend(fields::<CodexProvider>("agent.provider.", &[]));
+        code.extend(fields::<RunConfig>("run.", &[]));
+        code.extend(fields::<VerifyConfig>("verify.", &[]));
+        code.extend(fields::<LimitsConfig>("limits.", &[]));
+        code.extend(fields::<crate::agent::events::Price>("prices.*.", &[]));
+        assert_eq!(documented("config"), code);
+    }
+
+    #[test]
+    fn every_unit_key_is_documented_and_every_documented_key_accepted() {
+        let mut code = BTreeSet::new();
+        code.extend(fields::<UnitMeta>("", &["agent", "limits"]));
+        code.extend(fields::<AgentOverride>("agent.", &[]));
+        code.extend(fields::<LimitsConfig>("limits.", &[]));
+        assert_eq!(documented("unit"), code);
+    }
+
+    #[test]
+    fn every_profile_key_is_documented_and_every_documented_key_accepted() {
+        let mut code = BTreeSet::new();
+        code.extend(fields::<Profile>("", &["checks"]));
+        code.extend(fields::<Checks>("checks.", &[]));
+        assert_eq!(documented("profile"), code);
+    }
+
+    #[test]
+    fn a_documented_key_parses_in_a_real_file() {
+        // The introspection sees the code's field names; this checks they are the spelling a
+        // file uses (no rename in between) for a sample of nested keys.
+        let text = "[agent]\nallow = [\"a.example:443\"]\nnetwork = \"proxy\"\negress_network = \"bridge\"\n[agent.provider]\nname = \"g\"\nbase_url = \"http://g:1/v1\"\nenv_key = \"K\"\n[limits]\ndisk = \"1g\"\n[prices.\"*\"]\ninput = 1.0\noutput = 2.0\n[project]\nruntime = \"runc\"\n";
+        let c = parse_toml::<Config>(text, Path::new(CONFIG_FILE)).unwrap();
+        assert_eq!(c.limits.disk, Some(1 << 30));
+        assert_eq!(c.project.runtime.as_deref(), Some("runc"));
+    }
+}
