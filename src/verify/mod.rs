@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -337,6 +338,7 @@ pub async fn verify(
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(req.log)
         .map_err(|e| Error::io(format!("opening {}", req.log.display()), e))?;
     for path in &restored {
@@ -786,7 +788,7 @@ pub fn restore_protected(
         .map_err(|e| Error::io("creating a temporary index", e))?;
     let index = dir.path().join("index");
     let git = |args: &[&str], input: Option<&[u8]>| -> Result<Vec<u8>> {
-        let mut cmd = repo.cmd();
+        let mut cmd = repo.cmd()?;
         cmd.env("GIT_INDEX_FILE", &index);
         repo.run_with(cmd, args, input)
     };
