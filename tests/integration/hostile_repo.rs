@@ -340,3 +340,42 @@ fn hooks_fsmonitor_and_embedded_git_directories_never_run_on_the_host() {
     }
     assert_eq!(state_without_run_state(&repo), before);
 }
+
+#[test]
+fn an_include_dirty_snapshot_refuses_a_file_a_configured_filter_would_store() {
+    let canary = Canary::new();
+    let s = canary.s();
+    let repo = TestRepo::with_project("hostile-dirty");
+    repo.write(".gitattributes", "*.bin filter=evil\n");
+    repo.write("data.bin", "stored\n");
+    repo.commit("project");
+    repo.git(&["config", "filter.evil.clean", &s]);
+    repo.git(&["config", "filter.evil.required", "true"]);
+    let snapshot = || {
+        repo.cmd()
+            .args(["snapshot", "--include-dirty"])
+            .output()
+            .unwrap()
+    };
+    // A dirty file the filter does not select is snapshotted.
+    repo.write("src/lib.txt", "dirty\n");
+    let out = snapshot();
+    assert!(out.status.success(), "{}", stderr(&out));
+    canary.assert_untouched("snapshot --include-dirty");
+
+    repo.write("data.bin", "dirty\n");
+    // A dirty snapshot writes blobs to the object database, nothing else.
+    let before = state_without_run_state(&repo);
+    let out = snapshot();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("data.bin") && stderr(&out).contains("\"evil\""),
+        "{}",
+        stderr(&out)
+    );
+    canary.assert_untouched("snapshot --include-dirty");
+    assert_eq!(state_without_run_state(&repo), before);
+    canary.proven_by("git add", || {
+        plain_git(repo.path(), &["add", "data.bin"]);
+    });
+}
