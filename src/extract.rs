@@ -573,7 +573,7 @@ fn drop_ignored(
         .tempdir()
         .map_err(|e| Error::io("creating a scratch directory", e))?;
     let git = |args: &[&str], input: Option<&[u8]>| -> Result<Vec<u8>> {
-        let mut cmd = crate::git::command(scratch.path());
+        let mut cmd = crate::git::command(scratch.path())?;
         cmd.args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
@@ -605,7 +605,12 @@ fn drop_ignored(
         .filter(|e| e.path.ends_with(b".gitignore") && matches!(e.kind, EntryKind::File { .. }))
     {
         let name = e.path.rsplit(|b| *b == b'/').next().unwrap_or_default();
-        if name != b".gitignore" {
+        // A crafted tree can hold `..` or `.git` components; such a name never becomes a host
+        // path.
+        if name != b".gitignore"
+            || scope::bad_name(&e.path).is_some()
+            || scope::is_git_path(&e.path)
+        {
             continue;
         }
         let rel = String::from_utf8_lossy(&e.path).into_owned();
@@ -702,7 +707,7 @@ impl Extracted {
         }
         if !expected.is_empty() {
             let out = repo.run_with(
-                repo.store_cmd(store),
+                repo.store_cmd(store)?,
                 &["hash-object", "-w", "--no-filters", "--stdin-paths"],
                 Some(&paths_in),
             )?;
@@ -717,12 +722,12 @@ impl Extracted {
             }
         }
         let index = scratch.path().join("index");
-        let with_index = || {
-            let mut cmd = repo.store_cmd(store);
+        let with_index = || -> Result<std::process::Command> {
+            let mut cmd = repo.store_cmd(store)?;
             cmd.env("GIT_INDEX_FILE", &index);
-            cmd
+            Ok(cmd)
         };
-        repo.run_with(with_index(), &["read-tree", snapshot_tree], None)?;
+        repo.run_with(with_index()?, &["read-tree", snapshot_tree], None)?;
         let mut info = Vec::new();
         let mut left_out = 0;
         let mut blobs = expected.into_iter();
@@ -754,15 +759,15 @@ impl Extracted {
             info.push(0);
         }
         repo.run_with(
-            with_index(),
+            with_index()?,
             &["update-index", "-z", "--index-info"],
             Some(&info),
         )?;
-        let tree = String::from_utf8_lossy(&repo.run_with(with_index(), &["write-tree"], None)?)
+        let tree = String::from_utf8_lossy(&repo.run_with(with_index()?, &["write-tree"], None)?)
             .trim()
             .to_string();
         let patch = repo.run_with(
-            repo.store_cmd(store),
+            repo.store_cmd(store)?,
             &[
                 "diff",
                 "--binary",

@@ -1,11 +1,17 @@
 //! Host-side git, isolated from configuration the repository or the user's environment controls.
 //!
-//! Every call runs with hooks off, no system or global config, no fsmonitor, no pager and no
-//! prompts, with the inherited `GIT_*` variables removed so that nothing redirects it to another
-//! repository or index. This module never runs git inside a directory a container wrote.
+//! Every call runs with no system or global config, no pager and no prompts, with the inherited
+//! `GIT_*` variables removed so that nothing redirects it to another repository or index. The
+//! repository's own configuration (and anything it includes, which may be a file in the work
+//! tree) cannot make it run a command: hooks and fsmonitor are off, signatures are never
+//! checked, submodules are not recursed into, and every filter, diff and merge driver it
+//! defines is overridden with an empty command, so that attributes selecting them run nothing.
+//! Embedded bare repositories are never discovered. This module never runs git inside a
+//! directory a container wrote.
 
 use std::ffi::OsStr;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -33,15 +39,57 @@ const SCRUBBED_ENV: &[&str] = &[
     "GIT_CONFIG",
     "GIT_CONFIG_PARAMETERS",
     "GIT_CONFIG_COUNT",
+    "GIT_ATTR_SOURCE",
     "GIT_EXTERNAL_DIFF",
+    "GIT_DIFF_OPTS",
     "GIT_EXEC_PATH",
     "GIT_SSH_COMMAND",
     "GIT_PAGER",
     "GIT_EDITOR",
 ];
 
-/// A `git` command with the isolation described in the module docs.
-pub fn command(dir: &Path) -> Command {
+/// Settings given on the command line of every call, where they take precedence over every
+/// configuration file, including files the repository's configuration includes.
+const FIXED_CONFIG: &[&str] = &[
+    "core.hooksPath=/dev/null",
+    "core.fsmonitor=false",
+    "core.pager=cat",
+    "protocol.allow=never",
+    // `git log` would otherwise run `gpg.program` on signed commits.
+    "log.showSignature=false",
+    // Recursing runs git in each submodule, under the submodule's own configuration.
+    "submodule.recurse=false",
+    // A bare repository committed inside the work tree is never taken for the repository.
+    "safe.bareRepository=explicit",
+];
+
+/// The kinds of driver a repository's configuration can define and its attributes select,
+/// with the settings that hold a command and the value each is overridden with.
+const DRIVERS: &[(&str, &[(&str, &str)])] = &[
+    (
+        "filter",
+        &[
+            ("clean", ""),
+            ("smudge", ""),
+            ("process", ""),
+            // A required filter that does not run is an error; an overridden one is not.
+            ("required", "false"),
+        ],
+    ),
+    ("diff", &[("textconv", ""), ("command", "")]),
+    // git reports a path whose merge driver cannot be started as a conflict.
+    ("merge", &[("driver", "")]),
+];
+
+/// A filter, diff or merge driver defined in the configuration: `section.NAME.*`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Driver {
+    pub section: &'static str,
+    pub name: Vec<u8>,
+}
+
+/// `git` with the fixed isolation, but without the driver overrides.
+fn base_command(dir: &Path) -> Command {
     let mut cmd = Command::new("git");
     for var in SCRUBBED_ENV {
         cmd.env_remove(var);
@@ -52,19 +100,107 @@ pub fn command(dir: &Path) -> Command {
         .env("GIT_OPTIONAL_LOCKS", "0")
         .env("LC_ALL", "C")
         .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "core.hooksPath=/dev/null",
-            "-c",
-            "core.fsmonitor=false",
-            "-c",
-            "core.pager=cat",
-            "-c",
-            "protocol.allow=never",
-        ])
-        .stdin(Stdio::null());
+        .arg(dir);
+    for setting in FIXED_CONFIG {
+        cmd.arg("-c").arg(setting);
+    }
+    cmd.stdin(Stdio::null());
     cmd
+}
+
+/// Every filter, diff and merge driver the configuration seen from `dir` defines, includes
+/// followed. Reading configuration runs nothing.
+pub fn drivers(dir: &Path) -> Result<Vec<Driver>> {
+    let args: Vec<&OsStr> = [
+        "config",
+        "--null",
+        "--name-only",
+        "--get-regexp",
+        r"^(filter|diff|merge)\.",
+    ]
+    .iter()
+    .map(OsStr::new)
+    .collect();
+    let out = run_output(base_command(dir), &args, None)?;
+    // 1: no such key (also outside any repository).
+    if !out.status.success() && out.status.code() != Some(1) {
+        return Err(Error::Git {
+            args: describe(&args),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    let mut found: Vec<Driver> = out
+        .stdout
+        .split(|b| *b == 0)
+        .filter_map(parse_driver_key)
+        .collect();
+    found.sort();
+    found.dedup();
+    Ok(found)
+}
+
+/// `section.NAME.variable` (NAME may hold dots) for a driver section; two-level keys such as
+/// `merge.renames` define no driver.
+fn parse_driver_key(key: &[u8]) -> Option<Driver> {
+    let first = key.iter().position(|b| *b == b'.')?;
+    let last = key.iter().rposition(|b| *b == b'.')?;
+    if last <= first + 1 {
+        return None;
+    }
+    let (section, _) = DRIVERS
+        .iter()
+        .find(|(s, _)| s.as_bytes() == &key[..first])?;
+    Some(Driver {
+        section,
+        name: key[first + 1..last].to_vec(),
+    })
+}
+
+/// A `git` command with the isolation described in the module docs. The overrides go through
+/// `GIT_CONFIG_KEY_n`/`GIT_CONFIG_VALUE_n`, which take a driver name verbatim where `-c` would
+/// split it at a `=`.
+pub fn command(dir: &Path) -> Result<Command> {
+    let mut cmd = base_command(dir);
+    let mut n = 0;
+    for driver in drivers(dir)? {
+        let settings = DRIVERS
+            .iter()
+            .find(|(s, _)| *s == driver.section)
+            .map(|(_, settings)| *settings)
+            .unwrap_or_default();
+        for (variable, value) in settings {
+            let mut key = format!("{}.", driver.section).into_bytes();
+            key.extend_from_slice(&driver.name);
+            key.extend_from_slice(format!(".{variable}").as_bytes());
+            cmd.env(format!("GIT_CONFIG_KEY_{n}"), OsStr::from_bytes(&key))
+                .env(format!("GIT_CONFIG_VALUE_{n}"), value);
+            n += 1;
+        }
+    }
+    if n > 0 {
+        cmd.env("GIT_CONFIG_COUNT", n.to_string());
+    }
+    Ok(cmd)
+}
+
+/// A value of the user's own git configuration (global and system files included), e.g. their
+/// identity. Reading configuration runs nothing.
+pub fn user_config(dir: &Path, key: &str) -> Option<String> {
+    let mut cmd = base_command(dir);
+    for var in ["GIT_CONFIG_NOSYSTEM", "GIT_CONFIG_GLOBAL"] {
+        match std::env::var_os(var) {
+            Some(value) => cmd.env(var, value),
+            None => cmd.env_remove(var),
+        };
+    }
+    let out = run_output(
+        cmd,
+        &[OsStr::new("config"), OsStr::new("--get"), OsStr::new(key)],
+        None,
+    )
+    .ok()?;
+    let value = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !value.is_empty()).then_some(value)
 }
 
 fn describe(args: &[&OsStr]) -> String {
@@ -114,7 +250,7 @@ impl Repo {
         .iter()
         .map(OsStr::new)
         .collect();
-        let out = run_output(command(dir), &args, None)?;
+        let out = run_output(command(dir)?, &args, None)?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let message = if stderr.contains("not a git repository") {
@@ -145,25 +281,25 @@ impl Repo {
         })
     }
 
-    pub fn cmd(&self) -> Command {
+    pub fn cmd(&self) -> Result<Command> {
         command(&self.root)
     }
 
     /// A git command whose new objects go to the private store `store`, reading the
     /// repository's own objects as alternates: nothing reaches the user's object database until
     /// a change has passed the scope check and goes on to be verified and landed.
-    pub fn store_cmd(&self, store: &Path) -> Command {
-        let mut cmd = self.cmd();
+    pub fn store_cmd(&self, store: &Path) -> Result<Command> {
+        let mut cmd = self.cmd()?;
         cmd.env("GIT_OBJECT_DIRECTORY", store).env(
             "GIT_ALTERNATE_OBJECT_DIRECTORIES",
             self.common_dir.join("objects"),
         );
-        cmd
+        Ok(cmd)
     }
 
     /// Runs git with `args`, failing with git's stderr on a non-zero exit.
     pub fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Result<Vec<u8>> {
-        self.run_with(self.cmd(), args, None)
+        self.run_with(self.cmd()?, args, None)
     }
 
     pub fn run_with<S: AsRef<OsStr>>(
@@ -191,7 +327,7 @@ impl Repo {
     /// Resolves `rev` to an object id, or `None` if it does not exist.
     pub fn resolve(&self, rev: &str) -> Result<Option<String>> {
         let out = run_output(
-            self.cmd(),
+            self.cmd()?,
             &[
                 OsStr::new("rev-parse"),
                 OsStr::new("--verify"),
@@ -211,8 +347,235 @@ impl Repo {
 
     /// The version string of the host git, e.g. `2.47.3`.
     pub fn version() -> Result<String> {
-        let out = run_output(command(Path::new(".")), &[OsStr::new("--version")], None)?;
+        let out = run_output(
+            base_command(Path::new(".")),
+            &[OsStr::new("--version")],
+            None,
+        )?;
         let text = String::from_utf8_lossy(&out.stdout);
         Ok(text.trim().trim_start_matches("git version ").to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn driver_keys_name_the_driver_and_two_level_keys_none() {
+        let d = |key: &str| parse_driver_key(key.as_bytes()).map(|d| (d.section, d.name));
+        assert_eq!(d("filter.lfs.clean"), Some(("filter", b"lfs".to_vec())));
+        assert_eq!(
+            d("merge.a.b=c d.driver"),
+            Some(("merge", b"a.b=c d".to_vec()))
+        );
+        assert_eq!(d("diff.x.textconv"), Some(("diff", b"x".to_vec())));
+        assert_eq!(d("merge.renames"), None);
+        assert_eq!(d("diff..textconv"), None);
+        assert_eq!(d("core.x.y"), None);
+    }
+
+    /// Plain git, as a user would run it: no isolation beyond a neutral global config.
+    fn plain_git(dir: &Path, args: &[&str]) -> Output {
+        let mut cmd = Command::new("git");
+        for var in SCRUBBED_ENV {
+            cmd.env_remove(var);
+        }
+        cmd.env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(out: Output) -> String {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    #[test]
+    fn drivers_hooks_and_fsmonitor_the_repository_configures_never_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let canary = dir.path().join("canary");
+        std::fs::create_dir(&root).unwrap();
+        ok(plain_git(&root, &["init", "-q", "-b", "main"]));
+        // Every hostile setting runs this script, which leaves the canary behind.
+        let script = dir.path().join("canary.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\ntouch {}\nexec cat \"$@\" 2>/dev/null\n",
+                canary.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let touch = script.display().to_string();
+        // Some settings come from a file in the work tree that the configuration includes. The
+        // name `e=v` would be cut at its `=` by `git -c`.
+        std::fs::write(
+            root.join("evil.gitconfig"),
+            format!(
+                "[merge \"e=v\"]\n\tdriver = {touch}\n[diff \"e=v\"]\n\ttextconv = {touch}\n\tcommand = {touch}\n[core]\n\tfsmonitor = {touch}\n\thooksPath = hooks\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            root.join(".gitattributes"),
+            "*.txt filter=e=v diff=e=v merge=e=v\n*.bin filter=proc\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("f.txt"), "a\nb\nc\n").unwrap();
+        std::fs::write(root.join("g.bin"), "x\n").unwrap();
+        ok(plain_git(&root, &["add", "-A"]));
+        ok(plain_git(&root, &["commit", "-q", "-m", "base"]));
+        // Configured after the commit, which would run them.
+        for (key, value) in [
+            ("filter.e=v.clean", touch.clone()),
+            ("filter.e=v.smudge", touch.clone()),
+            ("filter.e=v.required", "true".into()),
+            ("filter.proc.process", touch.clone()),
+            ("log.showSignature", "true".into()),
+            ("gpg.program", touch.clone()),
+            ("include.path", "../evil.gitconfig".into()),
+            ("user.name", "t".into()),
+            ("user.email", "t@t".into()),
+        ] {
+            ok(plain_git(&root, &["config", key, &value]));
+        }
+        std::fs::create_dir(root.join("hooks")).unwrap();
+        for hook in [
+            "reference-transaction",
+            "post-index-change",
+            "post-checkout",
+        ] {
+            let path = root.join("hooks").join(hook);
+            std::fs::write(&path, format!("#!/bin/sh\nexec {touch}\n")).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
+        let _ = std::fs::remove_file(&canary);
+        // The proof that the canary works: plain git runs the fsmonitor, hooks and filters.
+        plain_git(&root, &["status", "--porcelain"]);
+        assert!(
+            canary.exists(),
+            "plain git status runs the repository's commands"
+        );
+        std::fs::remove_file(&canary).unwrap();
+
+        let repo = Repo::discover(&root).unwrap();
+        let found: Vec<String> = drivers(&root)
+            .unwrap()
+            .iter()
+            .map(|d| format!("{}.{}", d.section, String::from_utf8_lossy(&d.name)))
+            .collect();
+        assert_eq!(
+            found,
+            ["diff.e=v", "filter.e=v", "filter.proc", "merge.e=v"]
+        );
+        let base = repo.text(&["rev-parse", "HEAD"]).unwrap();
+        // A signed-looking commit, so that `log` would check a signature.
+        let tree = repo.text(&["rev-parse", "HEAD^{tree}"]).unwrap();
+        let signed = format!(
+            "tree {tree}\nparent {base}\nauthor t <t@t> 1 +0000\ncommitter t <t@t> 1 +0000\ngpgsig -----BEGIN PGP SIGNATURE-----\n \n x\n -----END PGP SIGNATURE-----\n\nsigned\n"
+        );
+        let signed = String::from_utf8(
+            repo.run_with(
+                repo.cmd().unwrap(),
+                &["hash-object", "-t", "commit", "-w", "--stdin"],
+                Some(signed.as_bytes()),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let text = |name: &str, content: &str| {
+            let out = repo
+                .run_with(
+                    repo.cmd().unwrap(),
+                    &["hash-object", "-w", "--stdin", "--path", name],
+                    Some(content.as_bytes()),
+                )
+                .unwrap();
+            String::from_utf8(out).unwrap().trim().to_string()
+        };
+        let commit = |parent: &str, f: &str, g: &str| {
+            let blob_f = text("f.txt", f);
+            let blob_g = text("g.bin", g);
+            let listing = format!(
+                "100644 blob {}\t.gitattributes\n100644 blob {}\tevil.gitconfig\n100644 blob {blob_f}\tf.txt\n100644 blob {blob_g}\tg.bin\n",
+                repo.text(&["rev-parse", "HEAD:.gitattributes"]).unwrap(),
+                repo.text(&["rev-parse", "HEAD:evil.gitconfig"]).unwrap(),
+            );
+            let tree = String::from_utf8(
+                repo.run_with(repo.cmd().unwrap(), &["mktree"], Some(listing.as_bytes()))
+                    .unwrap(),
+            )
+            .unwrap();
+            repo.text(&["commit-tree", tree.trim(), "-p", parent, "-m", "c"])
+                .unwrap()
+        };
+        let ours = commit(&base, "A\nb\nc\n", "y\n");
+        let theirs = commit(&base, "a\nb\nC\n", "x\n");
+        // Stat information no longer matches the index: status must look at the contents.
+        for name in ["f.txt", "g.bin"] {
+            std::fs::File::options()
+                .write(true)
+                .open(root.join(name))
+                .unwrap()
+                .set_modified(std::time::SystemTime::UNIX_EPOCH)
+                .unwrap();
+        }
+        let status = repo
+            .run(&["status", "--porcelain", "--untracked-files=no"])
+            .unwrap();
+        assert!(status.is_empty(), "{}", String::from_utf8_lossy(&status));
+        repo.run(&["log", "--format=%H", signed.trim()]).unwrap();
+        repo.run(&["diff", "--no-ext-diff", "--no-textconv", &base, &ours])
+            .unwrap();
+        // git fails, rather than runs anything, if a textconv driver is asked for.
+        assert!(repo.run(&["diff", &base, &ours]).is_err());
+        let merge = repo
+            .cmd()
+            .unwrap()
+            .args(["merge-tree", "--write-tree", "--name-only", "--no-messages"])
+            .arg(format!("--merge-base={base}"))
+            .args([&ours, &theirs])
+            .output()
+            .unwrap();
+        assert_eq!(
+            merge.status.code(),
+            Some(1),
+            "a driver that cannot start is a conflict"
+        );
+        assert!(String::from_utf8_lossy(&merge.stdout).contains("f.txt"));
+        repo.run(&["update-index", "-q", "--refresh"]).unwrap();
+        repo.run(&["read-tree", "-m", "-u", &base, &ours]).unwrap();
+        repo.run(&["update-ref", "refs/heads/main", &ours, &base])
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.join("f.txt")).unwrap(),
+            "A\nb\nc\n"
+        );
+        std::fs::write(root.join("f.txt"), "dirty\n").unwrap();
+        std::fs::write(root.join("g.bin"), "dirty\n").unwrap();
+        let mut add = repo.cmd().unwrap();
+        add.env("GIT_INDEX_FILE", dir.path().join("index"));
+        repo.run_with(add, &["add", "--all"], None).unwrap();
+        assert!(
+            !canary.exists(),
+            "boxdelegate's git ran a command the repository configured"
+        );
     }
 }

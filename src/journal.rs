@@ -259,6 +259,7 @@ impl RepoLock {
     /// with who holds it.
     pub fn acquire(state_dir: &Path, command: &str, wait: bool) -> Result<RepoLock> {
         use std::io::{Seek, Write};
+        use std::os::unix::fs::OpenOptionsExt;
         crate::run::create_private_dir(state_dir)?;
         let path = state_dir.join("lock");
         let mut file = std::fs::OpenOptions::new()
@@ -266,6 +267,7 @@ impl RepoLock {
             .truncate(false)
             .read(true)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
         match file.try_lock() {

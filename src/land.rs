@@ -162,16 +162,7 @@ pub fn import_objects(repo: &Repo, store: &Path) -> Result<()> {
 /// The author and committer: the caller's `GIT_AUTHOR_*` if set, else the user's git identity,
 /// else a neutral one. Only these values are read from the user's configuration.
 fn identity(repo: &Repo) -> Vec<(String, String)> {
-    let read = |key: &str| -> Option<String> {
-        let out = std::process::Command::new("git")
-            .arg("-C")
-            .arg(&repo.root)
-            .args(["config", "--get", key])
-            .output()
-            .ok()?;
-        let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        (out.status.success() && !v.is_empty()).then_some(v)
-    };
+    let read = |key: &str| crate::git::user_config(&repo.root, key);
     let name = read("user.name").unwrap_or_else(|| "boxdelegate".into());
     let email = read("user.email").unwrap_or_else(|| "boxdelegate@localhost".into());
     let mut env = Vec::new();
@@ -211,7 +202,7 @@ pub fn message(req: &LandRequest) -> String {
 }
 
 fn commit_tree(repo: &Repo, tree: &str, parent: &str, msg: &str) -> Result<String> {
-    let mut cmd = repo.cmd();
+    let mut cmd = repo.cmd()?;
     for (k, v) in identity(repo) {
         cmd.env(k, v);
     }
@@ -258,7 +249,7 @@ pub fn prepare(repo: &Repo, req: &LandRequest) -> Result<Prepared> {
         }),
         Some(head) => {
             let out = repo
-                .cmd()
+                .cmd()?
                 .args(["merge-tree", "--write-tree", "--name-only", "--no-messages"])
                 .arg(format!("--merge-base={}", req.snapshot_commit))
                 .arg(head)
@@ -329,6 +320,9 @@ pub fn finish(repo: &Repo, req: &LandRequest, prepared: Prepared) -> Result<Land
     let checked_out = checked_out_branch(repo).as_deref() == Some(req.branch.as_str());
     let (worktree_updated, note) = match old.as_deref() {
         Some(old) if checked_out && worktree_clean(repo)? => {
+            // `status` compared contents where stat information was stale, but `read-tree`
+            // trusts only stat information: refresh it first.
+            repo.run(&["update-index", "-q", "--refresh"])?;
             // Index and work tree first, then the ref (compare-and-swap); undo on a lost race.
             repo.run(&["read-tree", "-m", "-u", old, &new])?;
             if let Err(e) = update_ref() {

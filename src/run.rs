@@ -2322,7 +2322,7 @@ trait PrivateOpen {
 impl PrivateOpen for std::fs::OpenOptions {
     fn mode_private(&mut self) -> &mut Self {
         use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o600)
+        self.mode(0o600).custom_flags(libc::O_NOFOLLOW)
     }
 }
 

@@ -61,7 +61,9 @@ pub fn bad_name(path: &[u8]) -> Option<&'static str> {
     None
 }
 
-fn is_git_path(path: &[u8]) -> bool {
+/// Whether a component of `path` names a `.git` directory (as Windows and macOS file systems
+/// may also read it).
+pub fn is_git_path(path: &[u8]) -> bool {
     path.split(|b| *b == b'/').any(|c| {
         let c = String::from_utf8_lossy(c);
         let c = c.trim_end_matches([' ', '.']);

@@ -76,7 +76,7 @@ impl Snapshot {
                 dirty: false,
             });
         }
-        let tree = dirty_tree(repo)?;
+        let tree = dirty_tree(repo, &head_tree)?;
         Ok(Snapshot {
             dirty: tree != head_tree,
             commit,
@@ -87,7 +87,7 @@ impl Snapshot {
 
 /// Writes the work tree's state (tracked changes + untracked, non-ignored files) as a tree,
 /// through a copy of the index so the user's own index stays byte-identical.
-fn dirty_tree(repo: &Repo) -> Result<String> {
+fn dirty_tree(repo: &Repo, head_tree: &str) -> Result<String> {
     let tmp = tempfile::Builder::new()
         .prefix("boxdelegate-index-")
         .tempfile()
@@ -101,16 +101,68 @@ fn dirty_tree(repo: &Repo) -> Result<String> {
         // An empty file is not a valid index; let git create it.
         std::fs::remove_file(tmp.path()).ok();
     }
-    let with_index = |args: &[&str]| -> Result<Vec<u8>> {
-        let mut cmd = repo.cmd();
+    let with_index = |args: &[&str], input: Option<&[u8]>| -> Result<Vec<u8>> {
+        let mut cmd = repo.cmd()?;
         cmd.env("GIT_INDEX_FILE", tmp.path());
-        repo.run_with(cmd, args, None)
+        repo.run_with(cmd, args, input)
     };
-    with_index(&["add", "--all", "--", "."])?;
-    let tree = String::from_utf8_lossy(&with_index(&["write-tree"])?)
+    with_index(&["add", "--all", "--", "."], None)?;
+    let tree = String::from_utf8_lossy(&with_index(&["write-tree"], None)?)
         .trim()
         .to_string();
+    refuse_filtered(repo, head_tree, &tree, |args, input| {
+        with_index(args, Some(input))
+    })?;
     Ok(tree)
+}
+
+/// Refuses a dirty snapshot holding a file whose attributes select a filter driver the
+/// configuration defines. `git add` would run that driver; boxdelegate overrides it, so the
+/// file would be stored unfiltered (a large file where git-lfs stores a pointer).
+fn refuse_filtered(
+    repo: &Repo,
+    head_tree: &str,
+    tree: &str,
+    check_attr: impl Fn(&[&str], &[u8]) -> Result<Vec<u8>>,
+) -> Result<()> {
+    let filters: Vec<Vec<u8>> = crate::git::drivers(&repo.root)?
+        .into_iter()
+        .filter(|d| d.section == "filter")
+        .map(|d| d.name)
+        .collect();
+    if filters.is_empty() || head_tree == tree {
+        return Ok(());
+    }
+    let changed = repo.run(&[
+        "diff-tree",
+        "-r",
+        "-z",
+        "--name-only",
+        "--no-renames",
+        "--diff-filter=d",
+        head_tree,
+        tree,
+    ])?;
+    let out = check_attr(&["check-attr", "-z", "--stdin", "filter"], &changed)?;
+    // Records of three fields: path, attribute, value.
+    let fields: Vec<&[u8]> = out.split(|b| *b == 0).collect();
+    for record in fields.chunks_exact(3) {
+        let (path, value) = (record[0], record[2]);
+        if filters.iter().any(|f| f.as_slice() == value) {
+            return Err(Error::Repo {
+                path: repo.root.clone(),
+                message: format!(
+                    "--include-dirty: {} differs from HEAD and its attributes select the filter driver {:?}, which boxdelegate does not run",
+                    crate::scope::display_path(path),
+                    String::from_utf8_lossy(value)
+                ),
+                hint: Some(
+                    "commit the file first (your own git runs the filter), or snapshot without --include-dirty".into(),
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Lists every non-tree entry of `tree`, sorted by path bytes.
@@ -367,7 +419,7 @@ struct CatFile {
 
 impl CatFile {
     fn start(repo: &Repo, entries: &[TreeEntry]) -> Result<CatFile> {
-        let mut cmd = repo.cmd();
+        let mut cmd = repo.cmd()?;
         cmd.args(["cat-file", "--batch"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

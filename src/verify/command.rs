@@ -84,7 +84,7 @@ fn apply_patch(repo: &Repo, base_tree: &str, patch: &Path) -> Result<(String, St
         .map_err(|e| Error::io("creating a temporary index", e))?;
     let index = dir.path().join("index");
     let git = |args: &[&str], input: Option<&[u8]>| {
-        let mut cmd = repo.cmd();
+        let mut cmd = repo.cmd()?;
         cmd.env("GIT_INDEX_FILE", &index);
         repo.run_with(cmd, args, input)
     };

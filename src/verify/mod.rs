@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -334,15 +335,13 @@ pub async fn verify(
     on_line: LineSink<'_>,
 ) -> Result<Verdict> {
     let (tree, restored) = restore_protected(repo, req.base_tree, req.tree, req.protected)?;
-    let mut log = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(req.log)
-    }
-    .map_err(|e| Error::io(format!("opening {}", req.log.display()), e))?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(req.log)
+        .map_err(|e| Error::io(format!("opening {}", req.log.display()), e))?;
     for path in &restored {
         let _ = writeln!(log, "# protected path {path} restored from the base");
     }
@@ -790,7 +789,7 @@ pub fn restore_protected(
         .map_err(|e| Error::io("creating a temporary index", e))?;
     let index = dir.path().join("index");
     let git = |args: &[&str], input: Option<&[u8]>| -> Result<Vec<u8>> {
-        let mut cmd = repo.cmd();
+        let mut cmd = repo.cmd()?;
         cmd.env("GIT_INDEX_FILE", &index);
         repo.run_with(cmd, args, input)
     };

@@ -4,6 +4,7 @@ mod attack;
 mod bad_inputs;
 mod codex;
 mod common;
+mod hostile_repo;
 mod images;
 mod init;
 mod model_server;
