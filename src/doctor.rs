@@ -4,7 +4,7 @@ use crate::cli::GlobalArgs;
 use crate::config::profile::Profile;
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::error::{exit, Error, Result};
+use crate::error::{exit, Result};
 use crate::git::Repo;
 use crate::images;
 
@@ -145,10 +145,7 @@ pub async fn run(global: &GlobalArgs, json: bool) -> Result<i32> {
         "problems"
     };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&r).map_err(|e| Error::Internal(e.to_string()))?
-        );
+        crate::commands::print_json(&r)?;
     } else {
         if let Some(e) = &r.engine {
             println!(
