@@ -64,6 +64,10 @@ static NUMBERED: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)^(?:(?:unit|step|task|part|phase|u)\s*\d+[a-z]?(?:\.\d+)*\s*(?:[:.)\-–—]\s*|\s)|\d+(?:\.\d+)*(?:[.)]|\s*[:\-–—])\s+)")
         .unwrap()
 });
+static REQUIREMENT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^\s*(?:[-*+]\s+)?(?:\*\*)?(R\d+)(?:\*\*)?[.:)](?:\*\*)?\s+(.+)$").unwrap()
+});
+static REQUIREMENT_ID: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\bR\d+\b").unwrap());
 static LINE_SUFFIX: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?::\d+(?:-\d+)?|#L\d+(?:-L?\d+)?)$").unwrap());
 
@@ -88,6 +92,9 @@ pub struct Draft {
     pub context: Vec<String>,
     pub done: Vec<String>,
     pub tests: Vec<String>,
+    /// The section's `Dependencies:` as the plan writes them (for the planner's ordering; not
+    /// part of the unit).
+    pub dependencies: Option<String>,
     #[serde(skip)]
     pub task: String,
 }
@@ -579,9 +586,10 @@ pub fn parse(
         }
     }
 
+    let trace = requirements(&lines, &code);
     let mut units: Vec<Draft> = Vec::new();
     for &s in &chosen {
-        units.push(draft(&lines, &code, &all, &all[s], kind)?);
+        units.push(draft(&lines, &code, &all, &all[s], &trace, kind)?);
     }
     assign_ids(&mut units)?;
 
@@ -608,11 +616,28 @@ pub fn parse(
     })
 }
 
+/// The plan's requirements trace: `R2` → "R2. `POST /login` answers 200 …".
+fn requirements(lines: &[&str], code: &[bool]) -> std::collections::HashMap<String, String> {
+    let mut trace = std::collections::HashMap::new();
+    for (i, line) in lines.iter().enumerate() {
+        if code[i] {
+            continue;
+        }
+        if let Some(c) = REQUIREMENT.captures(line) {
+            trace
+                .entry(c[1].to_string())
+                .or_insert_with(|| format!("{}. {}", &c[1], c[2].trim()));
+        }
+    }
+    trace
+}
+
 fn draft(
     lines: &[&str],
     code: &[bool],
     all: &[Section],
     sec: &Section,
+    trace: &std::collections::HashMap<String, String>,
     kind: &dyn Fn(&str) -> PathKind,
 ) -> std::result::Result<Draft, PlanError> {
     let at = format!("section {:?} (line {})", sec.title, sec.start + 1);
@@ -621,6 +646,8 @@ fn draft(
     let mut context = Vec::new();
     let mut done = Vec::new();
     let mut tests = Vec::new();
+    let mut required = Vec::new();
+    let mut dependencies = None;
     let mut id = None;
     for f in fields(lines, code, all, sec) {
         let mut drop = true;
@@ -657,6 +684,26 @@ fn draft(
                 id = Some(value.to_string());
             }
             "verification" | "acceptance criteria" => done.extend(items(&f.value)),
+            // Requirement ids mean nothing to the agent: their text from the plan's trace
+            // joins the definition of done; ids the trace lacks stay in the task as written.
+            "requirements" => {
+                let text = f.value.join(" ");
+                let ids: Vec<&str> = REQUIREMENT_ID
+                    .find_iter(&text)
+                    .map(|m| m.as_str())
+                    .collect();
+                drop = !ids.is_empty() && ids.iter().all(|id| trace.contains_key(*id));
+                if drop {
+                    required.extend(ids.iter().map(|id| trace[*id].clone()));
+                }
+            }
+            // The order of the units is the planner's business, not the agent's.
+            "dependencies" => {
+                let text = items(&f.value).join("; ");
+                if !text.is_empty() && !text.eq_ignore_ascii_case("none") {
+                    dependencies = Some(text);
+                }
+            }
             "tests" => {
                 let names = spans(&f.value);
                 drop = !names.is_empty();
@@ -685,6 +732,9 @@ fn draft(
             remove[i] = true;
         }
     }
+    required.append(&mut done);
+    let mut done = required;
+    dedup(&mut done);
     dedup(&mut scope);
     dedup(&mut context);
     context.retain(|c| !scope.contains(c));
@@ -710,6 +760,7 @@ fn draft(
         context,
         done,
         tests,
+        dependencies,
         task,
     })
 }
@@ -1296,6 +1347,41 @@ Third.
         let plan = "## Units\n### A\nFiles: `a.rs`\nDo a.\n### B\nExecution target: external-delegate\nDo b.\n";
         let err = parse(plan, &no_paths).unwrap_err();
         assert!(err.message.contains("section \"B\""), "{err:?}");
+    }
+
+    #[test]
+    fn the_sample_plan_gives_two_units_with_requirements_as_done() {
+        let kind = |p: &str| match p {
+            "src/auth" => PathKind::Dir,
+            "src/health.py" | "src/app.py" => PathKind::File,
+            _ => PathKind::Missing,
+        };
+        let p = parse(include_str!("../tests/fixtures/plan.md"), &kind).unwrap();
+        let ids: Vec<&str> = p.units.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(ids, ["password-hashing-helpers", "login-endpoint"]);
+        let login = &p.units[1];
+        assert_eq!(
+            login.scope,
+            ["src/app.py", "src/auth/**", "tests/test_login.py"]
+        );
+        assert_eq!(login.context, ["src/health.py"]);
+        assert_eq!(
+            login.done,
+            [
+                "R2. `POST /login` answers 200 with a session for a valid password, 401 otherwise.",
+                "`pytest tests/test_login.py` passes."
+            ]
+        );
+        assert_eq!(login.dependencies.as_deref(), Some("Unit 1"));
+        assert_eq!(p.units[0].dependencies, None);
+        assert!(
+            login.task.starts_with(
+                "**Goal:** `POST /login` checks the password and opens a session.\n\n**Approach:**"
+            ),
+            "{}",
+            login.task
+        );
+        assert_eq!(p.not_delegated, ["Operator documentation"]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Integration tests: the real binary against real git repositories and the real engine.
 
 mod attack;
+mod cli_surface;
 mod bad_inputs;
 mod codex;
 mod common;
