@@ -149,9 +149,10 @@ pub enum Command {
     },
     /// Print a unit's agent log, then its verify log (the latest attempt of its latest run).
     #[command(
-        after_help = "The logs are printed as stored under .git/boxdelegate/runs/: the agent log is redacted as it is written (the values of the variables passed to the agent are replaced by [redacted]), and the verify container never receives them; both are redacted once more with the values in your environment before printing.\n\nExit codes: 0 printed, 2 no such unit, run or attempt (nothing on the host is changed)."
+        after_help = "The logs are printed as stored under .git/boxdelegate/runs/: the agent log is redacted as it is written (the values of the variables passed to the agent are replaced by [redacted]); the verify container never gets those variables. Before printing, both logs are redacted again with the values those variables have in your environment.\n\nExit codes: 0 printed, 2 no such unit, run or attempt (nothing on the host is changed)."
     )]
     Logs {
+        /// The unit id.
         unit: String,
         /// A run id (`boxdelegate status --all` lists them) instead of the latest run with
         /// the unit.
@@ -167,7 +168,7 @@ pub enum Command {
     },
     /// Print shell completions for SHELL to stdout.
     #[command(
-        after_help = "Install, e.g.: boxdelegate completions bash > ~/.local/share/bash-completion/completions/boxdelegate\n         boxdelegate completions zsh > \"${fpath[1]}/_boxdelegate\"\n         boxdelegate completions fish > ~/.config/fish/completions/boxdelegate.fish"
+        after_help = "Install them, e.g.:\n  boxdelegate completions bash > ~/.local/share/bash-completion/completions/boxdelegate\n  boxdelegate completions zsh > \"${fpath[1]}/_boxdelegate\"\n  boxdelegate completions fish > ~/.config/fish/completions/boxdelegate.fish"
     )]
     Completions {
         #[arg(value_enum)]
@@ -302,7 +303,7 @@ pub enum PlanCommand {
     /// Write a unit file for every section of a Markdown plan marked
     /// `Execution target: external-delegate` (never overwrites).
     #[command(
-        after_help = "A section is a heading (any level) or a checklist item `- [ ] **Title**`. From a marked section: the title (without numbering such as \"Unit 3:\"), the id (an `ID:` line, else a slug of the title), the scope (the paths in its `Files:` field or subsection; an existing directory becomes DIR/**), `Verification:` items as `done`, `Tests:` test names as `tests`, existing files under `Patterns to follow:` as `context`, and the rest of the section as the task (test scenarios stay there).\n\nExit codes: 0 written, 3 the plan cannot be imported (a marked section without files, an invalid unit), 8 a unit file exists already (nothing is written)."
+        after_help = "A section is a heading (any level) or a checklist item `- [ ] **Title**`. From a marked section: the title (without numbering such as \"Unit 3:\"), the id (an `ID:` line, else a slug of the title), the scope (the paths in its `Files:` field or subsection; an existing directory becomes DIR/**), `Verification:` items and the text of the `Requirements:` ids as `done`, `Tests:` test names as `tests`, existing files under `Patterns to follow:` as `context`, and the rest of the section as the task (test scenarios stay there).\n\nExit codes: 0 written, 3 the plan cannot be imported (a marked section without files, an invalid unit), 8 a unit file exists already (nothing is written)."
     )]
     Import {
         /// The plan (Markdown).
@@ -314,6 +315,7 @@ pub enum PlanCommand {
         /// Show what would be written; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Print the units (id, title, file, scope, done, tests, context, dependencies) as JSON.
         #[arg(long)]
         json: bool,
     },
