@@ -100,6 +100,78 @@ mod tests {
         }
     }
 
+    /// Shell words of a documented command line: up to a redirection, pipe, `;` or comment;
+    /// quotes group words (enough for the docs' own examples).
+    fn words(line: &str) -> Vec<String> {
+        let cut = [" >", " |", ";", " #"]
+            .iter()
+            .filter_map(|m| line.find(m))
+            .min()
+            .unwrap_or(line.len());
+        let mut out = Vec::new();
+        let mut word = String::new();
+        let mut quote = None;
+        for c in line[..cut].chars() {
+            match (quote, c) {
+                (None, '"' | '\'') => quote = Some(c),
+                (Some(q), c) if c == q => quote = None,
+                (None, c) if c.is_whitespace() => {
+                    if !word.is_empty() {
+                        out.push(std::mem::take(&mut word));
+                    }
+                }
+                _ => word.push(c),
+            }
+        }
+        if !word.is_empty() {
+            out.push(word);
+        }
+        out
+    }
+
+    #[test]
+    fn the_documented_command_lines_parse() {
+        use clap::Parser;
+        let mut checked = 0;
+        for (doc, text) in [
+            ("README.md", include_str!("../README.md")),
+            (
+                "docs/integrations.md",
+                include_str!("../docs/integrations.md"),
+            ),
+        ] {
+            // Fences nest here (a skill's ```sh inside a ````markdown example); only lines
+            // of shell blocks are commands.
+            let mut fences: Vec<(usize, String)> = Vec::new();
+            for line in text.lines() {
+                let t = line.trim();
+                let run = t.chars().take_while(|c| *c == '`').count();
+                if run >= 3 {
+                    let info = t[run..].trim().to_string();
+                    match fences.last() {
+                        Some((n, _)) if *n == run && info.is_empty() => {
+                            fences.pop();
+                        }
+                        _ => fences.push((run, info)),
+                    }
+                    continue;
+                }
+                let shell = fences
+                    .last()
+                    .is_some_and(|(_, info)| matches!(info.as_str(), "sh" | "bash" | ""));
+                if !shell || !t.starts_with("boxdelegate ") {
+                    continue;
+                }
+                let words = words(t);
+                if let Err(e) = Cli::try_parse_from(&words) {
+                    panic!("{doc}: `{t}` does not parse: {e}");
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 15, "only {checked} command lines found");
+    }
+
     #[test]
     fn every_subcommand_gets_a_page() {
         let dir = tempfile::tempdir().unwrap();

@@ -1,8 +1,8 @@
 //! Integration tests: the real binary against real git repositories and the real engine.
 
 mod attack;
-mod cli_surface;
 mod bad_inputs;
+mod cli_surface;
 mod codex;
 mod common;
 mod hostile_repo;
