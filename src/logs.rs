@@ -312,9 +312,12 @@ impl View {
         loop {
             let agent_done = matches!(attempt.phase, AttemptPhase::Extracted | AttemptPhase::Done);
             let attempt_done = attempt.phase == AttemptPhase::Done;
-            let stopped = !journal.finished()
+            // The run stopped when nobody holds the repository lock and its journal is still
+            // unfinished (read again, in case the run finished between the two looks).
+            let stopped = self.follow
+                && !journal.finished()
                 && journal::RepoLock::held_by(&self.state).is_none()
-                && !attempt_done;
+                && !self.load()?.finished();
             // Without --follow (or once nothing more will be written) print everything there is.
             let complete = !self.follow || stopped;
 
@@ -349,13 +352,6 @@ impl View {
             if !self.follow {
                 return Ok(());
             }
-            if stopped {
-                eprintln!(
-                    "note: run {} stopped before unit {} was done; `boxdelegate resume {}` continues it",
-                    self.run_id, self.unit, self.run_id
-                );
-                return Ok(());
-            }
             if attempt_done {
                 let entry = unit_entry(&journal, &self.unit)?;
                 let next = entry.attempts.iter().map(|a| a.n).filter(|m| *m > n).min();
@@ -376,6 +372,13 @@ impl View {
                     // The unit is landing, or its next attempt is being prepared.
                     _ => {}
                 }
+            }
+            if stopped {
+                eprintln!(
+                    "note: run {} stopped before unit {} was done; `boxdelegate resume {}` continues it",
+                    self.run_id, self.unit, self.run_id
+                );
+                return Ok(());
             }
             std::thread::sleep(self.poll);
             journal = self.load()?;
@@ -550,6 +553,23 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("ok\n"), "{text}");
+    }
+
+    #[test]
+    fn follow_stops_when_the_run_stopped_between_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = journal::runs_dir(dir.path()).join("1-0001").join("u");
+        write(runs.join("attempt-1/agent.log"), "tried\n");
+        write_journal(
+            dir.path(),
+            "working",
+            vec![attempt(&runs, 1, "done", "verify-failed")],
+            false,
+        );
+        let mut out = Vec::new();
+        view(dir.path(), 1, true).print(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("tried\n"), "{text}");
     }
 
     #[test]
