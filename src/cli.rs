@@ -147,6 +147,42 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a unit's agent log, then its verify log (the latest attempt of its latest run).
+    #[command(
+        after_help = "The logs are printed as stored under .git/boxdelegate/runs/: the agent log is redacted as it is written (the values of the variables passed to the agent are replaced by [redacted]); the verify container never gets those variables. Before printing, both logs are redacted again with the values those variables have in your environment.\n\nExit codes: 0 printed, 2 no such unit, run or attempt (nothing on the host is changed)."
+    )]
+    Logs {
+        /// The unit id.
+        unit: String,
+        /// A run id (`boxdelegate status --all` lists them) instead of the latest run with
+        /// the unit.
+        #[arg(long = "run", value_name = "ID")]
+        run: Option<String>,
+        /// Attempt N (1-based) instead of the latest.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        attempt: Option<u32>,
+        /// Keep printing while the attempt runs, and the unit's later attempts, until the unit
+        /// is done (or its run stops).
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Print shell completions for SHELL to stdout.
+    #[command(
+        after_help = "Install them, e.g.:\n  boxdelegate completions bash > ~/.local/share/bash-completion/completions/boxdelegate\n  boxdelegate completions zsh > \"${fpath[1]}/_boxdelegate\"\n  boxdelegate completions fish > ~/.config/fish/completions/boxdelegate.fish"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout, or write one page per command into DIR.
+    Man {
+        /// Write boxdelegate.1 and a page per subcommand (boxdelegate-run.1, …) into DIR.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Turn an implementation plan into unit files.
+    #[command(subcommand)]
+    Plan(PlanCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -260,4 +296,27 @@ pub struct VerifyArgs {
     /// Print the record as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlanCommand {
+    /// Write a unit file for every section of a Markdown plan marked
+    /// `Execution target: external-delegate` (never overwrites).
+    #[command(
+        after_help = "A section is a heading (any level) or a checklist item `- [ ] **Title**`. From a marked section: the title (without numbering such as \"Unit 3:\"), the id (an `ID:` line, else a slug of the title), the scope (the paths in its `Files:` field or subsection; an existing directory becomes DIR/**), `Verification:` items and the text of the `Requirements:` ids as `done`, `Tests:` test names as `tests`, existing files under `Patterns to follow:` as `context`, and the rest of the section as the task (test scenarios stay there).\n\nExit codes: 0 written, 3 the plan cannot be imported (a marked section without files, an invalid unit), 8 a unit file exists already (nothing is written)."
+    )]
+    Import {
+        /// The plan (Markdown).
+        plan: PathBuf,
+        /// Where to write the unit files, relative to the repository root (default:
+        /// [project] units_dir).
+        #[arg(long, value_name = "DIR")]
+        units_dir: Option<PathBuf>,
+        /// Show what would be written; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the units (id, title, file, scope, done, tests, context, dependencies) as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -25,7 +25,7 @@ pub struct Project {
     pub limits: Limits,
 }
 
-fn open_repo(global: &GlobalArgs) -> Result<Repo> {
+pub(crate) fn open_repo(global: &GlobalArgs) -> Result<Repo> {
     let dir = match &global.repo {
         Some(d) => d.clone(),
         None => {
@@ -246,6 +246,24 @@ pub async fn run(cli: Cli) -> Result<i32> {
             }
             Ok(done.exit_code)
         }
+        Command::Logs {
+            unit,
+            run,
+            attempt,
+            follow,
+        } => {
+            let project = Project::open(global)?;
+            let request = crate::logs::Request {
+                unit,
+                run,
+                attempt,
+                follow,
+            };
+            crate::logs::run(&project, &request).await
+        }
+        Command::Completions { shell } => crate::manual::completions(shell),
+        Command::Man { dir } => crate::manual::man(dir.as_deref()),
+        Command::Plan(cmd) => crate::plan::command(global, cmd),
     }
 }
 
