@@ -30,7 +30,15 @@ pub fn wheelhouse(bench: &Bench) -> Result<()> {
     }
     proc::ok(
         Command::new("python3")
-            .args(["-m", "pip", "download", "-q", "--only-binary=:all:", "--no-deps", "-d"])
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--only-binary=:all:",
+                "--no-deps",
+                "-d",
+            ])
             .arg(&bench.wheelhouse)
             .args(REQUIREMENTS)
             .env("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
@@ -127,7 +135,8 @@ pub fn worktree(bench: &Bench, repo: &Repo, m: &mut Metrics) -> Result<()> {
         ("worktree_remove", vec![]),
     ];
     let mut total = vec![];
-    for i in 0..bench.warmup + bench.runs {
+    let (warmup, runs) = bench.heavy(repo.files);
+    for i in 0..warmup + runs {
         let mut t = [0f64; 4];
         let s = Instant::now();
         proc::ok(
@@ -164,7 +173,7 @@ pub fn worktree(bench: &Bench, repo: &Repo, m: &mut Metrics) -> Result<()> {
                 .arg(&wt),
         )?;
         t[3] = ms_since(s);
-        if i >= bench.warmup {
+        if i >= warmup {
             for (p, x) in parts.iter_mut().zip(t) {
                 p.1.push(x);
             }
@@ -183,7 +192,18 @@ pub fn worktree(bench: &Bench, repo: &Repo, m: &mut Metrics) -> Result<()> {
 /// the container and the copy removed. The build cache is warm after the warm-up, as it would
 /// be for a second unit on the same commit.
 pub fn naive(bench: &Bench, repo: &Repo, m: &mut Metrics) -> Result<()> {
-    eprintln!("bench: {}: baseline: naive container", size_label(repo.files));
+    if repo.files > bench.naive_max_files {
+        eprintln!(
+            "bench: {}: baseline: naive container skipped (over --naive-max-files {})",
+            size_label(repo.files),
+            bench.naive_max_files
+        );
+        return Ok(());
+    }
+    eprintln!(
+        "bench: {}: baseline: naive container",
+        size_label(repo.files)
+    );
     let dockerfile = bench.work.join("naive.Dockerfile");
     std::fs::write(
         &dockerfile,
@@ -202,7 +222,10 @@ pub fn naive(bench: &Bench, repo: &Repo, m: &mut Metrics) -> Result<()> {
         ("naive_cleanup", vec![]),
     ];
     let mut total = vec![];
-    for i in 0..bench.warmup + bench.runs {
+    // One more warm-up than the others: the first build fills the build cache.
+    let (warmup, runs) = bench.heavy(repo.files);
+    let warmup = warmup.max(1);
+    for i in 0..warmup + runs {
         let mut t = [0f64; 5];
         let s = Instant::now();
         proc::ok(
@@ -224,7 +247,10 @@ pub fn naive(bench: &Bench, repo: &Repo, m: &mut Metrics) -> Result<()> {
             &tag,
             "sh",
             "-c",
-            &format!("echo '# edited by the bench agent' >> '{}'", repo.sources[0]),
+            &format!(
+                "echo '# edited by the bench agent' >> '{}'",
+                repo.sources[0]
+            ),
         ]))?;
         t[1] = ms_since(s);
         let s = Instant::now();
@@ -253,7 +279,7 @@ pub fn naive(bench: &Bench, repo: &Repo, m: &mut Metrics) -> Result<()> {
         proc::ok(proc::docker().args(["rm", &name]))?;
         std::fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
         t[4] = ms_since(s);
-        if i >= bench.warmup {
+        if i >= warmup {
             for (p, x) in parts.iter_mut().zip(t) {
                 p.1.push(x);
             }

@@ -54,6 +54,10 @@ struct Args {
     /// The boxdelegate binary to measure (default: the one built beside this binary).
     #[arg(long)]
     boxdelegate: Option<PathBuf>,
+    /// Run the naive container baseline on repositories up to this many files (its `docker
+    /// build` copies the whole tree: minutes at 100k files on some storage drivers).
+    #[arg(long, default_value_t = 10_000)]
+    naive_max_files: usize,
     /// Work here (kept, and the wheelhouse reused) instead of a temporary directory.
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -66,9 +70,9 @@ pub struct Bench {
     pub work: PathBuf,
     pub wheelhouse: PathBuf,
     pub runs: usize,
-    /// Warm-up runs before the baselines and references (none in a smoke test).
-    pub warmup: usize,
     pub quick: bool,
+    /// The naive container baseline runs on repositories up to this many files.
+    pub naive_max_files: usize,
     /// Dependency keys of the generated repositories: their images are removed at the end.
     deps_keys: std::cell::RefCell<BTreeSet<String>>,
     /// Images the baselines built.
@@ -78,25 +82,27 @@ pub struct Bench {
 impl Bench {
     /// `boxdelegate -C repo ARGS`, with a hermetic git environment.
     pub fn bd(&self, repo: &Path) -> Command {
-        let mut cmd = proc::git(repo);
-        // proc::git's environment, another program.
-        let env: Vec<_> = cmd
-            .get_envs()
-            .map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned())))
-            .collect();
-        cmd = Command::new(&self.bd);
-        for (k, v) in env {
-            match v {
-                Some(v) => cmd.env(k, v),
-                None => cmd.env_remove(k),
-            };
-        }
+        let mut cmd = Command::new(&self.bd);
+        proc::hermetic(&mut cmd);
         cmd.arg("-C")
             .arg(repo)
             .arg("-q")
             .env_remove("RUST_LOG")
             .env_remove("CODEX_THREAD_ID");
         cmd
+    }
+
+    /// Warm-up and measured runs of the costly measurements (cold images, many-file changes,
+    /// references, baselines) at a repository size: fewer on the largest repositories, so the
+    /// default benchmark stays well under 15 minutes on two cores.
+    pub fn heavy(&self, files: usize) -> (usize, usize) {
+        if self.quick {
+            (0, 1)
+        } else if files >= 50_000 {
+            (0, 1)
+        } else {
+            (1, self.runs.min(2))
+        }
     }
 
     pub fn remember_deps_key(&self, key: &str) {
@@ -126,12 +132,9 @@ impl Bench {
 
     /// Removes every container, image and directory the benchmark made.
     fn cleanup(&self, keep_work: bool) {
-        if let Ok(ran) = proc::run(proc::docker().args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label={LABEL}"),
-        ])) {
+        if let Ok(ran) =
+            proc::run(proc::docker().args(["ps", "-aq", "--filter", &format!("label={LABEL}")]))
+        {
             for id in ran.stdout_str().lines().filter(|l| !l.is_empty()) {
                 let _ = proc::run(proc::docker().args(["rm", "-f", id]));
             }
@@ -163,17 +166,23 @@ fn main() {
 fn real_main(args: Args) -> Result<()> {
     let started = Instant::now();
     let quick = args.quick;
-    let sizes = args
-        .sizes
-        .clone()
-        .unwrap_or_else(|| if quick { vec![1000] } else { vec![1000, 10_000, 100_000] });
+    let sizes = args.sizes.clone().unwrap_or_else(|| {
+        if quick {
+            vec![1000]
+        } else {
+            vec![1000, 10_000, 100_000]
+        }
+    });
     let runs = args.runs.unwrap_or(if quick { 1 } else { 3 }).max(1);
-    let scaling = args
-        .scaling
-        .clone()
-        .unwrap_or_else(|| if quick { vec![1, 2] } else { vec![1, 2, 4, 8] });
+    let scaling =
+        args.scaling
+            .clone()
+            .unwrap_or_else(|| if quick { vec![1, 2] } else { vec![1, 2, 4, 8] });
     if let Some(k) = scaling.iter().find(|k| **k == 0 || **k > repo::SCALING_MAX) {
-        bail!("--scaling: {k} units at once; the generated repositories have units for 1 to {}", repo::SCALING_MAX);
+        bail!(
+            "--scaling: {k} units at once; the generated repositories have units for 1 to {}",
+            repo::SCALING_MAX
+        );
     }
     let scaling_size = args.scaling_size.unwrap_or(if quick {
         sizes[0]
@@ -206,8 +215,8 @@ fn real_main(args: Args) -> Result<()> {
         wheelhouse: work.join("wheelhouse"),
         work,
         runs,
-        warmup: if quick { 0 } else { 1 },
         quick,
+        naive_max_files: args.naive_max_files,
         deps_keys: Default::default(),
         naive_images: Default::default(),
     };
@@ -271,7 +280,12 @@ fn preflight() -> Result<()> {
     Ok(())
 }
 
-fn measure(bench: &Bench, sizes: &[usize], scaling: &[usize], scaling_size: usize) -> Result<Value> {
+fn measure(
+    bench: &Bench,
+    sizes: &[usize],
+    scaling: &[usize],
+    scaling_size: usize,
+) -> Result<Value> {
     let machine = machine()?;
     eprintln!("bench: wheelhouse for the worktree baseline");
     baselines::wheelhouse(bench)?;
@@ -283,8 +297,7 @@ fn measure(bench: &Bench, sizes: &[usize], scaling: &[usize], scaling_size: usiz
     for &n in sizes {
         let dir = bench.work.join(format!("repo-{n}"));
         if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("removing {}", dir.display()))?;
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         }
         eprintln!("bench: {n} files: generating");
         let t = Instant::now();
@@ -301,8 +314,12 @@ fn measure(bench: &Bench, sizes: &[usize], scaling: &[usize], scaling_size: usiz
         };
         timed("images", &mut || units::images(bench, &repo, &mut m))?;
         timed("units", &mut || units::runs(bench, &repo, &mut m))?;
-        timed("references", &mut || units::references(bench, &repo, &mut m))?;
-        timed("worktree", &mut || baselines::worktree(bench, &repo, &mut m))?;
+        timed("references", &mut || {
+            units::references(bench, &repo, &mut m)
+        })?;
+        timed("worktree", &mut || {
+            baselines::worktree(bench, &repo, &mut m)
+        })?;
         timed("naive", &mut || baselines::naive(bench, &repo, &mut m))?;
         if n == scaling_size && !scaling.is_empty() {
             timed("scaling", &mut || {
@@ -326,7 +343,10 @@ fn measure(bench: &Bench, sizes: &[usize], scaling: &[usize], scaling_size: usiz
         "settings": {
             "quick": bench.quick,
             "runs": bench.runs,
-            "warmup": bench.warmup,
+            "warmup": 1,
+            "heavy_runs": sizes.iter().map(|n| json!({"files": n, "warmup": bench.heavy(*n).0, "runs": bench.heavy(*n).1})).collect::<Vec<_>>(),
+            "scaling_runs": 1,
+            "naive_max_files": bench.naive_max_files,
             "sizes": sizes,
             "scaling": scaling,
             "scaling_size": scaling_size,
@@ -467,12 +487,21 @@ pub fn size_label(n: usize) -> String {
 const ROWS: &[(&str, &str)] = &[
     ("image_cold", "snapshot + unit image, cold (full upload)"),
     ("image_warm", "snapshot + unit image, warm (cached)"),
-    ("image_incremental", "snapshot + unit image after a 1-file commit"),
-    ("agent_start", "agent container create → agent process start"),
+    (
+        "image_incremental",
+        "snapshot + unit image after a 1-file commit",
+    ),
+    (
+        "agent_start",
+        "agent container create → agent process start",
+    ),
     ("extract_1", "extraction, 1-file change"),
     ("extract_100", "extraction, 100-file change"),
     ("extract_10000", "extraction, 10k-file change"),
-    ("ref_engine_diff", "  reference: engine filesystem diff alone"),
+    (
+        "ref_engine_diff",
+        "  reference: engine filesystem diff alone",
+    ),
     ("ref_archive_read", "  reference: whole-tree archive read"),
     ("verify_start", "verify start → check process start"),
     ("land", "landing"),
@@ -482,7 +511,10 @@ const ROWS: &[(&str, &str)] = &[
     ("worktree_total", "baseline: worktree + venv install + diff"),
     ("naive_total", "baseline: docker build + run + cp + diff"),
     ("ratio_worktree_to_boxdelegate", "worktree ÷ boxdelegate"),
-    ("ratio_naive_to_boxdelegate", "naive container ÷ boxdelegate"),
+    (
+        "ratio_naive_to_boxdelegate",
+        "naive container ÷ boxdelegate",
+    ),
     ("ratio_boxdelegate_to_floor", "boxdelegate ÷ engine floor"),
 ];
 

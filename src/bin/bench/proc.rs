@@ -65,10 +65,7 @@ pub fn run(cmd: &mut Command) -> Result<Ran> {
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let wall = started.elapsed();
     if r != pid {
-        bail!(
-            "waiting for {what}: {}",
-            std::io::Error::last_os_error()
-        );
+        bail!("waiting for {what}: {}", std::io::Error::last_os_error());
     }
     // The child is reaped: std must not wait for it again.
     std::mem::forget(child);
@@ -96,13 +93,18 @@ pub fn ok(cmd: &mut Command) -> Result<Ran> {
     Ok(ran)
 }
 
-/// `git -C dir ARGS` with a hermetic environment: no user or system configuration, no hooks,
-/// a fixed identity and clock.
+/// `git -C dir`, hermetic (see [`hermetic`]).
 pub fn git(dir: &Path) -> Command {
     let mut cmd = Command::new("git");
-    cmd.arg("-C")
-        .arg(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+    cmd.arg("-C").arg(dir);
+    hermetic(&mut cmd);
+    cmd
+}
+
+/// No user or system git configuration (so no hooks or filters of the host's), a fixed
+/// identity and clock, no inherited repository variables.
+pub fn hermetic(cmd: &mut Command) {
+    cmd.env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_AUTHOR_NAME", "Bench")
         .env("GIT_AUTHOR_EMAIL", "bench@example.com")
@@ -113,7 +115,6 @@ pub fn git(dir: &Path) -> Command {
         .env_remove("GIT_DIR")
         .env_remove("GIT_INDEX_FILE")
         .env_remove("GIT_WORK_TREE");
-    cmd
 }
 
 pub fn docker() -> Command {

@@ -67,14 +67,20 @@ impl Rng {
 
 const WORDS: &[&str] = &[
     "self", "return", "value", "config", "request", "result", "items", "index", "None", "True",
-    "def", "import", "from", "class", "for", "in", "if", "else", "elif", "while", "try",
-    "except", "raise", "with", "as", "lambda", "yield", "assert", "parser", "token", "buffer",
-    "stream", "handler", "session", "cache", "key", "path", "name", "data", "len", "range",
-    "append", "update", "get", "set", "user", "account", "record", "field", "schema", "error",
-    "logger", "debug", "retry", "timeout", "client", "server", "message", "payload", "offset",
+    "def", "import", "from", "class", "for", "in", "if", "else", "elif", "while", "try", "except",
+    "raise", "with", "as", "lambda", "yield", "assert", "parser", "token", "buffer", "stream",
+    "handler", "session", "cache", "key", "path", "name", "data", "len", "range", "append",
+    "update", "get", "set", "user", "account", "record", "field", "schema", "error", "logger",
+    "debug", "retry", "timeout", "client", "server", "message", "payload", "offset",
 ];
 
-const EXTENSIONS: &[(&str, u64)] = &[("py", 60), ("md", 15), ("json", 10), ("txt", 10), ("cfg", 5)];
+const EXTENSIONS: &[(&str, u64)] = &[
+    ("py", 60),
+    ("md", 15),
+    ("json", 10),
+    ("txt", 10),
+    ("cfg", 5),
+];
 
 /// A file's size: log-normal around 2.4 KB (mean about 4 KB), from 64 bytes to 128 KiB.
 fn file_size(rng: &mut Rng) -> usize {
@@ -164,7 +170,9 @@ fn project_files(n: usize, sources: &[String]) -> Vec<(String, Vec<u8>)> {
             format!("# benchmark repository of {n} files\n{}\n", REQUIREMENTS.join("\n")),
         ),
         (".gitignore".to_string(), "__pycache__/\n*.pyc\n.venv/\n".to_string()),
-        (".dockerignore".to_string(), ".git\n".to_string()),
+        // `.dockerignore` itself too: the docker CLI rewrites it when the Dockerfile lies outside
+        // the context, which would defeat the naive baseline's build cache.
+        (".dockerignore".to_string(), ".git\n.dockerignore\n".to_string()),
         ("README.md".to_string(), format!("# generated repository ({n} files)\n")),
         ("CHANGELOG.md".to_string(), "# changes\n".to_string()),
     ]
@@ -179,11 +187,18 @@ fn project_files(n: usize, sources: &[String]) -> Vec<(String, Vec<u8>)> {
         }
         files.push((
             format!("units/{id}.md"),
-            format!("+++\nid = \"{id}\"\ntitle = \"bench {id}\"\nscope = [\"src/**\"]\n+++\n{task}")
-                .into_bytes(),
+            format!(
+                "+++\nid = \"{id}\"\ntitle = \"bench {id}\"\nscope = [\"src/**\"]\n+++\n{task}"
+            )
+            .into_bytes(),
         ));
     };
-    let edit = |paths: &[String]| paths.iter().map(|p| format!("EDIT {p}")).collect::<Vec<_>>();
+    let edit = |paths: &[String]| {
+        paths
+            .iter()
+            .map(|p| format!("EDIT {p}"))
+            .collect::<Vec<_>>()
+    };
     unit("c1", &edit(&sources[..1]));
     if sources.len() >= 100 {
         unit("c100", &edit(&sources[..100]));

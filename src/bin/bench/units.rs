@@ -52,7 +52,7 @@ pub fn images(bench: &Bench, repo: &Repo, m: &mut Metrics) -> Result<()> {
         .to_string();
     bench.remember_deps_key(&key);
     let (mut cold, mut rss) = (vec![], vec![]);
-    for _ in 0..bench.runs {
+    for _ in 0..bench.heavy(repo.files).1 {
         bench.remove_unit_images(&key)?;
         let (ran, _) = image_build(bench, repo, Some("full"))?;
         cold.push(ms(ran.wall));
@@ -111,12 +111,12 @@ fn unit_sample(u: &Value) -> Result<UnitSample> {
     }
     let t = &u["timings"];
     let num = |k: &str| -> Result<f64> {
-        t[k].as_f64()
-            .with_context(|| format!("unit {id}: run --json has no timings.{k} (an older boxdelegate?)"))
+        t[k].as_f64().with_context(|| {
+            format!("unit {id}: run --json has no timings.{k} (an older boxdelegate?)")
+        })
     };
-    let read = |p: &Path| {
-        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
-    };
+    let read =
+        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
     let log = read(Path::new(u["log"].as_str().context("no agent log")?))?;
     let agent_start = stamps(&log, "bench-agent-start ");
     let agent_end = stamps(&log, "bench-agent-end ");
@@ -203,7 +203,10 @@ pub fn runs(bench: &Bench, repo: &Repo, m: &mut Metrics) -> Result<()> {
         }
     }
     for (k, v) in s {
-        m.put(k, Metric::new(if k.starts_with("rss") { "MiB" } else { "ms" }, v));
+        m.put(
+            k,
+            Metric::new(if k.starts_with("rss") { "MiB" } else { "ms" }, v),
+        );
     }
     for count in [100usize, 10_000] {
         let id = format!("c{count}");
@@ -216,7 +219,7 @@ pub fn runs(bench: &Bench, repo: &Repo, m: &mut Metrics) -> Result<()> {
             if count >= 10_000 { ", new files" } else { "" }
         );
         let mut extract = vec![];
-        for _ in 0..bench.runs {
+        for _ in 0..bench.heavy(repo.files).1 {
             let (_, v) = run_units(bench, repo, std::slice::from_ref(&id))?;
             let u = unit_sample(&v["units"][0])?;
             if u.files_changed != count as u64 {
@@ -241,7 +244,8 @@ pub fn references(bench: &Bench, repo: &Repo, m: &mut Metrics) -> Result<()> {
         .to_string();
     let file = &repo.sources[0];
     let (mut diff, mut archive) = (vec![], vec![]);
-    for i in 0..bench.warmup + bench.runs {
+    let (warmup, runs) = bench.heavy(repo.files);
+    for i in 0..warmup + runs {
         let c = proc::ok(proc::docker().args([
             "create",
             "--label",
@@ -263,15 +267,15 @@ pub fn references(bench: &Bench, repo: &Repo, m: &mut Metrics) -> Result<()> {
                 bail!("docker diff does not show the changed file {file}");
             }
             // The archive is read to the end and thrown away, as a reader that parses it would.
-            let a = proc::ok(std::process::Command::new("sh").args([
-                "-c",
-                &format!("docker cp '{c}:/work' - > /dev/null"),
-            ]))?;
+            let a = proc::ok(
+                std::process::Command::new("sh")
+                    .args(["-c", &format!("docker cp '{c}:/work' - > /dev/null")]),
+            )?;
             Ok((ms(d.wall), ms(a.wall)))
         })();
         let _ = proc::run(proc::docker().args(["rm", "-f", &c]));
         let (d, a) = measured?;
-        if i >= bench.warmup {
+        if i >= warmup {
             diff.push(d);
             archive.push(a);
         }
@@ -282,7 +286,7 @@ pub fn references(bench: &Bench, repo: &Repo, m: &mut Metrics) -> Result<()> {
 }
 
 /// 1, 2, 4, 8 units of the same repository at once (`--jobs` = units): total wall time and
-/// wall time per unit.
+/// wall time per unit, one run each (the path is warm from the single units before).
 pub fn scaling(bench: &Bench, repo: &Repo, ks: &[usize]) -> Result<Value> {
     let label = size_label(repo.files);
     let mut out = vec![];
@@ -290,7 +294,7 @@ pub fn scaling(bench: &Bench, repo: &Repo, ks: &[usize]) -> Result<Value> {
         eprintln!("bench: {label}: {k} unit(s) at once");
         let ids: Vec<String> = (1..=k).map(|i| format!("p{i}")).collect();
         let (mut wall, mut per_unit) = (vec![], vec![]);
-        for _ in 0..bench.runs {
+        {
             let (ran, v) = run_units(bench, repo, &ids)?;
             for u in v["units"].as_array().cloned().unwrap_or_default() {
                 unit_sample(&u)?;
