@@ -58,6 +58,9 @@ struct Args {
     /// build` copies the whole tree: minutes at 100k files on some storage drivers).
     #[arg(long, default_value_t = 10_000)]
     naive_max_files: usize,
+    /// Print the table of a saved `--json` result instead of measuring.
+    #[arg(long, value_name = "FILE")]
+    render: Option<PathBuf>,
     /// Work here (kept, and the wheelhouse reused) instead of a temporary directory.
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -176,6 +179,14 @@ fn main() {
 }
 
 fn real_main(args: Args) -> Result<()> {
+    if let Some(file) = &args.render {
+        let data =
+            std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        let results: Value = serde_json::from_slice(&data)
+            .with_context(|| format!("{}: not the JSON of bench --json", file.display()))?;
+        print!("{}", render(&results));
+        return Ok(());
+    }
     let started = Instant::now();
     let quick = args.quick;
     let sizes = args.sizes.clone().unwrap_or_else(|| {
