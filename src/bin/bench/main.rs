@@ -180,8 +180,7 @@ fn main() {
 
 fn real_main(args: Args) -> Result<()> {
     if let Some(file) = &args.render {
-        let data =
-            std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
         let results: Value = serde_json::from_slice(&data)
             .with_context(|| format!("{}: not the JSON of bench --json", file.display()))?;
         print!("{}", render(&results));
