@@ -22,6 +22,7 @@ mod run;
 mod scope;
 mod snapshot;
 mod status;
+mod timings;
 mod verify;
 
 use clap::Parser;

@@ -135,6 +135,9 @@ pub struct UnitResult {
     /// For `apply`: what landing needs.
     pub co_author: String,
     pub body: String,
+    /// Where the time went, per phase.
+    #[serde(default)]
+    pub timings: crate::timings::UnitTimings,
 }
 
 /// One attempt at a unit, as the final result lists it.
@@ -190,6 +193,7 @@ impl UnitResult {
             attempt_dir: None,
             co_author: String::new(),
             body: String::new(),
+            timings: Default::default(),
         }
     }
 }
@@ -493,6 +497,9 @@ pub struct RunReport {
     pub agent_seconds: f64,
     pub usage: crate::agent::events::Usage,
     pub cost_usd: Option<f64>,
+    /// Snapshot and images, in milliseconds.
+    #[serde(default)]
+    pub timings: crate::timings::RunTimings,
 }
 
 impl RunReport {
@@ -597,6 +604,7 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
         None => find_unfinished(&state, &request)?,
     };
     let resumed = resume.is_some();
+    let snapshot_started = Instant::now();
     let snapshot = match &resume {
         Some(j) => {
             reporter.phase(&format!(
@@ -613,9 +621,15 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
         None => Snapshot::take(&project.repo, args.include_dirty)?,
     };
     let entries = snapshot::list_tree(&project.repo, &snapshot.tree)?;
+    let snapshot_ms = crate::timings::since(snapshot_started);
+    let images_started = Instant::now();
     let (deps, _, unit_image) =
         crate::commands::ensure_images(&engine, project, &snapshot, &entries, true, reporter)
             .await?;
+    let run_timings = crate::timings::RunTimings {
+        snapshot_ms,
+        images_ms: crate::timings::since(images_started),
+    };
     let journal = match resume {
         Some(j) => j,
         None => {
@@ -793,6 +807,7 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
     let mut report = RunReport::new(&run_id, resumed, jobs, &results);
     report.breaker = live.read(|j| j.breaker.clone());
     report.wall_seconds = started.elapsed().as_secs_f64();
+    report.timings = run_timings;
     live.update(|j| j.finished_at = Some(unix_now() as u64))?;
     let json = serde_json::to_vec_pretty(&report).map_err(|e| Error::Internal(e.to_string()))?;
     extract::write_private(&run_dir.join("report.json"), &json)?;
@@ -1355,6 +1370,8 @@ async fn start_agent(
     ]);
     let prompt = assemble_prompt(ctx.project, ctx.snapshot, ctx.entries, p, plan, retry)?;
     extract::write_private(&a.dir.join("prompt.md"), prompt.as_bytes())?;
+    let create_at_ms = crate::timings::now_ms();
+    let create_started = Instant::now();
     let started = async {
         host.network_mode = Some(match (&plan.network, &proxy) {
             (AgentNetwork::Proxy { allow, egress }, Some(name)) => {
@@ -1423,6 +1440,8 @@ async fn start_agent(
         a.container = Some(container.clone());
         a.phase = AttemptPhase::Running;
         a.started_at = Some(unix_now());
+        a.result.timings.agent_create_at_ms = Some(create_at_ms);
+        a.result.timings.agent_start_ms = Some(crate::timings::since(create_started));
     })?;
     crate::failpoint::hit("agent-started");
     Ok(())
@@ -1717,6 +1736,7 @@ async fn extract_change(
         entries: p.limits.max_files,
         bytes: p.limits.max_bytes,
     };
+    let extract_started = Instant::now();
     let extracted = extract::extract(
         ctx.engine,
         &container,
@@ -1772,7 +1792,9 @@ async fn extract_change(
     for r in &mut rejections {
         r.path = redactor.redact(&r.path);
     }
+    let extract_ms = crate::timings::since(extract_started);
     update_attempt(ctx, id, |a| {
+        a.result.timings.extract_ms = Some(extract_ms);
         a.result.files_changed = files;
         a.result.rejections = rejections;
         if let Some((w, patch)) = written {
@@ -1923,7 +1945,10 @@ async fn judge_change(
         .join(", ");
     let vreq = verify_request(ctx, p, &tree, &verify_log, &cache_dir);
     ctx.reporter.unit(id, &format!("verifying ({check_names})"));
+    result.timings.verify_at_ms = Some(crate::timings::now_ms());
+    let verify_started = Instant::now();
     let verdict = crate::verify::verify(ctx.engine, &ctx.project.repo, &vreq, &on_line).await?;
+    result.timings.verify_ms = Some(crate::timings::since(verify_started));
     let passed = verdict.passed;
     let summary = verdict.summary.clone();
     let failure = (!passed).then(|| failure_status(&verdict, "", p.settings.timeout_secs));
@@ -2018,6 +2043,7 @@ async fn land_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
         }
     }
     ctx.reporter.unit(id, &format!("landing on {}", p.branch));
+    let land_started = Instant::now();
     land::import_objects(repo, &attempt.dir.join("objects"))?;
     let prepared = land::prepare(repo, &req)?;
     if let land::Prepared::Ready {
@@ -2084,6 +2110,7 @@ async fn land_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
     }
     let landed = land::finish(repo, &req, prepared)?;
     crate::failpoint::hit("landed");
+    result.timings.land_ms = Some(crate::timings::since(land_started));
     finish_landing(&mut result, landed);
     finish_unit(ctx, id, result)
 }

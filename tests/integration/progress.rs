@@ -85,6 +85,11 @@ fn run_json_is_json_lines_whose_final_object_matches_the_documented_schema() {
     repo.remember_image(unit["unit_image"].as_str().unwrap());
     assert_eq!(keys(unit), docs["unit"]);
     assert_eq!(keys(&unit["attempts"][0]), docs["attempt"]);
+    assert_eq!(keys(&unit["timings"]), docs["timings"]);
+    assert_eq!(
+        keys(&last["run"]["timings"]),
+        BTreeSet::from(["images_ms".to_string(), "snapshot_ms".to_string()])
+    );
     assert_eq!(unit["status"], "landed");
 }
 
