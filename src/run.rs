@@ -296,7 +296,7 @@ impl AgentNetwork {
                 "through a proxy that lets nothing through".into()
             }
             AgentNetwork::Proxy { allow, .. } => format!(
-                "only {} (set HTTP_PROXY/HTTPS_PROXY point at the proxy that enforces this)",
+                "only {}, through the proxy HTTP_PROXY and HTTPS_PROXY name",
                 allow
                     .iter()
                     .map(|a| a.to_string())

@@ -286,50 +286,40 @@ impl LimitsConfig {
 
     /// One warning per limit set looser than its default.
     pub fn loosened(&self) -> Vec<String> {
-        let d = Limits::default();
-        let l = self.resolve();
+        let (d, l) = (Limits::default(), self.resolve());
         let mib = |b: u64| format!("{} MiB", b >> 20);
-        let mut out = Vec::new();
-        if l.memory > d.memory {
-            out.push(format!(
-                "limits.memory = {} loosens the default {}",
-                mib(l.memory),
-                mib(d.memory)
-            ));
-        }
-        if l.cpus > d.cpus {
-            out.push(format!(
-                "limits.cpus = {} loosens the default {}",
-                l.cpus, d.cpus
-            ));
-        }
-        if l.pids > d.pids {
-            out.push(format!(
-                "limits.pids = {} loosens the default {}",
-                l.pids, d.pids
-            ));
-        }
-        if l.max_files > d.max_files {
-            out.push(format!(
-                "limits.max_files = {} loosens the default {}",
-                l.max_files, d.max_files
-            ));
-        }
-        if l.max_bytes > d.max_bytes {
-            out.push(format!(
-                "limits.max_bytes = {} loosens the default {}",
+        [
+            ("memory", l.memory > d.memory, mib(l.memory), mib(d.memory)),
+            (
+                "cpus",
+                l.cpus > d.cpus,
+                l.cpus.to_string(),
+                d.cpus.to_string(),
+            ),
+            (
+                "pids",
+                l.pids > d.pids,
+                l.pids.to_string(),
+                d.pids.to_string(),
+            ),
+            (
+                "max_files",
+                l.max_files > d.max_files,
+                l.max_files.to_string(),
+                d.max_files.to_string(),
+            ),
+            (
+                "max_bytes",
+                l.max_bytes > d.max_bytes,
                 mib(l.max_bytes),
-                mib(d.max_bytes)
-            ));
-        }
-        if l.disk > d.disk {
-            out.push(format!(
-                "limits.disk = {} loosens the default {}",
-                mib(l.disk),
-                mib(d.disk)
-            ));
-        }
-        out
+                mib(d.max_bytes),
+            ),
+            ("disk", l.disk > d.disk, mib(l.disk), mib(d.disk)),
+        ]
+        .into_iter()
+        .filter(|(_, looser, _, _)| *looser)
+        .map(|(key, _, set, default)| format!("limits.{key} = {set} loosens the default {default}"))
+        .collect()
     }
 }
 
@@ -795,6 +785,24 @@ mod reference {
         code.extend(fields::<Profile>("", &["checks"]));
         code.extend(fields::<Checks>("checks.", &[]));
         assert_eq!(documented("profile"), code);
+    }
+
+    #[test]
+    fn only_looser_limits_are_warned_about() {
+        let l = LimitsConfig {
+            memory: Some(8 << 30),
+            pids: Some(64),
+            disk: Some(20 << 30),
+            ..Default::default()
+        };
+        assert_eq!(
+            l.loosened(),
+            vec![
+                "limits.memory = 8192 MiB loosens the default 4096 MiB",
+                "limits.disk = 20480 MiB loosens the default 10240 MiB",
+            ]
+        );
+        assert!(LimitsConfig::default().loosened().is_empty());
     }
 
     #[test]
