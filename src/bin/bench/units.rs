@@ -21,7 +21,11 @@ fn mib(kib: u64) -> f64 {
 /// The final object of a `--json` command: its last line (event lines come before it).
 fn json_of(ran: &Ran, what: &str) -> Result<Value> {
     let text = String::from_utf8_lossy(&ran.stdout);
-    let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     serde_json::from_str(last).with_context(|| {
         format!(
             "{what} printed no JSON: {}",
