@@ -242,6 +242,8 @@ struct AgentPlan {
     role: Role,
     agent: Box<dyn Agent>,
     env: Vec<String>,
+    /// Hides the values of `env` and the agent's own secrets in everything written down.
+    redactor: crate::agent::Redactor,
     timeout: Duration,
     network: AgentNetwork,
     silence_warning: Duration,
@@ -367,10 +369,14 @@ fn agent_plan(
     role: Role,
     unit: &Unit,
 ) -> Result<AgentPlan> {
+    let agent = agent::for_config(config, unit, &project.repo.root)?;
+    let env = agent::host_env(&config.env)?;
+    let redactor = crate::agent::Redactor::new(&env, &agent.spec(unit).secrets);
     Ok(AgentPlan {
         role,
-        agent: agent::for_config(config, unit, &project.repo.root)?,
-        env: agent::host_env(&config.env)?,
+        agent,
+        env,
+        redactor,
         timeout: unit
             .meta
             .timeout
@@ -1535,7 +1541,7 @@ async fn watch_agent(
         }
     }
     let spec = plan.agent.spec(&p.unit);
-    let redactor = crate::agent::Redactor::new(&plan.env, &spec.secrets);
+    let redactor = &plan.redactor;
     let activity = std::sync::Arc::new(std::sync::Mutex::new(
         crate::agent::events::Activity::default(),
     ));
@@ -1622,16 +1628,22 @@ async fn watch_agent(
             }
         }
     };
-    let waited = tokio::select! {
-        waited = tokio::time::timeout(remaining, ctx.engine.wait(&container)) => waited.map_err(|_| None),
-        n = disk_watch => Err(Some(n)),
+    enum End {
+        Exited(i64),
+        TimedOut,
+        OverDisk(u64),
+    }
+    let end = tokio::select! {
+        waited = tokio::time::timeout(remaining, ctx.engine.wait(&container)) => match waited {
+            Ok(code) => End::Exited(code?),
+            Err(_) => End::TimedOut,
+        },
+        n = disk_watch => End::OverDisk(n),
     };
-    let mut over_disk = None;
-    let code = match waited {
-        Ok(code) => Some(code?),
-        Err(disk) => {
+    let code = match end {
+        End::Exited(code) => Some(code),
+        End::TimedOut | End::OverDisk(_) => {
             ctx.engine.kill(&container).await?;
-            over_disk = disk;
             None
         }
     };
@@ -1653,17 +1665,17 @@ async fn watch_agent(
         && (oom.count() > 0 || ctx.engine.oom_killed(&container).await.unwrap_or(false));
     let activity = activity.lock().expect("poisoned").clone();
     let codex = spec.events == crate::agent::Events::Codex;
-    let stopped = match code {
-        None if over_disk.is_some() => Some((
+    let stopped = match end {
+        End::OverDisk(written) => Some((
             Status::InfraError,
             "disk",
             format!(
                 "the agent container wrote {} MiB, over the disk limit of {} MiB, and was stopped; nothing landed",
-                over_disk.unwrap_or(0) >> 20,
+                written >> 20,
                 p.limits.disk >> 20
             ),
         )),
-        None => Some((
+        End::TimedOut => Some((
             Status::Timeout,
             "timeout",
             format!(
@@ -1671,7 +1683,7 @@ async fn watch_agent(
                 plan.timeout.as_secs()
             ),
         )),
-        Some(_) if oom_killed => Some((
+        End::Exited(_) if oom_killed => Some((
             Status::InfraError,
             "oom",
             format!(
@@ -1679,7 +1691,7 @@ async fn watch_agent(
                 p.limits.memory >> 20
             ),
         )),
-        _ => None,
+        End::Exited(_) => None,
     };
     if stopped.is_some() {
         ctx.engine.remove_container(&container).await?;
@@ -1754,7 +1766,7 @@ async fn extract_change(
         }
     };
     let set: &ChangeSet = &extracted.set;
-    let redactor = crate::agent::Redactor::new(&plan.env, &plan.agent.spec(&p.unit).secrets);
+    let redactor = &plan.redactor;
     // A change that carries a secret's value is rejected and never written down: not as a
     // patch, not as objects.
     let leaks = extracted.paths_where(|data| redactor.occurs_in(data));
@@ -1820,9 +1832,8 @@ async fn judge(
     let id = &p.unit.meta.id;
     let mut result = a.result.clone();
     let spec = plan.agent.spec(&p.unit);
-    let redactor = crate::agent::Redactor::new(&plan.env, &spec.secrets);
     let mut infra = None;
-    let verdict = judge_change(ctx, p, &spec, &redactor, a, &mut result, &mut infra).await?;
+    let verdict = judge_change(ctx, p, &spec, &plan.redactor, a, &mut result, &mut infra).await?;
     if verdict {
         result.status = Status::Landed;
         result.message = "passed every check; waiting to land".into();
