@@ -603,6 +603,21 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
         }
     }
     let engine = Engine::connect().await?;
+    // The agents' networks exist, before anything is written.
+    for a in planned.iter().flat_map(|p| p.agents.iter()) {
+        let (n, hint) = match &a.network {
+            AgentNetwork::None => continue,
+            AgentNetwork::Engine(n) => (n, format!("create it first (e.g. `docker network create --internal {n}`), or set network = \"none\"")),
+            AgentNetwork::Proxy { egress, .. } => (egress, format!("set agent.egress_network to an engine network that reaches the allowed hosts, or create {egress:?}")),
+        };
+        if !engine.network_exists(n).await? {
+            return Err(Error::config_hint(
+                crate::config::CONFIG_FILE,
+                format!("agent network: the engine has no network {n:?}"),
+                hint,
+            ));
+        }
+    }
     // One boxdelegate per repository from here on; then the run to resume, if any.
     let _lock = crate::journal::RepoLock::acquire(&state, "run", args.wait)?;
     let resume = match named {
@@ -702,24 +717,10 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
     for v in versions {
         crate::agent::codex::ensure_image(&engine, v, None, reporter).await?;
     }
-    let mut proxied = false;
-    for a in todo.iter().flat_map(|p| p.agents.iter()) {
-        let (n, hint) = match &a.network {
-            AgentNetwork::None => continue,
-            AgentNetwork::Engine(n) => (n, format!("create it first (e.g. `docker network create --internal {n}`), or set network = \"none\"")),
-            AgentNetwork::Proxy { egress, .. } => {
-                proxied = true;
-                (egress, format!("set agent.egress_network to an engine network that reaches the allowed hosts, or create {egress:?}"))
-            }
-        };
-        if !engine.network_exists(n).await? {
-            return Err(Error::config_hint(
-                crate::config::CONFIG_FILE,
-                format!("agent network: the engine has no network {n:?}"),
-                hint,
-            ));
-        }
-    }
+    let proxied = todo
+        .iter()
+        .flat_map(|p| p.agents.iter())
+        .any(|a| matches!(a.network, AgentNetwork::Proxy { .. }));
     if proxied && engine.image_id(crate::proxy::IMAGE).await?.is_none() {
         reporter.phase(&format!(
             "building the egress proxy image {} (once)",

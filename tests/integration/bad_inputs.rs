@@ -346,3 +346,51 @@ fn unit_new_refuses_to_overwrite() {
         &["--scope \"src/[\" does not compile"],
     );
 }
+
+#[test]
+fn bad_network_settings_are_refused_with_the_host_unchanged() {
+    let mut case = Case::new(run_project("bad-network"));
+    let config = std::fs::read_to_string(case.repo.path().join("boxdelegate.toml")).unwrap();
+    let cases: [(&str, bool, &[&str]); 5] = [
+        (
+            "network = \"proxy\"\nallow = [\"api.example.com\"]\n",
+            false,
+            &[
+                "agent.allow: \"api.example.com\" is not host:port",
+                "\"host:port\"",
+            ],
+        ),
+        (
+            "allow = [\"api.example.com:443\"]\n",
+            false,
+            &["agent.allow and agent.egress_network apply only to network = \"proxy\""],
+        ),
+        (
+            "network = \"host\"\n",
+            false,
+            &["agent.network: \"host\" is not allowed"],
+        ),
+        (
+            "network = \"proxy\"\negress_network = \"bdtest-no-such-network\"\n",
+            true,
+            &["agent network: the engine has no network \"bdtest-no-such-network\""],
+        ),
+        (
+            "network = \"bdtest-no-such-network\"\n",
+            true,
+            &[
+                "the engine has no network \"bdtest-no-such-network\"",
+                "docker network create",
+            ],
+        ),
+    ];
+    for (keys, engine, needles) in cases {
+        case.repo.write(
+            "boxdelegate.toml",
+            &config.replace("[agent]\n", &format!("[agent]\n{keys}")),
+        );
+        case.repo.commit("network settings");
+        case.before = case.repo.host_state();
+        case.fails(&["run", "--unit", "good"], engine, 3, needles);
+    }
+}
