@@ -1,8 +1,9 @@
 //! Stopped agent container → change set → new tree, on the host side of the boundary.
 //!
-//! Nothing in the container is trusted or run: the engine's filesystem diff says which paths
-//! under `/work` moved, only those are read back through the archive API, and each archive is
-//! parsed in memory under limits (entries, bytes, path length). Regular files, directories and
+//! Nothing in the container is trusted or run. Which paths under `/work` moved comes from the
+//! watcher's change log (`watch`: a hint, checked by reading) or, where that log cannot be
+//! used, from the engine's filesystem diff; only those paths are read back through the archive
+//! API, and each archive is parsed in memory under limits (entries, bytes, path length). Regular files, directories and
 //! symlinks are taken as data — a symlink is never followed, a path is never opened on the host.
 //! Blobs go to a private object store (no filters, no attributes); the new tree is written with
 //! plumbing through a temporary index. Untracked paths the *snapshot's* ignore rules ignore
@@ -12,6 +13,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use futures_util::StreamExt;
 use sha1::Digest as _;
 
@@ -20,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::git::Repo;
 use crate::scope;
 use crate::snapshot::{EntryKind, TreeEntry};
+use crate::watch;
 
 const WORK: &str = "/work";
 const MAX_PATH: usize = 4096;
@@ -152,6 +156,23 @@ pub struct ChangeSet {
     pub truncated: Option<Truncated>,
     /// Untracked paths dropped because the snapshot's ignore rules ignore them.
     pub ignored: usize,
+    /// Where the list of moved paths came from.
+    #[serde(default)]
+    pub listing: Listing,
+    /// Why the change log was not used, when it was not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_unusable: Option<String>,
+}
+
+/// Where extraction learnt which paths moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Listing {
+    /// The engine's filesystem diff (`GET /containers/{id}/changes`).
+    #[default]
+    Engine,
+    /// The watcher's change log in the container (see `watch`).
+    Watch,
 }
 
 /// Limits applied while reading archives from the container.
@@ -232,21 +253,138 @@ fn download_roots(changes: &[(String, u8)]) -> Vec<String> {
         .collect()
 }
 
-/// Reads a whole archive stream into memory, refusing more than `cap` bytes.
+/// Reads a whole archive stream into memory; `None` once the bytes read by all the reads
+/// sharing `total` pass `cap`.
 async fn read_capped(
     mut stream: impl futures_util::Stream<Item = Result<bytes::Bytes>> + Unpin,
     cap: u64,
+    total: &AtomicU64,
 ) -> Result<Option<Vec<u8>>> {
     let mut buf = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
-        if (buf.len() + chunk.len()) as u64 > cap {
+        let len = chunk.len() as u64;
+        if total.fetch_add(len, Ordering::Relaxed) + len > cap {
             return Ok(None);
         }
         buf.extend_from_slice(&chunk);
     }
     Ok(Some(buf))
 }
+
+fn is_not_found(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Engine {
+            source: bollard::errors::Error::DockerResponseServerError {
+                status_code: 404,
+                ..
+            },
+            ..
+        }
+    )
+}
+
+/// The paths the watcher's log names, or why the log cannot be used.
+async fn read_log(
+    engine: &Engine,
+    id: &str,
+) -> Result<std::result::Result<BTreeSet<Vec<u8>>, watch::Unusable>> {
+    let stream = Box::pin(engine.download(id, watch::LOG));
+    // The archive holds one entry: its header, the log, padding and the end blocks.
+    let data = match read_capped(stream, watch::LOG_CAP + 8192, &AtomicU64::new(0)).await {
+        Ok(Some(d)) => d,
+        Ok(None) => return Ok(Err(watch::Unusable::TooLarge)),
+        Err(e) if is_not_found(&e) => return Ok(Err(watch::Unusable::Missing)),
+        Err(e) => return Err(e),
+    };
+    let mut ar = tar::Archive::new(data.as_slice());
+    let Some(Ok(mut entry)) = ar.entries().ok().and_then(|mut e| e.next()) else {
+        return Ok(Err(watch::Unusable::Malformed));
+    };
+    // The agent may have put anything at that path: only a regular file is a log.
+    if entry.header().entry_type() != tar::EntryType::Regular {
+        return Ok(Err(watch::Unusable::Malformed));
+    }
+    let mut log = Vec::new();
+    if (&mut entry)
+        .take(watch::LOG_CAP)
+        .read_to_end(&mut log)
+        .is_err()
+    {
+        return Ok(Err(watch::Unusable::Malformed));
+    }
+    Ok(watch::parse(&log))
+}
+
+/// What to read back, from either listing.
+struct Reads {
+    roots: Vec<String>,
+    /// Paths known to be gone (the engine's deletions).
+    deleted: Vec<String>,
+    /// Whether a root that is not there any more is a deletion (the log names paths that went;
+    /// the engine lists those as deletions and may name a path it mangled).
+    missing_is_deleted: bool,
+}
+
+/// The change log's roots, else the engine's diff.
+async fn listing(engine: &Engine, id: &str) -> Result<(Reads, Listing, Option<String>)> {
+    let why = match read_log(engine, id).await? {
+        Ok(paths) => {
+            return Ok((
+                Reads {
+                    roots: watch::roots(&paths, watch::MAX_ROOTS),
+                    deleted: Vec::new(),
+                    missing_is_deleted: true,
+                },
+                Listing::Watch,
+                None,
+            ))
+        }
+        Err(why) => why,
+    };
+    tracing::info!(container = %crate::engine::short(id), "{why}; listing the change with the engine's filesystem diff");
+    let changes: Vec<(String, u8)> = engine
+        .changes(id)
+        .await?
+        .into_iter()
+        .filter_map(|(p, k)| p.strip_prefix("/work/").map(|r| (r.to_string(), k)))
+        .collect();
+    Ok((
+        Reads {
+            roots: download_roots(&changes),
+            deleted: changes
+                .iter()
+                .filter(|(_, k)| *k == 2)
+                .map(|(p, _)| p.clone())
+                .collect(),
+            missing_is_deleted: false,
+        },
+        Listing::Engine,
+        Some(why.to_string()),
+    ))
+}
+
+/// The keys of `map` strictly under directory `dir` ("" for everything), in order.
+fn keys_under<'a, V>(
+    map: &'a BTreeMap<Vec<u8>, V>,
+    dir: &[u8],
+) -> impl Iterator<Item = &'a Vec<u8>> + 'a {
+    use std::ops::Bound;
+    let (lo, hi) = if dir.is_empty() {
+        (Bound::Unbounded, Bound::Unbounded)
+    } else {
+        let mut lo = dir.to_vec();
+        lo.push(b'/');
+        let mut hi = dir.to_vec();
+        hi.push(b'/' + 1);
+        (Bound::Included(lo), Bound::Excluded(hi))
+    };
+    map.range::<Vec<u8>, _>((lo, hi)).map(|(k, _)| k)
+}
+
+/// Archive reads in flight at once (the engine mounts the container's filesystem for each).
+const PARALLEL_READS: usize = 4;
 
 /// Parses one archive read from `root` (a path relative to `/work`, "" for `/work` itself).
 fn parse_archive(
@@ -391,40 +529,45 @@ pub async fn extract(
     entries: &[TreeEntry],
     limits: ReadLimits,
 ) -> Result<Extracted> {
-    let changes: Vec<(String, u8)> = engine
-        .changes(id)
-        .await?
-        .into_iter()
-        .filter_map(|(p, k)| p.strip_prefix("/work/").map(|r| (r.to_string(), k)))
-        .collect();
-    let mut set = ChangeSet::default();
-    if changes.is_empty() {
+    let (reads, listed_by, why) = listing(engine, id).await?;
+    let mut set = ChangeSet {
+        listing: listed_by,
+        log_unusable: why,
+        ..ChangeSet::default()
+    };
+    if reads.roots.is_empty() && reads.deleted.is_empty() {
         return Ok(Extracted {
             set,
             contents: HashMap::new(),
         });
     }
-    let deleted: Vec<&str> = changes
+    let mut deleted: Vec<Vec<u8>> = reads
+        .deleted
         .iter()
-        .filter(|(_, k)| *k == 2)
-        .map(|(p, _)| p.as_str())
+        .map(|d| d.as_bytes().to_vec())
         .collect();
-    let roots = download_roots(&changes);
 
     let mut seen: BTreeMap<Vec<u8>, Seen> = BTreeMap::new();
     let mut dirs: BTreeSet<Vec<u8>> = BTreeSet::new();
     let mut budget = (0u64, 0u64);
     // Raw archive bytes allowed: the content budget plus headers (GNU long names included).
     let cap = limits.bytes + (limits.entries + 16) * 3 * 512 + (1 << 20);
+    let total = AtomicU64::new(0);
     let mut dir_roots: Vec<Vec<u8>> = Vec::new();
-    for root in &roots {
+    let mut archives = futures_util::stream::iter(reads.roots.iter().map(|root| {
         let path = if root.is_empty() {
             WORK.to_string()
         } else {
             format!("{WORK}/{root}")
         };
-        let stream = Box::pin(engine.download(id, &path));
-        let data = match read_capped(stream, cap).await {
+        let total = &total;
+        async move { read_capped(Box::pin(engine.download(id, &path)), cap, total).await }
+    }))
+    .buffered(PARALLEL_READS);
+    let mut roots = reads.roots.iter();
+    while let Some(read) = archives.next().await {
+        let root = roots.next().expect("one read per root");
+        let data = match read {
             Ok(Some(d)) => d,
             Ok(None) => {
                 set.truncated = Some(Truncated::Bytes {
@@ -435,14 +578,14 @@ pub async fn extract(
                     contents: HashMap::new(),
                 });
             }
-            // Listed by the engine but gone or unreadable (e.g. deleted in the same diff).
-            Err(Error::Engine {
-                source:
-                    bollard::errors::Error::DockerResponseServerError {
-                        status_code: 404, ..
-                    },
-                ..
-            }) => continue,
+            // Named but not there at the end: gone (from the log); from the engine's diff, a
+            // path deleted in the same diff or one whose name it mangled.
+            Err(e) if is_not_found(&e) => {
+                if reads.missing_is_deleted {
+                    deleted.push(root.as_bytes().to_vec());
+                }
+                continue;
+            }
             Err(e) => return Err(e),
         };
         if let Some(t) = parse_archive(&data, root, limits, &mut seen, &mut dirs, &mut budget)? {
@@ -456,24 +599,24 @@ pub async fn extract(
             dir_roots.push(root.as_bytes().to_vec());
         }
     }
+    drop(archives);
 
     // The new state: the snapshot, minus deletions, minus what a read-back directory no longer
     // holds, with type changes resolved, plus what was read.
     let old: BTreeMap<Vec<u8>, &TreeEntry> = entries.iter().map(|e| (e.path.clone(), e)).collect();
     let mut gone: BTreeSet<Vec<u8>> = BTreeSet::new();
     for d in &deleted {
-        let d = d.as_bytes();
-        for p in old.keys().filter(|p| p.as_slice() == d || is_under(p, d)) {
-            gone.insert(p.clone());
+        if old.contains_key(d) {
+            gone.insert(d.clone());
         }
+        gone.extend(keys_under(&old, d).cloned());
     }
     for r in &dir_roots {
-        for p in old
-            .keys()
-            .filter(|p| is_under(p, r) && !seen.contains_key(*p))
-        {
-            gone.insert(p.clone());
-        }
+        gone.extend(
+            keys_under(&old, r)
+                .filter(|p| !seen.contains_key(*p))
+                .cloned(),
+        );
     }
     for d in &dirs {
         if old.contains_key(d) {
@@ -481,9 +624,7 @@ pub async fn extract(
         }
     }
     for p in seen.keys() {
-        for q in old.keys().filter(|q| is_under(q, p)) {
-            gone.insert(q.clone()); // a directory became a file
-        }
+        gone.extend(keys_under(&old, p).cloned()); // a directory became a file
     }
 
     let mut contents = HashMap::new();

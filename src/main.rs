@@ -24,6 +24,7 @@ mod snapshot;
 mod status;
 mod timings;
 mod verify;
+mod watch;
 
 use clap::Parser;
 

@@ -1394,7 +1394,7 @@ async fn start_agent(
             .engine
             .create_container(ContainerCreateBody {
                 image: Some(ctx.image.to_string()),
-                cmd: Some(spec.cmd.clone()),
+                cmd: Some(crate::watch::wrap(&spec.cmd)),
                 env: Some(env),
                 working_dir: Some("/work".into()),
                 labels: Some({

@@ -12,7 +12,8 @@
 #
 # What it does:
 #   1. `debootstrap --variant=minbase` a Debian <suite> (default bookworm) amd64
-#      root filesystem with git, ca-certificates and procps into a temp dir
+#      root filesystem with git, ca-certificates, procps and inotify-tools (the
+#      agent container's change watcher) into a temp dir
 #      (removed on exit, whatever happens).
 #   2. Writes /etc/apt/sources.list for <suite>, <suite>-updates and
 #      <suite>-security and (unless --no-upgrade) applies pending updates, so the
@@ -66,7 +67,7 @@ security_mirror="http://deb.debian.org/debian-security"
 suite="bookworm"
 arch="amd64"
 upgrade=1
-include="git,ca-certificates,procps"
+include="git,ca-certificates,procps,inotify-tools"
 
 while [ $# -gt 0 ]; do
     case "$1" in

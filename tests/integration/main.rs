@@ -14,3 +14,4 @@ mod resume;
 mod run;
 mod snapshot;
 mod verify;
+mod watch;

@@ -1,0 +1,147 @@
+//! The agent container's change log (a hint for extraction) against the engine's diff.
+
+use crate::common::*;
+
+fn project(salt: &str, agent: &str) -> TestRepo {
+    let repo = TestRepo::with_project(salt);
+    repo.write("src/math.py", "def one():\n    return 1\n");
+    repo.write("tests/spec.txt", "protected spec\n");
+    repo.write("bin/tool.sh", "#!/bin/sh\necho tool\n");
+    repo.agent(agent);
+    repo
+}
+
+/// The attempt's `changes.json`.
+fn changes(unit: &serde_json::Value) -> serde_json::Value {
+    let dir = unit["attempt_dir"].as_str().expect("an attempt directory");
+    let data = std::fs::read(std::path::Path::new(dir).join("changes.json")).unwrap();
+    serde_json::from_slice(&data).unwrap()
+}
+
+fn listed(set: &serde_json::Value) -> Vec<(String, String)> {
+    set["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_string(),
+                c["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_change_log_and_the_engine_diff_read_the_same_change() {
+    require_base_image();
+    // The unit `engine` stops the watcher first, so its change is listed by the engine's diff.
+    let repo = project(
+        "watch-same",
+        r#"[ "$BOXDELEGATE_UNIT_ID" = engine ] && pkill -x inotifywait
+echo more >> src/math.py; chmod +x src/math.py
+mkdir -p new/deep; echo a > new/deep/a.txt
+rm tests/spec.txt
+mv bin moved-bin
+ln -s math.py src/link.py
+printf x > "src/caf$(printf '\303\251').txt"
+echo t > transient; rm transient
+true"#,
+    );
+    // Nothing is in scope: both units are rejected, so both start from the same snapshot.
+    for id in ["watched", "engine"] {
+        repo.unit(id, "scope = [\"nothing/**\"]", "Change things.");
+    }
+    repo.commit("project");
+    let refs = repo.refs();
+    let mut sets = Vec::new();
+    for id in ["watched", "engine"] {
+        let (code, units, err) = repo.run(&["--unit", id]);
+        assert_eq!(code, 10, "{id}: {err}\n{units:?}");
+        sets.push(changes(&units[0]));
+    }
+    assert_eq!(sets[0]["listing"], "watch", "{}", sets[0]);
+    assert!(sets[0].get("log_unusable").is_none(), "{}", sets[0]);
+    assert_eq!(sets[1]["listing"], "engine", "{}", sets[1]);
+    assert!(
+        sets[1]["log_unusable"]
+            .as_str()
+            .unwrap()
+            .contains("no end mark"),
+        "{}",
+        sets[1]
+    );
+    let expected: Vec<(String, String)> = [
+        ("bin/tool.sh", "deleted"),
+        ("moved-bin/tool.sh", "added"),
+        ("new/deep/a.txt", "added"),
+        ("src/café.txt", "added"),
+        ("src/link.py", "added"),
+        ("src/math.py", "modified"),
+        ("tests/spec.txt", "deleted"),
+    ]
+    .iter()
+    .map(|(p, k)| (p.to_string(), k.to_string()))
+    .collect();
+    assert_eq!(listed(&sets[0]), expected);
+    // Byte for byte the same change: paths, kinds, modes, blobs, symlink targets.
+    assert_eq!(sets[0]["changes"], sets[1]["changes"]);
+    assert_eq!(repo.refs(), refs, "nothing landed");
+}
+
+#[test]
+fn a_forged_change_log_can_only_lose_the_agents_own_change() {
+    require_base_image();
+    let log = "/tmp/.boxdelegate-watch/log";
+    let repo = project(
+        "watch-forged",
+        &format!(
+            r#"pkill -x inotifywait
+echo changed >> src/math.py
+end='CREATE /tmp/.boxdelegate-watch/sync/end'
+case "$BOXDELEGATE_UNIT_ID" in
+  hides) printf "MODIFY /work/tests/spec.txt\0$end\0" > {log} ;;
+  escapes) printf "MODIFY /work/../etc/passwd\0MODIFY /work/src/math.py\0$end\0" > {log} ;;
+  links) rm -f {log}; ln -s /etc/passwd {log} ;;
+esac
+true"#
+        ),
+    );
+    for id in ["hides", "escapes", "links"] {
+        repo.unit(id, "scope = [\"nothing/**\"]", "Change math.");
+    }
+    repo.commit("project");
+    let refs = repo.refs();
+
+    // A well-formed log that leaves the change out: the change is not read, so nothing of it
+    // can land; what it names is read and found unchanged.
+    let (code, units, err) = repo.run(&["--unit", "hides"]);
+    let set = changes(&units[0]);
+    assert_eq!(set["listing"], "watch", "{set}");
+    assert_eq!(listed(&set), vec![], "{code} {err}");
+    assert_ne!(units[0]["status"], "landed");
+
+    // A record naming a path outside /work, or a log that is not a regular file: the log is not
+    // used at all; the engine's diff finds the change (and only it).
+    for (id, why) in [
+        ("escapes", "no watcher writes"),
+        ("links", "no watcher writes"),
+    ] {
+        let (code, units, err) = repo.run(&["--unit", id]);
+        assert_eq!(code, 10, "{id}: {err}\n{units:?}");
+        let set = changes(&units[0]);
+        assert_eq!(set["listing"], "engine", "{id}: {set}");
+        assert!(
+            set["log_unusable"].as_str().unwrap().contains(why),
+            "{id}: {set}"
+        );
+        assert_eq!(
+            listed(&set),
+            vec![("src/math.py".to_string(), "modified".to_string())],
+            "{id}"
+        );
+        let patch = std::fs::read_to_string(units[0]["patch"].as_str().unwrap()).unwrap();
+        assert!(!patch.contains("root:"), "nothing of /etc/passwd is read");
+    }
+    assert_eq!(repo.refs(), refs, "nothing landed");
+}
