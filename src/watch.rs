@@ -188,7 +188,8 @@ pub fn roots(paths: &BTreeSet<Vec<u8>>, max: usize) -> Vec<String> {
     let collapse = |set: &BTreeSet<Vec<u8>>| -> BTreeSet<Vec<u8>> {
         set.iter()
             .filter(|p| {
-                !(set.contains(b"".as_slice()) && !p.is_empty())
+                let everything = set.contains(b"".as_slice());
+                (p.is_empty() || !everything)
                     && !p
                         .iter()
                         .enumerate()
