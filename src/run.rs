@@ -1421,6 +1421,15 @@ async fn start_agent(
                     )
                     .await?;
             }
+            if let Some(dirs) = crate::watch::dirs_file(ctx.entries) {
+                ctx.engine
+                    .upload(
+                        &container,
+                        "/tmp",
+                        images::single_file_tar(crate::watch::DIRS, &dirs, 0o600)?,
+                    )
+                    .await?;
+            }
             if let Some(tool) = &spec.tool_image {
                 crate::agent::codex::install_into(ctx.engine, tool, &container).await?;
             }

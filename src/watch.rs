@@ -3,11 +3,14 @@
 //! The engine's filesystem diff walks the whole container filesystem on some storage drivers
 //! (fuse-overlayfs: about 30 s for a 100k-file tree), so extraction would cost as much as the
 //! repository. Instead the agent's command runs under a small wrapper script: it starts
-//! `inotifywait` (inotify-tools, in the base image) over `/work` and waits until every watch is
-//! set before it starts the agent; when the agent exits, it stops every other process of the
+//! `inotifywait` (inotify-tools, in the base image) on `/work` and each directory of the
+//! snapshot (a list the runner uploads, so nothing walks the tree; without it, a recursive
+//! watch) and waits until every watch is set before it starts the agent; when the agent exits, it stops every other process of the
 //! container's user, writes a mark in a second watched directory and waits until the watcher
 //! has logged it. One inotify queue is ordered, so every change made before the stop is in the
-//! log before the mark. Extraction then reads back only the paths the log names.
+//! log before the mark. Extraction then reads back only the paths the log names. A directory
+//! the agent makes or moves in needs no watch of its own: its appearance is logged by its
+//! parent's, and it is read back whole.
 //!
 //! The log comes from inside the box, so it is a hint and nothing more. A path it names is read
 //! through the archive API and judged like any other; a path it leaves out is a change the
@@ -23,6 +26,8 @@ use std::collections::BTreeSet;
 /// The log: NUL-terminated records `EVENTS PATH`. The wrapper keeps its files outside `/work`,
 /// in the writable layer, so that the log outlives the container's stop (a tmpfs would not).
 pub const LOG: &str = "/tmp/.boxdelegate-watch/log";
+/// The list of directories to watch, uploaded by the runner (one path per line).
+pub const DIRS: &str = ".boxdelegate-watch/dirs";
 /// The mark written after the agent exited.
 const END: &[u8] = b"CREATE /tmp/.boxdelegate-watch/sync/end";
 /// Larger logs are not read (the engine's diff is used instead).
@@ -35,11 +40,14 @@ pub const MAX_ROOTS: usize = 256;
 /// its arguments. Its exit status is the agent's.
 const SCRIPT: &str = r#"d=/tmp/.boxdelegate-watch
 w=
-if command -v inotifywait >/dev/null 2>&1 && mkdir -p "$d/sync" 2>/dev/null; then
-  inotifywait -m -r --no-newline --format '%e %w%f%0' \
+watch() {
+  inotifywait -m --no-newline --format '%e %w%f%0' \
     -e modify,attrib,close_write,move,create,delete \
-    -o "$d/log" "$d/sync" /work 2>"$d/err" </dev/null &
+    -o "$d/log" "$@" 2>"$d/err" </dev/null &
   w=$!
+}
+if command -v inotifywait >/dev/null 2>&1 && mkdir -p "$d/sync" 2>/dev/null; then
+  if [ -f "$d/dirs" ]; then watch --fromfile "$d/dirs"; else watch -r "$d/sync" /work; fi
   until grep -q 'Watches established' "$d/err" 2>/dev/null; do
     kill -0 "$w" 2>/dev/null || { w=; break; }
     sleep 0.01
@@ -70,6 +78,31 @@ pub fn wrap(cmd: &[String]) -> Vec<String> {
     ];
     out.extend(cmd.iter().cloned());
     out
+}
+
+/// The directory list for `--fromfile`: the sync directory, `/work` and every directory of the
+/// snapshot. `None` where a name cannot be a line of it (a newline; the recursive watch is used).
+pub fn dirs_file(entries: &[crate::snapshot::TreeEntry]) -> Option<Vec<u8>> {
+    let mut dirs: BTreeSet<&[u8]> = BTreeSet::new();
+    for e in entries {
+        let mut p: &[u8] = &e.path;
+        while let Some(i) = p.iter().rposition(|b| *b == b'/') {
+            p = &p[..i];
+            if !dirs.insert(p) {
+                break;
+            }
+        }
+    }
+    let mut out = b"/tmp/.boxdelegate-watch/sync\n/work\n".to_vec();
+    for d in dirs {
+        if d.contains(&b'\n') {
+            return None;
+        }
+        out.extend_from_slice(b"/work/");
+        out.extend_from_slice(d);
+        out.push(b'\n');
+    }
+    Some(out)
 }
 
 /// Why a log cannot be used.
@@ -307,6 +340,28 @@ mod tests {
         );
         // What follows the end mark is not read.
         assert_eq!(parse(&log(&[END, b"MODIFY /work/late"])).unwrap(), set(&[]));
+    }
+
+    #[test]
+    fn the_directory_list_names_each_directory_of_the_snapshot_once() {
+        use crate::snapshot::{EntryKind, TreeEntry};
+        let entry = |p: &[u8]| TreeEntry {
+            kind: EntryKind::File { executable: false },
+            oid: String::new(),
+            path: p.to_vec(),
+        };
+        let entries = [
+            entry(b"README"),
+            entry(b"src/a/x.rs"),
+            entry(b"src/a/y.rs"),
+            entry(b"src/b.rs"),
+            entry(b"tests/t.rs"),
+        ];
+        assert_eq!(
+            String::from_utf8(dirs_file(&entries).unwrap()).unwrap(),
+            "/tmp/.boxdelegate-watch/sync\n/work\n/work/src\n/work/src/a\n/work/tests\n"
+        );
+        assert_eq!(dirs_file(&[entry(b"a\nb/c")]), None);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Running commands: wall time, output, and the peak RSS of the child (and the processes it
-//! waited for) from `wait4`.
+//! Running commands: wall time, output, the child's own peak RSS (`VmHWM`, sampled while it
+//! runs) and the peak RSS of the child or the processes it waited for (`wait4`).
 
 use std::io::Read;
 use std::path::Path;
@@ -17,6 +17,16 @@ pub struct Ran {
     /// Peak resident set size in KiB: the child's, or that of a process it waited for when
     /// larger (Linux folds reaped children into `ru_maxrss`).
     pub max_rss_kib: u64,
+    /// The child's own peak resident set size in KiB (`VmHWM` in `/proc/PID/status`, read
+    /// every 10 ms while it runs: growth in its last 10 ms can be missed).
+    pub self_rss_kib: u64,
+}
+
+/// `VmHWM` of `pid` in KiB, while it lives.
+fn vm_hwm(pid: libc::pid_t) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 impl Ran {
@@ -55,6 +65,22 @@ pub fn run(cmd: &mut Command) -> Result<Ran> {
         let _ = err.read_to_end(&mut buf);
         buf
     });
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                match vm_hwm(pid) {
+                    Some(kib) => peak = peak.max(kib),
+                    None if peak > 0 => break, // exited (a zombie has no memory)
+                    None => {}
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        })
+    };
     let mut stdout = Vec::new();
     out.read_to_end(&mut stdout)
         .with_context(|| format!("reading the output of {what}"))?;
@@ -64,6 +90,8 @@ pub fn run(cmd: &mut Command) -> Result<Ran> {
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let wall = started.elapsed();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let self_rss_kib = sampler.join().unwrap_or(0);
     if r != pid {
         bail!("waiting for {what}: {}", std::io::Error::last_os_error());
     }
@@ -80,6 +108,7 @@ pub fn run(cmd: &mut Command) -> Result<Ran> {
         stderr,
         wall,
         max_rss_kib: usage.ru_maxrss.max(0) as u64,
+        self_rss_kib,
     })
 }
 
