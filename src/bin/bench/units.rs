@@ -61,7 +61,7 @@ pub fn images(bench: &Bench, repo: &Repo, m: &mut Metrics) -> Result<()> {
         .to_string();
     bench.remember_deps_key(&key);
     let (mut cold, mut rss, mut rss_git) = (vec![], vec![], vec![]);
-    if first["deps"]["how"] == "cached" && first["unit_image"]["how"] == "full" {
+    if first["deps_image"]["how"] == "cached" && first["unit_image"]["how"] == "full" {
         cold.push(ms(ran.wall));
         rss.push(mib(ran.self_rss_kib));
         rss_git.push(mib(ran.max_rss_kib));
