@@ -6,7 +6,7 @@
 //! API, and each archive is parsed in memory under limits (entries, bytes, path length). Regular files, directories and
 //! symlinks are taken as data — a symlink is never followed, a path is never opened on the host.
 //! Blobs go to a private object store (no filters, no attributes); the new tree is written with
-//! plumbing through a temporary index. Untracked paths the *snapshot's* ignore rules ignore
+//! plumbing, rewriting only the directories on the changed paths. Untracked paths the *snapshot's* ignore rules ignore
 //! (build outputs) are dropped; a `.gitignore` the agent wrote has no say.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -358,6 +358,9 @@ fn measure(
             "metrics": m,
         }));
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        for key in bench.deps_keys.borrow().iter() {
+            bench.remove_unit_images(key)?;
+        }
     }
     let mut out = json!({
         "schema": 1,

@@ -165,9 +165,11 @@ fn project_files(n: usize, sources: &[String]) -> Vec<(String, Vec<u8>)> {
             "description = \"benchmark: the pinned requirements, recorded without a network\"\nimage = \"boxdelegate/base:bookworm\"\nmanifests = [\"requirements.txt\"]\ninstall = '''\nmkdir -p /deps/lib\ncp requirements.txt /deps/lib/installed.txt\n'''\n".to_string(),
         ),
         (
-            // The size makes the dependency key, and so the images, differ between sizes.
+            // One dependency key for every size: the dependency image is built once, so the
+            // first image build of each later size is a cold unit image (each size's unit
+            // images are removed when it is done, so none is the parent of another's).
             "requirements.txt".to_string(),
-            format!("# benchmark repository of {n} files\n{}\n", REQUIREMENTS.join("\n")),
+            format!("{}\n", REQUIREMENTS.join("\n")),
         ),
         (".gitignore".to_string(), "__pycache__/\n*.pyc\n.venv/\n".to_string()),
         // `.dockerignore` itself too: the docker CLI rewrites it when the Dockerfile lies outside
