@@ -3,16 +3,16 @@
 //! Nothing in the container is trusted or run. Which paths under `/work` moved comes from the
 //! watcher's change log (`watch`: a hint, checked by reading) or, where that log cannot be
 //! used, from the engine's filesystem diff; only those paths are read back through the archive
-//! API, and each archive is parsed in memory under limits (entries, bytes, path length). Regular files, directories and
-//! symlinks are taken as data — a symlink is never followed, a path is never opened on the host.
-//! Blobs go to a private object store (no filters, no attributes); the new tree is written with
-//! plumbing, rewriting only the directories on the changed paths. Untracked paths the *snapshot's* ignore rules ignore
-//! (build outputs) are dropped; a `.gitignore` the agent wrote has no say.
+//! API, and each archive is parsed in memory under limits (entries, bytes, path length).
+//! Regular files, directories and symlinks are taken as data — a symlink is never followed, a
+//! path is never opened on the host. Blobs go to a private object store (no filters, no
+//! attributes); the new tree is written with plumbing, rewriting only the directories on the
+//! changed paths. Untracked paths the *snapshot's* ignore rules ignore (build outputs) are
+//! dropped; a `.gitignore` the agent wrote has no say.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::StreamExt;
