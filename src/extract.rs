@@ -847,20 +847,13 @@ impl Extracted {
             expected.push(blob_id(data));
         }
         if !expected.is_empty() {
-            let out = repo.run_with(
-                repo.store_cmd(store)?,
+            write_objects(
+                repo,
+                store,
                 &["hash-object", "-w", "--no-filters", "--stdin-paths"],
-                Some(&paths_in),
+                &paths_in,
+                &expected,
             )?;
-            let got: Vec<String> = String::from_utf8_lossy(&out)
-                .lines()
-                .map(str::to_string)
-                .collect();
-            if got != expected {
-                return Err(Error::Internal(
-                    "git hash-object disagreed with the computed blob ids".into(),
-                ));
-            }
         }
         let mut edits: Vec<Edit<'_>> = Vec::new();
         let mut left_out = 0;
@@ -1004,6 +997,29 @@ mod tests {
         let r = roots(&[("bad\u{FFFD}", 1)]);
         assert_eq!(r, vec![""]);
     }
+}
+
+/// Runs git `args` (a command that writes objects and prints one id per line) in the private
+/// store with `input`, and checks that git wrote exactly the `expected` ids.
+fn write_objects(
+    repo: &Repo,
+    store: &Path,
+    args: &[&str],
+    input: &[u8],
+    expected: &[String],
+) -> Result<()> {
+    let out = repo.run_with(repo.store_cmd(store)?, args, Some(input))?;
+    let got: Vec<String> = String::from_utf8_lossy(&out)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    if got != expected {
+        return Err(Error::Internal(format!(
+            "git {} disagreed with the computed object ids",
+            args[0]
+        )));
+    }
+    Ok(())
 }
 
 /// A path of a tree edit and what it holds afterwards: its mode (`100644`, `100755`,
@@ -1210,20 +1226,13 @@ fn edit_tree(repo: &Repo, store: &Path, base: &str, edits: &[Edit<'_>]) -> Resul
         expected.push(hex::encode(id));
         written.insert(dir.clone(), Some(id));
     }
-    let out = repo.run_with(
-        repo.store_cmd(store)?,
+    write_objects(
+        repo,
+        store,
         &["mktree", "-z", "--missing", "--batch"],
-        Some(&batch),
+        &batch,
+        &expected,
     )?;
-    let got: Vec<String> = String::from_utf8_lossy(&out)
-        .lines()
-        .map(str::to_string)
-        .collect();
-    if got != expected {
-        return Err(Error::Internal(
-            "git mktree disagreed with the computed tree ids".into(),
-        ));
-    }
     Ok(expected
         .last()
         .cloned()
