@@ -365,11 +365,8 @@ async fn listing(engine: &Engine, id: &str) -> Result<(Reads, Listing, Option<St
     ))
 }
 
-/// The keys of `map` strictly under directory `dir` ("" for everything), in order.
-fn keys_under<'a, V>(
-    map: &'a BTreeMap<Vec<u8>, V>,
-    dir: &[u8],
-) -> impl Iterator<Item = &'a Vec<u8>> + 'a {
+/// The paths of `map` strictly under directory `dir` ("" for everything), in order.
+fn keys_under<V>(map: &BTreeMap<&[u8], V>, dir: &[u8]) -> Vec<Vec<u8>> {
     use std::ops::Bound;
     let (lo, hi) = if dir.is_empty() {
         (Bound::Unbounded, Bound::Unbounded)
@@ -380,7 +377,13 @@ fn keys_under<'a, V>(
         hi.push(b'/' + 1);
         (Bound::Included(lo), Bound::Excluded(hi))
     };
-    map.range::<Vec<u8>, _>((lo, hi)).map(|(k, _)| k)
+    let bounds: (Bound<&[u8]>, Bound<&[u8]>) = (
+        lo.as_ref().map(Vec::as_slice),
+        hi.as_ref().map(Vec::as_slice),
+    );
+    map.range::<[u8], _>(bounds)
+        .map(|(k, _)| k.to_vec())
+        .collect()
 }
 
 /// Archive reads in flight at once (the engine mounts the container's filesystem for each).
@@ -603,34 +606,34 @@ pub async fn extract(
 
     // The new state: the snapshot, minus deletions, minus what a read-back directory no longer
     // holds, with type changes resolved, plus what was read.
-    let old: BTreeMap<Vec<u8>, &TreeEntry> = entries.iter().map(|e| (e.path.clone(), e)).collect();
+    let old: BTreeMap<&[u8], &TreeEntry> = entries.iter().map(|e| (e.path.as_slice(), e)).collect();
     let mut gone: BTreeSet<Vec<u8>> = BTreeSet::new();
     for d in &deleted {
-        if old.contains_key(d) {
+        if old.contains_key(d.as_slice()) {
             gone.insert(d.clone());
         }
-        gone.extend(keys_under(&old, d).cloned());
+        gone.extend(keys_under(&old, d));
     }
     for r in &dir_roots {
         gone.extend(
             keys_under(&old, r)
-                .filter(|p| !seen.contains_key(*p))
-                .cloned(),
+                .into_iter()
+                .filter(|p| !seen.contains_key(p)),
         );
     }
     for d in &dirs {
-        if old.contains_key(d) {
+        if old.contains_key(d.as_slice()) {
             gone.insert(d.clone()); // a file or symlink became a directory
         }
     }
     for p in seen.keys() {
-        gone.extend(keys_under(&old, p).cloned()); // a directory became a file
+        gone.extend(keys_under(&old, p)); // a directory became a file
     }
 
     let mut contents = HashMap::new();
     for (path, s) in seen {
         let before = old
-            .get(&path)
+            .get(path.as_slice())
             .and_then(|e| snapshot_node(e).map(|n| (n, e.oid.clone())));
         let same = match (&before, &s.node) {
             (Some(((mode, "file"), oid)), Node::File { mode: m, blob, .. }) => {
@@ -661,7 +664,7 @@ pub async fn extract(
         });
     }
     for p in gone {
-        let e = old[&p];
+        let e = old[p.as_slice()];
         let Some(((mode, _), _)) = snapshot_node(e).map(|n| (n, ())) else {
             continue;
         };

@@ -769,6 +769,7 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
         journal: &live,
         policy,
         disk_quota: engine.supports_disk_quota().await,
+        watch_dirs: crate::watch::dirs_file(&entries),
     };
 
     // Units work in parallel; each reports when it is done, and the lander takes them in
@@ -923,6 +924,8 @@ struct Ctx<'a> {
     policy: Policy,
     /// Whether the engine caps a container's writable layer itself.
     disk_quota: bool,
+    /// The directories the agent container's watcher watches (`watch::dirs_file`).
+    watch_dirs: Option<Vec<u8>>,
 }
 
 /// What to do next with a unit, from its attempts so far.
@@ -1421,12 +1424,12 @@ async fn start_agent(
                     )
                     .await?;
             }
-            if let Some(dirs) = crate::watch::dirs_file(ctx.entries) {
+            if let Some(dirs) = &ctx.watch_dirs {
                 ctx.engine
                     .upload(
                         &container,
                         "/tmp",
-                        images::single_file_tar(crate::watch::DIRS, &dirs, 0o600)?,
+                        images::single_file_tar(crate::watch::DIRS, dirs, 0o600)?,
                     )
                     .await?;
             }
