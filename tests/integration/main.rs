@@ -2,6 +2,7 @@
 
 mod attack;
 mod bad_inputs;
+mod bench_cli;
 mod cli_surface;
 mod codex;
 mod common;

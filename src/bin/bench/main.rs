@@ -200,6 +200,10 @@ fn real_main(args: Args) -> Result<()> {
         args.scaling
             .clone()
             .unwrap_or_else(|| if quick { vec![1, 2] } else { vec![1, 2, 4, 8] });
+    // Every option is checked before anything is created (directories, images, containers).
+    if let Some(s) = sizes.iter().find(|s| **s < 100) {
+        bail!("--sizes: {s} files is too few (at least 100)");
+    }
     if let Some(k) = scaling.iter().find(|k| **k == 0 || **k > repo::SCALING_MAX) {
         bail!(
             "--scaling: {k} units at once; the generated repositories have units for 1 to {}",
@@ -213,8 +217,15 @@ fn real_main(args: Args) -> Result<()> {
     } else {
         sizes[0]
     });
-    if let Some(s) = sizes.iter().find(|s| **s < 100) {
-        bail!("--sizes: {s} files is too few (at least 100)");
+    if !scaling.is_empty() && !sizes.contains(&scaling_size) {
+        bail!(
+            "--scaling-size: {scaling_size} is not one of the sizes measured ({}); pick one of them, or add it to --sizes",
+            sizes
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
 
     let bd = locate_boxdelegate(args.boxdelegate.as_deref())?;
