@@ -251,7 +251,17 @@ pub fn valid_run_id(id: &str) -> bool {
 
 /// An exclusive lock on the repository's boxdelegate state, held for the life of the process.
 pub struct RepoLock {
-    _file: std::fs::File,
+    file: std::fs::File,
+}
+
+impl Drop for RepoLock {
+    /// Unlocks explicitly rather than by closing: an flock belongs to the open file description,
+    /// and a child another thread is spawning holds a copy of every descriptor between its fork
+    /// and its exec (close-on-exec acts only at the exec), so a bare close could leave the lock
+    /// held for a moment after the holder let go.
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
 }
 
 impl RepoLock {
@@ -297,7 +307,7 @@ impl RepoLock {
         let _ = file.set_len(0);
         let _ = file.rewind();
         let _ = writeln!(file, "pid {}, `{command}`", std::process::id());
-        Ok(RepoLock { _file: file })
+        Ok(RepoLock { file })
     }
 }
 
