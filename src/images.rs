@@ -21,6 +21,7 @@ use crate::config::Limits;
 use crate::engine::{hardened_host_config, labels, short, ByteStream, Engine};
 use crate::error::{Error, Result};
 use crate::git::Repo;
+use crate::layer;
 use crate::report::Reporter;
 use crate::snapshot::{self, ExtraLink, Snapshot, TarStats, TreeEntry};
 
@@ -125,6 +126,10 @@ pub struct Ensured {
     pub uploaded: Option<TarStats>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deleted: Option<usize>,
+    /// How a built unit image was written: `layer` (a layer made on the host, loaded) or
+    /// `commit` (a container filled and committed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
 }
 
 impl Ensured {
@@ -136,6 +141,7 @@ impl Ensured {
             parent_tree: None,
             uploaded: None,
             deleted: None,
+            method: None,
         }
     }
 }
@@ -392,6 +398,7 @@ pub async fn ensure_deps(cx: &Context<'_>, plan: &DepsPlan) -> Result<Ensured> {
         parent_tree: None,
         uploaded: None,
         deleted: None,
+        method: None,
     })
 }
 
@@ -438,6 +445,76 @@ pub async fn ensure_unit(
             env!("CARGO_PKG_VERSION").to_string(),
         ),
     ]);
+    match &parent {
+        Some((_, parent_tree, depth, diff)) => {
+            commit_labels.insert(labels::DEPTH.into(), (depth + 1).to_string());
+            commit_labels.insert(labels::PARENT_TREE.into(), parent_tree.clone());
+            reporter.phase(&format!(
+                "unit image: incremental from {} ({} changed, {} deleted)",
+                short(parent_tree),
+                diff.upserted.len(),
+                diff.deleted.len()
+            ));
+        }
+        None => {
+            commit_labels.insert(labels::DEPTH.into(), "0".into());
+            reporter.phase(&format!(
+                "unit image: uploading snapshot {} ({} entries)",
+                short(&snapshot.tree),
+                entries.len()
+            ));
+        }
+    }
+    let links: Vec<ExtraLink> = profile
+        .links
+        .iter()
+        .filter(|l| !entries.iter().any(|e| e.path == l.as_bytes()))
+        .map(|l| ExtraLink {
+            path: l.as_bytes().to_vec(),
+            target: format!("/deps/{l}").into_bytes(),
+        })
+        .collect();
+    let (how, parent_tree, deleted) = match &parent {
+        Some((_, tree, _, diff)) => ("incremental", Some(tree.clone()), Some(diff.deleted.len())),
+        None => ("full", None, None),
+    };
+    let ensured = |id: String, stats: TarStats, method: &str| Ensured {
+        image: tag.clone(),
+        id,
+        how: how.into(),
+        parent_tree: parent_tree.clone(),
+        uploaded: Some(stats),
+        deleted,
+        method: Some(method.into()),
+    };
+
+    if build_method() == BuildMethod::Layer {
+        let (parent_image, content) = match &parent {
+            Some((image, _, _, diff)) => (
+                image.clone(),
+                layer::LayerContent {
+                    entries: diff.upserted.clone(),
+                    links: vec![],
+                    whiteouts: layer::whiteouts(diff),
+                },
+            ),
+            None => (
+                plan.tag(),
+                layer::LayerContent {
+                    entries: entries.to_vec(),
+                    links: links.clone(),
+                    whiteouts: vec![],
+                },
+            ),
+        };
+        match load_layer(engine, repo, &parent_image, &tag, content, &commit_labels).await {
+            Ok((id, stats)) => return Ok(ensured(id, stats, "layer")),
+            Err(e) => reporter.phase(&format!(
+                "unit image: the engine did not take the image layer ({e}); committing a container instead"
+            )),
+        }
+    }
+
     let build_labels = HashMap::from([
         (labels::KIND.to_string(), "snap-build".to_string()),
         (labels::TREE.to_string(), snapshot.tree.clone()),
@@ -455,20 +532,12 @@ pub async fn ensure_unit(
         }),
         ..Default::default()
     };
-
-    let (id, ensured) = match parent {
-        Some((parent_image, parent_tree, depth, diff)) => {
-            reporter.phase(&format!(
-                "unit image: incremental from {} ({} changed, {} deleted)",
-                short(&parent_tree),
-                diff.upserted.len(),
-                diff.deleted.len()
-            ));
-            let script = DELETE_SCRIPT;
+    let (id, uploaded) = match &parent {
+        Some((parent_image, _, _, diff)) => {
             let id = engine
                 .create_container(create(
                     parent_image.clone(),
-                    vec!["sh".into(), "-c".into(), script.into()],
+                    vec!["sh".into(), "-c".into(), DELETE_SCRIPT.into()],
                 ))
                 .await?;
             let res = async {
@@ -488,59 +557,26 @@ pub async fn ensure_unit(
                 }
                 let (body, done) = tar_body(repo.clone(), diff.upserted.clone(), vec![]);
                 engine.upload(&id, "/work", body).await?;
-                let stats = join_tar(done).await?;
-                Ok(Ensured {
-                    image: tag.clone(),
-                    id: String::new(),
-                    how: "incremental".into(),
-                    parent_tree: Some(parent_tree.clone()),
-                    uploaded: Some(stats),
-                    deleted: Some(diff.deleted.len()),
-                })
+                join_tar(done).await
             }
             .await;
-            commit_labels.insert(labels::DEPTH.into(), (depth + 1).to_string());
-            commit_labels.insert(labels::PARENT_TREE.into(), parent_tree);
             (id, res)
         }
         None => {
-            reporter.phase(&format!(
-                "unit image: uploading snapshot {} ({} entries)",
-                short(&snapshot.tree),
-                entries.len()
-            ));
             let id = engine
                 .create_container(create(plan.tag(), vec!["/bin/sh".into()]))
                 .await?;
             let res = async {
-                let links: Vec<ExtraLink> = profile
-                    .links
-                    .iter()
-                    .filter(|l| !entries.iter().any(|e| e.path == l.as_bytes()))
-                    .map(|l| ExtraLink {
-                        path: l.as_bytes().to_vec(),
-                        target: format!("/deps/{l}").into_bytes(),
-                    })
-                    .collect();
-                let (body, done) = tar_body(repo.clone(), entries.to_vec(), links);
+                let (body, done) = tar_body(repo.clone(), entries.to_vec(), links.clone());
                 engine.upload(&id, "/work", body).await?;
-                let stats = join_tar(done).await?;
-                Ok(Ensured {
-                    image: tag.clone(),
-                    id: String::new(),
-                    how: "full".into(),
-                    parent_tree: None,
-                    uploaded: Some(stats),
-                    deleted: None,
-                })
+                join_tar(done).await
             }
             .await;
-            commit_labels.insert(labels::DEPTH.into(), "0".into());
             (id, res)
         }
     };
-    let result = match ensured {
-        Ok(mut ensured) => engine
+    let result = match uploaded {
+        Ok(stats) => engine
             .commit(
                 &id,
                 SNAP_REPO,
@@ -553,14 +589,95 @@ pub async fn ensure_unit(
                 },
             )
             .await
-            .map(|image_id| {
-                ensured.id = image_id;
-                ensured
-            }),
+            .map(|image_id| ensured(image_id, stats, "commit")),
         Err(e) => Err(e),
     };
     engine.remove_container(&id).await?;
     result
+}
+
+/// How unit images are written: a layer built on the host and loaded (the default), or a
+/// container filled through the archive API and committed (`BOXDELEGATE_IMAGE_BUILD=commit`,
+/// for an engine that refuses such layers; it is also the fallback when a load fails).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildMethod {
+    Layer,
+    Commit,
+}
+
+pub fn build_method() -> BuildMethod {
+    match std::env::var("BOXDELEGATE_IMAGE_BUILD").as_deref() {
+        Ok("commit") => BuildMethod::Commit,
+        _ => BuildMethod::Layer,
+    }
+}
+
+/// Writes `content` as one layer on `parent_image` and loads it as `tag` (see [`layer`]).
+async fn load_layer(
+    engine: &Engine,
+    repo: &Repo,
+    parent_image: &str,
+    tag: &str,
+    content: layer::LayerContent,
+    labels: &HashMap<String, String>,
+) -> Result<(String, TarStats)> {
+    let parent = layer_parent(engine, parent_image).await?;
+    let labels = labels.clone();
+    let tag_owned = tag.to_string();
+    let repo = repo.clone();
+    let created_by = format!("boxdelegate {}: snapshot layer", env!("CARGO_PKG_VERSION"));
+    let (body, done) = blocking_body(move |out| {
+        layer::write_archive(
+            &repo,
+            &content,
+            &parent,
+            &tag_owned,
+            |diff_id| {
+                layer::image_config(
+                    &parent,
+                    &labels,
+                    diff_id,
+                    std::time::SystemTime::now(),
+                    &created_by,
+                )
+            },
+            out,
+        )
+    });
+    let loaded = engine.load_images(body).await;
+    let stats = join_tar(done).await?;
+    loaded?;
+    let id = engine.image_id(tag).await?.ok_or_else(|| {
+        Error::Internal(format!(
+            "the engine loaded the image layer but has no image {tag}"
+        ))
+    })?;
+    Ok((id, stats))
+}
+
+/// The parent image's layers, config and history, as [`layer::image_config`] needs them.
+async fn layer_parent(engine: &Engine, image: &str) -> Result<layer::Parent> {
+    let inspect = engine.inspect_image(image).await?;
+    let diff_ids = inspect
+        .root_fs
+        .as_ref()
+        .and_then(|r| r.layers.clone())
+        .unwrap_or_default();
+    if diff_ids.is_empty() {
+        return Err(Error::Internal(format!("image {image} lists no layers")));
+    }
+    let history = engine.image_history(image).await?;
+    Ok(layer::Parent {
+        history: layer::history_from_listing(&history, diff_ids.len()),
+        diff_ids,
+        config: serde_json::to_value(&inspect.config).unwrap_or_default(),
+        architecture: inspect
+            .architecture
+            .clone()
+            .unwrap_or_else(|| "amd64".into()),
+        os: inspect.os.clone().unwrap_or_else(|| "linux".into()),
+        variant: inspect.variant.clone(),
+    })
 }
 
 /// Picks the existing unit image (same deps key, depth below the limit, tree known to the
@@ -721,13 +838,26 @@ pub fn tar_body(
     entries: Vec<TreeEntry>,
     links: Vec<ExtraLink>,
 ) -> (impl ByteStream, TarTask) {
+    blocking_body(move |out| snapshot::write_tar(&repo, &entries, &links, out))
+}
+
+/// A request body written by `write` on a blocking thread, in bounded chunks; the task's result
+/// says whether it was whole.
+fn blocking_body(
+    write: impl FnOnce(&mut dyn Write) -> Result<TarStats> + Send + 'static,
+) -> (impl ByteStream, TarTask) {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
     let task = tokio::task::spawn_blocking(move || {
-        let writer = ChannelWriter {
+        let mut writer = ChannelWriter {
             tx: tx.clone(),
             buf: Vec::with_capacity(CHUNK),
         };
-        let res = snapshot::write_tar(&repo, &entries, &links, writer);
+        let res = write(&mut writer).and_then(|stats| {
+            writer
+                .flush()
+                .map_err(|e| Error::io("streaming a request body", e))?;
+            Ok(stats)
+        });
         if let Err(e) = &res {
             // Make the request fail rather than deliver a truncated archive.
             let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));

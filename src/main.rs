@@ -13,6 +13,7 @@ mod git;
 mod images;
 mod journal;
 mod land;
+mod layer;
 mod logs;
 mod manual;
 mod plan;

@@ -313,6 +313,17 @@ pub struct ExtraLink {
     pub target: Vec<u8>,
 }
 
+/// Where the entries of a tar go, and what else it carries.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Layout<'a> {
+    /// A directory every path is placed under, itself emitted first (`work` for an image
+    /// layer, whose paths are relative to the image's root); none for an upload into `/work`.
+    pub root: Option<&'a str>,
+    /// Paths to mark deleted with image-layer whiteouts (`.wh.<name>`), written before the
+    /// entries. None may be an entry's path or one of its parent directories.
+    pub whiteouts: &'a [Vec<u8>],
+}
+
 /// Writes `entries` (sorted by path) as a deterministic tar stream to `out`, reading blob
 /// contents from the repository's object store. Parent directories are emitted before their
 /// contents.
@@ -322,26 +333,52 @@ pub fn write_tar<W: Write>(
     extra_links: &[ExtraLink],
     out: W,
 ) -> Result<TarStats> {
+    write_tar_in(repo, entries, extra_links, Layout::default(), out)
+}
+
+/// [`write_tar`] with a [`Layout`].
+pub fn write_tar_in<W: Write>(
+    repo: &Repo,
+    entries: &[TreeEntry],
+    extra_links: &[ExtraLink],
+    layout: Layout<'_>,
+    out: W,
+) -> Result<TarStats> {
     let mut builder = tar::Builder::new(out);
     builder.mode(tar::HeaderMode::Deterministic);
     let mut stats = TarStats::default();
-    let mut dirs: HashSet<Vec<u8>> = HashSet::new();
+    let mut tar = Emitter {
+        builder: &mut builder,
+        root: layout.root.map(|r| r.as_bytes()).unwrap_or_default(),
+        dirs: HashSet::new(),
+    };
+    let werr = |e: std::io::Error| Error::io("writing the snapshot tar stream", e);
+    if !tar.root.is_empty() {
+        tar.dir(b"").map_err(werr)?;
+    }
+    for path in layout.whiteouts {
+        let (parent, name) = match path.iter().rposition(|b| *b == b'/') {
+            Some(i) => (&path[..=i], &path[i + 1..]),
+            None => (&b""[..], &path[..]),
+        };
+        let mut whiteout = parent.to_vec();
+        whiteout.extend_from_slice(b".wh.");
+        whiteout.extend_from_slice(name);
+        tar.parents(&whiteout).map_err(werr)?;
+        tar.data(tar::EntryType::Regular, 0o644, &whiteout, &[][..])
+            .map_err(werr)?;
+    }
 
     let mut blobs = CatFile::start(repo, entries)?;
-    let werr = |e: std::io::Error| Error::io("writing the snapshot tar stream", e);
-
     for entry in entries {
-        emit_parent_dirs(&mut builder, &entry.path, &mut dirs).map_err(werr)?;
+        tar.parents(&entry.path).map_err(werr)?;
         match entry.kind {
             EntryKind::Gitlink => {
-                emit_dir(&mut builder, &entry.path, &mut dirs).map_err(werr)?;
+                tar.dir(&entry.path).map_err(werr)?;
             }
             EntryKind::Symlink => {
                 let target = blobs.next_small(&entry.oid)?;
-                let mut h = header(tar::EntryType::Symlink, 0o777, 0);
-                builder
-                    .append_link(&mut h, entry.path(), Path::new(OsStr::from_bytes(&target)))
-                    .map_err(werr)?;
+                tar.link(&entry.path, &target).map_err(werr)?;
                 stats.files += 1;
             }
             EntryKind::File { executable } => {
@@ -349,8 +386,9 @@ pub fn write_tar<W: Write>(
                 let size = blobs.next_header(&entry.oid)?;
                 let mut h = header(tar::EntryType::Regular, mode, size);
                 let mut reader = (&mut blobs.stdout).take(size);
-                builder
-                    .append_data(&mut h, entry.path(), &mut reader)
+                let path = tar.path(&entry.path);
+                tar.builder
+                    .append_data(&mut h, Path::new(OsStr::from_bytes(&path)), &mut reader)
                     .map_err(werr)?;
                 blobs.finish_blob()?;
                 stats.files += 1;
@@ -359,15 +397,8 @@ pub fn write_tar<W: Write>(
         }
     }
     for link in extra_links {
-        emit_parent_dirs(&mut builder, &link.path, &mut dirs).map_err(werr)?;
-        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
-        builder
-            .append_link(
-                &mut h,
-                Path::new(OsStr::from_bytes(&link.path)),
-                Path::new(OsStr::from_bytes(&link.target)),
-            )
-            .map_err(werr)?;
+        tar.parents(&link.path).map_err(werr)?;
+        tar.link(&link.path, &link.target).map_err(werr)?;
     }
     blobs.close()?;
     builder.into_inner().map_err(werr)?.flush().map_err(werr)?;
@@ -385,29 +416,62 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     h
 }
 
-fn emit_parent_dirs<W: Write>(
-    builder: &mut tar::Builder<W>,
-    path: &[u8],
-    dirs: &mut HashSet<Vec<u8>>,
-) -> std::io::Result<()> {
-    for (i, b) in path.iter().enumerate() {
-        if *b == b'/' {
-            emit_dir(builder, &path[..i], dirs)?;
-        }
-    }
-    Ok(())
+/// Writes entries under the layout's root, each directory once.
+struct Emitter<'b, 'r, W: Write> {
+    builder: &'b mut tar::Builder<W>,
+    root: &'r [u8],
+    dirs: HashSet<Vec<u8>>,
 }
 
-fn emit_dir<W: Write>(
-    builder: &mut tar::Builder<W>,
-    dir: &[u8],
-    dirs: &mut HashSet<Vec<u8>>,
-) -> std::io::Result<()> {
-    if dirs.insert(dir.to_vec()) {
-        let mut h = header(tar::EntryType::Directory, 0o755, 0);
-        builder.append_data(&mut h, Path::new(OsStr::from_bytes(dir)), std::io::empty())?;
+impl<W: Write> Emitter<'_, '_, W> {
+    fn path(&self, path: &[u8]) -> Vec<u8> {
+        let mut full = self.root.to_vec();
+        if !full.is_empty() && !path.is_empty() {
+            full.push(b'/');
+        }
+        full.extend_from_slice(path);
+        full
     }
-    Ok(())
+
+    /// Emits the parent directories of `path` that were not emitted yet.
+    fn parents(&mut self, path: &[u8]) -> std::io::Result<()> {
+        for (i, b) in path.iter().enumerate() {
+            if *b == b'/' {
+                self.dir(&path[..i])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn dir(&mut self, dir: &[u8]) -> std::io::Result<()> {
+        if self.dirs.insert(dir.to_vec()) {
+            self.data(tar::EntryType::Directory, 0o755, dir, &[][..])?;
+        }
+        Ok(())
+    }
+
+    fn data(
+        &mut self,
+        kind: tar::EntryType,
+        mode: u32,
+        path: &[u8],
+        data: &[u8],
+    ) -> std::io::Result<()> {
+        let mut h = header(kind, mode, data.len() as u64);
+        let path = self.path(path);
+        self.builder
+            .append_data(&mut h, Path::new(OsStr::from_bytes(&path)), data)
+    }
+
+    fn link(&mut self, path: &[u8], target: &[u8]) -> std::io::Result<()> {
+        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+        let path = self.path(path);
+        self.builder.append_link(
+            &mut h,
+            Path::new(OsStr::from_bytes(&path)),
+            Path::new(OsStr::from_bytes(target)),
+        )
+    }
 }
 
 /// A `git cat-file --batch` process fed with the blob ids of `entries`, in order.

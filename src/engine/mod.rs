@@ -239,6 +239,27 @@ impl Engine {
         }
     }
 
+    /// Everything the engine says of image `name`.
+    pub async fn inspect_image(&self, name: &str) -> Result<bollard::models::ImageInspect> {
+        self.docker
+            .inspect_image(name)
+            .await
+            .map_err(|e| Error::engine(format!("inspecting image {name}"), e))
+    }
+
+    /// The history of image `name`, newest first: (created, created by, comment, size).
+    pub async fn image_history(&self, name: &str) -> Result<Vec<(i64, String, String, i64)>> {
+        let list = self
+            .docker
+            .image_history(name)
+            .await
+            .map_err(|e| Error::engine(format!("reading the history of image {name}"), e))?;
+        Ok(list
+            .into_iter()
+            .map(|h| (h.created, h.created_by, h.comment, h.size))
+            .collect())
+    }
+
     /// Images carrying every `label=value` pair (or bare `label`) in `filters`.
     pub async fn list_images(&self, filters: &[&str]) -> Result<Vec<ImageSummary>> {
         let mut f = HashMap::new();

@@ -110,17 +110,24 @@ impl TestRepo {
         git_env(&mut cmd);
         cmd.current_dir(self.path())
             .env_remove("CODEX_THREAD_ID")
-            .env_remove("RUST_LOG");
+            .env_remove("RUST_LOG")
+            .env_remove("BOXDELEGATE_IMAGE_BUILD");
         cmd
     }
 
     /// Runs `image build --json` (plus `extra` args), expecting success; remembers the images
     /// for removal when the test ends.
     pub fn build(&self, extra: &[&str]) -> serde_json::Value {
+        self.build_with(extra, &[])
+    }
+
+    /// [`TestRepo::build`] with environment variables set for the command.
+    pub fn build_with(&self, extra: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
         let out = self
             .cmd()
             .args(["image", "build", "--json"])
             .args(extra)
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         assert!(
@@ -221,7 +228,9 @@ impl Drop for TestRepo {
 pub fn boxdelegate() -> Command {
     let mut cmd = Command::cargo_bin("boxdelegate").unwrap();
     git_env(&mut cmd);
-    cmd.env_remove("CODEX_THREAD_ID").env_remove("RUST_LOG");
+    cmd.env_remove("CODEX_THREAD_ID")
+        .env_remove("RUST_LOG")
+        .env_remove("BOXDELEGATE_IMAGE_BUILD");
     cmd
 }
 

@@ -147,15 +147,14 @@ fn include_dirty_files_reach_the_unit_image() {
     );
 }
 
-#[test]
-fn incremental_unit_image_equals_a_full_one() {
-    require_base_image();
-    let repo = TestRepo::with_project("incremental");
+/// A tree with the entry kinds an incremental build must carry over.
+fn base_tree(repo: &TestRepo) {
     repo.write("dir/a.txt", "a\n");
     repo.write("dir/b.txt", "b\n");
     repo.write("old/name.txt", "renamed content\n");
     repo.write("gone/deep/x.txt", "x\n");
     repo.write("becomes-dir", "a file now\n");
+    repo.write("dir-becomes-file/inside.txt", "a directory now\n");
     repo.write("tools/run.sh", "#!/bin/sh\n");
     repo.write("link-target.txt", "target\n");
     std::os::unix::fs::symlink("link-target.txt", repo.path().join("link")).unwrap();
@@ -163,11 +162,11 @@ fn incremental_unit_image_equals_a_full_one() {
         repo.write(&format!("many/f{i}.txt"), &format!("{i}\n"));
     }
     repo.commit("base tree");
-    let a = repo.build(&[]);
-    assert_eq!(a["unit_image"]["how"], "full");
+}
 
-    // Modify, delete, rename, add, a file turned into a directory, a directory removed whole,
-    // a mode change and a symlink retargeted.
+/// Modify, delete, rename, add, a file turned into a directory and back, a directory removed
+/// whole, a mode change and a symlink retargeted.
+fn change_tree(repo: &TestRepo) {
     repo.write("dir/a.txt", "a changed\n");
     std::fs::remove_file(repo.path().join("dir/b.txt")).unwrap();
     std::fs::create_dir_all(repo.path().join("new")).unwrap();
@@ -179,6 +178,8 @@ fn incremental_unit_image_equals_a_full_one() {
     std::fs::remove_dir_all(repo.path().join("gone")).unwrap();
     std::fs::remove_file(repo.path().join("becomes-dir")).unwrap();
     repo.write("becomes-dir/inside.txt", "now a directory\n");
+    std::fs::remove_dir_all(repo.path().join("dir-becomes-file")).unwrap();
+    repo.write("dir-becomes-file", "now a file\n");
     repo.write("added.txt", "added\n");
     std::fs::set_permissions(
         repo.path().join("tools/run.sh"),
@@ -188,9 +189,22 @@ fn incremental_unit_image_equals_a_full_one() {
     std::fs::remove_file(repo.path().join("link")).unwrap();
     std::os::unix::fs::symlink("README.md", repo.path().join("link")).unwrap();
     repo.commit("changes");
+}
+
+#[test]
+fn incremental_unit_image_equals_a_full_one() {
+    require_base_image();
+    let repo = TestRepo::with_project("incremental");
+    base_tree(&repo);
+    let a = repo.build(&[]);
+    assert_eq!(a["unit_image"]["how"], "full");
+    change_tree(&repo);
 
     let b = repo.build(&[]);
     assert_eq!(b["unit_image"]["how"], "incremental", "{b}");
+    // A loaded layer on a loaded layer.
+    assert_eq!(a["unit_image"]["method"], "layer", "{a}");
+    assert_eq!(b["unit_image"]["method"], "layer", "{b}");
     assert_eq!(b["unit_image"]["parent_tree"], a["snapshot"]["tree"]);
     let tag = b["unit_image"]["image"].as_str().unwrap().to_string();
     let incremental = repo.work_listing(&tag);
@@ -202,25 +216,97 @@ fn incremental_unit_image_equals_a_full_one() {
     let from_scratch = repo.work_listing(&tag);
     assert_eq!(incremental, from_scratch);
     // The listing really reflects the change (so the comparison could fail).
+    for line in [
+        "./new/name.txt f 644",
+        "./becomes-dir d 755",
+        "./becomes-dir/inside.txt f 644",
+        "./dir-becomes-file f 644",
+        "./tools/run.sh f 755",
+        "./link l 777 1000:1000 9 README.md",
+    ] {
+        assert!(from_scratch.contains(line), "{line}\n{from_scratch}");
+    }
+    for gone in ["./gone", "./old/", "./dir/b.txt", "./dir-becomes-file/"] {
+        assert!(!from_scratch.contains(gone), "{gone}\n{from_scratch}");
+    }
+}
+
+/// What a container started from `image` sees of its settings and of `/work` itself.
+fn image_settings(image: &str) -> String {
+    let config = docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .Config.User}} {{json .Config.Env}} {{json .Config.Cmd}} {{json .Config.Entrypoint}} {{json .Config.WorkingDir}} {{json .Config.Labels}}",
+        image,
+    ]);
+    let root = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        image,
+        "sh",
+        "-c",
+        "stat -c '%n %F %a %u:%g' /work && id",
+    ]);
+    format!("{config}{root}")
+}
+
+#[test]
+fn layer_built_unit_images_equal_committed_ones() {
+    require_base_image();
+    let repo = TestRepo::with_project("layer-vs-commit");
+    base_tree(&repo);
+    let commit = [("BOXDELEGATE_IMAGE_BUILD", "commit")];
+
+    // The same full image, written as a loaded layer and through a committed container.
+    let layer_full = repo.build(&[]);
+    assert_eq!(layer_full["unit_image"]["how"], "full");
+    assert_eq!(layer_full["unit_image"]["method"], "layer", "{layer_full}");
+    let full_tag = layer_full["unit_image"]["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (layer_listing, layer_settings) = (repo.work_listing(&full_tag), image_settings(&full_tag));
+    docker(&["rmi", &full_tag]);
+    let committed_full = repo.build_with(&[], &commit);
+    assert_eq!(
+        committed_full["unit_image"]["method"], "commit",
+        "{committed_full}"
+    );
+    assert_eq!(repo.work_listing(&full_tag), layer_listing);
+    assert_eq!(image_settings(&full_tag), layer_settings);
     assert!(
-        from_scratch.contains("./new/name.txt f 644"),
-        "{from_scratch}"
+        layer_settings.contains("/work directory 755 1000:1000"),
+        "{layer_settings}"
     );
     assert!(
-        from_scratch.contains("./becomes-dir d 755"),
-        "{from_scratch}"
+        layer_listing.contains("./link l 777 1000:1000"),
+        "{layer_listing}"
     );
+
+    // The same incremental image both ways, on the same (committed) parent.
+    change_tree(&repo);
+    let layer_inc = repo.build(&[]);
+    assert_eq!(layer_inc["unit_image"]["how"], "incremental", "{layer_inc}");
+    assert_eq!(layer_inc["unit_image"]["method"], "layer", "{layer_inc}");
+    let inc_tag = layer_inc["unit_image"]["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (layer_listing, layer_settings) = (repo.work_listing(&inc_tag), image_settings(&inc_tag));
+    docker(&["rmi", &inc_tag]);
+    let committed_inc = repo.build_with(&[], &commit);
+    assert_eq!(committed_inc["unit_image"]["how"], "incremental");
+    assert_eq!(committed_inc["unit_image"]["method"], "commit");
+    assert_eq!(repo.work_listing(&inc_tag), layer_listing);
+    assert_eq!(image_settings(&inc_tag), layer_settings);
     assert!(
-        from_scratch.contains("./tools/run.sh f 755"),
-        "{from_scratch}"
+        layer_listing.contains("./dir-becomes-file f 644"),
+        "{layer_listing}"
     );
-    assert!(
-        from_scratch.contains("./link l 777 1000:1000 9 README.md"),
-        "{from_scratch}"
-    );
-    assert!(!from_scratch.contains("./gone"), "{from_scratch}");
-    assert!(!from_scratch.contains("./old/"), "{from_scratch}");
-    assert!(!from_scratch.contains("./dir/b.txt"), "{from_scratch}");
+    assert!(!layer_listing.contains("./gone"), "{layer_listing}");
 }
 
 #[test]
