@@ -3,9 +3,11 @@
 //!
 //! A dependency image is made by running the profile's install step in a container that holds
 //! only the manifests (in `/deps`) and committing it. A unit image is the dependency image plus
-//! the snapshot in `/work`, streamed in and committed once per tree; when a unit image exists for
-//! another tree with the same deps key, only the difference is streamed (and deletions applied),
-//! up to [`MAX_DEPTH`] incremental layers before rebasing onto a full upload.
+//! the snapshot in `/work`, made once per tree as one layer written on the host and loaded
+//! ([`crate::layer`]), or, where the engine refuses that, streamed into a container that is
+//! committed. When a unit image exists for another tree with the same deps key, only the
+//! difference goes in (with the deletions), up to [`MAX_DEPTH`] incremental layers before a full
+//! layer again.
 //!
 //! Keys are sha256 over a canonical, length-prefixed encoding of the inputs, so equal inputs
 //! give equal keys and a cache hit that starts no container.
