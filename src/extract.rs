@@ -162,6 +162,10 @@ pub struct ChangeSet {
     /// Why the change log was not used, when it was not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_unusable: Option<String>,
+    /// Archive requests made for the change (a directory holding several changed paths is
+    /// read in one).
+    #[serde(default)]
+    pub reads: u64,
 }
 
 /// Where extraction learnt which paths moved.
@@ -367,6 +371,112 @@ async fn listing(engine: &Engine, id: &str) -> Result<(Reads, Listing, Option<St
 
 /// The paths of `map` strictly under directory `dir` ("" for everything), in order.
 fn keys_under<V>(map: &BTreeMap<&[u8], V>, dir: &[u8]) -> Vec<Vec<u8>> {
+    under(map, dir).map(|(k, _)| k.to_vec()).collect()
+}
+
+/// What one archive request costs, in snapshot files read along with it: the engine starts a
+/// helper process and mounts the container's filesystem for every request (about 100 ms on
+/// fuse-overlayfs), while one more small file in an archive costs well under a millisecond.
+const REQUEST_COST: usize = 256;
+/// A directory is read in one request in place of the paths under it only while it holds at
+/// most this many snapshot files…
+const MERGE_MAX_FILES: usize = 1024;
+/// …and this many snapshot bytes (reading them must stay cheaper than the requests saved).
+const MERGE_MAX_BYTES: u64 = 4 << 20;
+
+/// Chooses the reads for `roots`: a directory holding several roots is read in one request
+/// when that costs less than reading each (see [`REQUEST_COST`]), as `files_under` (snapshot
+/// files strictly under a path, counting may stop past [`MERGE_MAX_FILES`]) tells. Directories
+/// in `forbidden` are never chosen. Every root is covered by exactly one read, and a read is a
+/// root or an ancestor directory of roots (pure).
+fn merge_reads(
+    roots: &[String],
+    files_under: &dyn Fn(&[u8]) -> usize,
+    forbidden: &BTreeSet<Vec<u8>>,
+) -> Vec<String> {
+    if roots.len() < 2 {
+        return roots.to_vec();
+    }
+    let ancestors = |p: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        let mut p = p;
+        while !p.is_empty() {
+            p = parent(p);
+            out.push(p.to_string());
+        }
+        out
+    };
+    let mut dirs: BTreeSet<String> = BTreeSet::new();
+    for r in roots {
+        for a in ancestors(r) {
+            if !forbidden.contains(a.as_bytes()) {
+                dirs.insert(a);
+            }
+        }
+    }
+    // Each root and each directory hangs under its nearest candidate ancestor (None: the top).
+    let nearest = |p: &str| ancestors(p).into_iter().find(|a| dirs.contains(a));
+    let mut roots_in: BTreeMap<Option<String>, Vec<&String>> = BTreeMap::new();
+    for r in roots {
+        roots_in.entry(nearest(r)).or_default().push(r);
+    }
+    let mut dirs_in: BTreeMap<Option<String>, Vec<&String>> = BTreeMap::new();
+    for d in &dirs {
+        if !d.is_empty() {
+            dirs_in.entry(nearest(d)).or_default().push(d);
+        }
+    }
+    let depth = |d: &str| {
+        if d.is_empty() {
+            0
+        } else {
+            d.matches('/').count() + 1
+        }
+    };
+    let mut order: Vec<&String> = dirs.iter().collect();
+    order.sort_by_key(|d| std::cmp::Reverse(depth(d)));
+    let mut best: HashMap<String, (usize, Vec<String>)> = HashMap::new();
+    let gather = |at: Option<String>, best: &mut HashMap<String, (usize, Vec<String>)>| {
+        let mut cost = 0;
+        let mut plan = Vec::new();
+        for r in roots_in.get(&at).into_iter().flatten() {
+            cost += REQUEST_COST + files_under(r.as_bytes()).min(MERGE_MAX_FILES + 1);
+            plan.push((*r).clone());
+        }
+        for d in dirs_in.get(&at).into_iter().flatten() {
+            let (c, p) = best.remove(*d).expect("deeper directories come first");
+            cost += c;
+            plan.extend(p);
+        }
+        (cost, plan)
+    };
+    for d in order {
+        let (cost, plan) = gather(Some(d.clone()), &mut best);
+        let files = files_under(d.as_bytes());
+        let merged = REQUEST_COST + files;
+        if plan.len() >= 2 && files <= MERGE_MAX_FILES && merged < cost {
+            best.insert(d.clone(), (merged, vec![d.clone()]));
+        } else {
+            best.insert(d.clone(), (cost, plan));
+        }
+    }
+    let (_, mut plan) = match best.remove("") {
+        Some(top) => top, // `/work` itself was a candidate: everything hangs under it
+        None => gather(None, &mut best),
+    };
+    plan.sort();
+    plan
+}
+
+/// Paths of `old` strictly under `dir`, counted up to `limit + 1`.
+fn count_under(old: &BTreeMap<&[u8], &TreeEntry>, dir: &[u8], limit: usize) -> usize {
+    under(old, dir).take(limit + 1).count()
+}
+
+fn under<'m, 'a, V>(
+    map: &'m BTreeMap<&'a [u8], V>,
+    dir: &[u8],
+) -> impl Iterator<Item = (&'m &'a [u8], &'m V)> + 'm {
     use std::ops::Bound;
     let (lo, hi) = if dir.is_empty() {
         (Bound::Unbounded, Bound::Unbounded)
@@ -377,23 +487,87 @@ fn keys_under<V>(map: &BTreeMap<&[u8], V>, dir: &[u8]) -> Vec<Vec<u8>> {
         hi.push(b'/' + 1);
         (Bound::Included(lo), Bound::Excluded(hi))
     };
-    let bounds: (Bound<&[u8]>, Bound<&[u8]>) = (
+    map.range::<[u8], _>((
         lo.as_ref().map(Vec::as_slice),
         hi.as_ref().map(Vec::as_slice),
-    );
-    map.range::<[u8], _>(bounds)
-        .map(|(k, _)| k.to_vec())
-        .collect()
+    ))
+}
+
+/// The reads for `roots`, merged where that pays off and the merged directories' snapshot
+/// bytes stay under [`MERGE_MAX_BYTES`] (sizes from `git cat-file --batch-check`, the
+/// repository's own objects). Returns the reads and the snapshot (files, bytes) the merged
+/// reads carry besides the change.
+fn plan_reads(
+    repo: &Repo,
+    roots: &[String],
+    old: &BTreeMap<&[u8], &TreeEntry>,
+) -> Result<(Vec<String>, (u64, u64))> {
+    let count = |d: &[u8]| count_under(old, d, MERGE_MAX_FILES);
+    let mut forbidden: BTreeSet<Vec<u8>> = BTreeSet::new();
+    let mut sizes: HashMap<String, u64> = HashMap::new();
+    loop {
+        let plan = merge_reads(roots, &count, &forbidden);
+        let merged: Vec<&String> = plan.iter().filter(|p| !roots.contains(p)).collect();
+        if merged.is_empty() {
+            return Ok((plan, (0, 0)));
+        }
+        let wanted: Vec<&str> = merged
+            .iter()
+            .flat_map(|d| under(old, d.as_bytes()))
+            .filter(|(_, e)| e.kind != EntryKind::Gitlink && !sizes.contains_key(&e.oid))
+            .map(|(_, e)| e.oid.as_str())
+            .collect();
+        if !wanted.is_empty() {
+            let input: String = wanted.iter().map(|o| format!("{o}\n")).collect();
+            let out = repo.run_with(
+                repo.cmd()?,
+                &["cat-file", "--batch-check=%(objectsize)"],
+                Some(input.as_bytes()),
+            )?;
+            let out = String::from_utf8_lossy(&out);
+            let mut lines = out.lines();
+            for oid in wanted {
+                let size = lines
+                    .next()
+                    .and_then(|l| l.trim().parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        Error::Internal(format!("git cat-file gave no size for {oid}"))
+                    })?;
+                sizes.insert(oid.to_string(), size);
+            }
+        }
+        let mut extra = (0u64, 0u64);
+        let mut too_big = Vec::new();
+        for d in &merged {
+            let (files, bytes) = under(old, d.as_bytes())
+                .map(|(_, e)| sizes.get(&e.oid).copied().unwrap_or(0))
+                .fold((0u64, 0u64), |(f, b), s| (f + 1, b + s));
+            if bytes > MERGE_MAX_BYTES {
+                too_big.push(d.as_bytes().to_vec());
+            }
+            extra = (extra.0 + files, extra.1 + bytes);
+        }
+        if too_big.is_empty() {
+            return Ok((plan, extra));
+        }
+        forbidden.extend(too_big);
+    }
 }
 
 /// Archive reads in flight at once (the engine mounts the container's filesystem for each).
 const PARALLEL_READS: usize = 4;
 
 /// Parses one archive read from `root` (a path relative to `/work`, "" for `/work` itself).
+///
+/// What the snapshot `old` already holds as it was (a file with the same content and mode, a
+/// symlink with the same target, a directory of the snapshot) is recorded but does not count
+/// against `limits`: they bound the change, and a read of a directory carries its unchanged
+/// files too.
 fn parse_archive(
     data: &[u8],
     root: &str,
     limits: ReadLimits,
+    old: &BTreeMap<&[u8], &TreeEntry>,
     seen: &mut BTreeMap<Vec<u8>, Seen>,
     dirs: &mut BTreeSet<Vec<u8>>,
     budget: &mut (u64, u64),
@@ -415,14 +589,23 @@ fn parse_archive(
             "unreadable archive of {full} from the container: {e}"
         ))
     };
-    for entry in ar.entries().map_err(bad)? {
-        let mut entry = entry.map_err(bad)?;
+    let count = |budget: &mut (u64, u64), bytes: u64| -> Option<Truncated> {
         budget.0 += 1;
         if budget.0 > limits.entries {
-            return Ok(Some(Truncated::Entries {
+            return Some(Truncated::Entries {
                 limit: limits.entries,
-            }));
+            });
         }
+        if budget.1 + bytes > limits.bytes {
+            return Some(Truncated::Bytes {
+                limit: limits.bytes,
+            });
+        }
+        budget.1 += bytes;
+        None
+    };
+    for entry in ar.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
         let name = entry.path_bytes().into_owned();
         if name.len() > MAX_PATH {
             return Ok(Some(Truncated::PathLength {
@@ -431,12 +614,15 @@ fn parse_archive(
         }
         let name = name.strip_suffix(b"/").unwrap_or(&name).to_vec();
         // Every name starts with the root's own name; anything else is not ours to take.
-        let Some(rest) = name.strip_prefix(base_name.as_slice()) else {
+        let rest = name
+            .strip_prefix(base_name.as_slice())
+            .filter(|rest| rest.is_empty() || rest.starts_with(b"/"));
+        let Some(rest) = rest else {
+            if let Some(t) = count(budget, 0) {
+                return Ok(Some(t));
+            }
             continue;
         };
-        if !(rest.is_empty() || rest.starts_with(b"/")) {
-            continue;
-        }
         let mut rel = root.as_bytes().to_vec();
         if root.is_empty() {
             rel = rest.strip_prefix(b"/").unwrap_or(rest).to_vec();
@@ -448,70 +634,113 @@ fn parse_archive(
         }
         let header = entry.header();
         let mode = header.mode().unwrap_or(0o644);
-        let node = match header.entry_type() {
+        let (node, content) = match header.entry_type() {
             tar::EntryType::Directory => {
+                if under(old, &rel).next().is_none() {
+                    if let Some(t) = count(budget, 0) {
+                        return Ok(Some(t));
+                    }
+                }
                 dirs.insert(rel);
                 continue;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 let size = header.size().map_err(bad)?;
-                if budget.1 + size > limits.bytes {
-                    return Ok(Some(Truncated::Bytes {
-                        limit: limits.bytes,
-                    }));
+                // The whole archive is in memory already: no entry can hold more than it.
+                if size > data.len() as u64 {
+                    return Err(bad(std::io::Error::other(format!(
+                        "an entry of {size} bytes in an archive of {}",
+                        data.len()
+                    ))));
                 }
-                budget.1 += size;
                 let mut content = Vec::with_capacity(size as usize);
                 (&mut entry)
                     .take(size)
                     .read_to_end(&mut content)
                     .map_err(bad)?;
                 let blob = blob_id(&content);
-                seen.insert(
-                    rel,
-                    Seen {
-                        node: Node::File {
-                            mode,
-                            size,
-                            blob: Some(blob),
-                        },
-                        content: Some(content),
-                    },
-                );
-                continue;
+                let node = Node::File {
+                    mode,
+                    size,
+                    blob: Some(blob),
+                };
+                (node, Some(content))
             }
             tar::EntryType::Symlink => {
                 let target = entry
                     .link_name_bytes()
                     .map(|t| t.into_owned())
                     .unwrap_or_default();
-                Node::Symlink { target }
+                (Node::Symlink { target }, None)
             }
-            tar::EntryType::Link => Node::Special {
-                what: "hard link".into(),
-            },
-            tar::EntryType::Fifo => Node::Special {
-                what: "FIFO".into(),
-            },
-            tar::EntryType::Char => Node::Special {
-                what: "character device".into(),
-            },
-            tar::EntryType::Block => Node::Special {
-                what: "block device".into(),
-            },
-            other => Node::Special {
-                what: format!("special file ({other:?})"),
-            },
+            tar::EntryType::Link => (
+                Node::Special {
+                    what: "hard link".into(),
+                },
+                None,
+            ),
+            tar::EntryType::Fifo => (
+                Node::Special {
+                    what: "FIFO".into(),
+                },
+                None,
+            ),
+            tar::EntryType::Char => (
+                Node::Special {
+                    what: "character device".into(),
+                },
+                None,
+            ),
+            tar::EntryType::Block => (
+                Node::Special {
+                    what: "block device".into(),
+                },
+                None,
+            ),
+            other => (
+                Node::Special {
+                    what: format!("special file ({other:?})"),
+                },
+                None,
+            ),
         };
-        seen.insert(
-            rel,
-            Seen {
-                node,
-                content: None,
-            },
-        );
+        if unchanged(old.get(rel.as_slice()).copied(), &node) {
+            seen.insert(
+                rel,
+                Seen {
+                    node,
+                    content: None,
+                },
+            );
+            continue;
+        }
+        let bytes = match &node {
+            Node::File { size, .. } => *size,
+            _ => 0,
+        };
+        if let Some(t) = count(budget, bytes) {
+            return Ok(Some(t));
+        }
+        seen.insert(rel, Seen { node, content });
     }
     Ok(None)
+}
+
+/// Whether `node` is what the snapshot held at its path: a file with the same content and
+/// executable bit (and no setuid or setgid bit), or a symlink with the same target.
+fn unchanged(before: Option<&TreeEntry>, node: &Node) -> bool {
+    let Some(before) = before else {
+        return false;
+    };
+    match (before.kind, node) {
+        (EntryKind::File { executable }, Node::File { mode, blob, .. }) => {
+            executable == (mode & 0o100 != 0)
+                && blob.as_deref() == Some(before.oid.as_str())
+                && mode & 0o6000 == 0
+        }
+        (EntryKind::Symlink, Node::Symlink { target }) => blob_id(target) == before.oid,
+        _ => false,
+    }
 }
 
 fn snapshot_node(e: &TreeEntry) -> Option<(u32, &str)> {
@@ -550,14 +779,23 @@ pub async fn extract(
         .map(|d| d.as_bytes().to_vec())
         .collect();
 
+    let old: BTreeMap<&[u8], &TreeEntry> = entries.iter().map(|e| (e.path.as_slice(), e)).collect();
+    let (roots, (extra_files, extra_bytes)) = plan_reads(repo, &reads.roots, &old)?;
+    set.reads = roots.len() as u64;
+
     let mut seen: BTreeMap<Vec<u8>, Seen> = BTreeMap::new();
     let mut dirs: BTreeSet<Vec<u8>> = BTreeSet::new();
     let mut budget = (0u64, 0u64);
-    // Raw archive bytes allowed: the content budget plus headers (GNU long names included).
-    let cap = limits.bytes + (limits.entries + 16) * 3 * 512 + (1 << 20);
+    // Raw archive bytes allowed: the content budget plus headers (GNU long names included),
+    // plus the unchanged snapshot files that merged reads carry.
+    let cap = limits.bytes
+        + (limits.entries + 16) * 3 * 512
+        + (1 << 20)
+        + extra_bytes
+        + extra_files * 3 * 512;
     let total = AtomicU64::new(0);
     let mut dir_roots: Vec<Vec<u8>> = Vec::new();
-    let mut archives = futures_util::stream::iter(reads.roots.iter().map(|root| {
+    let mut archives = futures_util::stream::iter(roots.iter().map(|root| {
         let path = if root.is_empty() {
             WORK.to_string()
         } else {
@@ -567,9 +805,9 @@ pub async fn extract(
         async move { read_capped(Box::pin(engine.download(id, &path)), cap, total).await }
     }))
     .buffered(PARALLEL_READS);
-    let mut roots = reads.roots.iter();
+    let mut root_iter = roots.iter();
     while let Some(read) = archives.next().await {
-        let root = roots.next().expect("one read per root");
+        let root = root_iter.next().expect("one read per root");
         let data = match read {
             Ok(Some(d)) => d,
             Ok(None) => {
@@ -591,7 +829,9 @@ pub async fn extract(
             }
             Err(e) => return Err(e),
         };
-        if let Some(t) = parse_archive(&data, root, limits, &mut seen, &mut dirs, &mut budget)? {
+        if let Some(t) =
+            parse_archive(&data, root, limits, &old, &mut seen, &mut dirs, &mut budget)?
+        {
             set.truncated = Some(t);
             return Ok(Extracted {
                 set,
@@ -606,7 +846,6 @@ pub async fn extract(
 
     // The new state: the snapshot, minus deletions, minus what a read-back directory no longer
     // holds, with type changes resolved, plus what was read.
-    let old: BTreeMap<&[u8], &TreeEntry> = entries.iter().map(|e| (e.path.as_slice(), e)).collect();
     let mut gone: BTreeSet<Vec<u8>> = BTreeSet::new();
     for d in &deleted {
         if old.contains_key(d.as_slice()) {
@@ -632,21 +871,12 @@ pub async fn extract(
 
     let mut contents = HashMap::new();
     for (path, s) in seen {
+        if unchanged(old.get(path.as_slice()).copied(), &s.node) {
+            continue;
+        }
         let before = old
             .get(path.as_slice())
             .and_then(|e| snapshot_node(e).map(|n| (n, e.oid.clone())));
-        let same = match (&before, &s.node) {
-            (Some(((mode, "file"), oid)), Node::File { mode: m, blob, .. }) => {
-                (mode & 0o100 != 0) == (m & 0o100 != 0)
-                    && blob.as_deref() == Some(oid.as_str())
-                    && m & 0o6000 == 0
-            }
-            (Some(((_, "symlink"), oid)), Node::Symlink { target }) => blob_id(target) == *oid,
-            _ => false,
-        };
-        if same {
-            continue;
-        }
         gone.remove(&path);
         let kind = if before.is_some() {
             ChangeKind::Modified
@@ -959,6 +1189,96 @@ pub fn make_private(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Snapshot file counts by directory, as `files_under` would count them.
+    fn counts<'a>(tree: &'a [(&'a str, usize)]) -> impl Fn(&[u8]) -> usize + 'a {
+        move |p: &[u8]| {
+            let p = std::str::from_utf8(p).unwrap();
+            tree.iter()
+                .filter(|(d, _)| p.is_empty() || *d == p || d.starts_with(&format!("{p}/")))
+                .map(|(_, n)| n)
+                .sum()
+        }
+    }
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn changed_paths_in_a_small_directory_are_read_in_one_request() {
+        let tree = [("src/a", 20), ("src/b", 20), ("docs", 5000)];
+        let none = BTreeSet::new();
+        // One path: one read, whatever its directory.
+        assert_eq!(
+            merge_reads(&strings(&["src/a/x"]), &counts(&tree), &none),
+            ["src/a/x"]
+        );
+        // Five files of one directory of 20: that directory.
+        let five = strings(&["src/a/1", "src/a/2", "src/a/3", "src/a/4", "src/a/5"]);
+        assert_eq!(merge_reads(&five, &counts(&tree), &none), ["src/a"]);
+        // Files in two small sibling directories: their parent.
+        let two = strings(&["src/a/1", "src/b/1"]);
+        assert_eq!(merge_reads(&two, &counts(&tree), &none), ["src"]);
+        // A directory too large to read for two files: each file alone.
+        let big = strings(&["docs/1", "docs/2"]);
+        assert_eq!(
+            merge_reads(&big, &counts(&tree), &none),
+            ["docs/1", "docs/2"]
+        );
+        // A forbidden directory is not read; the choice goes to what is left.
+        let forbid = BTreeSet::from([b"src".to_vec()]);
+        assert_eq!(
+            merge_reads(&two, &counts(&tree), &forbid),
+            ["src/a/1", "src/b/1"]
+        );
+        let forbid = BTreeSet::from([b"src/a".to_vec()]);
+        assert_eq!(merge_reads(&five, &counts(&tree), &forbid), ["src"]);
+    }
+
+    #[test]
+    fn merged_reads_cover_every_root_exactly_once() {
+        // A small deterministic generator: varied trees and root sets.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        for _ in 0..500 {
+            let dirs: Vec<String> = (0..1 + next(6))
+                .map(|i| format!("d{}/e{}", next(3), i))
+                .collect();
+            let tree: Vec<(&str, usize)> = dirs
+                .iter()
+                .map(|d| (d.as_str(), next(900) as usize))
+                .collect();
+            let mut roots: BTreeSet<String> = BTreeSet::new();
+            for _ in 0..1 + next(12) {
+                let d = &dirs[next(dirs.len() as u64) as usize];
+                roots.insert(format!("{d}/f{}", next(50)));
+            }
+            let roots: Vec<String> = roots.into_iter().collect();
+            let plan = merge_reads(&roots, &counts(&tree), &BTreeSet::new());
+            for r in &roots {
+                let covering = plan
+                    .iter()
+                    .filter(|p| *p == r || p.is_empty() || r.starts_with(&format!("{p}/")))
+                    .count();
+                assert_eq!(covering, 1, "{r} in {plan:?} for {roots:?}");
+            }
+            for p in &plan {
+                let inside = roots
+                    .iter()
+                    .filter(|r| *r == p || p.is_empty() || r.starts_with(&format!("{p}/")))
+                    .count();
+                assert!(roots.contains(p) || inside >= 2, "{p} in {plan:?}");
+                assert!(roots.contains(p) || counts(&tree)(p.as_bytes()) <= MERGE_MAX_FILES);
+            }
+            assert!(plan.len() <= roots.len());
+        }
+    }
 
     fn roots(list: &[(&str, u8)]) -> Vec<String> {
         download_roots(

@@ -145,3 +145,64 @@ true"#
     }
     assert_eq!(repo.refs(), refs, "nothing landed");
 }
+
+#[test]
+fn changes_in_one_directory_are_read_at_once_and_only_the_change_counts_against_the_limits() {
+    require_base_image();
+    let repo = TestRepo::with_project("watch-merged");
+    for i in 0..12 {
+        repo.write(&format!("lib/f{i}.txt"), &format!("{i}\n"));
+    }
+    repo.agent(
+        r#"case "$BOXDELEGATE_UNIT_ID" in
+  edit) echo more >> lib/f1.txt; echo more >> lib/f2.txt; rm lib/f3.txt; echo new > lib/new.txt ;;
+  many) for i in 1 2 3 4 5 6; do echo "$i" > "lib/extra$i.txt"; done ;;
+esac
+true"#,
+    );
+    // Five files may change; the directory read back holds a dozen.
+    let front = "scope = [\"lib/**\"]\n[limits]\nmax_files = 5";
+    repo.unit("edit", front, "Edit lib.");
+    repo.unit("many", front, "Add to lib.");
+    repo.commit("project");
+
+    let (code, units, err) = repo.run(&["--unit", "edit"]);
+    assert_eq!(code, 0, "{err}\n{units:?}");
+    let set = changes(&units[0]);
+    assert_eq!(set["listing"], "watch", "{set}");
+    assert_eq!(
+        set["reads"], 1,
+        "four changed paths of one directory, one read: {set}"
+    );
+    assert!(set["truncated"].is_null(), "{set}");
+    let expected: Vec<(String, String)> = [
+        ("lib/f1.txt", "modified"),
+        ("lib/f2.txt", "modified"),
+        ("lib/f3.txt", "deleted"),
+        ("lib/new.txt", "added"),
+    ]
+    .iter()
+    .map(|(p, k)| (p.to_string(), k.to_string()))
+    .collect();
+    assert_eq!(listed(&set), expected);
+    let branch = "boxdelegate/edit";
+    assert_eq!(
+        repo.git(&["show", &format!("{branch}:lib/f1.txt")]),
+        "1\nmore"
+    );
+    assert_eq!(repo.git(&["show", &format!("{branch}:lib/new.txt")]), "new");
+    let files = repo.git(&["ls-tree", "--name-only", &format!("{branch}:lib")]);
+    assert_eq!(files.lines().count(), 12, "{files}");
+    assert!(!files.contains("f3.txt"), "{files}");
+
+    // Six new files are over the limit, read in one request or not.
+    let (code, units, err) = repo.run(&["--unit", "many"]);
+    assert_eq!(code, 10, "{err}\n{units:?}");
+    let rules: Vec<&str> = units[0]["rejections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule"].as_str().unwrap())
+        .collect();
+    assert!(rules.contains(&"limit-files"), "{rules:?}");
+}
