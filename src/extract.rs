@@ -3,7 +3,9 @@
 //! Nothing in the container is trusted or run. Which paths under `/work` moved comes from the
 //! watcher's change log (`watch`: a hint, checked by reading) or, where that log cannot be
 //! used, from the engine's filesystem diff; only those paths are read back through the archive
-//! API, and each archive is parsed in memory under limits (entries, bytes, path length).
+//! API (several under one small directory in one request: requests, not bytes, dominate), and
+//! each archive is parsed in memory under limits on what differs from the snapshot (entries,
+//! bytes) and on path length.
 //! Regular files, directories and symlinks are taken as data — a symlink is never followed, a
 //! path is never opened on the host. Blobs go to a private object store (no filters, no
 //! attributes); the new tree is written with plumbing, rewriting only the directories on the
