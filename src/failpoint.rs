@@ -24,3 +24,16 @@ pub fn hit(name: &str) {
 #[cfg(not(debug_assertions))]
 #[inline(always)]
 pub fn hit(_: &str) {}
+
+/// Whether the failpoint `name` is armed, for a failure other than a crash (a debug build
+/// only; always false in a release build).
+#[cfg(debug_assertions)]
+pub fn armed(name: &str) -> bool {
+    std::env::var(VAR).ok().as_deref() == Some(name)
+}
+
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn armed(_: &str) -> bool {
+    false
+}

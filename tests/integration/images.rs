@@ -310,6 +310,45 @@ fn layer_built_unit_images_equal_committed_ones() {
 }
 
 #[test]
+fn a_layer_the_engine_refuses_falls_back_to_a_committed_container() {
+    require_base_image();
+    let repo = TestRepo::with_project("layer-refused");
+    base_tree(&repo);
+    let out = repo
+        .cmd()
+        .args(["image", "build", "--json"])
+        .env("BOXDELEGATE_FAILPOINT", "layer-refused")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let v = final_json(&out.stdout);
+    let tag = v["unit_image"]["image"].as_str().unwrap().to_string();
+    repo.remember_image(&tag);
+    repo.remember_image(v["deps_image"]["image"].as_str().unwrap());
+    assert_eq!(v["unit_image"]["how"], "full", "{v}");
+    assert_eq!(v["unit_image"]["method"], "commit", "{v}");
+    assert!(
+        err.contains("warning: unit image") && err.contains("committing a container instead"),
+        "{err}"
+    );
+    // The image is whole, and the refused load left no image or container behind.
+    assert!(repo.work_listing(&tag).contains("./link l 777 1000:1000"));
+    let tree = format!(
+        "label=boxdelegate.tree={}",
+        v["snapshot"]["tree"].as_str().unwrap()
+    );
+    let images = docker(&["images", "-q", "--no-trunc", "--filter", &tree]);
+    assert_eq!(
+        images.trim(),
+        v["unit_image"]["id"].as_str().unwrap(),
+        "one image of this tree: no other left from the refused load"
+    );
+    let helpers = docker(&["ps", "-a", "-q", "--filter", &tree]);
+    assert_eq!(helpers.trim(), "", "no helper container left");
+}
+
+#[test]
 fn failing_install_reports_the_log_tail_and_leaves_nothing_behind() {
     require_base_image();
     let repo = TestRepo::with_project("broken-install");
