@@ -398,6 +398,9 @@ fn measure(
 /// Ratios of each baseline to boxdelegate's warm overhead of a unit, and of that overhead to
 /// the engine floor.
 fn ratios(m: &mut Metrics, floor_ms: f64) {
+    if let (Some(c), Some(l)) = (m.median("ref_image_commit"), m.median("image_incremental")) {
+        m.put("ratio_commit_to_layer", Metric::new("x", vec![c / l]));
+    }
     let Some(bd) = m.median("unit_overhead") else {
         return;
     };
@@ -517,6 +520,14 @@ const ROWS: &[(&str, &str)] = &[
     (
         "image_incremental",
         "snapshot + unit image after a 1-file commit",
+    ),
+    (
+        "ref_image_commit",
+        "  reference: the same by committing a container",
+    ),
+    (
+        "ratio_commit_to_layer",
+        "  committed container ÷ loaded layer",
     ),
     (
         "agent_start",

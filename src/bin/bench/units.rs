@@ -36,7 +36,21 @@ fn json_of(ran: &Ran, what: &str) -> Result<Value> {
 
 /// `boxdelegate image build --json`, expecting the unit image to be made `how`.
 fn image_build(bench: &Bench, repo: &Repo, how: Option<&str>) -> Result<(Ran, Value)> {
-    let ran = proc::ok(bench.bd(&repo.dir).args(["image", "build", "--json"]))?;
+    image_build_with(bench, repo, how, &[])
+}
+
+fn image_build_with(
+    bench: &Bench,
+    repo: &Repo,
+    how: Option<&str>,
+    env: &[(&str, &str)],
+) -> Result<(Ran, Value)> {
+    let ran = proc::ok(
+        bench
+            .bd(&repo.dir)
+            .args(["image", "build", "--json"])
+            .envs(env.iter().copied()),
+    )?;
     let v = json_of(&ran, "image build")?;
     let got = v["unit_image"]["how"].as_str().unwrap_or("");
     if let Some(want) = how {
@@ -95,6 +109,35 @@ pub fn images(bench: &Bench, repo: &Repo, m: &mut Metrics) -> Result<()> {
         }
     }
     m.put("image_incremental", Metric::ms(incremental));
+    // The same after a one-file commit, by committing a container (the way unit images were
+    // made before, and the fallback): its baseline, in the same run. The commit makes some
+    // storage drivers diff the whole filesystem, so the largest repositories get the costly
+    // measurements' count.
+    let (warmup, runs) = if repo.files >= 50_000 {
+        bench.heavy(repo.files)
+    } else {
+        (1, bench.runs)
+    };
+    let mut committed = vec![];
+    for i in 0..warmup + runs {
+        repo.commit_one_file(1000 + i)?;
+        let (ran, v) = image_build_with(
+            bench,
+            repo,
+            Some("incremental"),
+            &[("BOXDELEGATE_IMAGE_BUILD", "commit")],
+        )?;
+        if v["unit_image"]["method"] != "commit" {
+            bail!(
+                "BOXDELEGATE_IMAGE_BUILD=commit made a unit image by {}",
+                v["unit_image"]["method"]
+            );
+        }
+        if i >= warmup {
+            committed.push(ms(ran.wall));
+        }
+    }
+    m.put("ref_image_commit", Metric::ms(committed));
     Ok(())
 }
 
