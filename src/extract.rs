@@ -470,11 +470,7 @@ fn merge_reads(
     plan
 }
 
-/// Paths of `old` strictly under `dir`, counted up to `limit + 1`.
-fn count_under(old: &BTreeMap<&[u8], &TreeEntry>, dir: &[u8], limit: usize) -> usize {
-    under(old, dir).take(limit + 1).count()
-}
-
+/// The entries of `map` strictly under directory `dir` ("" for everything), in order.
 fn under<'m, 'a, V>(
     map: &'m BTreeMap<&'a [u8], V>,
     dir: &[u8],
@@ -504,7 +500,8 @@ fn plan_reads(
     roots: &[String],
     old: &BTreeMap<&[u8], &TreeEntry>,
 ) -> Result<(Vec<String>, (u64, u64))> {
-    let count = |d: &[u8]| count_under(old, d, MERGE_MAX_FILES);
+    // Counting stops past the most a merged directory may hold.
+    let count = |d: &[u8]| under(old, d).take(MERGE_MAX_FILES + 1).count();
     let mut forbidden: BTreeSet<Vec<u8>> = BTreeSet::new();
     let mut sizes: HashMap<String, u64> = HashMap::new();
     loop {
@@ -636,7 +633,8 @@ fn parse_archive(
         }
         let header = entry.header();
         let mode = header.mode().unwrap_or(0o644);
-        let (node, content) = match header.entry_type() {
+        let mut content = None;
+        let node = match header.entry_type() {
             tar::EntryType::Directory => {
                 if under(old, &rel).next().is_none() {
                     if let Some(t) = count(budget, 0) {
@@ -655,56 +653,41 @@ fn parse_archive(
                         data.len()
                     ))));
                 }
-                let mut content = Vec::with_capacity(size as usize);
+                let mut data = Vec::with_capacity(size as usize);
                 (&mut entry)
                     .take(size)
-                    .read_to_end(&mut content)
+                    .read_to_end(&mut data)
                     .map_err(bad)?;
-                let blob = blob_id(&content);
-                let node = Node::File {
+                let blob = blob_id(&data);
+                content = Some(data);
+                Node::File {
                     mode,
                     size,
                     blob: Some(blob),
-                };
-                (node, Some(content))
+                }
             }
             tar::EntryType::Symlink => {
                 let target = entry
                     .link_name_bytes()
                     .map(|t| t.into_owned())
                     .unwrap_or_default();
-                (Node::Symlink { target }, None)
+                Node::Symlink { target }
             }
-            tar::EntryType::Link => (
-                Node::Special {
-                    what: "hard link".into(),
-                },
-                None,
-            ),
-            tar::EntryType::Fifo => (
-                Node::Special {
-                    what: "FIFO".into(),
-                },
-                None,
-            ),
-            tar::EntryType::Char => (
-                Node::Special {
-                    what: "character device".into(),
-                },
-                None,
-            ),
-            tar::EntryType::Block => (
-                Node::Special {
-                    what: "block device".into(),
-                },
-                None,
-            ),
-            other => (
-                Node::Special {
-                    what: format!("special file ({other:?})"),
-                },
-                None,
-            ),
+            tar::EntryType::Link => Node::Special {
+                what: "hard link".into(),
+            },
+            tar::EntryType::Fifo => Node::Special {
+                what: "FIFO".into(),
+            },
+            tar::EntryType::Char => Node::Special {
+                what: "character device".into(),
+            },
+            tar::EntryType::Block => Node::Special {
+                what: "block device".into(),
+            },
+            other => Node::Special {
+                what: format!("special file ({other:?})"),
+            },
         };
         if unchanged(old.get(rel.as_slice()).copied(), &node) {
             seen.insert(

@@ -357,16 +357,7 @@ pub fn write_tar_in<W: Write>(
         tar.dir(b"").map_err(werr)?;
     }
     for path in layout.whiteouts {
-        let (parent, name) = match path.iter().rposition(|b| *b == b'/') {
-            Some(i) => (&path[..=i], &path[i + 1..]),
-            None => (&b""[..], &path[..]),
-        };
-        let mut whiteout = parent.to_vec();
-        whiteout.extend_from_slice(b".wh.");
-        whiteout.extend_from_slice(name);
-        tar.parents(&whiteout).map_err(werr)?;
-        tar.data(tar::EntryType::Regular, 0o644, &whiteout, &[][..])
-            .map_err(werr)?;
+        tar.whiteout(path).map_err(werr)?;
     }
 
     let mut blobs = CatFile::start(repo, entries)?;
@@ -384,11 +375,8 @@ pub fn write_tar_in<W: Write>(
             EntryKind::File { executable } => {
                 let mode = if executable { 0o755 } else { 0o644 };
                 let size = blobs.next_header(&entry.oid)?;
-                let mut h = header(tar::EntryType::Regular, mode, size);
-                let mut reader = (&mut blobs.stdout).take(size);
-                let path = tar.path(&entry.path);
-                tar.builder
-                    .append_data(&mut h, Path::new(OsStr::from_bytes(&path)), &mut reader)
+                let reader = (&mut blobs.stdout).take(size);
+                tar.data(tar::EntryType::Regular, mode, &entry.path, size, reader)
                     .map_err(werr)?;
                 blobs.finish_blob()?;
                 stats.files += 1;
@@ -445,9 +433,25 @@ impl<W: Write> Emitter<'_, '_, W> {
 
     fn dir(&mut self, dir: &[u8]) -> std::io::Result<()> {
         if self.dirs.insert(dir.to_vec()) {
-            self.data(tar::EntryType::Directory, 0o755, dir, &[][..])?;
+            self.data(tar::EntryType::Directory, 0o755, dir, 0, std::io::empty())?;
         }
         Ok(())
+    }
+
+    /// Marks `path` deleted: an empty `.wh.<name>` beside it, after its parent directories.
+    fn whiteout(&mut self, path: &[u8]) -> std::io::Result<()> {
+        let name_at = path.iter().rposition(|b| *b == b'/').map_or(0, |i| i + 1);
+        let mut whiteout = path[..name_at].to_vec();
+        whiteout.extend_from_slice(b".wh.");
+        whiteout.extend_from_slice(&path[name_at..]);
+        self.parents(&whiteout)?;
+        self.data(
+            tar::EntryType::Regular,
+            0o644,
+            &whiteout,
+            0,
+            std::io::empty(),
+        )
     }
 
     fn data(
@@ -455,9 +459,10 @@ impl<W: Write> Emitter<'_, '_, W> {
         kind: tar::EntryType,
         mode: u32,
         path: &[u8],
-        data: &[u8],
+        size: u64,
+        data: impl Read,
     ) -> std::io::Result<()> {
-        let mut h = header(kind, mode, data.len() as u64);
+        let mut h = header(kind, mode, size);
         let path = self.path(path);
         self.builder
             .append_data(&mut h, Path::new(OsStr::from_bytes(&path)), data)

@@ -234,6 +234,16 @@ pub fn boxdelegate() -> Command {
     cmd
 }
 
+/// The rules of a unit's rejections, in order.
+pub fn rejection_rules(unit: &serde_json::Value) -> Vec<String> {
+    unit["rejections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// Runs the docker CLI (for inspection only; the binary itself talks to the engine API).
 pub fn docker(args: &[&str]) -> String {
     let out = Command::new("docker")

@@ -253,60 +253,43 @@ fn image_settings(image: &str) -> String {
     format!("{config}{root}")
 }
 
+/// Builds the unit image of HEAD as a loaded layer, then again (after removing it) by a
+/// committed container; expects `how` both times and the same files and settings. Returns the
+/// listing and the settings.
+fn built_both_ways(repo: &TestRepo, how: &str) -> (String, String) {
+    let layer = repo.build(&[]);
+    assert_eq!(layer["unit_image"]["how"], how, "{layer}");
+    assert_eq!(layer["unit_image"]["method"], "layer", "{layer}");
+    let tag = layer["unit_image"]["image"].as_str().unwrap().to_string();
+    let (listing, settings) = (repo.work_listing(&tag), image_settings(&tag));
+    docker(&["rmi", &tag]);
+    let committed = repo.build_with(&[], &[("BOXDELEGATE_IMAGE_BUILD", "commit")]);
+    assert_eq!(committed["unit_image"]["how"], how, "{committed}");
+    assert_eq!(committed["unit_image"]["method"], "commit", "{committed}");
+    assert_eq!(repo.work_listing(&tag), listing);
+    assert_eq!(image_settings(&tag), settings);
+    (listing, settings)
+}
+
 #[test]
 fn layer_built_unit_images_equal_committed_ones() {
     require_base_image();
     let repo = TestRepo::with_project("layer-vs-commit");
     base_tree(&repo);
-    let commit = [("BOXDELEGATE_IMAGE_BUILD", "commit")];
 
     // The same full image, written as a loaded layer and through a committed container.
-    let layer_full = repo.build(&[]);
-    assert_eq!(layer_full["unit_image"]["how"], "full");
-    assert_eq!(layer_full["unit_image"]["method"], "layer", "{layer_full}");
-    let full_tag = layer_full["unit_image"]["image"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (layer_listing, layer_settings) = (repo.work_listing(&full_tag), image_settings(&full_tag));
-    docker(&["rmi", &full_tag]);
-    let committed_full = repo.build_with(&[], &commit);
-    assert_eq!(
-        committed_full["unit_image"]["method"], "commit",
-        "{committed_full}"
-    );
-    assert_eq!(repo.work_listing(&full_tag), layer_listing);
-    assert_eq!(image_settings(&full_tag), layer_settings);
+    let (listing, settings) = built_both_ways(&repo, "full");
     assert!(
-        layer_settings.contains("/work directory 755 1000:1000"),
-        "{layer_settings}"
+        settings.contains("/work directory 755 1000:1000"),
+        "{settings}"
     );
-    assert!(
-        layer_listing.contains("./link l 777 1000:1000"),
-        "{layer_listing}"
-    );
+    assert!(listing.contains("./link l 777 1000:1000"), "{listing}");
 
     // The same incremental image both ways, on the same (committed) parent.
     change_tree(&repo);
-    let layer_inc = repo.build(&[]);
-    assert_eq!(layer_inc["unit_image"]["how"], "incremental", "{layer_inc}");
-    assert_eq!(layer_inc["unit_image"]["method"], "layer", "{layer_inc}");
-    let inc_tag = layer_inc["unit_image"]["image"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (layer_listing, layer_settings) = (repo.work_listing(&inc_tag), image_settings(&inc_tag));
-    docker(&["rmi", &inc_tag]);
-    let committed_inc = repo.build_with(&[], &commit);
-    assert_eq!(committed_inc["unit_image"]["how"], "incremental");
-    assert_eq!(committed_inc["unit_image"]["method"], "commit");
-    assert_eq!(repo.work_listing(&inc_tag), layer_listing);
-    assert_eq!(image_settings(&inc_tag), layer_settings);
-    assert!(
-        layer_listing.contains("./dir-becomes-file f 644"),
-        "{layer_listing}"
-    );
-    assert!(!layer_listing.contains("./gone"), "{layer_listing}");
+    let (listing, _) = built_both_ways(&repo, "incremental");
+    assert!(listing.contains("./dir-becomes-file f 644"), "{listing}");
+    assert!(!listing.contains("./gone"), "{listing}");
 }
 
 #[test]
