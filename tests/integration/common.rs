@@ -150,10 +150,10 @@ impl TestRepo {
     /// A listing of every file, directory and symlink under `/work` in `image`: path, type,
     /// mode, owner, size, link target and content hash.
     pub fn work_listing(&self, image: &str) -> String {
-        docker(&[
-            "run", "--rm", "--network", "none", image, "sh", "-c",
+        sh_in(
+            image,
             "cd /work && find . -mindepth 1 -printf '%p %y %m %U:%G %s %l\\n' | LC_ALL=C sort && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum",
-        ])
+        )
     }
 
     /// A snapshot of the host side: every file under the repository (including `.git`) with a
@@ -232,6 +232,20 @@ pub fn boxdelegate() -> Command {
         .env_remove("RUST_LOG")
         .env_remove("BOXDELEGATE_IMAGE_BUILD");
     cmd
+}
+
+/// The output of `sh -c script` in a throwaway container of `image`, without network.
+pub fn sh_in(image: &str, script: &str) -> String {
+    docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        image,
+        "sh",
+        "-c",
+        script,
+    ])
 }
 
 /// The rules of a unit's rejections, in order.

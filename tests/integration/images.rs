@@ -109,10 +109,10 @@ fn ignored_env_files_and_git_never_reach_an_image() {
         let v = repo.build(args);
         for key in ["unit_image", "deps_image"] {
             let image = v[key]["image"].as_str().unwrap();
-            let found = docker(&[
-                "run", "--rm", "--network", "none", image, "sh", "-c",
+            let found = sh_in(
+                image,
                 "find / -xdev \\( -name .env -o -name .git -o -name '.boxdelegate-*' \\) -print 2>/dev/null; grep -rl hunter2 /work /deps 2>/dev/null; true",
-            ]);
+            );
             assert_eq!(found.trim(), "", "{image} holds {found}");
         }
         let listing = repo.work_listing(v["unit_image"]["image"].as_str().unwrap());
@@ -130,16 +130,7 @@ fn include_dirty_files_reach_the_unit_image() {
     let v = repo.build(&["--include-dirty"]);
     assert_eq!(v["snapshot"]["dirty"], true);
     let image = v["unit_image"]["image"].as_str().unwrap();
-    let out = docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        image,
-        "sh",
-        "-c",
-        "cat /work/README.md /work/untracked.txt",
-    ]);
+    let out = sh_in(image, "cat /work/README.md /work/untracked.txt");
     assert_eq!(out, "dirty readme\nuntracked\n");
     assert_eq!(
         std::fs::read(repo.path().join(".git/index")).unwrap(),
@@ -240,16 +231,7 @@ fn image_settings(image: &str) -> String {
         "{{json .Config.User}} {{json .Config.Env}} {{json .Config.Cmd}} {{json .Config.Entrypoint}} {{json .Config.WorkingDir}} {{json .Config.Labels}}",
         image,
     ]);
-    let root = docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        image,
-        "sh",
-        "-c",
-        "stat -c '%n %F %a %u:%g' /work && id",
-    ]);
+    let root = sh_in(image, "stat -c '%n %F %a %u:%g' /work && id");
     format!("{config}{root}")
 }
 
