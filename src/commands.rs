@@ -81,6 +81,8 @@ pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
 
 pub async fn run(cli: Cli) -> Result<i32> {
     let global = &cli.global;
+    // Settings from the environment are checked before any command touches anything.
+    images::build_method()?;
     match cli.command {
         Command::Init { profile } => {
             let repo = open_repo(global)?;

@@ -490,7 +490,7 @@ pub async fn ensure_unit(
         method: Some(method.into()),
     };
 
-    if build_method() == BuildMethod::Layer {
+    if build_method()? == BuildMethod::Layer {
         let (parent_image, content) = match &parent {
             Some((image, _, _, diff)) => (
                 image.clone(),
@@ -609,10 +609,21 @@ pub enum BuildMethod {
     Commit,
 }
 
-pub fn build_method() -> BuildMethod {
-    match std::env::var("BOXDELEGATE_IMAGE_BUILD").as_deref() {
-        Ok("commit") => BuildMethod::Commit,
-        _ => BuildMethod::Layer,
+/// The build method `BOXDELEGATE_IMAGE_BUILD` chooses (unset or empty: [`BuildMethod::Layer`]);
+/// any other value than `layer` or `commit` is a configuration error.
+pub fn build_method() -> Result<BuildMethod> {
+    let value = std::env::var_os("BOXDELEGATE_IMAGE_BUILD").unwrap_or_default();
+    match value.to_str() {
+        Some("" | "layer") => Ok(BuildMethod::Layer),
+        Some("commit") => Ok(BuildMethod::Commit),
+        _ => Err(Error::config_hint(
+            "BOXDELEGATE_IMAGE_BUILD",
+            format!(
+                "unknown unit image build method {:?}",
+                value.to_string_lossy()
+            ),
+            "set it to `layer` (the default) or `commit`, or unset it",
+        )),
     }
 }
 

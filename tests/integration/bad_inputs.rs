@@ -21,7 +21,20 @@ impl Case {
 
     /// Runs `args`, expects `code` and every `needle` in stderr, and an unchanged host.
     fn fails(&self, args: &[&str], engine: bool, code: i32, needles: &[&str]) -> String {
+        self.fails_with(args, &[], engine, code, needles)
+    }
+
+    /// [`Case::fails`] with environment variables set for the command.
+    fn fails_with(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+        engine: bool,
+        code: i32,
+        needles: &[&str],
+    ) -> String {
         let mut cmd = self.repo.cmd();
+        cmd.envs(env.iter().copied());
         if !engine {
             cmd.env("DOCKER_HOST", NO_ENGINE);
         }
@@ -392,5 +405,22 @@ fn bad_network_settings_are_refused_with_the_host_unchanged() {
         case.repo.commit("network settings");
         case.before = case.repo.host_state();
         case.fails(&["run", "--unit", "good"], engine, 3, needles);
+    }
+}
+
+#[test]
+fn an_unknown_image_build_method_is_refused_before_anything_runs() {
+    let case = Case::new(run_project("bad-build-method"));
+    for args in [&["image", "build"][..], &["run", "--unit", "good"][..]] {
+        case.fails_with(
+            args,
+            &[("BOXDELEGATE_IMAGE_BUILD", "comit")],
+            false,
+            3,
+            &[
+                "BOXDELEGATE_IMAGE_BUILD: unknown unit image build method \"comit\"",
+                "hint: set it to `layer` (the default) or `commit`",
+            ],
+        );
     }
 }
