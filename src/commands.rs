@@ -14,7 +14,7 @@ use crate::engine::{labels, short, Engine};
 use crate::error::{exit, Error, Result};
 use crate::git::Repo;
 use crate::images::{self, DepsPlan};
-use crate::report::{JsonLines, Reporter, Silent, Terminal};
+use crate::output::{print_json, JsonLines, Reporter, Silent, Terminal};
 use crate::snapshot::{self, Snapshot, TreeEntry};
 
 /// A repository with its validated configuration and profile.
@@ -70,13 +70,6 @@ fn reporter(global: &GlobalArgs, json: bool) -> Box<dyn Reporter> {
     } else {
         Box::new(Terminal::new(global.verbose > 0))
     }
-}
-
-/// Prints a command's final JSON object as one line (the last line of `--json` output).
-pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
-    let text = serde_json::to_string(value).map_err(|e| Error::Internal(e.to_string()))?;
-    println!("{text}");
-    Ok(())
 }
 
 pub async fn run(cli: Cli) -> Result<i32> {
@@ -412,7 +405,7 @@ fn print_summary(results: &[crate::run::UnitResult]) {
         println!(
             "{:<24} {:<15} {:>8} {:>6} {:>7.1}s {:>10} {:>9}",
             r.unit,
-            crate::report::label(r.status),
+            crate::output::label(r.status),
             r.attempts.len(),
             r.files_changed,
             r.seconds,
@@ -427,7 +420,7 @@ fn print_summary(results: &[crate::run::UnitResult]) {
 }
 
 fn print_result(r: &crate::run::UnitResult) {
-    let status = crate::report::label(r.status);
+    let status = crate::output::label(r.status);
     println!("{}: {status}: {}", r.unit, r.message);
     if let Some(p) = &r.patch {
         println!("  patch: {}", p.display());
@@ -460,7 +453,7 @@ fn print_result(r: &crate::run::UnitResult) {
                 a.infra
                     .as_deref()
                     .map(|k| format!("infra-error ({k})"))
-                    .unwrap_or_else(|| crate::report::label(a.status)),
+                    .unwrap_or_else(|| crate::output::label(a.status)),
                 a.patch
                     .as_ref()
                     .map(|p| format!(", patch {}", p.display()))

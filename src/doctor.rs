@@ -145,7 +145,7 @@ pub async fn run(global: &GlobalArgs, json: bool) -> Result<i32> {
         "problems"
     };
     if json {
-        crate::commands::print_json(&r)?;
+        crate::output::print_json(&r)?;
     } else {
         if let Some(e) = &r.engine {
             println!(

@@ -20,166 +20,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures_util::StreamExt;
 use sha1::Digest as _;
 
+use crate::change::{
+    bad_name, blob_id, is_git_path, Change, ChangeKind, ChangeSet, Listing, Node, Truncated,
+};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::git::Repo;
-use crate::scope;
+
 use crate::snapshot::{EntryKind, TreeEntry};
 use crate::watch;
 
 const WORK: &str = "/work";
 const MAX_PATH: usize = 4096;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ChangeKind {
-    Added,
-    Modified,
-    Deleted,
-}
-
-impl ChangeKind {
-    pub fn verb(self) -> &'static str {
-        match self {
-            ChangeKind::Added => "added",
-            ChangeKind::Modified => "modified",
-            ChangeKind::Deleted => "deleted",
-        }
-    }
-}
-
-/// What a path holds after the change (for a deletion: what it held before).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase", tag = "type")]
-pub enum Node {
-    File {
-        mode: u32,
-        size: u64,
-        /// The git blob id of the content.
-        blob: Option<String>,
-    },
-    Symlink {
-        #[serde(with = "bytes_lossy")]
-        target: Vec<u8>,
-    },
-    /// FIFO, device, socket or hard link: never landed.
-    Special { what: String },
-}
-
-impl Node {
-    pub fn size(&self) -> u64 {
-        match self {
-            Node::File { size, .. } => *size,
-            Node::Symlink { target } => target.len() as u64,
-            Node::Special { .. } => 0,
-        }
-    }
-
-    fn git_mode(&self) -> Option<&'static str> {
-        match self {
-            Node::File { mode, .. } if mode & 0o100 != 0 => Some("100755"),
-            Node::File { .. } => Some("100644"),
-            Node::Symlink { .. } => Some("120000"),
-            Node::Special { .. } => None,
-        }
-    }
-}
-
-mod bytes_lossy {
-    pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::scope::display_path(v))
-    }
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s: String = serde::Deserialize::deserialize(d)?;
-        Ok(s.into_bytes())
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Change {
-    #[serde(with = "bytes_lossy")]
-    pub path: Vec<u8>,
-    pub kind: ChangeKind,
-    pub node: Node,
-    /// The snapshot's mode of this path, if it existed there.
-    pub old_mode: Option<u32>,
-}
-
-/// Why extraction stopped reading: the change was larger than the limits allow.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "exceeded")]
-pub enum Truncated {
-    Entries { limit: u64 },
-    Bytes { limit: u64 },
-    PathLength { limit: u64 },
-}
-
-impl Truncated {
-    pub fn rule(&self) -> &'static str {
-        match self {
-            Truncated::Entries { .. } => "limit-files",
-            Truncated::Bytes { .. } => "limit-bytes",
-            Truncated::PathLength { .. } => "path-name",
-        }
-    }
-
-    pub fn hint(&self, _: &crate::config::Limits) -> String {
-        match self {
-            Truncated::Entries { .. } => "split the unit, or raise [limits] max_files".into(),
-            Truncated::Bytes { .. } => {
-                "raise [limits] max_bytes if this much output is expected".into()
-            }
-            Truncated::PathLength { .. } => "use shorter paths".into(),
-        }
-    }
-}
-
-impl std::fmt::Display for Truncated {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Truncated::Entries { limit } => write!(
-                f,
-                "the agent wrote more than {limit} files; extraction stopped"
-            ),
-            Truncated::Bytes { limit } => write!(
-                f,
-                "the agent wrote more than {limit} bytes; extraction stopped"
-            ),
-            Truncated::PathLength { limit } => {
-                write!(f, "a path is longer than {limit} bytes; extraction stopped")
-            }
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct ChangeSet {
-    pub changes: Vec<Change>,
-    pub truncated: Option<Truncated>,
-    /// Untracked paths dropped because the snapshot's ignore rules ignore them.
-    pub ignored: usize,
-    /// Where the list of moved paths came from.
-    #[serde(default)]
-    pub listing: Listing,
-    /// Why the change log was not used, when it was not.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log_unusable: Option<String>,
-    /// Archive requests made for the change (a directory holding several changed paths is
-    /// read in one).
-    #[serde(default)]
-    pub reads: u64,
-}
-
-/// Where extraction learnt which paths moved.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Listing {
-    /// The engine's filesystem diff (`GET /containers/{id}/changes`).
-    #[default]
-    Engine,
-    /// The watcher's change log in the container (see `watch`).
-    Watch,
-}
 
 /// Limits applied while reading archives from the container.
 #[derive(Debug, Clone, Copy)]
@@ -198,14 +50,6 @@ pub struct Extracted {
 struct Seen {
     node: Node,
     content: Option<Vec<u8>>,
-}
-
-/// The git blob id of `data`.
-pub fn blob_id(data: &[u8]) -> String {
-    let mut h = sha1::Sha1::new();
-    h.update(format!("blob {}\0", data.len()).as_bytes());
-    h.update(data);
-    hex::encode(h.finalize())
 }
 
 fn parent(path: &str) -> &str {
@@ -915,7 +759,7 @@ fn drop_ignored(
     let candidates: Vec<&Change> = set
         .changes
         .iter()
-        .filter(|c| c.kind == ChangeKind::Added && scope::bad_name(&c.path).is_none())
+        .filter(|c| c.kind == ChangeKind::Added && bad_name(&c.path).is_none())
         .filter(|c| {
             !c.path
                 .split(|b| *b == b'/')
@@ -966,10 +810,7 @@ fn drop_ignored(
         let name = e.path.rsplit(|b| *b == b'/').next().unwrap_or_default();
         // A crafted tree can hold `..` or `.git` components; such a name never becomes a host
         // path.
-        if name != b".gitignore"
-            || scope::bad_name(&e.path).is_some()
-            || scope::is_git_path(&e.path)
-        {
+        if name != b".gitignore" || bad_name(&e.path).is_some() || is_git_path(&e.path) {
             continue;
         }
         let rel = String::from_utf8_lossy(&e.path).into_owned();
@@ -1077,7 +918,7 @@ impl Extracted {
         let mut left_out = 0;
         let mut blobs = expected.into_iter();
         for c in &self.set.changes {
-            let representable = scope::bad_name(&c.path).is_none()
+            let representable = bad_name(&c.path).is_none()
                 && !c
                     .path
                     .split(|b| *b == b'/')

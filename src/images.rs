@@ -24,7 +24,7 @@ use crate::engine::{hardened_host_config, labels, short, ByteStream, Engine};
 use crate::error::{Error, Result};
 use crate::git::Repo;
 use crate::layer;
-use crate::report::Reporter;
+use crate::output::Reporter;
 use crate::snapshot::{self, ExtraLink, Snapshot, TarStats, TreeEntry};
 
 /// The default base image tag; `BOXDELEGATE_BASE_IMAGE` names another (see [`base_image`]).

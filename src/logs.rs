@@ -11,7 +11,7 @@ use crate::commands::Project;
 use crate::config::unit;
 use crate::error::{exit, Error, Result};
 use crate::journal::{self, AttemptPhase, Journal, UnitPhase};
-use crate::report::label;
+use crate::output::label;
 
 /// How often `--follow` looks at the journal and the log files again.
 const POLL: Duration = Duration::from_millis(500);

@@ -1,6 +1,7 @@
 //! boxdelegate: parse the command line, run the command, map errors to documented exit codes.
 
 mod agent;
+mod change;
 mod cli;
 mod commands;
 mod config;
@@ -16,9 +17,9 @@ mod land;
 mod layer;
 mod logs;
 mod manual;
+mod output;
 mod plan;
 mod proxy;
-mod report;
 mod run;
 mod scope;
 mod snapshot;

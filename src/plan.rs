@@ -1021,7 +1021,7 @@ fn import(
                 v
             })
             .collect();
-        crate::commands::print_json(&serde_json::json!({
+        crate::output::print_json(&serde_json::json!({
             "plan": plan_name,
             "dry_run": dry_run,
             "units": units,

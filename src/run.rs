@@ -14,16 +14,17 @@ use bollard::models::ContainerCreateBody;
 use futures_util::StreamExt;
 
 use crate::agent::{self, Agent, PROMPT_DIR, PROMPT_FILE};
+use crate::change::ChangeSet;
 use crate::commands::Project;
 use crate::config::unit::{self, Unit, UnitGlobs};
 use crate::config::Limits;
 use crate::engine::{hardened_host_config, labels, short, Engine};
 use crate::error::{exit, Error, Result};
-use crate::extract::{self, ChangeSet, ReadLimits};
+use crate::extract::{self, ReadLimits};
 use crate::images;
 use crate::journal::{AttemptPhase, Role, UnitPhase};
 use crate::land::{self, LandRequest, Landed};
-use crate::report::Reporter;
+use crate::output::Reporter;
 use crate::scope::{self, Rejection};
 use crate::snapshot::{self, Snapshot};
 
@@ -442,7 +443,7 @@ fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
             if a.network == AgentNetwork::Engine("bridge".into()) {
                 warnings.push(format!(
                     "agent network \"open\" ({} agent) loosens the default \"none\": the agent can reach any host",
-                    crate::report::label(a.role)
+                    crate::output::label(a.role)
                 ));
             }
         }
@@ -1192,7 +1193,7 @@ fn attempt_done(ctx: &Ctx<'_>, id: &str) -> Result<()> {
         (a, opened)
     })?;
     crate::failpoint::hit("attempt-judged");
-    let status = crate::report::label(a.result.status);
+    let status = crate::output::label(a.result.status);
     if a.result.status != Status::Landed {
         ctx.reporter.unit(
             id,
@@ -1285,7 +1286,7 @@ fn finish_unit(ctx: &Ctx<'_>, id: &str, mut result: UnitResult) -> Result<()> {
         &json,
     )?;
     ctx.reporter
-        .unit_done(id, &crate::report::label(result.status), &result.message);
+        .unit_done(id, &crate::output::label(result.status), &result.message);
     ctx.journal.update(|j| {
         let u = j.unit_mut(id);
         u.phase = UnitPhase::Done;
@@ -1807,7 +1808,7 @@ async fn extract_change(
     let mut rejections = scope::check(set, &p.globs, &p.limits, &p.unit.file);
     for path in leaks {
         rejections.push(scope::Rejection {
-            path: scope::display_path(&path),
+            path: crate::change::display_path(&path),
             rule: "secret".into(),
             message: "the change carries the value of a secret passed to the agent".into(),
             hint: "secrets must never be written into the repository; the change was not kept"
@@ -1887,7 +1888,7 @@ async fn judge_change(
             };
             result.message = format!(
                 "codex failed ({}{}): {}; nothing landed",
-                crate::report::label(kind),
+                crate::output::label(kind),
                 if kind.retryable() {
                     ", retryable"
                 } else {

@@ -7,9 +7,9 @@
 
 use std::path::Path;
 
+use crate::change::{bad_name, display_path, is_git_path, Change, ChangeKind, ChangeSet, Node};
 use crate::config::unit::UnitGlobs;
 use crate::config::Limits;
-use crate::extract::{Change, ChangeKind, ChangeSet, Node};
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rejection {
@@ -30,45 +30,6 @@ impl std::fmt::Display for Rejection {
             self.path, self.message, self.rule, self.hint
         )
     }
-}
-
-/// Shows a path from the box safely: printable UTF-8 as is, anything else escaped.
-pub fn display_path(path: &[u8]) -> String {
-    match std::str::from_utf8(path) {
-        Ok(s) if !s.chars().any(|c| c.is_control()) => s.to_string(),
-        _ => path
-            .iter()
-            .flat_map(|b| std::ascii::escape_default(*b))
-            .map(char::from)
-            .collect(),
-    }
-}
-
-/// Why a path name is unacceptable, if it is.
-pub fn bad_name(path: &[u8]) -> Option<&'static str> {
-    if path.is_empty() || path.len() > 4096 {
-        return Some("empty or longer than 4096 bytes");
-    }
-    let Ok(s) = std::str::from_utf8(path) else {
-        return Some("is not valid UTF-8");
-    };
-    if s.chars().any(|c| c.is_control()) {
-        return Some("contains a control character (newline, tab, escape…)");
-    }
-    if s.starts_with('/') || s.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
-        return Some("has an empty, `.` or `..` component");
-    }
-    None
-}
-
-/// Whether a component of `path` names a `.git` directory (as Windows and macOS file systems
-/// may also read it).
-pub fn is_git_path(path: &[u8]) -> bool {
-    path.split(|b| *b == b'/').any(|c| {
-        let c = String::from_utf8_lossy(c);
-        let c = c.trim_end_matches([' ', '.']);
-        c.eq_ignore_ascii_case(".git")
-    })
 }
 
 /// Whether a relative symlink at `path` pointing to `target` stays inside the tree.

@@ -153,7 +153,7 @@ fn refuse_filtered(
                 path: repo.root.clone(),
                 message: format!(
                     "--include-dirty: {} differs from HEAD and its attributes select the filter driver {:?}, which boxdelegate does not run",
-                    crate::scope::display_path(path),
+                    crate::change::display_path(path),
                     String::from_utf8_lossy(value)
                 ),
                 hint: Some(

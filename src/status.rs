@@ -7,7 +7,7 @@ use crate::commands::Project;
 use crate::engine::{labels, short, Engine};
 use crate::error::{exit, Error, Result};
 use crate::journal::{self, Journal};
-use crate::report::label;
+use crate::output::label;
 
 /// A run id given on the command line: well formed and present.
 pub fn check_run_id(state: &Path, id: &str) -> Result<()> {
@@ -157,7 +157,7 @@ pub async fn status(project: &Project, run: Option<String>, all: bool, json: boo
         }
     }
     if json {
-        crate::commands::print_json(&serde_json::json!({ "runs": runs }))?;
+        crate::output::print_json(&serde_json::json!({ "runs": runs }))?;
     } else if ids.is_empty() {
         println!("no runs in this repository");
     }
@@ -255,7 +255,7 @@ pub async fn clean(project: &Project, run: Option<String>, force: bool, json: bo
     }
     if targets.is_empty() {
         if json {
-            crate::commands::print_json(&serde_json::json!({ "removed": [], "kept": kept }))?;
+            crate::output::print_json(&serde_json::json!({ "removed": [], "kept": kept }))?;
         } else {
             println!("nothing to clean");
             for k in &kept {
@@ -345,7 +345,7 @@ pub async fn clean(project: &Project, run: Option<String>, force: bool, json: bo
         }));
     }
     if json {
-        crate::commands::print_json(&serde_json::json!({ "removed": removed, "kept": kept }))?;
+        crate::output::print_json(&serde_json::json!({ "removed": removed, "kept": kept }))?;
     } else {
         for k in &kept {
             println!("  kept run {k}");

@@ -21,7 +21,7 @@ use crate::config::unit::Unit;
 use crate::config::{AgentConfig, CodexProvider};
 use crate::engine::{hardened_host_config, labels, short, Engine};
 use crate::error::{Error, Result};
-use crate::report::Reporter;
+use crate::output::Reporter;
 
 /// The Codex CLI version used unless `[agent] codex_version` names another.
 pub const DEFAULT_VERSION: &str = "0.163.0";

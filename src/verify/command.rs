@@ -14,7 +14,7 @@ use crate::config::{profile::Profile, Config, CONFIG_FILE};
 use crate::engine::{short, Engine};
 use crate::error::{Error, Result};
 use crate::git::Repo;
-use crate::report::Reporter;
+use crate::output::Reporter;
 use crate::snapshot::{self, Snapshot};
 
 use super::record::{self, EngineVersion, Record, Replay, Side};

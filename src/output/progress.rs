@@ -1,6 +1,8 @@
 //! What a person sees while work goes on: phases and live output, through one [`Reporter`]
 //! trait: a terminal implementation (indicatif bars when stderr is a terminal, plain lines
 //! otherwise), a silent one (`-q`) and JSON Lines events on stdout (`--json`).
+//!
+//! Owns presentation only; it never decides anything about a unit.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -8,14 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-
-/// The serialized (kebab-case) name of a unit enum, e.g. a status, for people.
-pub fn label<T: serde::Serialize>(v: T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
 
 pub type LineSink = Box<dyn Fn(&str) + Send + Sync + 'static>;
 
