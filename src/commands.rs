@@ -147,7 +147,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             json,
         } => {
             let project = Project::open(global)?;
-            let state = crate::run::state_dir(&project);
+            let state = crate::state::dir(&project.repo);
             let id = match run {
                 Some(id) => {
                     crate::status::check_run_id(&state, &id)?;
@@ -173,8 +173,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Clean { run, force, json } => {
             let project = Project::open(global)?;
-            let _lock = crate::journal::RepoLock::acquire(
-                &crate::run::state_dir(&project),
+            let _lock = crate::state::lock::RepoLock::acquire(
+                &crate::state::dir(&project.repo),
                 "clean",
                 false,
             )?;
@@ -183,7 +183,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Unit(cmd) => unit_command(global, cmd),
         Command::Diff { unit } => {
             let project = Project::open(global)?;
-            let r = crate::run::last_result(&project, &unit)?;
+            let r = crate::state::last_result(&project.repo, &unit)?;
             let patch = r.patch.ok_or_else(|| Error::Usage {
                 message: format!("the last run of unit {unit} kept no patch ({})", r.message),
                 hint: format!("run it: boxdelegate run --unit {unit}"),
@@ -197,7 +197,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Show { unit, json } => {
             let project = Project::open(global)?;
-            let r = crate::run::last_result(&project, &unit)?;
+            let r = crate::state::last_result(&project.repo, &unit)?;
             if json {
                 print_json(&r)?;
             } else {
@@ -387,7 +387,7 @@ fn print_report(r: &crate::run::RunReport) {
 }
 
 /// The end-of-run table (one row per unit), then each unit's details.
-fn print_summary(results: &[crate::run::UnitResult]) {
+fn print_summary(results: &[crate::record::UnitResult]) {
     println!(
         "{:<24} {:<15} {:>8} {:>6} {:>8} {:>10} {:>9}",
         "unit", "verdict", "attempts", "files", "time", "tokens", "cost"
@@ -419,7 +419,7 @@ fn print_summary(results: &[crate::run::UnitResult]) {
     }
 }
 
-fn print_result(r: &crate::run::UnitResult) {
+fn print_result(r: &crate::record::UnitResult) {
     let status = crate::output::label(r.status);
     println!("{}: {status}: {}", r.unit, r.message);
     if let Some(p) = &r.patch {
@@ -445,7 +445,7 @@ fn print_result(r: &crate::run::UnitResult) {
                 "  attempt {} ({}{}): {}{}",
                 a.n,
                 a.agent,
-                if a.role == crate::journal::Role::Fallback {
+                if a.role == crate::record::Role::Fallback {
                     ", fallback"
                 } else {
                     ""

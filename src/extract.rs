@@ -956,7 +956,7 @@ impl Extracted {
             ],
             None,
         )?;
-        write_private(patch_file, &patch)?;
+        crate::state::write_private(patch_file, &patch)?;
         let patch_sha256 = hex::encode(sha2::Sha256::digest(&patch));
         Ok(Written {
             tree,
@@ -964,52 +964,6 @@ impl Extracted {
             left_out,
         })
     }
-}
-
-/// Writes `data` to `path` atomically (temp file, fsync, rename), readable by the user only.
-pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-    tmp.write_all(data)
-        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-    tmp.persist(path)
-        .map_err(|e| Error::io(format!("writing {}", path.display()), e.error))?;
-    Ok(())
-}
-
-/// Takes group and other permissions off everything under `dir` (git writes its objects
-/// world-readable). Symlinks are not followed; boxdelegate writes none there.
-pub fn make_private(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
-    for e in entries {
-        let e = e.map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
-        let path = e.path();
-        let meta = std::fs::symlink_metadata(&path)
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        if meta.file_type().is_symlink() {
-            continue;
-        }
-        if meta.is_dir() {
-            make_private(&path)?;
-        }
-        let mode = meta.permissions().mode() & 0o700;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| Error::io(format!("restricting {}", path.display()), e))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

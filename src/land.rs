@@ -10,6 +10,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::git::Repo;
+use crate::record::Landed;
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
 
@@ -28,25 +29,6 @@ pub struct LandRequest {
     pub agent: String,
     pub co_author: String,
     pub patch_sha256: String,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "outcome")]
-pub enum Landed {
-    Committed {
-        commit: String,
-        branch: String,
-        /// The branch head the commit was placed on when it had moved since the snapshot.
-        rebased_onto: Option<String>,
-        worktree_updated: bool,
-        /// What the user should do, when something is left for them.
-        note: Option<String>,
-    },
-    Conflict {
-        branch: String,
-        head: String,
-        paths: Vec<String>,
-    },
 }
 
 /// Validates a branch name as git would (`git check-ref-format --branch`).

@@ -10,8 +10,8 @@ use std::time::Duration;
 use crate::commands::Project;
 use crate::config::unit;
 use crate::error::{exit, Error, Result};
-use crate::journal::{self, AttemptPhase, Journal, UnitPhase};
 use crate::output::label;
+use crate::state::journal::{self, AttemptPhase, Journal, UnitPhase};
 
 /// How often `--follow` looks at the journal and the log files again.
 const POLL: Duration = Duration::from_millis(500);
@@ -28,7 +28,7 @@ pub async fn run(project: &Project, req: &Request) -> Result<i32> {
         message: format!("unit {m}"),
         hint: "`boxdelegate unit ls` lists the units".into(),
     })?;
-    let state = crate::run::state_dir(project);
+    let state = crate::state::dir(&project.repo);
     let run_id = match &req.run {
         Some(id) => {
             crate::status::check_run_id(&state, id)?;
@@ -316,7 +316,7 @@ impl View {
             // unfinished (read again, in case the run finished between the two looks).
             let stopped = self.follow
                 && !journal.finished()
-                && journal::RepoLock::held_by(&self.state).is_none()
+                && crate::state::lock::RepoLock::held_by(&self.state).is_none()
                 && !self.load()?.finished();
             // Without --follow (or once nothing more will be written) print everything there is.
             let complete = !self.follow || stopped;
@@ -497,7 +497,7 @@ mod tests {
         let state = dir.path().to_path_buf();
         let runs = journal::runs_dir(&state).join("1-0001").join("u");
         // The run holds the repository lock while it works.
-        let lock = journal::RepoLock::acquire(&state, "run", false).unwrap();
+        let lock = crate::state::lock::RepoLock::acquire(&state, "run", false).unwrap();
         write(runs.join("attempt-1/agent.log"), "started\n");
         write_journal(
             &state,

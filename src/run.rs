@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bollard::models::ContainerCreateBody;
@@ -22,139 +22,19 @@ use crate::engine::{hardened_host_config, labels, short, Engine};
 use crate::error::{exit, Error, Result};
 use crate::extract::{self, ReadLimits};
 use crate::images;
-use crate::journal::{AttemptPhase, Role, UnitPhase};
-use crate::land::{self, LandRequest, Landed};
+use crate::land::{self, LandRequest};
 use crate::output::Reporter;
-use crate::scope::{self, Rejection};
+use crate::record::{AttemptSummary, Landed, Rejection, Role, Status, UnitResult};
+use crate::scope;
 use crate::snapshot::{self, Snapshot};
+use crate::state::journal::{AttemptPhase, UnitPhase};
+use crate::state::PrivateOpen;
 
 /// Default time without output after which the agent is reported silent.
 pub const DEFAULT_SILENCE_WARNING: Duration = Duration::from_secs(30 * 60);
 
 /// Default wall-clock limit of one agent attempt.
 pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Status {
-    /// A commit landed on the target branch.
-    Landed,
-    /// The unit had landed before; nothing was run.
-    AlreadyLanded,
-    /// The change broke the scope policy; nothing landed, the patch is kept.
-    Rejected,
-    /// The branch moved and the change overlaps; nothing was written.
-    Conflict,
-    /// The agent outlived its timeout; its container was killed.
-    Timeout,
-    /// The agent exited with a non-zero code; nothing landed, the patch is kept.
-    AgentFailed,
-    /// The agent changed nothing.
-    NoChange,
-    /// A check failed in the clean verify container; nothing landed, the patch is kept.
-    VerifyFailed,
-    /// Verification was stopped by the infrastructure (OOM kill, engine error); nothing
-    /// landed, the patch is kept. Says nothing about the change.
-    InfraError,
-    /// Every attempt failed (the retries, then the fallback agent); each one's patch is kept.
-    Failed,
-    /// Not started: the circuit breaker had opened.
-    Skipped,
-}
-
-impl Status {
-    pub fn exit_code(self) -> i32 {
-        match self {
-            Status::Landed | Status::AlreadyLanded => exit::OK,
-            Status::Rejected => exit::REJECTED,
-            Status::Conflict => exit::CONFLICT,
-            Status::Timeout => exit::TIMEOUT,
-            Status::AgentFailed => exit::AGENT_FAILED,
-            Status::NoChange => exit::NO_CHANGE,
-            Status::VerifyFailed => exit::VERIFY_FAILED,
-            Status::InfraError => exit::INFRA,
-            Status::Failed => exit::FAILED,
-            Status::Skipped => exit::BREAKER,
-        }
-    }
-}
-
-/// What one unit came to; stored as `result.json` and printed with `--json`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct UnitResult {
-    pub unit: String,
-    pub title: String,
-    pub status: Status,
-    pub run_id: String,
-    pub branch: String,
-    pub agent: String,
-    pub snapshot_commit: String,
-    pub snapshot_tree: String,
-    pub unit_image: Option<String>,
-    pub agent_exit_code: Option<i64>,
-    pub files_changed: usize,
-    pub tree: Option<String>,
-    pub patch: Option<PathBuf>,
-    pub patch_sha256: Option<String>,
-    pub rejections: Vec<Rejection>,
-    pub verdict: Option<crate::verify::Verdict>,
-    /// When the branch had moved: the verdict on the merged tree that would land.
-    pub merged_verdict: Option<crate::verify::Verdict>,
-    pub landed: Option<Landed>,
-    pub log: Option<PathBuf>,
-    pub message: String,
-    /// Things worth knowing that did not decide the status.
-    pub warnings: Vec<String>,
-    /// Requests the egress proxy refused (`METHOD URL`), with `network = "proxy"`.
-    #[serde(default)]
-    pub network_refused: Vec<String>,
-    /// Tokens the agent used (codex), summed over its turn.
-    pub usage: Option<crate::agent::events::Usage>,
-    /// Estimated cost in USD, from `[prices]`.
-    pub cost_usd: Option<f64>,
-    /// Why codex's turn failed, when it did.
-    pub agent_failure: Option<crate::agent::events::FailureKind>,
-    /// What codex reported doing.
-    pub agent_activity: Option<crate::agent::events::Activity>,
-    pub seconds: f64,
-    /// Seconds the agent containers ran, over every attempt.
-    #[serde(default)]
-    pub agent_seconds: f64,
-    /// Every attempt, in order (infrastructure retries included).
-    #[serde(default)]
-    pub attempts: Vec<AttemptSummary>,
-    /// Attempts after the first that were made because a change failed (infrastructure
-    /// retries not counted).
-    #[serde(default)]
-    pub retries: u32,
-    /// The fallback agent made the final attempt.
-    #[serde(default)]
-    pub fallback: bool,
-    /// The directory of the attempt this result comes from (patch, change set, logs).
-    #[serde(default)]
-    pub attempt_dir: Option<PathBuf>,
-    /// For `apply`: what landing needs.
-    pub co_author: String,
-    pub body: String,
-    /// Where the time went, per phase.
-    #[serde(default)]
-    pub timings: crate::timings::UnitTimings,
-}
-
-/// One attempt at a unit, as the final result lists it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct AttemptSummary {
-    pub n: u32,
-    pub role: crate::journal::Role,
-    pub agent: String,
-    pub status: Status,
-    /// What stopped it when the infrastructure did (`oom`, `timeout`, `engine`, `model-endpoint`, `verify`).
-    pub infra: Option<String>,
-    pub message: String,
-    pub patch: Option<PathBuf>,
-    pub dir: PathBuf,
-    pub agent_seconds: f64,
-}
 
 impl UnitResult {
     /// A result with nothing done yet.
@@ -199,11 +79,6 @@ impl UnitResult {
     }
 }
 
-/// Where run state lives: inside the git directory, so the work tree is never touched.
-pub fn state_dir(project: &Project) -> PathBuf {
-    project.repo.common_dir.join("boxdelegate")
-}
-
 fn new_run_id() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -213,15 +88,6 @@ fn new_run_id() -> String {
         now.as_secs(),
         (now.subsec_nanos() ^ std::process::id()) & 0xffff
     )
-}
-
-pub fn create_private_dir(path: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(|e| Error::io(format!("creating {}", path.display()), e))
 }
 
 pub struct RunArgs {
@@ -502,7 +368,7 @@ pub struct RunReport {
     pub breaker: Option<String>,
     pub wall_seconds: f64,
     pub agent_seconds: f64,
-    pub usage: crate::agent::events::Usage,
+    pub usage: crate::record::Usage,
     pub cost_usd: Option<f64>,
     /// Snapshot and images, in milliseconds.
     #[serde(default)]
@@ -542,10 +408,10 @@ impl RunReport {
 
 pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> Result<RunOutcome> {
     let started = Instant::now();
-    let state = state_dir(project);
+    let state = crate::state::dir(&project.repo);
     // A run to resume: the one named, or an unfinished one with the same request.
     let named = match &args.resume {
-        Some(id) => Some(crate::journal::load(&state, id)?),
+        Some(id) => Some(crate::state::journal::load(&state, id)?),
         None => None,
     };
     let args = match &named {
@@ -568,7 +434,7 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
             said.push(w);
         }
     }
-    let request = crate::journal::Request {
+    let request = crate::state::journal::Request {
         units: planned.iter().map(|p| p.unit.meta.id.clone()).collect(),
         branch: args.branch.clone(),
         rerun: args.rerun,
@@ -620,7 +486,7 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
         }
     }
     // One boxdelegate per repository from here on; then the run to resume, if any.
-    let _lock = crate::journal::RepoLock::acquire(&state, "run", args.wait)?;
+    let _lock = crate::state::lock::RepoLock::acquire(&state, "run", args.wait)?;
     let resume = match named {
         Some(j) => Some(j),
         None => find_unfinished(&state, &request)?,
@@ -658,7 +524,7 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
             let run_id = new_run_id();
             let mut units = Vec::new();
             for p in &planned {
-                let mut entry = crate::journal::UnitEntry {
+                let mut entry = crate::state::journal::UnitEntry {
                     id: p.unit.meta.id.clone(),
                     phase: UnitPhase::Pending,
                     attempts: vec![],
@@ -671,8 +537,8 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
                 }
                 units.push(entry);
             }
-            crate::journal::Journal {
-                schema: crate::journal::SCHEMA,
+            crate::state::journal::Journal {
+                schema: crate::state::journal::SCHEMA,
                 run_id,
                 started_at: unix_now() as u64,
                 finished_at: None,
@@ -687,9 +553,9 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
         }
     };
     let run_id = journal.run_id.clone();
-    let run_dir = crate::journal::runs_dir(&state).join(&run_id);
-    create_private_dir(&run_dir)?;
-    let live = crate::journal::Live::new(&run_dir, journal)?;
+    let run_dir = crate::state::journal::runs_dir(&state).join(&run_id);
+    crate::state::create_private_dir(&run_dir)?;
+    let live = crate::state::journal::Live::new(&run_dir, journal)?;
     if !resumed {
         reporter.phase(&format!(
             "run {run_id}: {} unit(s) from snapshot {}",
@@ -819,7 +685,7 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
     report.timings = run_timings;
     live.update(|j| j.finished_at = Some(unix_now() as u64))?;
     let json = serde_json::to_vec_pretty(&report).map_err(|e| Error::Internal(e.to_string()))?;
-    extract::write_private(&run_dir.join("report.json"), &json)?;
+    crate::state::write_private(&run_dir.join("report.json"), &json)?;
     Ok(RunOutcome {
         results,
         report: Some(report),
@@ -856,10 +722,10 @@ fn unix_now() -> f64 {
 /// the run: it might be this one.
 fn find_unfinished(
     state: &Path,
-    request: &crate::journal::Request,
-) -> Result<Option<crate::journal::Journal>> {
-    for id in crate::journal::run_ids(state).into_iter().rev() {
-        let j = crate::journal::load(state, &id)?;
+    request: &crate::state::journal::Request,
+) -> Result<Option<crate::state::journal::Journal>> {
+    for id in crate::state::journal::run_ids(state).into_iter().rev() {
+        let j = crate::state::journal::load(state, &id)?;
         if !j.finished() && j.request == *request {
             return Ok(Some(j));
         }
@@ -871,7 +737,7 @@ fn find_unfinished(
 /// between creating a container and recording it, or a verify container).
 async fn remove_abandoned(
     engine: &Engine,
-    live: &crate::journal::Live,
+    live: &crate::state::journal::Live,
     run_id: &str,
 ) -> Result<()> {
     let (keep, proxies): (Vec<String>, Vec<String>) = live.read(|j| {
@@ -921,7 +787,7 @@ struct Ctx<'a> {
     run_id: &'a str,
     run_dir: &'a Path,
     reporter: &'a dyn Reporter,
-    journal: &'a crate::journal::Live,
+    journal: &'a crate::state::journal::Live,
     policy: Policy,
     /// Whether the engine caps a container's writable layer itself.
     disk_quota: bool,
@@ -1032,13 +898,12 @@ fn decide(
     }
 }
 
-fn view(a: &crate::journal::Attempt) -> AttemptView {
+fn view(a: &crate::state::journal::Attempt) -> AttemptView {
     AttemptView {
         role: a.role,
         status: a.result.status,
         infra: a.infra.is_some(),
-        retryable: a.result.agent_failure
-            != Some(crate::agent::events::FailureKind::Authentication),
+        retryable: a.result.agent_failure != Some(crate::record::FailureKind::Authentication),
         message: a.result.message.clone(),
     }
 }
@@ -1142,7 +1007,7 @@ async fn work_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
                 let plan = p.agent(role);
                 let n = views.len() as u32 + 1;
                 let dir = ctx.run_dir.join(id).join(format!("attempt-{n}"));
-                create_private_dir(&dir)?;
+                crate::state::create_private_dir(&dir)?;
                 let mut result = UnitResult::new(p, plan.agent.name(), ctx.snapshot, ctx.run_id);
                 result.unit_image = Some(ctx.image.to_string());
                 result.attempt_dir = Some(dir.clone());
@@ -1153,7 +1018,7 @@ async fn work_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
                 ctx.journal.update(|j| {
                     let u = j.unit_mut(id);
                     u.phase = UnitPhase::Working;
-                    u.attempts.push(crate::journal::Attempt {
+                    u.attempts.push(crate::state::journal::Attempt {
                         n,
                         role,
                         agent: plan.agent.name().into(),
@@ -1257,7 +1122,7 @@ fn finish_unit(ctx: &Ctx<'_>, id: &str, mut result: UnitResult) -> Result<()> {
         }
     }
     result.agent_seconds = attempts.iter().map(|a| a.agent_seconds).sum();
-    let mut usage: Option<crate::agent::events::Usage> = None;
+    let mut usage: Option<crate::record::Usage> = None;
     let mut cost: Option<f64> = None;
     for a in &attempts {
         if let Some(u) = &a.result.usage {
@@ -1278,9 +1143,9 @@ fn finish_unit(ctx: &Ctx<'_>, id: &str, mut result: UnitResult) -> Result<()> {
     let started = ctx.journal.read(|j| j.started_at) as f64;
     result.seconds = (unix_now() - started).max(0.0);
     let json = serde_json::to_vec_pretty(&result).map_err(|e| Error::Internal(e.to_string()))?;
-    extract::write_private(&ctx.run_dir.join(id).join("result.json"), &json)?;
-    extract::write_private(
-        &state_dir(ctx.project)
+    crate::state::write_private(&ctx.run_dir.join(id).join("result.json"), &json)?;
+    crate::state::write_private(
+        &crate::state::dir(&ctx.project.repo)
             .join("last")
             .join(format!("{id}.json")),
         &json,
@@ -1299,7 +1164,7 @@ fn finish_unit(ctx: &Ctx<'_>, id: &str, mut result: UnitResult) -> Result<()> {
 fn update_attempt(
     ctx: &Ctx<'_>,
     id: &str,
-    f: impl FnOnce(&mut crate::journal::Attempt),
+    f: impl FnOnce(&mut crate::state::journal::Attempt),
 ) -> Result<()> {
     ctx.journal
         .update(|j| f(j.unit_mut(id).attempts.last_mut().expect("an attempt")))
@@ -1328,7 +1193,7 @@ async fn start_agent(
     ctx: &Ctx<'_>,
     p: &Planned,
     plan: &AgentPlan,
-    a: &crate::journal::Attempt,
+    a: &crate::state::journal::Attempt,
 ) -> Result<()> {
     let id = &p.unit.meta.id;
     // A container made before a crash, never recorded as started: start afresh.
@@ -1380,7 +1245,7 @@ async fn start_agent(
         (labels::ATTEMPT.to_string(), a.n.to_string()),
     ]);
     let prompt = assemble_prompt(ctx.project, ctx.snapshot, ctx.entries, p, plan, retry)?;
-    extract::write_private(&a.dir.join("prompt.md"), prompt.as_bytes())?;
+    crate::state::write_private(&a.dir.join("prompt.md"), prompt.as_bytes())?;
     let create_at_ms = crate::timings::now_ms();
     let create_started = Instant::now();
     let started = async {
@@ -1519,7 +1384,7 @@ async fn watch_agent(
     ctx: &Ctx<'_>,
     p: &Planned,
     plan: &AgentPlan,
-    a: &crate::journal::Attempt,
+    a: &crate::state::journal::Attempt,
 ) -> Result<()> {
     let id = &p.unit.meta.id;
     let container = a
@@ -1556,9 +1421,7 @@ async fn watch_agent(
     }
     let spec = plan.agent.spec(&p.unit);
     let redactor = &plan.redactor;
-    let activity = std::sync::Arc::new(std::sync::Mutex::new(
-        crate::agent::events::Activity::default(),
-    ));
+    let activity = std::sync::Arc::new(std::sync::Mutex::new(crate::record::Activity::default()));
     let oom = ctx.engine.watch_oom(&container);
     let log_task = {
         let engine = ctx.engine.clone();
@@ -1743,7 +1606,7 @@ async fn extract_change(
     ctx: &Ctx<'_>,
     p: &Planned,
     plan: &AgentPlan,
-    a: &crate::journal::Attempt,
+    a: &crate::state::journal::Attempt,
 ) -> Result<()> {
     let id = &p.unit.meta.id;
     let container = a
@@ -1786,7 +1649,7 @@ async fn extract_change(
     let leaks = extracted.paths_where(|data| redactor.occurs_in(data));
     let changes_json =
         serde_json::to_string_pretty(set).map_err(|e| Error::Internal(e.to_string()))?;
-    extract::write_private(
+    crate::state::write_private(
         &a.dir.join("changes.json"),
         redactor.redact(&changes_json).as_bytes(),
     )?;
@@ -1799,7 +1662,7 @@ async fn extract_change(
             &ctx.snapshot.tree,
             &patch,
         )?;
-        extract::make_private(&a.dir.join("objects"))?;
+        crate::state::make_private(&a.dir.join("objects"))?;
         written = Some((w, patch));
     }
     let files = set.changes.len();
@@ -1807,7 +1670,7 @@ async fn extract_change(
     // lossily, for people).
     let mut rejections = scope::check(set, &p.globs, &p.limits, &p.unit.file);
     for path in leaks {
-        rejections.push(scope::Rejection {
+        rejections.push(Rejection {
             path: crate::change::display_path(&path),
             rule: "secret".into(),
             message: "the change carries the value of a secret passed to the agent".into(),
@@ -1841,7 +1704,7 @@ async fn judge(
     ctx: &Ctx<'_>,
     p: &Planned,
     plan: &AgentPlan,
-    a: &crate::journal::Attempt,
+    a: &crate::state::journal::Attempt,
 ) -> Result<()> {
     let id = &p.unit.meta.id;
     let mut result = a.result.clone();
@@ -1867,7 +1730,7 @@ async fn judge_change(
     p: &Planned,
     spec: &crate::agent::AgentSpec,
     redactor: &crate::agent::Redactor,
-    a: &crate::journal::Attempt,
+    a: &crate::state::journal::Attempt,
     result: &mut UnitResult,
     infra: &mut Option<String>,
 ) -> Result<bool> {
@@ -1977,7 +1840,7 @@ async fn judge_change(
     let passed = verdict.passed;
     let summary = verdict.summary.clone();
     let failure = (!passed).then(|| failure_status(&verdict, "", p.settings.timeout_secs));
-    if verdict.verdict == crate::verify::Kind::InfraError {
+    if verdict.verdict == crate::record::Kind::InfraError {
         *infra = Some("verify".into());
     }
     result.verdict = Some(verdict);
@@ -2126,7 +1989,7 @@ async fn land_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
         ctx.journal.update(|j| {
             let u = j.unit_mut(id);
             u.phase = UnitPhase::Landing;
-            u.landing = Some(crate::journal::Landing {
+            u.landing = Some(crate::state::journal::Landing {
                 commit: commit.clone(),
                 old: old.clone(),
             });
@@ -2142,11 +2005,11 @@ async fn land_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
 
 /// The status and message of a unit whose verdict keeps it from landing.
 fn failure_status(
-    verdict: &crate::verify::Verdict,
+    verdict: &crate::record::Verdict,
     prefix: &str,
     timeout_secs: u64,
 ) -> (Status, String) {
-    use crate::verify::Kind;
+    use crate::record::Kind;
     match verdict.verdict {
         Kind::Timeout => (
             Status::Timeout,
@@ -2225,7 +2088,7 @@ pub fn apply(
     branch: Option<String>,
     wait: bool,
 ) -> Result<UnitResult> {
-    let mut result = last_result(project, id)?;
+    let mut result = crate::state::last_result(&project.repo, id)?;
     if let Some(b) = branch {
         result.branch = b;
     }
@@ -2233,7 +2096,7 @@ pub fn apply(
     let unit = unit::load(&project.repo.root, &project.config.project.units_dir, id)?;
     let globs = unit.globs()?;
     let unit_dir = result.attempt_dir.clone().unwrap_or_else(|| {
-        state_dir(project)
+        crate::state::dir(&project.repo)
             .join("runs")
             .join(&result.run_id)
             .join(id)
@@ -2267,32 +2130,20 @@ pub fn apply(
         );
         return Ok(result);
     }
-    let _lock = crate::journal::RepoLock::acquire(&state_dir(project), "apply", wait)?;
+    let _lock =
+        crate::state::lock::RepoLock::acquire(&crate::state::dir(&project.repo), "apply", wait)?;
     land::import_objects(&project.repo, &unit_dir.join("objects"))?;
     let req = land_request(&result).expect("checked above");
     let landed = land::land(&project.repo, &req)?;
     finish_landing(&mut result, landed);
     let json = serde_json::to_vec_pretty(&result).map_err(|e| Error::Internal(e.to_string()))?;
-    extract::write_private(
-        &state_dir(project).join("last").join(format!("{id}.json")),
+    crate::state::write_private(
+        &crate::state::dir(&project.repo)
+            .join("last")
+            .join(format!("{id}.json")),
         &json,
     )?;
     Ok(result)
-}
-
-/// The last recorded result of unit `id`.
-pub fn last_result(project: &Project, id: &str) -> Result<UnitResult> {
-    unit::validate_id(id).map_err(|m| Error::Usage {
-        message: format!("unit {m}"),
-        hint: "`boxdelegate unit ls` lists the units".into(),
-    })?;
-    let path = state_dir(project).join("last").join(format!("{id}.json"));
-    let data = std::fs::read(&path).map_err(|_| Error::Usage {
-        message: format!("unit {id} has no recorded result"),
-        hint: format!("run it first: boxdelegate run --unit {id}"),
-    })?;
-    serde_json::from_slice(&data)
-        .map_err(|e| Error::Internal(format!("{} is unreadable: {e}", path.display())))
 }
 
 /// The unit's prompt, with its context files, standards and gotchas read from the snapshot.
@@ -2365,17 +2216,6 @@ fn assemble_prompt(
 
 fn prompt_tar(prompt: &str) -> Result<impl crate::engine::ByteStream> {
     images::single_file_tar(PROMPT_FILE, prompt.as_bytes(), 0o600)
-}
-
-trait PrivateOpen {
-    fn mode_private(&mut self) -> &mut Self;
-}
-
-impl PrivateOpen for std::fs::OpenOptions {
-    fn mode_private(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o600).custom_flags(libc::O_NOFOLLOW)
-    }
 }
 
 /// The process exit code for a set of results: 0 when every unit landed (now or before);

@@ -10,27 +10,7 @@ use std::path::Path;
 use crate::change::{bad_name, display_path, is_git_path, Change, ChangeKind, ChangeSet, Node};
 use crate::config::unit::UnitGlobs;
 use crate::config::Limits;
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Rejection {
-    /// The path, escaped for display.
-    pub path: String,
-    /// The rule's name: out-of-scope, denied, protected, git-path, path-name, special-file,
-    /// symlink-escape, setuid, exec-bit, file-size, limit-files, limit-bytes, secret.
-    pub rule: String,
-    pub message: String,
-    pub hint: String,
-}
-
-impl std::fmt::Display for Rejection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: {} [{}] (hint: {})",
-            self.path, self.message, self.rule, self.hint
-        )
-    }
-}
+use crate::record::Rejection;
 
 /// Whether a relative symlink at `path` pointing to `target` stays inside the tree.
 pub fn symlink_stays_inside(path: &[u8], target: &[u8]) -> bool {

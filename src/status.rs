@@ -6,8 +6,8 @@ use std::path::Path;
 use crate::commands::Project;
 use crate::engine::{labels, short, Engine};
 use crate::error::{exit, Error, Result};
-use crate::journal::{self, Journal};
 use crate::output::label;
+use crate::state::journal::{self, Journal};
 
 /// A run id given on the command line: well formed and present.
 pub fn check_run_id(state: &Path, id: &str) -> Result<()> {
@@ -78,7 +78,7 @@ fn state_of(j: &Journal, busy: bool) -> &'static str {
 }
 
 pub async fn status(project: &Project, run: Option<String>, all: bool, json: bool) -> Result<i32> {
-    let state = crate::run::state_dir(project);
+    let state = crate::state::dir(&project.repo);
     let ids = match &run {
         Some(id) => {
             check_run_id(&state, id)?;
@@ -87,7 +87,7 @@ pub async fn status(project: &Project, run: Option<String>, all: bool, json: boo
         None if all => journal::run_ids(&state),
         None => journal::run_ids(&state).into_iter().rev().take(1).collect(),
     };
-    let holder = journal::RepoLock::held_by(&state);
+    let holder = crate::state::lock::RepoLock::held_by(&state);
     let engine = if ids.is_empty() {
         None
     } else {
@@ -235,7 +235,7 @@ fn print_run(j: &Journal, state: &str, holder: Option<&str>, containers: Option<
 /// Removes the containers, unit images and directories of finished runs, or of run `run`.
 /// The caller holds the repository lock, so no boxdelegate is working on these runs.
 pub async fn clean(project: &Project, run: Option<String>, force: bool, json: bool) -> Result<i32> {
-    let state = crate::run::state_dir(project);
+    let state = crate::state::dir(&project.repo);
     let mut targets = Vec::new();
     let mut kept = Vec::new();
     match &run {

@@ -14,6 +14,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::record::{Activity, FailureKind, Usage};
+
 /// Most distinct paths kept in [`Activity::files_touched`] and [`Activity::failed_file_changes`].
 const MAX_FILES: usize = 1000;
 /// Most notices kept in [`Activity::notices`].
@@ -26,63 +28,6 @@ const MAX_MESSAGE_CHARS: usize = 4000;
 const MAX_COMMAND_CHARS: usize = 1000;
 /// Longest command shown in [`Activity::status_line`], in characters.
 const STATUS_COMMAND_CHARS: usize = 60;
-
-/// Token counts of one or more turns. Cached input is part of input, reasoning output part of
-/// output.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Usage {
-    pub input_tokens: u64,
-    pub cached_input_tokens: u64,
-    pub cache_write_input_tokens: u64,
-    pub output_tokens: u64,
-    pub reasoning_output_tokens: u64,
-}
-
-impl Usage {
-    pub fn add(&mut self, other: &Usage) {
-        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
-        self.cached_input_tokens = self
-            .cached_input_tokens
-            .saturating_add(other.cached_input_tokens);
-        self.cache_write_input_tokens = self
-            .cache_write_input_tokens
-            .saturating_add(other.cache_write_input_tokens);
-        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
-        self.reasoning_output_tokens = self
-            .reasoning_output_tokens
-            .saturating_add(other.reasoning_output_tokens);
-    }
-
-    /// Input plus output tokens (cached and reasoning tokens are already inside those).
-    pub fn total(&self) -> u64 {
-        self.input_tokens.saturating_add(self.output_tokens)
-    }
-
-    /// Reads a `usage` object field by field; an absent, null or mistyped count is 0.
-    fn from_value(value: &Value) -> Usage {
-        let count = |key: &str| -> u64 {
-            match value.get(key) {
-                Some(Value::Number(n)) => n
-                    .as_u64()
-                    .or_else(|| {
-                        n.as_f64()
-                            .filter(|f| f.is_finite() && *f > 0.0)
-                            .map(|f| f as u64)
-                    })
-                    .unwrap_or(0),
-                _ => 0,
-            }
-        };
-        Usage {
-            input_tokens: count("input_tokens"),
-            cached_input_tokens: count("cached_input_tokens"),
-            cache_write_input_tokens: count("cache_write_input_tokens"),
-            output_tokens: count("output_tokens"),
-            reasoning_output_tokens: count("reasoning_output_tokens"),
-        }
-    }
-}
 
 /// Prices in USD per million tokens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,49 +57,6 @@ pub fn cost(usage: &Usage, price: &Price) -> f64 {
         + usage.cache_write_input_tokens as f64 * write_price
         + usage.output_tokens as f64 * price.output;
     micro / 1_000_000.0
-}
-
-/// Why a turn failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FailureKind {
-    /// The provider refused the credentials (401, 403, bad API key).
-    Authentication,
-    /// Too many requests or an exhausted quota (429).
-    RateLimit,
-    /// The provider failed (5xx, overloaded).
-    ServerError,
-    /// The response stream was cut before completion.
-    Stream,
-    /// The provider could not be reached (refused, DNS, timeout).
-    Unreachable,
-    /// Anything else.
-    Other,
-}
-
-impl FailureKind {
-    /// Whether running the same unit again may succeed without any change.
-    pub fn retryable(self) -> bool {
-        matches!(
-            self,
-            FailureKind::RateLimit
-                | FailureKind::ServerError
-                | FailureKind::Stream
-                | FailureKind::Unreachable
-        )
-    }
-
-    /// Whether the failure lies with the provider or the network rather than the agent's work or
-    /// the configuration.
-    pub fn is_infrastructure(self) -> bool {
-        matches!(
-            self,
-            FailureKind::RateLimit
-                | FailureKind::ServerError
-                | FailureKind::Unreachable
-                | FailureKind::Stream
-        )
-    }
 }
 
 /// Sorts a `turn.failed` message into a [`FailureKind`] by robust substrings, since the exact
@@ -354,10 +256,7 @@ pub fn decode(line: &str) -> Option<Event> {
         "item.updated" => item_event(&value, Event::ItemUpdated),
         "item.completed" => item_event(&value, Event::ItemCompleted),
         "turn.completed" => Event::TurnCompleted {
-            usage: value
-                .get("usage")
-                .map(Usage::from_value)
-                .unwrap_or_default(),
+            usage: value.get("usage").map(usage_from_value).unwrap_or_default(),
         },
         "turn.failed" => Event::TurnFailed {
             message: error_message(value.get("error")),
@@ -451,32 +350,6 @@ fn command_field(command: Option<&Value>) -> String {
             .join(" "),
         _ => String::new(),
     }
-}
-
-/// What a session has done so far, fed line by line (the progress display and the unit's result
-/// read it).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Activity {
-    pub thread_id: Option<String>,
-    pub turn_completed: bool,
-    /// The message of the last `turn.failed`.
-    pub turn_failed: Option<String>,
-    pub failure: Option<FailureKind>,
-    /// Summed over `turn.completed` events.
-    pub usage: Usage,
-    pub last_command: Option<String>,
-    /// Completed (not declined) command executions.
-    pub commands: u32,
-    /// Distinct paths of completed `file_change` items, in first-seen order.
-    pub files_touched: Vec<String>,
-    /// Paths of `file_change` items with status `failed` (codex's inner sandbox blocked them).
-    pub failed_file_changes: Vec<String>,
-    /// Messages of `error` events and error items.
-    pub notices: Vec<String>,
-    /// The last agent message.
-    pub last_message: Option<String>,
-    /// JSON events seen.
-    pub events: u64,
 }
 
 impl Activity {
@@ -662,6 +535,30 @@ fn mask_secrets(text: &str) -> String {
         after_bearer = token.eq_ignore_ascii_case("bearer");
     }
     out
+}
+
+/// Reads a `usage` object field by field; an absent, null or mistyped count is 0.
+fn usage_from_value(value: &Value) -> Usage {
+    let count = |key: &str| -> u64 {
+        match value.get(key) {
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.is_finite() && *f > 0.0)
+                        .map(|f| f as u64)
+                })
+                .unwrap_or(0),
+            _ => 0,
+        }
+    };
+    Usage {
+        input_tokens: count("input_tokens"),
+        cached_input_tokens: count("cached_input_tokens"),
+        cache_write_input_tokens: count("cache_write_input_tokens"),
+        output_tokens: count("output_tokens"),
+        reasoning_output_tokens: count("reasoning_output_tokens"),
+    }
 }
 
 #[cfg(test)]

@@ -313,7 +313,7 @@ pub async fn run(repo: &Repo, args: VerifyArgs, reporter: &dyn Reporter) -> Resu
         crate::commands::ensure_images(&engine, &project, &snap, &entries, true, reporter).await?;
 
     let (records_dir, cache_dir) = super::state_paths(&repo.common_dir);
-    crate::run::create_private_dir(&records_dir)?;
+    crate::state::create_private_dir(&records_dir)?;
     let created = unix_now();
     let stem = format!("{created}-{}", short(&r.change.tree));
     let log = records_dir.join(format!("{stem}.log"));
@@ -403,9 +403,9 @@ pub async fn run(repo: &Repo, args: VerifyArgs, reporter: &dyn Reporter) -> Resu
         .clone()
         .unwrap_or_else(|| records_dir.join(format!("{stem}.json")));
     let json = serde_json::to_vec_pretty(&record).map_err(|e| Error::Internal(e.to_string()))?;
-    crate::extract::write_private(&path, &json)?;
+    crate::state::write_private(&path, &json)?;
     if let Some(junit) = &args.junit {
-        crate::extract::write_private(junit, super::junit::render(&record.verdict)?.as_bytes())?;
+        crate::state::write_private(junit, super::junit::render(&record.verdict)?.as_bytes())?;
     }
     Ok(Outcome {
         record,

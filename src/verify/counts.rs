@@ -6,12 +6,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-/// The tests a runner reported, summed over its summary lines.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counts {
-    pub runner: String,
-    pub total: u64,
-}
+use crate::record::Counts;
 
 struct Rule {
     runner: &'static str,

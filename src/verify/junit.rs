@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 
-use super::{CheckResult, Outcome, Verdict};
 use crate::error::{Error, Result};
+use crate::record::{CheckResult, Outcome, Verdict};
 
 fn failure(message: String, description: &str) -> TestCaseStatus {
     let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);

@@ -27,6 +27,10 @@ use crate::engine::{hardened_host_config, labels, Engine};
 use crate::error::{Error, Result};
 use crate::git::Repo;
 use crate::images;
+use crate::record::{
+    BaselineCheck, BaselineInfo, CheckResult, Counts, Expectation, ExpectationStatus, Kind,
+    Outcome, Verdict,
+};
 use crate::snapshot::{self, EntryKind};
 
 pub mod command;
@@ -102,7 +106,7 @@ pub struct CheckRun {
     /// The last lines of the output.
     pub tail: String,
     /// For the test check: the tests the runner counted, when its summary was recognised.
-    pub tests: Option<counts::Counts>,
+    pub tests: Option<Counts>,
     /// The tests the runner reported failed, by name (empty when it reports no names).
     pub failed_tests: Vec<String>,
     /// Whether the runner reported tests by name.
@@ -126,178 +130,6 @@ impl CheckRun {
     /// Ran to its end and failed (not stopped by the infrastructure).
     fn failed(&self) -> bool {
         !self.ok() && !self.timed_out && !self.oom_killed && self.exit_code.is_some()
-    }
-}
-
-/// What a check came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Outcome {
-    /// Passed, and passed (or was not run) on the base too.
-    Pass,
-    /// Passes now; failed on the base.
-    Fixed,
-    /// Fails now, with only the failures it already had on the base.
-    PreExisting,
-    /// Failed, then passed when run again.
-    Flaky,
-    /// Fails because of the change.
-    Fail,
-    /// The test command ran zero tests: not a pass.
-    NoTests,
-    /// Outlived its limit; the container was killed.
-    Timeout,
-    /// Killed by the infrastructure (out of memory) or stopped by an engine error.
-    InfraError,
-}
-
-impl Outcome {
-    /// Whether a check with this outcome lets the change land.
-    pub fn lets_land(self) -> bool {
-        matches!(
-            self,
-            Outcome::Pass | Outcome::Fixed | Outcome::PreExisting | Outcome::Flaky
-        )
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Pass => "pass",
-            Outcome::Fixed => "fixed",
-            Outcome::PreExisting => "pre-existing",
-            Outcome::Flaky => "flaky",
-            Outcome::Fail => "fail",
-            Outcome::NoTests => "no-tests",
-            Outcome::Timeout => "timeout",
-            Outcome::InfraError => "infra-error",
-        }
-    }
-}
-
-/// A check's result on the base, as far as the verdict uses it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct BaselineCheck {
-    pub exit_code: Option<i64>,
-    pub passed: bool,
-    pub failed_tests: Vec<String>,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct CheckResult {
-    pub name: String,
-    pub command: String,
-    pub outcome: Outcome,
-    /// Whether this check lets the change land.
-    pub passed: bool,
-    pub exit_code: Option<i64>,
-    pub seconds: f64,
-    pub tail: String,
-    pub tests: Option<counts::Counts>,
-    pub failed_tests: Vec<String>,
-    /// Tests that fail now and did not fail on the base.
-    pub regressions: Vec<String>,
-    /// Tests that fail now and failed on the base too.
-    pub pre_existing: Vec<String>,
-    /// Tests that failed on the base and pass now.
-    pub fixed: Vec<String>,
-    /// Tests that failed, then passed on a re-run.
-    pub flaky: Vec<String>,
-    /// How many times the check was run again after failing.
-    pub reruns: u32,
-    pub baseline: Option<BaselineCheck>,
-    /// Why the outcome is what it is, when the exit code alone does not say it.
-    pub note: Option<String>,
-}
-
-/// The overall verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    Pass,
-    Fail,
-    Timeout,
-    InfraError,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Pass => "pass",
-            Kind::Fail => "fail",
-            Kind::Timeout => "timeout",
-            Kind::InfraError => "infra-error",
-        }
-    }
-
-    pub fn exit_code(self) -> i32 {
-        use crate::error::exit;
-        match self {
-            Kind::Pass => exit::OK,
-            Kind::Fail => exit::VERIFY_FAILED,
-            Kind::Timeout => exit::TIMEOUT,
-            Kind::InfraError => exit::INFRA,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ExpectationStatus {
-    Passed,
-    Failed,
-    /// The runner reports names, and none matched.
-    NotRun,
-    /// The runner reports no names: the expectation could not be checked.
-    Unchecked,
-}
-
-/// A test the unit expects to pass afterwards.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Expectation {
-    pub test: String,
-    pub status: ExpectationStatus,
-    /// The reported test name that matched.
-    pub matched: Option<String>,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct BaselineInfo {
-    pub tree: String,
-    pub key: String,
-    /// True when the baseline came from the cache.
-    pub cached: bool,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Verdict {
-    pub verdict: Kind,
-    /// Whether the change may land.
-    pub passed: bool,
-    /// The tree the checks ran on (the change, with protected paths restored).
-    pub tree: String,
-    /// Protected paths the change touched, restored from the base before the checks.
-    pub restored: Vec<String>,
-    pub checks: Vec<CheckResult>,
-    pub expectations: Vec<Expectation>,
-    pub baseline: Option<BaselineInfo>,
-    /// One line: the verdict and what decided it.
-    pub summary: String,
-}
-
-impl Verdict {
-    /// What a person reads: the summary, then for each failing check its failing tests and the
-    /// tail of its log.
-    pub fn explain(&self) -> String {
-        let mut out = self.summary.clone();
-        for c in self.checks.iter().filter(|c| !c.passed) {
-            out.push_str(&format!(
-                "\n--- {} ({}): last lines of its output:\n{}",
-                c.name,
-                c.outcome.as_str(),
-                c.tail
-            ));
-        }
-        out
     }
 }
 
@@ -382,7 +214,7 @@ pub async fn verify(
                         {
                             let json = serde_json::to_vec(&runs)
                                 .map_err(|e| Error::Internal(e.to_string()))?;
-                            crate::extract::write_private(&file, &json)?;
+                            crate::state::write_private(&file, &json)?;
                         }
                         runs
                     }
@@ -1070,7 +902,7 @@ mod tests {
             exit_code: Some(code),
             failed_tests: names.failed(),
             names_known: !names.is_empty(),
-            tests: Some(counts::Counts {
+            tests: Some(Counts {
                 runner: "tap".into(),
                 total: (failed.len() + passed.len()) as u64,
             }),
@@ -1142,7 +974,7 @@ mod tests {
         assert_eq!(classify(&plain(1), Some(&timeout)).0, Outcome::Fail);
         let zero = CheckRun {
             exit_code: Some(0),
-            tests: Some(counts::Counts {
+            tests: Some(Counts {
                 runner: "pytest".into(),
                 total: 0,
             }),

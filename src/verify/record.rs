@@ -5,9 +5,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Check, Settings, Verdict};
+use super::{Check, Settings};
 use crate::error::{Error, Result};
 use crate::git::Repo;
+use crate::record::Verdict;
 
 /// Version of the record's format; bumped when a field changes meaning.
 pub const SCHEMA: u32 = 1;

@@ -1,0 +1,180 @@
+//! The verdict of a verification: each check's outcome, the expectations, the baseline.
+
+/// The tests a runner reported, summed over its summary lines.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counts {
+    pub runner: String,
+    pub total: u64,
+}
+
+/// What a check came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Passed, and passed (or was not run) on the base too.
+    Pass,
+    /// Passes now; failed on the base.
+    Fixed,
+    /// Fails now, with only the failures it already had on the base.
+    PreExisting,
+    /// Failed, then passed when run again.
+    Flaky,
+    /// Fails because of the change.
+    Fail,
+    /// The test command ran zero tests: not a pass.
+    NoTests,
+    /// Outlived its limit; the container was killed.
+    Timeout,
+    /// Killed by the infrastructure (out of memory) or stopped by an engine error.
+    InfraError,
+}
+
+impl Outcome {
+    /// Whether a check with this outcome lets the change land.
+    pub fn lets_land(self) -> bool {
+        matches!(
+            self,
+            Outcome::Pass | Outcome::Fixed | Outcome::PreExisting | Outcome::Flaky
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pass => "pass",
+            Outcome::Fixed => "fixed",
+            Outcome::PreExisting => "pre-existing",
+            Outcome::Flaky => "flaky",
+            Outcome::Fail => "fail",
+            Outcome::NoTests => "no-tests",
+            Outcome::Timeout => "timeout",
+            Outcome::InfraError => "infra-error",
+        }
+    }
+}
+
+/// A check's result on the base, as far as the verdict uses it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BaselineCheck {
+    pub exit_code: Option<i64>,
+    pub passed: bool,
+    pub failed_tests: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub command: String,
+    pub outcome: Outcome,
+    /// Whether this check lets the change land.
+    pub passed: bool,
+    pub exit_code: Option<i64>,
+    pub seconds: f64,
+    pub tail: String,
+    pub tests: Option<Counts>,
+    pub failed_tests: Vec<String>,
+    /// Tests that fail now and did not fail on the base.
+    pub regressions: Vec<String>,
+    /// Tests that fail now and failed on the base too.
+    pub pre_existing: Vec<String>,
+    /// Tests that failed on the base and pass now.
+    pub fixed: Vec<String>,
+    /// Tests that failed, then passed on a re-run.
+    pub flaky: Vec<String>,
+    /// How many times the check was run again after failing.
+    pub reruns: u32,
+    pub baseline: Option<BaselineCheck>,
+    /// Why the outcome is what it is, when the exit code alone does not say it.
+    pub note: Option<String>,
+}
+
+/// The overall verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    Pass,
+    Fail,
+    Timeout,
+    InfraError,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Pass => "pass",
+            Kind::Fail => "fail",
+            Kind::Timeout => "timeout",
+            Kind::InfraError => "infra-error",
+        }
+    }
+
+    pub fn exit_code(self) -> i32 {
+        use crate::error::exit;
+        match self {
+            Kind::Pass => exit::OK,
+            Kind::Fail => exit::VERIFY_FAILED,
+            Kind::Timeout => exit::TIMEOUT,
+            Kind::InfraError => exit::INFRA,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExpectationStatus {
+    Passed,
+    Failed,
+    /// The runner reports names, and none matched.
+    NotRun,
+    /// The runner reports no names: the expectation could not be checked.
+    Unchecked,
+}
+
+/// A test the unit expects to pass afterwards.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Expectation {
+    pub test: String,
+    pub status: ExpectationStatus,
+    /// The reported test name that matched.
+    pub matched: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BaselineInfo {
+    pub tree: String,
+    pub key: String,
+    /// True when the baseline came from the cache.
+    pub cached: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Verdict {
+    pub verdict: Kind,
+    /// Whether the change may land.
+    pub passed: bool,
+    /// The tree the checks ran on (the change, with protected paths restored).
+    pub tree: String,
+    /// Protected paths the change touched, restored from the base before the checks.
+    pub restored: Vec<String>,
+    pub checks: Vec<CheckResult>,
+    pub expectations: Vec<Expectation>,
+    pub baseline: Option<BaselineInfo>,
+    /// One line: the verdict and what decided it.
+    pub summary: String,
+}
+
+impl Verdict {
+    /// What a person reads: the summary, then for each failing check its failing tests and the
+    /// tail of its log.
+    pub fn explain(&self) -> String {
+        let mut out = self.summary.clone();
+        for c in self.checks.iter().filter(|c| !c.passed) {
+            out.push_str(&format!(
+                "\n--- {} ({}): last lines of its output:\n{}",
+                c.name,
+                c.outcome.as_str(),
+                c.tail
+            ));
+        }
+        out
+    }
+}
