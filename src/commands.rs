@@ -7,60 +7,16 @@ use std::path::{Path, PathBuf};
 use futures_util::StreamExt;
 
 use crate::cli::{Cli, Command, GlobalArgs, ImageCommand, SnapshotArgs, UnitCommand};
-use crate::config::profile::Profile;
+
+use crate::config;
 use crate::config::unit;
-use crate::config::{self, Config, Limits};
 use crate::engine::{labels, short, Engine};
 use crate::error::{exit, Error, Result};
-use crate::git::Repo;
+
 use crate::images::{self, DepsPlan};
 use crate::output::{print_json, JsonLines, Reporter, Silent, Terminal};
+use crate::project::{open_repo, Project};
 use crate::snapshot::{self, Snapshot, TreeEntry};
-
-/// A repository with its validated configuration and profile.
-pub struct Project {
-    pub repo: Repo,
-    pub config: Config,
-    pub profile: Profile,
-    pub limits: Limits,
-}
-
-pub(crate) fn open_repo(global: &GlobalArgs) -> Result<Repo> {
-    let dir = match &global.repo {
-        Some(d) => d.clone(),
-        None => {
-            std::env::current_dir().map_err(|e| Error::io("reading the current directory", e))?
-        }
-    };
-    if !dir.is_dir() {
-        return Err(Error::Repo {
-            path: dir,
-            message: "no such directory".into(),
-            hint: Some("pass an existing repository directory to --repo".into()),
-        });
-    }
-    Repo::discover(&dir)
-}
-
-impl Project {
-    pub fn open(global: &GlobalArgs) -> Result<Project> {
-        let repo = open_repo(global)?;
-        let config = Config::load(&repo.root)?;
-        let profile = Profile::load(&repo.root, &config.project.profile)?;
-        let limits = config.limits.resolve();
-        crate::engine::set_runtime(config.project.runtime.clone());
-        Ok(Project {
-            repo,
-            config,
-            profile,
-            limits,
-        })
-    }
-
-    fn base_image(&self) -> Option<&str> {
-        self.config.project.base_image.as_deref()
-    }
-}
 
 fn reporter(global: &GlobalArgs, json: bool) -> Box<dyn Reporter> {
     if json {
@@ -612,7 +568,7 @@ async fn prepare(
     let entries = snapshot::list_tree(&project.repo, &snapshot.tree)?;
     let engine = Engine::connect().await?;
     let (deps, deps_image, unit_image) =
-        ensure_images(&engine, project, &snapshot, &entries, incremental, reporter).await?;
+        images::ensure_images(&engine, project, &snapshot, &entries, incremental, reporter).await?;
     Ok(Prepared {
         files: entries.len(),
         snapshot,
@@ -620,40 +576,6 @@ async fn prepare(
         deps_image,
         unit_image,
     })
-}
-
-/// The dependency and unit images of `snapshot`, built when missing.
-pub async fn ensure_images(
-    engine: &Engine,
-    project: &Project,
-    snapshot: &Snapshot,
-    entries: &[TreeEntry],
-    incremental: bool,
-    reporter: &dyn Reporter,
-) -> Result<(DepsPlan, images::Ensured, images::Ensured)> {
-    reporter.phase(&format!(
-        "snapshot {} ({} files)",
-        short(&snapshot.tree),
-        entries.len()
-    ));
-    let deps = images::plan_deps(
-        engine,
-        &project.repo,
-        &project.profile,
-        project.base_image(),
-        entries,
-    )
-    .await?;
-    let cx = images::Context {
-        engine,
-        repo: &project.repo,
-        profile: &project.profile,
-        limits: &project.limits,
-        reporter,
-    };
-    let deps_image = images::ensure_deps(&cx, &deps).await?;
-    let unit_image = images::ensure_unit(&cx, &deps, snapshot, entries, incremental).await?;
-    Ok((deps, deps_image, unit_image))
 }
 
 async fn image(global: &GlobalArgs, cmd: ImageCommand) -> Result<i32> {

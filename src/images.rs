@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::git::Repo;
 use crate::layer;
 use crate::output::Reporter;
+use crate::project::Project;
 use crate::snapshot::{self, ExtraLink, Snapshot, TarStats, TreeEntry};
 
 /// The default base image tag; `BOXDELEGATE_BASE_IMAGE` names another (see [`base_image`]).
@@ -315,7 +316,7 @@ pub async fn ensure_deps(cx: &Context<'_>, plan: &DepsPlan) -> Result<Ensured> {
     } else {
         vec!["true".into()]
     };
-    let mut host = hardened_host_config(limits);
+    let mut host = hardened_host_config(&limits.into());
     host.network_mode = Some("bridge".into());
     let id = engine
         .create_container(ContainerCreateBody {
@@ -530,7 +531,7 @@ pub async fn ensure_unit(
         labels: Some(build_labels.clone()),
         network_disabled: Some(true),
         host_config: Some({
-            let mut h = hardened_host_config(limits);
+            let mut h = hardened_host_config(&limits.into());
             h.network_mode = Some("none".into());
             h
         }),
@@ -896,6 +897,40 @@ fn blocking_body(
 pub async fn join_tar(task: TarTask) -> Result<TarStats> {
     task.await
         .map_err(|e| Error::Internal(format!("snapshot stream task failed: {e}")))?
+}
+
+/// The dependency and unit images of `snapshot`, built when missing.
+pub async fn ensure_images(
+    engine: &Engine,
+    project: &Project,
+    snapshot: &Snapshot,
+    entries: &[TreeEntry],
+    incremental: bool,
+    reporter: &dyn Reporter,
+) -> Result<(DepsPlan, Ensured, Ensured)> {
+    reporter.phase(&format!(
+        "snapshot {} ({} files)",
+        short(&snapshot.tree),
+        entries.len()
+    ));
+    let deps = plan_deps(
+        engine,
+        &project.repo,
+        &project.profile,
+        project.base_image(),
+        entries,
+    )
+    .await?;
+    let cx = Context {
+        engine,
+        repo: &project.repo,
+        profile: &project.profile,
+        limits: &project.limits,
+        reporter,
+    };
+    let deps_image = ensure_deps(&cx, &deps).await?;
+    let unit_image = ensure_unit(&cx, &deps, snapshot, entries, incremental).await?;
+    Ok((deps, deps_image, unit_image))
 }
 
 #[cfg(test)]

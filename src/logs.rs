@@ -7,10 +7,10 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::commands::Project;
 use crate::config::unit;
 use crate::error::{exit, Error, Result};
 use crate::output::label;
+use crate::project::Project;
 use crate::state::journal::{self, AttemptPhase, Journal, UnitPhase};
 
 /// How often `--follow` looks at the journal and the log files again.

@@ -18,6 +18,7 @@ mod logs;
 mod manual;
 mod output;
 mod plan;
+mod project;
 mod proxy;
 mod record;
 mod run;

@@ -932,7 +932,7 @@ fn import(
     dry_run: bool,
     json: bool,
 ) -> Result<i32> {
-    let repo = crate::commands::open_repo(global)?;
+    let repo = crate::project::open_repo(global)?;
     let root = &repo.root;
     let units_dir = match units_dir {
         Some(d) => d,

@@ -7,12 +7,12 @@
 //! attempt alone, and both are removed with the agent container.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, EndpointSettings, NetworkingConfig};
 use futures_util::StreamExt;
 
+use crate::config::allow::Allow;
 use crate::config::Limits;
 use crate::engine::{hardened_host_config, labels, Engine};
 use crate::error::{Error, Result};
@@ -27,73 +27,6 @@ pub const DEFAULT_EGRESS: &str = "bridge";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Refused requests kept per attempt; an agent hammering the proxy cannot grow the report.
 const MAX_REFUSED: usize = 100;
-
-/// One allowed destination.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Allow {
-    pub host: String,
-    pub port: u16,
-}
-
-impl fmt::Display for Allow {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.host, self.port)
-    }
-}
-
-impl Allow {
-    /// Parses `host:port`. The host becomes part of the proxy's configuration, so only DNS
-    /// names and IPv4 addresses are accepted.
-    pub fn parse(s: &str) -> std::result::Result<Allow, String> {
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{s:?} is not host:port"))?;
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| format!("{s:?}: {port:?} is not a port number (1-65535)"))?;
-        let valid_label = |l: &str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        };
-        if host.len() > 253 || !host.split('.').all(valid_label) {
-            return Err(format!(
-                "{s:?}: {host:?} is not a host name or IPv4 address"
-            ));
-        }
-        Ok(Allow {
-            host: host.to_ascii_lowercase(),
-            port,
-        })
-    }
-
-    /// The host and port of an `http(s)://` URL.
-    pub fn from_url(url: &str) -> Option<Allow> {
-        let (default_port, rest) = if let Some(r) = url.strip_prefix("https://") {
-            (443, r)
-        } else if let Some(r) = url.strip_prefix("http://") {
-            (80, r)
-        } else {
-            return None;
-        };
-        let authority = rest.split(['/', '?', '#']).next()?;
-        let authority = authority.rsplit('@').next()?;
-        let with_port = if authority.contains(':') {
-            authority.to_string()
-        } else {
-            format!("{authority}:{default_port}")
-        };
-        Allow::parse(&with_port).ok()
-    }
-
-    fn is_ipv4(&self) -> bool {
-        self.host.parse::<std::net::Ipv4Addr>().is_ok()
-    }
-}
 
 /// The squid configuration: allow each `host:port`, deny the rest, log one line per request.
 pub fn squid_conf(allow: &[Allow]) -> String {
@@ -188,7 +121,7 @@ pub async fn start(
     let mut net_labels = labels_of.clone();
     net_labels.insert(labels::KIND.into(), "agent-network".into());
     engine.create_network(name, true, net_labels).await?;
-    let mut host = hardened_host_config(&proxy_limits());
+    let mut host = hardened_host_config(&(&proxy_limits()).into());
     host.network_mode = Some(name.to_string());
     host.readonly_rootfs = Some(true);
     host.tmpfs = Some(HashMap::from([(

@@ -15,7 +15,6 @@ use futures_util::StreamExt;
 
 use crate::agent::{self, Agent, PROMPT_DIR, PROMPT_FILE};
 use crate::change::ChangeSet;
-use crate::commands::Project;
 use crate::config::unit::{self, Unit, UnitGlobs};
 use crate::config::Limits;
 use crate::engine::{hardened_host_config, labels, short, Engine};
@@ -24,6 +23,7 @@ use crate::extract::{self, ReadLimits};
 use crate::images;
 use crate::land::{self, LandRequest};
 use crate::output::Reporter;
+use crate::project::Project;
 use crate::record::{AttemptSummary, Landed, Rejection, Role, Status, UnitResult};
 use crate::scope;
 use crate::snapshot::{self, Snapshot};
@@ -124,7 +124,7 @@ enum AgentNetwork {
     None,
     /// Only the allowed destinations, through the attempt's egress proxy.
     Proxy {
-        allow: Vec<crate::proxy::Allow>,
+        allow: Vec<crate::config::allow::Allow>,
         egress: String,
     },
     /// An engine network: the default bridge for "open", else one the user created.
@@ -141,7 +141,7 @@ impl AgentNetwork {
                 let allow = match &config.allow {
                     Some(list) => list
                         .iter()
-                        .filter_map(|a| crate::proxy::Allow::parse(a).ok())
+                        .filter_map(|a| crate::config::allow::Allow::parse(a).ok())
                         .collect(),
                     None => default_allow(config),
                 };
@@ -181,7 +181,7 @@ impl AgentNetwork {
 }
 
 /// The model API's host, which a proxied codex agent needs.
-fn default_allow(config: &crate::config::AgentConfig) -> Vec<crate::proxy::Allow> {
+fn default_allow(config: &crate::config::AgentConfig) -> Vec<crate::config::allow::Allow> {
     if config.kind != crate::config::AgentKind::Codex {
         return Vec::new();
     }
@@ -190,7 +190,9 @@ fn default_allow(config: &crate::config::AgentConfig) -> Vec<crate::proxy::Allow
         .as_ref()
         .map(|p| p.base_url.as_str())
         .unwrap_or("https://api.openai.com/v1");
-    crate::proxy::Allow::from_url(url).into_iter().collect()
+    crate::config::allow::Allow::from_url(url)
+        .into_iter()
+        .collect()
 }
 
 /// A unit with everything resolved before the engine is touched.
@@ -512,8 +514,7 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
     let snapshot_ms = crate::timings::since(snapshot_started);
     let images_started = Instant::now();
     let (deps, _, unit_image) =
-        crate::commands::ensure_images(&engine, project, &snapshot, &entries, true, reporter)
-            .await?;
+        crate::images::ensure_images(&engine, project, &snapshot, &entries, true, reporter).await?;
     let run_timings = crate::timings::RunTimings {
         snapshot_ms,
         images_ms: crate::timings::since(images_started),
@@ -1232,7 +1233,7 @@ async fn start_agent(
     let mut env = spec.env.clone();
     env.extend(plan.env.iter().cloned());
     env.push(format!("BOXDELEGATE_ATTEMPT={}", a.n));
-    let mut host = hardened_host_config(&p.limits);
+    let mut host = hardened_host_config(&(&p.limits).into());
     if ctx.disk_quota {
         host.storage_opt = Some(HashMap::from([(
             "size".to_string(),

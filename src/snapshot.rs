@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::git::Repo;
 
 /// mtime of every tar entry: 1980-01-01, the earliest date zip-based tools (wheels, jars) accept.
-pub const FIXED_MTIME: u64 = 315_532_800;
+pub const FIXED_MTIME: u64 = crate::engine::FIXED_MTIME;
 /// Owner of every tar entry: the non-root `box` user of the base image.
 pub const OWNER_UID: u64 = 1000;
 

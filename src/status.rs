@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use crate::commands::Project;
 use crate::engine::{labels, short, Engine};
 use crate::error::{exit, Error, Result};
 use crate::output::label;
+use crate::project::Project;
 use crate::state::journal::{self, Journal};
 
 /// A run id given on the command line: well formed and present.

@@ -3,6 +3,7 @@
 //! Parsing is strict: unknown keys and wrong types are errors that name the file, the key and the
 //! line. Nothing in this module talks to the engine or writes to the repository (except `init`).
 
+pub mod allow;
 pub mod init;
 pub mod profile;
 pub mod unit;
@@ -521,7 +522,7 @@ fn check_network(file: &Path, key: &str, a: &AgentConfig) -> Result<()> {
         ));
     }
     for entry in a.allow.iter().flatten() {
-        crate::proxy::Allow::parse(entry).map_err(|e| {
+        crate::config::allow::Allow::parse(entry).map_err(|e| {
             Error::config_hint(
                 file,
                 format!("{key}.allow: {e}"),

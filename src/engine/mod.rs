@@ -41,14 +41,29 @@ impl<T: Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static> ByteStrea
 /// Generous HTTP timeout: waiting for an install step or a large upload is one request.
 const REQUEST_TIMEOUT_SECS: u64 = 24 * 3600;
 
-/// The runtime every container runs under (`[project] runtime`), when not the engine's default.
-static RUNTIME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// The runtime every container runs under, when not the engine's default, and the file that
+/// asked for it (named when the engine lacks it).
+static RUNTIME: std::sync::OnceLock<(String, PathBuf)> = std::sync::OnceLock::new();
 
 /// Sets the runtime of every container this process creates; the first setting wins.
-pub fn set_runtime(runtime: Option<String>) {
+/// `declared_in` is the file that asked for it, for the error when the engine lacks it.
+pub fn set_runtime(runtime: Option<String>, declared_in: PathBuf) {
     if let Some(r) = runtime {
-        let _ = RUNTIME.set(r);
+        let _ = RUNTIME.set((r, declared_in));
     }
+}
+
+/// The mtime of files boxdelegate packs for the engine (a build context): fixed, so the same
+/// bytes make the same archive.
+pub const FIXED_MTIME: u64 = 315_532_800;
+
+/// What a container may use: the plain values [`hardened_host_config`] turns into limits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Resources {
+    /// Bytes of memory (and of memory plus swap: no swap).
+    pub memory: u64,
+    pub cpus: f64,
+    pub pids: i64,
 }
 
 /// The engine this process connected to, so an interrupt can remove its containers.
@@ -151,7 +166,7 @@ impl Engine {
             live: Arc::default(),
             networks: Arc::default(),
         };
-        if let Some(runtime) = RUNTIME.get() {
+        if let Some((runtime, declared_in)) = RUNTIME.get() {
             let info = engine
                 .docker
                 .info()
@@ -161,7 +176,7 @@ impl Engine {
             known.sort();
             if !known.contains(runtime) {
                 return Err(Error::config_hint(
-                    crate::config::CONFIG_FILE,
+                    declared_in,
                     format!("project.runtime: the engine has no runtime {runtime:?}"),
                     format!(
                         "the engine offers {}; install and register {runtime:?} with the engine (e.g. gVisor's runsc), or remove the key",
@@ -827,7 +842,7 @@ impl Engine {
         let mut h = tar::Header::new_gnu();
         h.set_size(containerfile.len() as u64);
         h.set_mode(0o644);
-        h.set_mtime(crate::snapshot::FIXED_MTIME);
+        h.set_mtime(FIXED_MTIME);
         ar.append_data(&mut h, "Containerfile", containerfile.as_bytes())
             .map_err(|e| Error::io("packing the build context", e))?;
         let context = ar
@@ -900,10 +915,10 @@ impl Drop for OomWatch {
 }
 
 /// Hardening applied to every container boxdelegate starts (see the README's security notes).
-pub fn hardened_host_config(limits: &crate::config::Limits) -> HostConfig {
+pub fn hardened_host_config(limits: &Resources) -> HostConfig {
     HostConfig {
         cap_drop: Some(vec!["ALL".into()]),
-        runtime: RUNTIME.get().cloned(),
+        runtime: RUNTIME.get().map(|(r, _)| r.clone()),
         security_opt: Some(vec!["no-new-privileges".into()]),
         privileged: Some(false),
         // A private cgroup namespace also where the engine's default is the host's (cgroup v1).

@@ -8,13 +8,13 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::commands::Project;
 use crate::config::unit::{self, Globs};
 use crate::config::{profile::Profile, Config, CONFIG_FILE};
 use crate::engine::{short, Engine};
 use crate::error::{Error, Result};
 use crate::git::Repo;
 use crate::output::Reporter;
+use crate::project::Project;
 use crate::snapshot::{self, Snapshot};
 
 use super::record::{self, EngineVersion, Record, Replay, Side};
@@ -310,7 +310,7 @@ pub async fn run(repo: &Repo, args: VerifyArgs, reporter: &dyn Reporter) -> Resu
     };
     let entries = snapshot::list_tree(repo, &snap.tree)?;
     let (deps, deps_image, unit_image) =
-        crate::commands::ensure_images(&engine, &project, &snap, &entries, true, reporter).await?;
+        crate::images::ensure_images(&engine, &project, &snap, &entries, true, reporter).await?;
 
     let (records_dir, cache_dir) = super::state_paths(&repo.common_dir);
     crate::state::create_private_dir(&records_dir)?;
