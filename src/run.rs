@@ -114,7 +114,7 @@ struct AgentPlan {
     timeout: Duration,
     network: AgentNetwork,
     silence_warning: Duration,
-    price: Option<crate::agent::events::Price>,
+    price: Option<crate::config::Price>,
 }
 
 /// Where an agent container's traffic may go.

@@ -11,9 +11,9 @@
 //! tree decides the actual change. Nothing here stores secrets: only what codex prints is kept,
 //! capped in size, with anything shaped like an API key masked.
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::config::Price;
 use crate::record::{Activity, FailureKind, Usage};
 
 /// Most distinct paths kept in [`Activity::files_touched`] and [`Activity::failed_file_changes`].
@@ -28,20 +28,6 @@ const MAX_MESSAGE_CHARS: usize = 4000;
 const MAX_COMMAND_CHARS: usize = 1000;
 /// Longest command shown in [`Activity::status_line`], in characters.
 const STATUS_COMMAND_CHARS: usize = 60;
-
-/// Prices in USD per million tokens.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Price {
-    pub input: f64,
-    /// Price of cached input tokens; the input price when unset.
-    #[serde(default)]
-    pub cached_input: Option<f64>,
-    /// Price of input tokens written to the cache; the input price when unset.
-    #[serde(default)]
-    pub cache_write: Option<f64>,
-    pub output: f64,
-}
 
 /// The USD cost of `usage` at `price`. Cached and cache-write tokens are billed at their own
 /// prices and the rest of the input at the input price; reasoning tokens are ordinary output.

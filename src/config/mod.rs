@@ -34,7 +34,7 @@ pub struct Config {
     /// Prices per model, in USD per million tokens, for the cost estimate (`"*"` matches any
     /// model). No prices are built in: they would silently go stale.
     #[serde(default)]
-    pub prices: BTreeMap<String, crate::agent::events::Price>,
+    pub prices: BTreeMap<String, Price>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -234,6 +234,20 @@ pub struct LimitsConfig {
     /// Disk a container may write (its writable layer), e.g. "10g".
     #[serde(default, with = "size_opt")]
     pub disk: Option<u64>,
+}
+
+/// Prices in USD per million tokens.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input: f64,
+    /// Price of cached input tokens; the input price when unset.
+    #[serde(default)]
+    pub cached_input: Option<f64>,
+    /// Price of input tokens written to the cache; the input price when unset.
+    #[serde(default)]
+    pub cache_write: Option<f64>,
+    pub output: f64,
 }
 
 /// Effective limits with the defaults applied.
@@ -767,7 +781,7 @@ mod reference {
         code.extend(fields::<RunConfig>("run.", &[]));
         code.extend(fields::<VerifyConfig>("verify.", &[]));
         code.extend(fields::<LimitsConfig>("limits.", &[]));
-        code.extend(fields::<crate::agent::events::Price>("prices.*.", &[]));
+        code.extend(fields::<Price>("prices.*.", &[]));
         assert_eq!(documented("config"), code);
     }
 
