@@ -5,6 +5,7 @@
 
 pub mod allow;
 pub mod init;
+pub mod plan;
 pub mod profile;
 pub mod unit;
 

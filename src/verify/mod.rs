@@ -33,7 +33,6 @@ use crate::record::{
 };
 use crate::snapshot::{self, EntryKind};
 
-pub mod command;
 pub mod counts;
 pub mod junit;
 pub mod names;

@@ -134,10 +134,10 @@ mod tests {
         use clap::Parser;
         let mut checked = 0;
         for (doc, text) in [
-            ("README.md", include_str!("../README.md")),
+            ("README.md", include_str!("../../README.md")),
             (
                 "docs/integrations.md",
-                include_str!("../docs/integrations.md"),
+                include_str!("../../docs/integrations.md"),
             ),
         ] {
             // Fences nest here (a skill's ```sh inside a ````markdown example); only lines

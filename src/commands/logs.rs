@@ -31,7 +31,7 @@ pub async fn run(project: &Project, req: &Request) -> Result<i32> {
     let state = crate::state::dir(&project.repo);
     let run_id = match &req.run {
         Some(id) => {
-            crate::status::check_run_id(&state, id)?;
+            super::status::check_run_id(&state, id)?;
             id.clone()
         }
         None => latest_run_with(project, &state, &req.unit)?,

@@ -17,8 +17,8 @@ use crate::output::Reporter;
 use crate::project::Project;
 use crate::snapshot::{self, Snapshot};
 
-use super::record::{self, EngineVersion, Record, Replay, Side};
-use super::{Check, Settings, VerifyRequest};
+use crate::verify::record::{self, EngineVersion, Record, Replay, Side};
+use crate::verify::{Check, Settings, VerifyRequest};
 
 pub use crate::cli::VerifyArgs;
 
@@ -277,7 +277,7 @@ fn resolve(repo: &Repo, args: &VerifyArgs) -> Result<(Resolved, Project)> {
         unit: unit_id,
         protected,
         expect,
-        checks: super::checks(&project.profile, &project.config.verify),
+        checks: crate::verify::checks(&project.profile, &project.config.verify),
         settings: Settings::from_config(&project.config.verify),
         replay: None,
     };
@@ -312,7 +312,7 @@ pub async fn run(repo: &Repo, args: VerifyArgs, reporter: &dyn Reporter) -> Resu
     let (deps, deps_image, unit_image) =
         crate::images::ensure_images(&engine, &project, &snap, &entries, true, reporter).await?;
 
-    let (records_dir, cache_dir) = super::state_paths(&repo.common_dir);
+    let (records_dir, cache_dir) = crate::verify::state_paths(&repo.common_dir);
     crate::state::create_private_dir(&records_dir)?;
     let created = unix_now();
     let stem = format!("{created}-{}", short(&r.change.tree));
@@ -345,7 +345,7 @@ pub async fn run(repo: &Repo, args: VerifyArgs, reporter: &dyn Reporter) -> Resu
         log: &log,
         cache_dir: &cache_dir,
     };
-    let verdict = super::verify(&engine, repo, &req, &|l: &str| sink(l)).await?;
+    let verdict = crate::verify::verify(&engine, repo, &req, &|l: &str| sink(l)).await?;
     let info = engine.info().await?;
 
     let mut exit_code = verdict.verdict.exit_code();
@@ -405,11 +405,82 @@ pub async fn run(repo: &Repo, args: VerifyArgs, reporter: &dyn Reporter) -> Resu
     let json = serde_json::to_vec_pretty(&record).map_err(|e| Error::Internal(e.to_string()))?;
     crate::state::write_private(&path, &json)?;
     if let Some(junit) = &args.junit {
-        crate::state::write_private(junit, super::junit::render(&record.verdict)?.as_bytes())?;
+        crate::state::write_private(
+            junit,
+            crate::verify::junit::render(&record.verdict)?.as_bytes(),
+        )?;
     }
     Ok(Outcome {
         record,
         path,
         exit_code,
     })
+}
+
+pub fn print_verification(done: &Outcome) {
+    let r = &done.record;
+    let v = &r.verdict;
+    println!("verdict   {}", v.verdict.as_str());
+    println!(
+        "base      {}{}",
+        r.base.tree,
+        r.base
+            .commit
+            .as_deref()
+            .map(|c| format!(" (commit {})", short(c)))
+            .unwrap_or_default()
+    );
+    println!(
+        "change    {}{}",
+        r.change.tree,
+        r.change
+            .commit
+            .as_deref()
+            .map(|c| format!(" (commit {})", short(c)))
+            .unwrap_or_default()
+    );
+    if !v.restored.is_empty() {
+        println!(
+            "restored  {} (protected, from the base)",
+            v.restored.join(", ")
+        );
+    }
+    for c in &v.checks {
+        let tests = c
+            .tests
+            .as_ref()
+            .map(|t| format!(", {} tests", t.total))
+            .unwrap_or_default();
+        println!(
+            "check     {:<10} {:<13} exit {}{tests}, {:.1}s",
+            c.name,
+            c.outcome.as_str(),
+            c.exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
+            c.seconds
+        );
+    }
+    println!("summary   {}", v.summary);
+    if let Some(rp) = &r.replay {
+        if rp.matches {
+            println!("replay    the verdict matches the record");
+        } else {
+            println!("replay    the verdict differs from the record:");
+            for d in &rp.differences {
+                println!("  - {d}");
+            }
+        }
+    }
+    println!("record    {}", done.path.display());
+    if !v.passed {
+        for c in v.checks.iter().filter(|c| !c.passed) {
+            println!(
+                "--- {} ({}): last lines of its output:\n{}",
+                c.name,
+                c.outcome.as_str(),
+                c.tail
+            );
+        }
+    }
 }

@@ -1,0 +1,403 @@
+//! `boxdelegate image build|import|ls|prune|save|load`: the toolchain, dependency and unit
+//! images, resolved from the repository before the engine is touched.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use futures_util::StreamExt;
+
+use super::reporter;
+use crate::cli::{GlobalArgs, ImageCommand, SnapshotArgs};
+use crate::engine::{labels, short, Engine};
+use crate::error::{exit, Error, Result};
+use crate::images::{self, DepsPlan};
+use crate::output::{print_json, Reporter};
+use crate::project::Project;
+use crate::snapshot::{self, Snapshot, TreeEntry};
+
+/// The current snapshot's images, resolved and made to exist.
+#[derive(serde::Serialize)]
+struct Prepared {
+    snapshot: Snapshot,
+    files: usize,
+    deps: DepsPlan,
+    deps_image: images::Ensured,
+    unit_image: images::Ensured,
+}
+
+/// Snapshot → dependency image → unit image, each a cache hit when its inputs are unchanged.
+async fn prepare(
+    project: &Project,
+    snap: &SnapshotArgs,
+    incremental: bool,
+    reporter: &dyn Reporter,
+) -> Result<Prepared> {
+    let snapshot = Snapshot::take(&project.repo, snap.include_dirty)?;
+    let entries = snapshot::list_tree(&project.repo, &snapshot.tree)?;
+    let engine = Engine::connect().await?;
+    let (deps, deps_image, unit_image) =
+        images::ensure_images(&engine, project, &snapshot, &entries, incremental, reporter).await?;
+    Ok(Prepared {
+        files: entries.len(),
+        snapshot,
+        deps,
+        deps_image,
+        unit_image,
+    })
+}
+
+pub async fn image(global: &GlobalArgs, cmd: ImageCommand) -> Result<i32> {
+    match cmd {
+        ImageCommand::Build {
+            name: Some(name),
+            codex_version,
+            codex_binary,
+            json,
+            ..
+        } if name == "codex" => {
+            let version = match codex_version {
+                Some(v) => v,
+                None => Project::open(global)
+                    .ok()
+                    .and_then(|p| p.config.agent.codex_version)
+                    .unwrap_or_else(|| crate::agent::codex::DEFAULT_VERSION.to_string()),
+            };
+            crate::agent::codex::check_version(&version)?;
+            if let Some(b) = &codex_binary {
+                crate::agent::codex::check_binary(b)?;
+            }
+            let reporter = reporter(global, json);
+            let engine = Engine::connect().await?;
+            // The version pins the content: an existing image is reused; a local binary
+            // always replaces it.
+            let built = crate::agent::codex::ensure_image(
+                &engine,
+                &version,
+                codex_binary.as_deref(),
+                reporter.as_ref(),
+            )
+            .await;
+            reporter.finish();
+            let tag = built?;
+            let id = engine.image_id(&tag).await?.unwrap_or_default();
+            if json {
+                print_json(&serde_json::json!({"image": tag, "id": id, "version": version}))?;
+            } else {
+                println!("built {tag} ({})", short(&id));
+            }
+            Ok(exit::OK)
+        }
+        ImageCommand::Build {
+            name: None,
+            snap,
+            full,
+            json,
+            ..
+        } => {
+            let project = Project::open(global)?;
+            let reporter = reporter(global, json);
+            let prepared = prepare(&project, &snap, !full, reporter.as_ref()).await;
+            reporter.finish();
+            let prepared = prepared?;
+            if json {
+                print_json(&prepared)?;
+            } else {
+                println!(
+                    "snapshot    {}{}",
+                    prepared.snapshot.tree,
+                    if prepared.snapshot.dirty {
+                        " (dirty)"
+                    } else {
+                        ""
+                    }
+                );
+                println!(
+                    "deps image  {} ({})",
+                    prepared.deps_image.image, prepared.deps_image.how
+                );
+                let how = match &prepared.unit_image.parent_tree {
+                    Some(p) => format!("incremental on {}", short(p)),
+                    None => prepared.unit_image.how.clone(),
+                };
+                println!("unit image  {} ({how})", prepared.unit_image.image);
+            }
+            Ok(exit::OK)
+        }
+        ImageCommand::Build {
+            name: Some(name),
+            json,
+            ..
+        } => {
+            let Some((_, tag, _)) = images::CONTAINERFILES.iter().find(|(n, _, _)| *n == name)
+            else {
+                return Err(Error::Usage {
+                    message: format!("no shipped Containerfile named {name:?}"),
+                    hint: format!(
+                        "use one of {}",
+                        images::CONTAINERFILES
+                            .iter()
+                            .map(|(n, _, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            };
+            let engine = Engine::connect().await?;
+            let reporter = reporter(global, json);
+            let result = images::build_shipped(&engine, &name, reporter.as_ref()).await;
+            reporter.finish();
+            result?;
+            let id = engine.image_id(tag).await?.unwrap_or_default();
+            if json {
+                print_json(&serde_json::json!({"image": tag, "id": id}))?;
+            } else {
+                println!("built {tag} ({})", short(&id));
+            }
+            Ok(exit::OK)
+        }
+        ImageCommand::Import { name, rootfs } => {
+            if name != "base" {
+                return Err(Error::Usage {
+                    message: format!("cannot import {name:?}: only the base image is made from a root filesystem"),
+                    hint: "boxdelegate image import base ROOTFS.tar".into(),
+                });
+            }
+            let file = tokio::fs::File::open(&rootfs)
+                .await
+                .map_err(|e| Error::io(format!("opening {}", rootfs.display()), e))?;
+            let engine = Engine::connect().await?;
+            let stream = tokio_util::io::ReaderStream::new(file);
+            let base = images::base_image();
+            let (repo, tag) = base.rsplit_once(':').unwrap_or((base.as_str(), "latest"));
+            engine
+                .import_rootfs(
+                    repo,
+                    tag,
+                    vec![
+                        "USER box".into(),
+                        "WORKDIR /work".into(),
+                        "ENV HOME=/home/box".into(),
+                        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+                            .into(),
+                        "CMD [\"/bin/sh\"]".into(),
+                        format!("LABEL {}=base", labels::KIND),
+                    ],
+                    stream,
+                )
+                .await?;
+            let id = engine.image_id(&base).await?.unwrap_or_default();
+            println!("imported {base} ({})", short(&id));
+            Ok(exit::OK)
+        }
+        ImageCommand::Ls { json } => {
+            let engine = Engine::connect().await?;
+            let mut list = engine.list_images(&[labels::KIND]).await?;
+            list.sort_by_key(|i| std::cmp::Reverse(i.created));
+            let rows: Vec<serde_json::Value> = list
+                .iter()
+                .map(|i| {
+                    serde_json::json!({
+                        "tags": i.repo_tags,
+                        "id": i.id,
+                        "kind": i.labels.get(labels::KIND),
+                        "tree": i.labels.get(labels::TREE),
+                        "deps_key": i.labels.get(labels::DEPS_KEY),
+                        "size": i.size,
+                        "created": i.created,
+                    })
+                })
+                .collect();
+            if json {
+                print_json(&rows)?;
+            } else {
+                println!("{:<10} {:<12} {:>9}  TAG", "KIND", "ID", "SIZE");
+                for i in &list {
+                    let tags = if i.repo_tags.is_empty() {
+                        "<none>".to_string()
+                    } else {
+                        i.repo_tags.join(", ")
+                    };
+                    println!(
+                        "{:<10} {:<12} {:>8}M  {tags}",
+                        i.labels
+                            .get(labels::KIND)
+                            .map(String::as_str)
+                            .unwrap_or("?"),
+                        short(&i.id),
+                        i.size / 1_000_000,
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        ImageCommand::Prune { all, dry_run } => prune(global, all, dry_run).await,
+        ImageCommand::Save { output, snap } => save(global, &output, &snap).await,
+        ImageCommand::Load { input } => {
+            let file = tokio::fs::File::open(&input)
+                .await
+                .map_err(|e| Error::io(format!("opening {}", input.display()), e))?;
+            let engine = Engine::connect().await?;
+            let loaded = engine
+                .load_images(tokio_util::io::ReaderStream::new(file))
+                .await?;
+            for line in loaded {
+                println!("{line}");
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// The tags the current snapshot uses, computed without building anything.
+async fn current_tags(
+    engine: &Engine,
+    project: &Project,
+    snap: &SnapshotArgs,
+) -> Result<(DepsPlan, Snapshot, Vec<TreeEntry>)> {
+    let snapshot = Snapshot::take(&project.repo, snap.include_dirty)?;
+    let entries = snapshot::list_tree(&project.repo, &snapshot.tree)?;
+    let plan = images::plan_deps(
+        engine,
+        &project.repo,
+        &project.profile,
+        project.base_image(),
+        &entries,
+    )
+    .await?;
+    Ok((plan, snapshot, entries))
+}
+
+async fn prune(global: &GlobalArgs, all: bool, dry_run: bool) -> Result<i32> {
+    let project = if all {
+        None
+    } else {
+        Some(Project::open(global)?)
+    };
+    let engine = Engine::connect().await?;
+    let keep: Vec<String> = match &project {
+        Some(p) => match current_tags(&engine, p, &SnapshotArgs::default()).await {
+            Ok((plan, snapshot, _)) => {
+                vec![plan.tag(), images::snap_tag(&snapshot.tree, &plan.key)]
+            }
+            Err(Error::ImageMissing { .. }) => vec![],
+            Err(e) => return Err(e),
+        },
+        None => vec![],
+    };
+    // Leftover helper containers first: they pin the images.
+    for kind in ["deps-build", "snap-build"] {
+        let filter = format!("{}={kind}", labels::KIND);
+        for c in engine.list_containers(&[&filter]).await? {
+            if c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING) {
+                continue;
+            }
+            let id = c.id.unwrap_or_default();
+            println!(
+                "{}container {}",
+                if dry_run { "would remove " } else { "removed " },
+                short(&id)
+            );
+            if !dry_run {
+                engine.remove_container(&id).await?;
+            }
+        }
+    }
+    let mut removed = 0;
+    // Newest first, so incremental children go before the images they are built on.
+    for kind in ["snap", "deps"] {
+        let filter = format!("{}={kind}", labels::KIND);
+        let mut list = engine.list_images(&[&filter]).await?;
+        list.sort_by_key(|i| std::cmp::Reverse(i.created));
+        for image in list {
+            if image.repo_tags.iter().any(|t| keep.contains(t)) {
+                continue;
+            }
+            let name = image
+                .repo_tags
+                .first()
+                .cloned()
+                .unwrap_or_else(|| image.id.clone());
+            println!(
+                "{}{name}",
+                if dry_run { "would remove " } else { "removed " }
+            );
+            if !dry_run {
+                engine.remove_image(&name).await?;
+                removed += 1;
+            }
+        }
+    }
+    if !dry_run && !global.quiet {
+        eprintln!("{removed} image(s) removed");
+    }
+    Ok(exit::OK)
+}
+
+async fn save(global: &GlobalArgs, output: &PathBuf, snap: &SnapshotArgs) -> Result<i32> {
+    let project = Project::open(global)?;
+    let engine = Engine::connect().await?;
+    let (plan, snapshot, _) = current_tags(&engine, &project, snap).await?;
+    let mut names = vec![images::base_image()];
+    if !names.contains(&plan.toolchain_image) {
+        names.push(plan.toolchain_image.clone());
+    }
+    names.push(plan.tag());
+    let unit = images::snap_tag(&snapshot.tree, &plan.key);
+    for name in [&plan.tag(), &unit] {
+        if engine.image_id(name).await?.is_none() {
+            return Err(Error::ImageMissing {
+                image: name.clone(),
+                hint: "run `boxdelegate image build` first, then save".into(),
+            });
+        }
+    }
+    names.push(unit);
+    // The egress proxy's image goes along when the project's agents use it.
+    let agents = [
+        Some(&project.config.agent),
+        project.config.agent.fallback.as_deref(),
+    ];
+    let proxied = agents
+        .iter()
+        .flatten()
+        .any(|a| a.network.as_deref() == Some("proxy"));
+    if proxied && engine.image_id(crate::proxy::IMAGE).await?.is_some() {
+        names.push(crate::proxy::IMAGE.to_string());
+    }
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".boxdelegate-save-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(format!("creating a file in {}", dir.display()), e))?;
+    let mut bytes = 0u64;
+    {
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut stream = Box::pin(engine.export_images(&refs));
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            bytes += chunk.len() as u64;
+            tmp.write_all(&chunk)
+                .map_err(|e| Error::io(format!("writing {}", output.display()), e))?;
+        }
+    }
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| Error::io(format!("writing {}", output.display()), e))?;
+    tmp.persist(output)
+        .map_err(|e| Error::io(format!("writing {}", output.display()), e.error))?;
+    if !global.quiet {
+        eprintln!(
+            "saved {} image(s), {} MB, to {}",
+            names.len(),
+            bytes / 1_000_000,
+            output.display()
+        );
+    }
+    for n in names {
+        println!("{n}");
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,161 @@
+//! `boxdelegate run` and `resume` (the orchestration is `crate::run`'s), and what a person
+//! reads of a run: the report, the summary table, one unit's result (also for `show` and
+//! `apply`).
+
+use super::reporter;
+use crate::cli::GlobalArgs;
+use crate::error::Result;
+use crate::output::print_json;
+use crate::project::Project;
+
+pub async fn run_command(
+    global: &GlobalArgs,
+    args: crate::run::RunArgs,
+    json: bool,
+) -> Result<i32> {
+    let project = Project::open(global)?;
+    if std::env::var_os("CODEX_THREAD_ID").is_some() {
+        // Started by a Codex session: its sandbox usually hides the engine, so say so
+        // before anything fails for that reason.
+        eprintln!("note: boxdelegate was started inside a Codex session (CODEX_THREAD_ID is set); the container engine is usually unreachable from there, and no CODEX_* session variable is passed to any container");
+    }
+    let reporter = reporter(global, json);
+    let outcome = crate::run::run(&project, args, reporter.as_ref()).await;
+    reporter.finish();
+    let outcome = outcome?;
+    if json {
+        print_json(
+            &serde_json::json!({ "type": "result", "run": outcome.report, "units": outcome.results }),
+        )?;
+    } else {
+        print_summary(&outcome.results);
+        if let Some(report) = &outcome.report {
+            print_report(report);
+        }
+    }
+    Ok(crate::run::exit_code(&outcome.results))
+}
+
+fn print_report(r: &crate::run::RunReport) {
+    println!();
+    println!(
+        "run {}{}: {} unit(s): {} landed on the first attempt, {} after retries, {} by the fallback agent, {} already landed, {} failed, {} in conflict, {} skipped",
+        r.run_id,
+        if r.resumed { " (resumed)" } else { "" },
+        r.units,
+        r.landed_first_attempt,
+        r.landed_after_retries,
+        r.landed_by_fallback,
+        r.already_landed,
+        r.failed,
+        r.conflict,
+        r.skipped
+    );
+    println!(
+        "  wall time {:.1}s, agent time {:.1}s, {} job(s); tokens: {} input ({} cached), {} output{}",
+        r.wall_seconds,
+        r.agent_seconds,
+        r.jobs,
+        r.usage.input_tokens,
+        r.usage.cached_input_tokens,
+        r.usage.output_tokens,
+        r.cost_usd
+            .map(|c| format!("; cost ≈ ${c:.4}"))
+            .unwrap_or_default()
+    );
+    if let Some(b) = &r.breaker {
+        println!("  circuit breaker open: {b}");
+    }
+}
+
+/// The end-of-run table (one row per unit), then each unit's details.
+fn print_summary(results: &[crate::record::UnitResult]) {
+    println!(
+        "{:<24} {:<15} {:>8} {:>6} {:>8} {:>10} {:>9}",
+        "unit", "verdict", "attempts", "files", "time", "tokens", "cost"
+    );
+    for r in results {
+        let tokens = r
+            .usage
+            .as_ref()
+            .map(|u| (u.input_tokens + u.output_tokens).to_string())
+            .unwrap_or_else(|| "-".into());
+        let cost = r
+            .cost_usd
+            .map(|c| format!("${c:.4}"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<24} {:<15} {:>8} {:>6} {:>7.1}s {:>10} {:>9}",
+            r.unit,
+            crate::output::label(r.status),
+            r.attempts.len(),
+            r.files_changed,
+            r.seconds,
+            tokens,
+            cost
+        );
+    }
+    for r in results {
+        println!();
+        print_result(r);
+    }
+}
+
+pub fn print_result(r: &crate::record::UnitResult) {
+    let status = crate::output::label(r.status);
+    println!("{}: {status}: {}", r.unit, r.message);
+    if let Some(p) = &r.patch {
+        println!("  patch: {}", p.display());
+    }
+    if let Some(l) = &r.log {
+        println!("  log:   {}", l.display());
+    }
+    if let Some(u) = &r.usage {
+        println!(
+            "  tokens: {} input ({} cached), {} output{}",
+            u.input_tokens,
+            u.cached_input_tokens,
+            u.output_tokens,
+            r.cost_usd
+                .map(|c| format!("; cost ≈ ${c:.4}"))
+                .unwrap_or_else(|| "; no price configured for this model ([prices])".into())
+        );
+    }
+    if r.attempts.len() > 1 {
+        for a in &r.attempts {
+            println!(
+                "  attempt {} ({}{}): {}{}",
+                a.n,
+                a.agent,
+                if a.role == crate::record::Role::Fallback {
+                    ", fallback"
+                } else {
+                    ""
+                },
+                a.infra
+                    .as_deref()
+                    .map(|k| format!("infra-error ({k})"))
+                    .unwrap_or_else(|| crate::output::label(a.status)),
+                a.patch
+                    .as_ref()
+                    .map(|p| format!(", patch {}", p.display()))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if !r.network_refused.is_empty() {
+        println!(
+            "  the egress proxy refused {} request(s):",
+            r.network_refused.len()
+        );
+        for req in &r.network_refused {
+            println!("    {req}");
+        }
+    }
+    for w in &r.warnings {
+        println!("  warning: {w}");
+    }
+    for rej in &r.rejections {
+        println!("  - {rej}");
+    }
+}
