@@ -1,0 +1,334 @@
+//! An exited attempt judged: its change extracted (host side), checked against the scope and
+//! verified in a clean container; the failure classified (the change, or the infrastructure).
+//!
+//! Never lands anything; writes only the attempt's directory and the journal.
+
+use super::ledger::{update_attempt, Ctx};
+use super::plan::{AgentPlan, Planned};
+use crate::change::ChangeSet;
+use crate::engine::short;
+use crate::error::{Error, Result};
+use crate::extract::{self, ReadLimits};
+use crate::land::{self};
+use crate::record::{Rejection, Status, UnitResult};
+use crate::scope;
+use crate::state::journal::AttemptPhase;
+use std::path::Path;
+use std::time::Instant;
+
+/// Reads the change out of the exited agent container, stores it in the attempt's directory
+/// and removes the container.
+pub(super) async fn extract_change(
+    ctx: &Ctx<'_>,
+    p: &Planned,
+    plan: &AgentPlan,
+    a: &crate::state::journal::Attempt,
+) -> Result<()> {
+    let id = &p.unit.meta.id;
+    let container = a
+        .container
+        .clone()
+        .expect("an exited attempt has a container");
+    if ctx.engine.container_running(&container).await?.is_none() {
+        ctx.reporter.unit(id, &format!("the agent container {} is gone before its change was read; starting the attempt again", short(&container)));
+        return update_attempt(ctx, id, |a| {
+            a.phase = AttemptPhase::Starting;
+            a.container = None;
+        });
+    }
+    ctx.reporter.unit(id, "extracting the change");
+    let read_limits = ReadLimits {
+        entries: p.limits.max_files,
+        bytes: p.limits.max_bytes,
+    };
+    let extract_started = Instant::now();
+    let extracted = extract::extract(
+        ctx.engine,
+        &container,
+        &ctx.project.repo,
+        &ctx.snapshot.tree,
+        ctx.entries,
+        read_limits,
+    )
+    .await;
+    let extracted = match extracted {
+        Ok(e) => e,
+        Err(e) => {
+            ctx.engine.remove_container(&container).await?;
+            return Err(e);
+        }
+    };
+    let set: &ChangeSet = &extracted.set;
+    let redactor = &plan.redactor;
+    // A change that carries a secret's value is rejected and never written down: not as a
+    // patch, not as objects.
+    let leaks = extracted.paths_where(|data| redactor.occurs_in(data));
+    let changes_json =
+        serde_json::to_string_pretty(set).map_err(|e| Error::Internal(e.to_string()))?;
+    crate::state::write_private(
+        &a.dir.join("changes.json"),
+        redactor.redact(&changes_json).as_bytes(),
+    )?;
+    let mut written = None;
+    if set.truncated.is_none() && !set.changes.is_empty() && leaks.is_empty() {
+        let patch = a.dir.join("change.patch");
+        let w = extracted.write(
+            &ctx.project.repo,
+            &a.dir.join("objects"),
+            &ctx.snapshot.tree,
+            &patch,
+        )?;
+        crate::state::make_private(&a.dir.join("objects"))?;
+        written = Some((w, patch));
+    }
+    let files = set.changes.len();
+    // The scope is checked here, on the change as read (the stored change set names paths
+    // lossily, for people).
+    let mut rejections = scope::check(set, &p.globs, &p.limits, &p.unit.file);
+    for path in leaks {
+        rejections.push(Rejection {
+            path: crate::change::display_path(&path),
+            rule: "secret".into(),
+            message: "the change carries the value of a secret passed to the agent".into(),
+            hint: "secrets must never be written into the repository; the change was not kept"
+                .into(),
+        });
+    }
+    for r in &mut rejections {
+        r.path = redactor.redact(&r.path);
+    }
+    let extract_ms = crate::timings::since(extract_started);
+    update_attempt(ctx, id, |a| {
+        a.result.timings.extract_ms = Some(extract_ms);
+        a.result.files_changed = files;
+        a.result.rejections = rejections;
+        if let Some((w, patch)) = written {
+            a.result.tree = Some(w.tree);
+            a.result.patch = Some(patch);
+            a.result.patch_sha256 = Some(w.patch_sha256);
+        }
+        a.phase = AttemptPhase::Extracted;
+    })?;
+    ctx.engine.remove_container(&container).await?;
+    crate::failpoint::hit("extracted");
+    Ok(())
+}
+
+/// Judges an extracted change: the agent's own outcome, the scope, then verification in a
+/// clean container. `landed` as the attempt's status means "ready to land".
+pub(super) async fn judge(
+    ctx: &Ctx<'_>,
+    p: &Planned,
+    plan: &AgentPlan,
+    a: &crate::state::journal::Attempt,
+) -> Result<()> {
+    let id = &p.unit.meta.id;
+    let mut result = a.result.clone();
+    let spec = plan.agent.spec(&p.unit);
+    let mut infra = None;
+    let verdict = judge_change(ctx, p, &spec, &plan.redactor, a, &mut result, &mut infra).await?;
+    if verdict {
+        result.status = Status::Landed;
+        result.message = "passed every check; waiting to land".into();
+    }
+    update_attempt(ctx, id, |at| {
+        at.result = result;
+        at.infra = infra;
+        at.phase = AttemptPhase::Done;
+    })?;
+    Ok(())
+}
+
+/// Fills `result` with the judgement of the change; true when it may land.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn judge_change(
+    ctx: &Ctx<'_>,
+    p: &Planned,
+    spec: &crate::agent::AgentSpec,
+    redactor: &crate::agent::Redactor,
+    a: &crate::state::journal::Attempt,
+    result: &mut UnitResult,
+    infra: &mut Option<String>,
+) -> Result<bool> {
+    let id = &p.unit.meta.id;
+    let code = result.agent_exit_code.unwrap_or(-1);
+    if spec.events == crate::agent::Events::Codex {
+        let activity = result.agent_activity.clone().unwrap_or_default();
+        if let Some(message) = &activity.turn_failed {
+            let kind = activity
+                .failure
+                .unwrap_or_else(|| crate::agent::events::classify_failure(message));
+            result.agent_failure = Some(kind);
+            result.status = if kind.is_infrastructure() {
+                *infra = Some("model-endpoint".into());
+                Status::InfraError
+            } else {
+                Status::AgentFailed
+            };
+            result.message = format!(
+                "codex failed ({}{}): {}; nothing landed",
+                crate::output::label(kind),
+                if kind.retryable() {
+                    ", retryable"
+                } else {
+                    ", not retryable"
+                },
+                redactor.redact(message)
+            );
+            return Ok(false);
+        }
+        if code == 0 && !activity.turn_completed {
+            result.status = Status::AgentFailed;
+            result.message =
+                "codex exited 0 without completing its turn (no turn.completed event); nothing landed".into();
+            return Ok(false);
+        }
+        if !activity.failed_file_changes.is_empty() {
+            result.warnings.push(format!(
+                "codex reported {} file change(s) that failed ({}): its own sandbox may have blocked them",
+                activity.failed_file_changes.len(),
+                activity.failed_file_changes.join(", ")
+            ));
+        }
+    }
+    if code != 0 {
+        result.status = Status::AgentFailed;
+        result.message = format!(
+            "the agent exited with code {code}; nothing landed (see the log{})",
+            if result.patch.is_some() {
+                " and the kept patch"
+            } else {
+                ""
+            }
+        );
+        return Ok(false);
+    }
+    if result.files_changed == 0 && result.rejections.is_empty() {
+        result.status = Status::NoChange;
+        result.message = "the agent changed nothing".into();
+        return Ok(false);
+    }
+
+    // Scope (checked at extraction). Edits of protected paths are reported and the change is
+    // rejected, but it is still verified with those paths restored, so the report says what
+    // the original tests make of it.
+    let protected_only =
+        !result.rejections.is_empty() && result.rejections.iter().all(|r| r.rule == "protected");
+    let rejected_message = |r: &UnitResult| {
+        format!(
+            "{} scope violation(s); nothing landed{}",
+            r.rejections.len(),
+            if r.patch.is_some() {
+                ", the patch is kept"
+            } else {
+                ""
+            }
+        )
+    };
+    if !result.rejections.is_empty() && (!protected_only || p.checks.is_empty()) {
+        result.status = Status::Rejected;
+        result.message = rejected_message(result);
+        return Ok(false);
+    }
+    if p.checks.is_empty() {
+        return Ok(true);
+    }
+
+    // Verify in a clean container.
+    land::import_objects(&ctx.project.repo, &a.dir.join("objects"))?;
+    let tree = result.tree.clone().expect("an accepted change has a tree");
+    let cache_dir = crate::verify::state_paths(&ctx.project.repo.common_dir).1;
+    let verify_log = a.dir.join("verify.log");
+    let sink = ctx.reporter.line_sink();
+    let on_line = |l: &str| sink(l);
+    let check_names = p
+        .checks
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let vreq = verify_request(ctx, p, &tree, &verify_log, &cache_dir);
+    ctx.reporter.unit(id, &format!("verifying ({check_names})"));
+    result.timings.verify_at_ms = Some(crate::timings::now_ms());
+    let verify_started = Instant::now();
+    let verdict = crate::verify::verify(ctx.engine, &ctx.project.repo, &vreq, &on_line).await?;
+    result.timings.verify_ms = Some(crate::timings::since(verify_started));
+    let passed = verdict.passed;
+    let summary = verdict.summary.clone();
+    let failure = (!passed).then(|| failure_status(&verdict, "", p.settings.timeout_secs));
+    if verdict.verdict == crate::record::Kind::InfraError {
+        *infra = Some("verify".into());
+    }
+    result.verdict = Some(verdict);
+    if protected_only {
+        result.status = Status::Rejected;
+        result.message = format!(
+            "{}; with the protected paths restored, verification says {summary}",
+            rejected_message(result)
+        );
+        return Ok(false);
+    }
+    if let Some((status, message)) = failure {
+        result.status = status;
+        result.message = message;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+pub(super) fn verify_request<'a>(
+    ctx: &'a Ctx<'_>,
+    p: &'a Planned,
+    tree: &'a str,
+    log: &'a Path,
+    cache_dir: &'a Path,
+) -> crate::verify::VerifyRequest<'a> {
+    crate::verify::VerifyRequest {
+        image: ctx.image,
+        image_tree: &ctx.snapshot.tree,
+        base_tree: &ctx.snapshot.tree,
+        tree,
+        deps_key: ctx.deps_key,
+        checks: &p.checks,
+        settings: &p.settings,
+        protected: Some(&p.globs.protected),
+        expect: &p.unit.meta.tests,
+        limits: &p.limits,
+        run_id: ctx.run_id,
+        unit_id: &p.unit.meta.id,
+        log,
+        cache_dir,
+    }
+}
+
+/// The status and message of a unit whose verdict keeps it from landing.
+pub(super) fn failure_status(
+    verdict: &crate::record::Verdict,
+    prefix: &str,
+    timeout_secs: u64,
+) -> (Status, String) {
+    use crate::record::Kind;
+    match verdict.verdict {
+        Kind::Timeout => (
+            Status::Timeout,
+            format!(
+                "{prefix}a check ran longer than {timeout_secs}s in the clean container and was killed; nothing landed, the patch is kept ({})",
+                verdict.summary
+            ),
+        ),
+        Kind::InfraError => (
+            Status::InfraError,
+            format!(
+                "{prefix}verification was stopped by the infrastructure, which says nothing about the change; nothing landed, the patch is kept; run it again ({})",
+                verdict.summary
+            ),
+        ),
+        Kind::Fail | Kind::Pass => (
+            Status::VerifyFailed,
+            format!(
+                "{prefix}verification failed in the clean container; nothing landed, the patch is kept: {}",
+                verdict.explain()
+            ),
+        ),
+    }
+}

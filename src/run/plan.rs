@@ -1,0 +1,238 @@
+//! The run planned before anything starts: each unit loaded and validated, its agents (primary
+//! and fallback) with their network policy, limits, timeouts and retry budget resolved.
+//!
+//! Reads files only; a bad input stops the run here, before the engine is touched.
+
+use super::{RunArgs, DEFAULT_AGENT_TIMEOUT, DEFAULT_RETRIES, DEFAULT_SILENCE_WARNING};
+use crate::agent::{self, Agent};
+use crate::config::unit::{self, Unit, UnitGlobs};
+use crate::config::Limits;
+use crate::error::{Error, Result};
+use crate::land::{self};
+use crate::project::Project;
+use crate::record::Role;
+use std::time::Duration;
+
+/// One agent configuration, resolved for a unit.
+pub(super) struct AgentPlan {
+    pub(super) role: Role,
+    pub(super) agent: Box<dyn Agent>,
+    pub(super) env: Vec<String>,
+    /// Hides the values of `env` and the agent's own secrets in everything written down.
+    pub(super) redactor: crate::agent::Redactor,
+    pub(super) timeout: Duration,
+    pub(super) network: AgentNetwork,
+    pub(super) silence_warning: Duration,
+    pub(super) price: Option<crate::config::Price>,
+}
+
+/// Where an agent container's traffic may go.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum AgentNetwork {
+    /// Loopback only.
+    None,
+    /// Only the allowed destinations, through the attempt's egress proxy.
+    Proxy {
+        allow: Vec<crate::config::allow::Allow>,
+        egress: String,
+    },
+    /// An engine network: the default bridge for "open", else one the user created.
+    Engine(String),
+}
+
+impl AgentNetwork {
+    fn from_config(config: &crate::config::AgentConfig) -> AgentNetwork {
+        match config.network.as_deref().unwrap_or("none") {
+            "none" => AgentNetwork::None,
+            "open" => AgentNetwork::Engine("bridge".into()),
+            "proxy" => {
+                // Validated with the configuration.
+                let allow = match &config.allow {
+                    Some(list) => list
+                        .iter()
+                        .filter_map(|a| crate::config::allow::Allow::parse(a).ok())
+                        .collect(),
+                    None => default_allow(config),
+                };
+                AgentNetwork::Proxy {
+                    allow,
+                    egress: config
+                        .egress_network
+                        .clone()
+                        .unwrap_or_else(|| crate::proxy::DEFAULT_EGRESS.into()),
+                }
+            }
+            name => AgentNetwork::Engine(name.into()),
+        }
+    }
+
+    /// In words, for the prompt.
+    pub(super) fn describe(&self) -> String {
+        match self {
+            AgentNetwork::None => "off: the container has no network".into(),
+            AgentNetwork::Proxy { allow, .. } if allow.is_empty() => {
+                "through a proxy that lets nothing through".into()
+            }
+            AgentNetwork::Proxy { allow, .. } => format!(
+                "only {}, through the proxy HTTP_PROXY and HTTPS_PROXY name",
+                allow
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            AgentNetwork::Engine(n) if n == "bridge" => "open".into(),
+            AgentNetwork::Engine(n) => {
+                format!("limited to the engine network {n:?} (the model's endpoint)")
+            }
+        }
+    }
+}
+
+/// The model API's host, which a proxied codex agent needs.
+pub(super) fn default_allow(
+    config: &crate::config::AgentConfig,
+) -> Vec<crate::config::allow::Allow> {
+    if config.kind != crate::config::AgentKind::Codex {
+        return Vec::new();
+    }
+    let url = config
+        .provider
+        .as_ref()
+        .map(|p| p.base_url.as_str())
+        .unwrap_or("https://api.openai.com/v1");
+    crate::config::allow::Allow::from_url(url)
+        .into_iter()
+        .collect()
+}
+
+/// A unit with everything resolved before the engine is touched.
+pub(super) struct Planned {
+    pub(super) unit: Unit,
+    pub(super) globs: UnitGlobs,
+    /// The primary agent, then the fallback when one is configured.
+    pub(super) agents: Vec<AgentPlan>,
+    pub(super) retries: u32,
+    pub(super) limits: Limits,
+    pub(super) branch: String,
+    pub(super) checks: Vec<crate::verify::Check>,
+    pub(super) settings: crate::verify::Settings,
+    pub(super) merged: crate::config::MergedPolicy,
+    /// Settings looser than the defaults, said at the start and kept in the result.
+    pub(super) warnings: Vec<String>,
+}
+
+impl Planned {
+    pub(super) fn agent(&self, role: Role) -> &AgentPlan {
+        self.agents
+            .iter()
+            .find(|a| a.role == role)
+            .unwrap_or(&self.agents[0])
+    }
+}
+
+pub(super) fn agent_plan(
+    project: &Project,
+    config: &crate::config::AgentConfig,
+    role: Role,
+    unit: &Unit,
+) -> Result<AgentPlan> {
+    let agent = agent::for_config(config, unit, &project.repo.root)?;
+    let env = agent::host_env(&config.env)?;
+    let redactor = crate::agent::Redactor::new(&env, &agent.spec(unit).secrets);
+    Ok(AgentPlan {
+        role,
+        agent,
+        env,
+        redactor,
+        timeout: unit
+            .meta
+            .timeout
+            .or(config.timeout)
+            .unwrap_or(DEFAULT_AGENT_TIMEOUT),
+        network: AgentNetwork::from_config(config),
+        silence_warning: config.silence_warning.unwrap_or(DEFAULT_SILENCE_WARNING),
+        price: config
+            .model
+            .as_ref()
+            .and_then(|m| project.config.prices.get(m))
+            .or_else(|| project.config.prices.get("*"))
+            .cloned(),
+    })
+}
+
+pub(super) fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
+    let units_dir = &project.config.project.units_dir;
+    let ids: Vec<String> = if args.all {
+        let ids = unit::list_ids(&project.repo.root, units_dir);
+        if ids.is_empty() {
+            return Err(Error::Usage {
+                message: format!("--all: no unit files in {units_dir}/"),
+                hint: "create one with `boxdelegate unit new ID --scope GLOB`".into(),
+            });
+        }
+        ids
+    } else if args.units.is_empty() {
+        return Err(Error::Usage {
+            message: "no unit given".into(),
+            hint: "name units with --unit ID (repeatable) or run them all with --all".into(),
+        });
+    } else {
+        args.units.clone()
+    };
+    for (i, id) in ids.iter().enumerate() {
+        if ids[..i].contains(id) {
+            return Err(Error::Usage {
+                message: format!("unit {id} is given twice"),
+                hint: "name each unit once".into(),
+            });
+        }
+    }
+    let mut planned = Vec::new();
+    for id in ids {
+        let unit = unit::load(&project.repo.root, units_dir, &id)?;
+        let globs = unit.globs()?;
+        let config = match &unit.meta.agent {
+            Some(o) => o.apply(&project.config.agent),
+            None => project.config.agent.clone(),
+        };
+        let mut agents = vec![agent_plan(project, &config, Role::Primary, &unit)?];
+        if let Some(fallback) = &config.fallback {
+            agents.push(agent_plan(project, fallback, Role::Fallback, &unit)?);
+        }
+        let limits = match &unit.meta.limits {
+            Some(l) => l.over(&project.config.limits),
+            None => project.config.limits.clone(),
+        };
+        let mut warnings = limits.loosened();
+        let limits = limits.resolve();
+        for a in &agents {
+            if a.network == AgentNetwork::Engine("bridge".into()) {
+                warnings.push(format!(
+                    "agent network \"open\" ({} agent) loosens the default \"none\": the agent can reach any host",
+                    crate::output::label(a.role)
+                ));
+            }
+        }
+        let branch = args
+            .branch
+            .clone()
+            .unwrap_or_else(|| format!("boxdelegate/{id}"));
+        land::check_target(&project.repo, &branch)?;
+        let checks = crate::verify::checks(&project.profile, &project.config.verify);
+        let settings = crate::verify::Settings::from_config(&project.config.verify);
+        planned.push(Planned {
+            unit,
+            globs,
+            agents,
+            retries: config.retries.unwrap_or(DEFAULT_RETRIES),
+            limits,
+            branch,
+            checks,
+            settings,
+            merged: project.config.verify.merged.unwrap_or_default(),
+            warnings,
+        });
+    }
+    Ok(planned)
+}
