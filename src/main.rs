@@ -12,7 +12,6 @@ mod failpoint;
 mod git;
 mod images;
 mod land;
-mod layer;
 mod output;
 mod project;
 mod proxy;
@@ -23,7 +22,6 @@ mod snapshot;
 mod state;
 mod timings;
 mod verify;
-mod watch;
 
 use clap::Parser;
 

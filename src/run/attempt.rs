@@ -102,7 +102,7 @@ pub(super) async fn start_agent(
             .engine
             .create_container(ContainerCreateBody {
                 image: Some(ctx.image.to_string()),
-                cmd: Some(crate::watch::wrap(&spec.cmd)),
+                cmd: Some(crate::extract::watch::wrap(&spec.cmd)),
                 env: Some(env),
                 working_dir: Some("/work".into()),
                 labels: Some({
@@ -134,7 +134,7 @@ pub(super) async fn start_agent(
                     .upload(
                         &container,
                         "/tmp",
-                        images::single_file_tar(crate::watch::DIRS, dirs, 0o600)?,
+                        images::single_file_tar(crate::extract::watch::DIRS, dirs, 0o600)?,
                     )
                     .await?;
             }

@@ -426,7 +426,7 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
         journal: &live,
         policy,
         disk_quota: engine.supports_disk_quota().await,
-        watch_dirs: crate::watch::dirs_file(&entries),
+        watch_dirs: crate::extract::watch::dirs_file(&entries),
     };
 
     // Units work in parallel; each reports when it is done, and the lander takes them in

@@ -4,13 +4,15 @@
 //! A dependency image is made by running the profile's install step in a container that holds
 //! only the manifests (in `/deps`) and committing it. A unit image is the dependency image plus
 //! the snapshot in `/work`, made once per tree as one layer written on the host and loaded
-//! ([`crate::layer`]), or, where the engine refuses that, streamed into a container that is
+//! ([`crate::images::layer`]), or, where the engine refuses that, streamed into a container that is
 //! committed. When a unit image exists for another tree with the same deps key, only the
 //! difference goes in (with the deletions), up to [`MAX_DEPTH`] incremental layers before a full
 //! layer again.
 //!
 //! Keys are sha256 over a canonical, length-prefixed encoding of the inputs, so equal inputs
 //! give equal keys and a cache hit that starts no container.
+
+pub mod layer;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -23,7 +25,6 @@ use crate::config::Limits;
 use crate::engine::{hardened_host_config, labels, short, ByteStream, Engine};
 use crate::error::{Error, Result};
 use crate::git::Repo;
-use crate::layer;
 use crate::output::Reporter;
 use crate::project::Project;
 use crate::snapshot::{self, ExtraLink, Snapshot, TarStats, TreeEntry};
@@ -42,32 +43,32 @@ pub const CONTAINERFILES: &[(&str, &str, &str)] = &[
     (
         "base",
         "boxdelegate/base:bookworm",
-        include_str!("../images/base/Containerfile"),
+        include_str!("../../images/base/Containerfile"),
     ),
     (
         "python",
         "boxdelegate/python:bookworm",
-        include_str!("../images/python/Containerfile"),
+        include_str!("../../images/python/Containerfile"),
     ),
     (
         "rust",
         "boxdelegate/rust:bookworm",
-        include_str!("../images/rust/Containerfile"),
+        include_str!("../../images/rust/Containerfile"),
     ),
     (
         "node",
         "boxdelegate/node:bookworm",
-        include_str!("../images/node/Containerfile"),
+        include_str!("../../images/node/Containerfile"),
     ),
     (
         "go",
         "boxdelegate/go:bookworm",
-        include_str!("../images/go/Containerfile"),
+        include_str!("../../images/go/Containerfile"),
     ),
     (
         "proxy",
         crate::proxy::IMAGE,
-        include_str!("../images/proxy/Containerfile"),
+        include_str!("../../images/proxy/Containerfile"),
     ),
 ];
 
