@@ -121,7 +121,7 @@ pub async fn start(
     let mut net_labels = labels_of.clone();
     net_labels.insert(labels::KIND.into(), "agent-network".into());
     engine.create_network(name, true, net_labels).await?;
-    let mut host = hardened_host_config(&(&proxy_limits()).into());
+    let mut host = hardened_host_config(&proxy_limits());
     host.network_mode = Some(name.to_string());
     host.readonly_rootfs = Some(true);
     host.tmpfs = Some(HashMap::from([(

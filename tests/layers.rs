@@ -56,7 +56,12 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// The top-level module a source file belongs to.
 fn module_of(path: &Path) -> String {
     let rel = path.strip_prefix(src()).unwrap();
-    let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
     first.trim_end_matches(".rs").to_string()
 }
 
@@ -107,7 +112,9 @@ fn layer(module: &str) -> u8 {
         .iter()
         .find(|(m, _)| *m == module)
         .map(|(_, l)| *l)
-        .unwrap_or_else(|| panic!("module {module} has no layer: add it to LAYERS and to docs/architecture.md"))
+        .unwrap_or_else(|| {
+            panic!("module {module} has no layer: add it to LAYERS and to docs/architecture.md")
+        })
 }
 
 #[test]
@@ -125,7 +132,11 @@ fn every_module_has_a_layer_and_imports_only_its_own_layer_or_lower() {
             }
         }
     }
-    assert!(upward.is_empty(), "imports that run back up:\n{}", upward.join("\n"));
+    assert!(
+        upward.is_empty(),
+        "imports that run back up:\n{}",
+        upward.join("\n")
+    );
 }
 
 #[test]
@@ -159,7 +170,10 @@ fn the_modules_import_each_other_in_no_circle() {
     let mut done = BTreeSet::new();
     for m in g.keys() {
         if let Some(circle) = visit(m, &g, &mut vec![], &mut done) {
-            panic!("modules import each other in a circle: {}", circle.join(" -> "));
+            panic!(
+                "modules import each other in a circle: {}",
+                circle.join(" -> ")
+            );
         }
     }
 }
@@ -177,7 +191,11 @@ fn every_source_file_opens_with_what_it_owns() {
         })
         .map(|p| p.display().to_string())
         .collect();
-    assert!(missing.is_empty(), "files without a `//!` opening comment:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "files without a `//!` opening comment:\n{}",
+        missing.join("\n")
+    );
 }
 
 #[test]

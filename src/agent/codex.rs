@@ -275,7 +275,7 @@ pub async fn install_into(engine: &Engine, tool_image: &str, id: &str) -> Result
             host_config: Some(HostConfig {
                 network_mode: Some("none".into()),
                 readonly_rootfs: Some(true),
-                ..hardened_host_config(&(&crate::config::Limits::default()).into())
+                ..hardened_host_config(&crate::config::Limits::default())
             }),
             ..Default::default()
         })
@@ -388,7 +388,7 @@ pub async fn ensure_image(
 
 async fn run_version(engine: &Engine, tag: &str) -> Result<String> {
     let limits = crate::config::LimitsConfig::default().resolve();
-    let mut host = hardened_host_config(&(&limits).into());
+    let mut host = hardened_host_config(&limits);
     host.network_mode = Some("none".into());
     let id = engine
         .create_container(ContainerCreateBody {
@@ -492,7 +492,7 @@ async fn fetch_from_pypi(
                 labels::KIND.to_string(),
                 "codex-fetch".to_string(),
             )])),
-            host_config: Some(hardened_host_config(&(&limits).into())),
+            host_config: Some(hardened_host_config(&limits)),
             ..Default::default()
         })
         .await?;

@@ -915,7 +915,8 @@ impl Drop for OomWatch {
 }
 
 /// Hardening applied to every container boxdelegate starts (see the README's security notes).
-pub fn hardened_host_config(limits: &Resources) -> HostConfig {
+pub fn hardened_host_config(limits: impl Into<Resources>) -> HostConfig {
+    let limits: Resources = limits.into();
     HostConfig {
         cap_drop: Some(vec!["ALL".into()]),
         runtime: RUNTIME.get().map(|(r, _)| r.clone()),

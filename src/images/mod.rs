@@ -317,7 +317,7 @@ pub async fn ensure_deps(cx: &Context<'_>, plan: &DepsPlan) -> Result<Ensured> {
     } else {
         vec!["true".into()]
     };
-    let mut host = hardened_host_config(&limits.into());
+    let mut host = hardened_host_config(limits);
     host.network_mode = Some("bridge".into());
     let id = engine
         .create_container(ContainerCreateBody {
@@ -532,7 +532,7 @@ pub async fn ensure_unit(
         labels: Some(build_labels.clone()),
         network_disabled: Some(true),
         host_config: Some({
-            let mut h = hardened_host_config(&limits.into());
+            let mut h = hardened_host_config(limits);
             h.network_mode = Some("none".into());
             h
         }),

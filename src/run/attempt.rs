@@ -71,7 +71,7 @@ pub(super) async fn start_agent(
     let mut env = spec.env.clone();
     env.extend(plan.env.iter().cloned());
     env.push(format!("BOXDELEGATE_ATTEMPT={}", a.n));
-    let mut host = hardened_host_config(&(&p.limits).into());
+    let mut host = hardened_host_config(&p.limits);
     if ctx.disk_quota {
         host.storage_opt = Some(HashMap::from([(
             "size".to_string(),

@@ -671,7 +671,7 @@ async fn in_container(
     on_line: LineSink<'_>,
     should_rerun: &(dyn Fn(usize, &CheckRun) -> bool + Sync),
 ) -> Result<Vec<Ran>> {
-    let mut host = hardened_host_config(&req.limits.into());
+    let mut host = hardened_host_config(req.limits);
     host.network_mode = Some("none".into());
     let id = engine
         .create_container(ContainerCreateBody {
