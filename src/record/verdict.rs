@@ -20,6 +20,9 @@ pub enum Outcome {
     /// Failed, then passed when run again.
     Flaky,
     /// Fails because of the change.
+    /// A lint or typecheck that did not run (it exited 77, the "skipped" code), with why: says
+    /// nothing about the change either way.
+    Skipped,
     Fail,
     /// The test command ran zero tests: not a pass.
     NoTests,
@@ -34,7 +37,11 @@ impl Outcome {
     pub fn lets_land(self) -> bool {
         matches!(
             self,
-            Outcome::Pass | Outcome::Fixed | Outcome::PreExisting | Outcome::Flaky
+            Outcome::Pass
+                | Outcome::Fixed
+                | Outcome::PreExisting
+                | Outcome::Flaky
+                | Outcome::Skipped
         )
     }
 
@@ -44,6 +51,7 @@ impl Outcome {
             Outcome::Fixed => "fixed",
             Outcome::PreExisting => "pre-existing",
             Outcome::Flaky => "flaky",
+            Outcome::Skipped => "skipped",
             Outcome::Fail => "fail",
             Outcome::NoTests => "no-tests",
             Outcome::Timeout => "timeout",

@@ -18,7 +18,14 @@ fn failure(message: String, description: &str) -> TestCaseStatus {
 fn suite(check: &CheckResult) -> TestSuite {
     let mut suite = TestSuite::new(format!("boxdelegate verify: {}", check.name));
     suite.set_time(Duration::from_secs_f64(check.seconds.max(0.0)));
-    let status = if check.passed {
+    let status = if check.outcome == Outcome::Skipped {
+        let mut s = TestCaseStatus::skipped();
+        s.set_message(format!(
+            "skipped: {}",
+            check.note.as_deref().unwrap_or("the check did not run")
+        ));
+        s
+    } else if check.passed {
         TestCaseStatus::success()
     } else {
         failure(

@@ -112,11 +112,34 @@ pub struct CheckRun {
     pub names_known: bool,
     pub timed_out: bool,
     pub oom_killed: bool,
+    /// Whether this is the test check (whose runner is read for counts and names).
+    #[serde(default)]
+    pub is_test: bool,
     #[serde(skip)]
     pub names: names::Names,
 }
 
+/// The exit code by which a lint or typecheck says it did not run (automake's "skipped"). The
+/// test check has no such code: tests that did not run are not a pass.
+pub const SKIP_EXIT: i64 = 77;
+
 impl CheckRun {
+    /// Why a lint or typecheck did not run, when it exited [`SKIP_EXIT`]: its last line of
+    /// output, for people (the exit code decides; the text only explains).
+    fn skipped(&self) -> Option<String> {
+        if self.is_test || self.exit_code != Some(SKIP_EXIT) || self.timed_out || self.oom_killed {
+            return None;
+        }
+        let why = self
+            .tail
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or("it printed no reason");
+        Some(why.chars().take(300).collect())
+    }
+
     fn zero_tests(&self) -> bool {
         self.exit_code == Some(0) && self.tests.as_ref().is_some_and(|t| t.total == 0)
     }
@@ -446,13 +469,22 @@ fn describe(c: &CheckResult) -> String {
     if !c.flaky.is_empty() {
         s.push_str(&format!(", flaky: {}", names(&c.flaky)));
     }
-    if let Some(n) = &c.note {
-        s.push_str(&format!(" [{n}]"));
+    match &c.note {
+        // "lint skipped (ruff is not among the dependencies)", not "lint skipped [lint skipped: …]".
+        Some(n) if c.outcome == Outcome::Skipped => {
+            let why = n
+                .strip_prefix(&format!("{} skipped:", c.name))
+                .unwrap_or(n)
+                .trim();
+            s.push_str(&format!(" ({why})"));
+        }
+        Some(n) => s.push_str(&format!(" [{n}]")),
+        None => {}
     }
     s
 }
 
-#[derive(Default)]
+#[derive(Debug, Default, PartialEq)]
 struct Lists {
     regressions: Vec<String>,
     pre_existing: Vec<String>,
@@ -477,7 +509,25 @@ fn classify(run: &CheckRun, base: Option<&CheckRun>) -> (Outcome, Lists, Option<
             Some("killed for running out of memory (raise [limits] memory); this says nothing about the change".into()),
         );
     }
-    let base_usable = base.filter(|b| !b.timed_out && !b.oom_killed && b.exit_code.is_some());
+    // A base that skipped the check says nothing to compare with.
+    let base_usable = base.filter(|b| {
+        !b.timed_out && !b.oom_killed && b.exit_code.is_some() && b.skipped().is_none()
+    });
+    if let Some(why) = run.skipped() {
+        // Skipped now but run on the base: the change took away what the check needs (a
+        // linter among the dependencies, say), so it cannot pass for that.
+        if let Some(b) = base_usable {
+            return (
+                Outcome::Fail,
+                lists,
+                Some(format!(
+                    "did not run with the change ({why}), but ran on the base (exit {})",
+                    b.exit_code.unwrap_or_default()
+                )),
+            );
+        }
+        return (Outcome::Skipped, lists, Some(why));
+    }
     if run.zero_tests() {
         let runner = run
             .tests
@@ -490,7 +540,8 @@ fn classify(run: &CheckRun, base: Option<&CheckRun>) -> (Outcome, Lists, Option<
             Some(format!("{runner} ran zero tests, which is not a pass")),
         );
     }
-    let unrecognised = run.tests.is_none() && !run.names_known;
+    // Only a test runner is read for counts and names; a lint passes by its exit code alone.
+    let unrecognised = run.is_test && run.tests.is_none() && !run.names_known;
     if run.ok() {
         let note = unrecognised
             .then(|| "test runner not recognised: judged by its exit code alone".to_string());
@@ -849,6 +900,7 @@ async fn run_check(
         names_known: !names.is_empty(),
         timed_out,
         oom_killed,
+        is_test,
         names,
     })
 }
@@ -906,8 +958,54 @@ mod tests {
                 total: (failed.len() + passed.len()) as u64,
             }),
             names,
+            is_test: true,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_lint_that_did_not_run_is_skipped_with_why_never_passed() {
+        let lint = |code: i64, tail: &str| CheckRun {
+            exit_code: Some(code),
+            tail: tail.into(),
+            ..Default::default()
+        };
+        let skipped = lint(
+            SKIP_EXIT,
+            "x\nlint skipped: ruff is not among the dependencies\n",
+        );
+        let (o, _, note) = classify(&skipped, None);
+        assert_eq!(o, Outcome::Skipped);
+        assert!(o.lets_land());
+        assert_eq!(
+            note.as_deref(),
+            Some("lint skipped: ruff is not among the dependencies")
+        );
+        // Skipped on the base too: still skipped, nothing to compare.
+        assert_eq!(classify(&skipped, Some(&skipped)).0, Outcome::Skipped);
+        // Ran on the base, skipped with the change: the change took the linter away.
+        let (o, _, note) = classify(&skipped, Some(&lint(0, "")));
+        assert_eq!(o, Outcome::Fail, "{note:?}");
+        // Passing now after a skipped base is a pass, not a fix; a lint's pass carries no
+        // note about test runners.
+        assert_eq!(
+            classify(&lint(0, ""), Some(&skipped)),
+            (Outcome::Pass, Lists::default(), None)
+        );
+        // The test check has no skip code: 77 is a failure there.
+        let tests = CheckRun {
+            is_test: true,
+            ..lint(SKIP_EXIT, "skipped")
+        };
+        assert_eq!(classify(&tests, None).0, Outcome::Fail);
+        // A test runner nobody recognises is still said so.
+        let plain_test = CheckRun {
+            is_test: true,
+            ..lint(0, "")
+        };
+        assert!(classify(&plain_test, None)
+            .2
+            .is_some_and(|n| n.contains("not recognised")));
     }
 
     #[test]

@@ -710,3 +710,77 @@ fn bad_verify_inputs_fail_before_the_engine_and_change_nothing() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--base"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_check_that_did_not_run_is_reported_skipped_never_passed() {
+    require_base_image();
+    // The lint runs only while lint.ok exists; otherwise it says why and exits 77.
+    let repo = calc_project(
+        "verify-skipped",
+        "lint = \"if [ -f lint.ok ]; then true; else echo 'lint skipped: lint.ok is gone' >&2; exit 77; fi\"\ntypecheck = \"echo 'typecheck skipped: no checker here' >&2; exit 77\"\n",
+    );
+    repo.write("lint.ok", "");
+    repo.unit("sub", "scope = [\"src/**\"]", "Add sub().");
+    repo.unit(
+        "unlint",
+        "scope = [\"src/**\", \"lint.ok\"]",
+        "Remove the lint.",
+    );
+    set_agent(
+        &repo,
+        "printf 'sub() { echo $(($1 - $2)); }\\n' >> src/calc.sh",
+    );
+    repo.commit("project");
+
+    // A check that does not run (here on the base and with the change) lets the change land,
+    // and every record of it says skipped, with why.
+    let (code, units, err) = repo.run(&["--unit", "sub"]);
+    assert_eq!(code, 0, "{err}\n{units:?}");
+    let v = &units[0]["verdict"];
+    let typecheck = &v["checks"][2];
+    assert_eq!(typecheck["name"], "typecheck", "{v}");
+    assert_eq!(typecheck["outcome"], "skipped", "{typecheck}");
+    assert_eq!(typecheck["note"], "typecheck skipped: no checker here");
+    let lint = &v["checks"][1];
+    assert_eq!(lint["outcome"], "pass", "{lint}");
+    assert!(lint["note"].is_null(), "a lint is no test runner: {lint}");
+    let summary = v["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("typecheck skipped (no checker here)"),
+        "{summary}"
+    );
+    assert!(!summary.contains("typecheck pass"), "{summary}");
+    assert!(!summary.contains("lint pass ["), "{summary}");
+
+    let junit = repo.path().join(".git/junit.xml");
+    let out = boxdelegate()
+        .current_dir(repo.path())
+        .args(["verify", "--commit", "boxdelegate/sub", "--json", "--junit"])
+        .arg(&junit)
+        .output()
+        .unwrap();
+    let rec = crate::common::final_json_result(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(&out), stderr(&out)));
+    repo.remember_image(rec["unit_image"].as_str().unwrap());
+    assert_eq!(out.status.code(), Some(0), "{rec}");
+    assert_eq!(rec["verdict"]["checks"][2]["outcome"], "skipped", "{rec}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let case = &xml[xml.find("name=\"typecheck\"").expect("a typecheck case")..];
+    let case = &case[..case.find("</testcase>").unwrap()];
+    assert!(case.contains("<skipped"), "{case}");
+    assert!(!case.contains("<failure"), "{case}");
+
+    // Skipped with the change but run on the base: the change took what the check needs.
+    set_agent(&repo, "rm lint.ok");
+    repo.commit("agent: remove the lint");
+    let refs = repo.refs();
+    let (code, units, err) = repo.run(&["--unit", "unlint"]);
+    assert_eq!(code, 15, "{err}\n{units:?}");
+    let lint = &units[0]["verdict"]["checks"][1];
+    assert_eq!(lint["outcome"], "fail", "{lint}");
+    assert!(
+        lint["note"].as_str().unwrap().contains("ran on the base"),
+        "{lint}"
+    );
+    assert_eq!(repo.refs(), refs);
+}
