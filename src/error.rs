@@ -112,13 +112,8 @@ pub enum Error {
     },
     #[error("image {image} is missing")]
     ImageMissing { image: String, hint: String },
-    #[error("dependency install for profile {profile} (deps key {}) failed with exit code {code}; last lines of its log:\n{tail}", &key[..12])]
-    Install {
-        profile: String,
-        key: String,
-        code: i64,
-        tail: String,
-    },
+    #[error("infra-error: {} for profile {} (deps key {}) failed with exit code {}; this says nothing about any unit's change and no image was kept; its whole log: {}; last lines:\n{}", .0.step, .0.profile, &.0.key[..12], .0.code, .0.log.display(), .0.tail)]
+    Install(Box<InstallFailure>),
     #[error("fetching {what} failed: {message}")]
     Fetch { what: String, message: String },
     #[error("{path} already exists")]
@@ -145,6 +140,19 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A failed dependency install (boxed: it is large and rare).
+#[derive(Debug)]
+pub struct InstallFailure {
+    /// Which install: the snapshot's dependencies, or those of a unit's change.
+    pub step: String,
+    pub profile: String,
+    pub key: String,
+    pub code: i64,
+    /// The install's whole output, on the host.
+    pub log: PathBuf,
+    pub tail: String,
+}
+
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -152,7 +160,7 @@ impl Error {
             Error::Repo { .. } | Error::Git { .. } => exit::REPO,
             Error::EngineUnreachable { .. } | Error::Engine { .. } => exit::ENGINE,
             Error::ImageMissing { .. } => exit::IMAGE_MISSING,
-            Error::Install { .. } | Error::Fetch { .. } => exit::INSTALL,
+            Error::Install(_) | Error::Fetch { .. } => exit::INSTALL,
             Error::Exists { .. } => exit::EXISTS,
             Error::Usage { .. } => exit::USAGE,
             Error::Busy { .. } => exit::BUSY,
@@ -172,7 +180,7 @@ impl Error {
             | Error::Usage { hint, .. }
             | Error::Busy { hint, .. }
             | Error::State { hint, .. } => Some(hint),
-            Error::Install { .. } => Some(
+            Error::Install(_) => Some(
                 "fix the dependency manifests (lockfile) or the profile's install step, then run again",
             ),
             Error::Fetch { .. } => Some(

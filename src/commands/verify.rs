@@ -312,6 +312,25 @@ pub async fn run(repo: &Repo, args: VerifyArgs, reporter: &dyn Reporter) -> Resu
     let (deps, deps_image, unit_image) =
         crate::images::ensure_images(&engine, &project, &snap, &entries, true, reporter).await?;
 
+    // A change that edits the dependency manifests is checked on its own dependencies.
+    let cx = crate::images::Context {
+        engine: &engine,
+        repo,
+        profile: &project.profile,
+        limits: &project.limits,
+        reporter,
+    };
+    let change_image = crate::images::ensure_for_change(
+        &cx,
+        &deps,
+        project.base_image(),
+        &r.base.tree,
+        &snap.commit,
+        &r.change.tree,
+    )
+    .await?
+    .map(|(plan, unit)| (unit.image, plan.key));
+
     let (records_dir, cache_dir) = crate::verify::state_paths(&repo.common_dir);
     crate::state::create_private_dir(&records_dir)?;
     let created = unix_now();
@@ -335,6 +354,7 @@ pub async fn run(repo: &Repo, args: VerifyArgs, reporter: &dyn Reporter) -> Resu
         base_tree: &r.base.tree,
         tree: &r.change.tree,
         deps_key: &deps.key,
+        change_image: change_image.as_ref().map(|(i, k)| (i.as_str(), k.as_str())),
         checks: &r.checks,
         settings: &r.settings,
         protected: Some(&protected),
@@ -393,6 +413,8 @@ pub async fn run(repo: &Repo, args: VerifyArgs, reporter: &dyn Reporter) -> Resu
         deps_image_id: deps_image.id,
         unit_image: unit_image.image,
         unit_image_id: unit_image.id,
+        change_deps_key: change_image.as_ref().map(|(_, k)| k.clone()),
+        change_image: change_image.map(|(i, _)| i),
         checks: r.checks,
         settings: r.settings,
         verdict,

@@ -204,6 +204,18 @@ pub struct VerifyConfig {
     /// or "trust" the verification of the unit's own tree.
     #[serde(default)]
     pub merged: Option<MergedPolicy>,
+    /// A unit whose change edits the profile's dependency manifests (a lockfile): "rebuild"
+    /// its verify image with the new dependencies (default) or "refuse" the change.
+    #[serde(default)]
+    pub dependency_changes: Option<DependencyChanges>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DependencyChanges {
+    #[default]
+    Rebuild,
+    Refuse,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]

@@ -16,6 +16,8 @@ pub mod layer;
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 
 use bollard::models::{ContainerConfig, ContainerCreateBody};
 use sha2::{Digest, Sha256};
@@ -286,6 +288,12 @@ pub struct Context<'a> {
 /// Ensures the dependency image of `plan` exists: a hit does nothing; a miss runs the install
 /// step and commits the container. A failed install tags nothing and leaves no container.
 pub async fn ensure_deps(cx: &Context<'_>, plan: &DepsPlan) -> Result<Ensured> {
+    ensure_deps_as(cx, plan, "the dependency install").await
+}
+
+/// [`ensure_deps`], naming the install `step` in its error (which install failed: the
+/// snapshot's, or the one a unit's changed manifests asked for).
+pub async fn ensure_deps_as(cx: &Context<'_>, plan: &DepsPlan, step: &str) -> Result<Ensured> {
     let Context {
         engine,
         repo,
@@ -359,14 +367,17 @@ pub async fn ensure_deps(cx: &Context<'_>, plan: &DepsPlan) -> Result<Ensured> {
             };
             let code = engine.wait(&id).await?;
             follow.abort();
+            let log = write_install_log(engine, repo, &id, &plan.key).await?;
             if code != 0 {
                 let tail = engine.logs_tail(&id, 40).await;
-                return Err(Error::Install {
+                return Err(Error::Install(Box::new(crate::error::InstallFailure {
+                    step: step.to_string(),
                     profile: profile.name.clone(),
                     key: plan.key.clone(),
                     code,
+                    log,
                     tail: indent(tail.trim_end()),
-                });
+                })));
             }
         }
         container_labels.insert(labels::KIND.into(), "deps".into());
@@ -404,6 +415,22 @@ pub async fn ensure_deps(cx: &Context<'_>, plan: &DepsPlan) -> Result<Ensured> {
         deleted: None,
         method: None,
     })
+}
+
+/// The whole output of install container `id`, kept on the host (private) as
+/// `<state dir>/logs/deps-<key16>.log`; a later install of the same key replaces it.
+async fn write_install_log(engine: &Engine, repo: &Repo, id: &str, key: &str) -> Result<PathBuf> {
+    use futures_util::StreamExt;
+    let chunks: Vec<String> = engine
+        .logs(id, None, false)
+        .filter_map(|r| async move { r.ok() })
+        .collect()
+        .await;
+    let dir = crate::state::dir(repo).join("logs");
+    crate::state::create_private_dir(&dir)?;
+    let path = dir.join(format!("deps-{}.log", &key[..16]));
+    crate::state::write_private(&path, chunks.concat().as_bytes())?;
+    Ok(path)
 }
 
 fn indent(text: &str) -> String {
@@ -898,6 +925,91 @@ fn blocking_body(
 pub async fn join_tar(task: TarTask) -> Result<TarStats> {
     task.await
         .map_err(|e| Error::Internal(format!("snapshot stream task failed: {e}")))?
+}
+
+/// The images a changed tree is verified on when the change touched the dependency manifests:
+/// the dependency image of the new manifests (installed with the network, like any dependency
+/// build; never in the agent or verify container) and the unit image of the changed tree on it.
+/// `None` when no manifest changed: the snapshot's unit image serves.
+pub async fn ensure_for_change(
+    cx: &Context<'_>,
+    base: &DepsPlan,
+    base_image: Option<&str>,
+    base_tree: &str,
+    commit: &str,
+    tree: &str,
+) -> Result<Option<(DepsPlan, Ensured)>> {
+    let changed = manifests_changed(cx.repo, cx.profile, base, base_tree, tree)?;
+    if changed.is_empty() {
+        return Ok(None);
+    }
+    let entries = snapshot::list_tree(cx.repo, tree)?;
+    let plan = plan_deps(cx.engine, cx.repo, cx.profile, base_image, &entries).await?;
+    if plan.key == base.key {
+        return Ok(None);
+    }
+    cx.reporter.phase(&format!(
+        "the change edits the dependency manifests ({}): building its dependency image",
+        changed.join(", ")
+    ));
+    ensure_deps_as(
+        cx,
+        &plan,
+        "the dependency install of the change's manifests",
+    )
+    .await?;
+    let snap = Snapshot {
+        commit: commit.to_string(),
+        tree: tree.to_string(),
+        dirty: false,
+    };
+    let unit = ensure_unit(cx, &plan, &snap, &entries, true).await?;
+    Ok(Some((plan, unit)))
+}
+
+/// The dependency manifests the change from `base_tree` to `tree` adds, edits or removes
+/// (cheap: only the changed paths are looked at). Both trees' objects must be in `repo`.
+pub fn manifests_changed(
+    repo: &Repo,
+    profile: &Profile,
+    base: &DepsPlan,
+    base_tree: &str,
+    tree: &str,
+) -> Result<Vec<String>> {
+    if base_tree == tree {
+        return Ok(vec![]);
+    }
+    let diff = snapshot::diff_trees(repo, base_tree, tree)?;
+    let paths = diff
+        .upserted
+        .iter()
+        .map(|e| e.path.as_slice())
+        .chain(diff.deleted.iter().map(Vec::as_slice));
+    Ok(manifests_touched(profile, base, paths))
+}
+
+/// Which of `paths` (changed: added, edited or deleted) are dependency manifests of `profile`;
+/// a deleted directory counts with the snapshot's manifests under it.
+pub fn manifests_touched<'p>(
+    profile: &Profile,
+    base: &DepsPlan,
+    paths: impl Iterator<Item = &'p [u8]>,
+) -> Vec<String> {
+    let matcher = profile.manifest_matcher();
+    let mut hits = std::collections::BTreeSet::new();
+    for p in paths {
+        if matcher.is_match(std::path::Path::new(std::ffi::OsStr::from_bytes(p))) {
+            hits.insert(p.to_vec());
+        }
+        for m in &base.manifests {
+            if m.path.len() > p.len() && m.path.starts_with(p) && m.path[p.len()] == b'/' {
+                hits.insert(m.path.clone());
+            }
+        }
+    }
+    hits.into_iter()
+        .map(|p| String::from_utf8_lossy(&p).into_owned())
+        .collect()
 }
 
 /// The dependency and unit images of `snapshot`, built when missing.

@@ -85,6 +85,33 @@ pub(super) async fn extract_change(
     // The scope is checked here, on the change as read (the stored change set names paths
     // lossily, for people).
     let mut rejections = scope::check(set, &p.globs, &p.limits, &p.unit.file);
+    if ctx
+        .project
+        .config
+        .verify
+        .dependency_changes
+        .unwrap_or_default()
+        == crate::config::DependencyChanges::Refuse
+    {
+        for path in crate::images::manifests_touched(
+            &ctx.project.profile,
+            ctx.deps,
+            set.changes.iter().map(|c| c.path.as_slice()),
+        ) {
+            rejections.push(Rejection {
+                    path,
+                    rule: "dependency-change".into(),
+                    message: format!(
+                        "the change edits a dependency manifest of profile {}, which this project refuses",
+                        ctx.project.profile.name
+                    ),
+                    hint: format!(
+                        "change the dependencies yourself and commit them, or allow units to: [verify] dependency_changes = \"rebuild\" in {}",
+                        crate::config::CONFIG_FILE
+                    ),
+                });
+        }
+    }
     for path in leaks {
         rejections.push(Rejection {
             path: crate::change::display_path(&path),
@@ -247,7 +274,27 @@ pub(super) async fn judge_change(
         .map(|c| c.name.as_str())
         .collect::<Vec<_>>()
         .join(", ");
-    let vreq = verify_request(ctx, p, &tree, &verify_log, &cache_dir);
+    let change_image = match image_for(ctx, &tree).await {
+        Ok(i) => i,
+        Err(e @ Error::Install(_)) => {
+            // The change's own dependencies could not be installed: the infrastructure's
+            // failure as far as this judgement goes (the registry, the network, a name the
+            // resolver does not know), never "the change is wrong".
+            *infra = Some("deps-install".into());
+            result.status = Status::InfraError;
+            let e = e.to_string();
+            result.message = format!(
+                "{}; nothing landed, the patch is kept",
+                e.trim_start_matches("infra-error: ")
+            );
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    };
+    let vreq = crate::verify::VerifyRequest {
+        change_image: change_image.as_ref().map(|(i, k)| (i.as_str(), k.as_str())),
+        ..verify_request(ctx, p, &tree, &verify_log, &cache_dir)
+    };
     ctx.reporter.unit(id, &format!("verifying ({check_names})"));
     result.timings.verify_at_ms = Some(crate::timings::now_ms());
     let verify_started = Instant::now();
@@ -276,6 +323,29 @@ pub(super) async fn judge_change(
     Ok(true)
 }
 
+/// The image a tree that edits the dependency manifests is verified on, with its deps key:
+/// built (or found) for that tree's own manifests; `None` when the manifests are the
+/// snapshot's, whose unit image serves.
+pub(super) async fn image_for(ctx: &Ctx<'_>, tree: &str) -> Result<Option<(String, String)>> {
+    let cx = crate::images::Context {
+        engine: ctx.engine,
+        repo: &ctx.project.repo,
+        profile: &ctx.project.profile,
+        limits: &ctx.project.limits,
+        reporter: ctx.reporter,
+    };
+    Ok(crate::images::ensure_for_change(
+        &cx,
+        ctx.deps,
+        ctx.project.base_image(),
+        &ctx.snapshot.tree,
+        &ctx.snapshot.commit,
+        tree,
+    )
+    .await?
+    .map(|(plan, unit)| (unit.image, plan.key)))
+}
+
 pub(super) fn verify_request<'a>(
     ctx: &'a Ctx<'_>,
     p: &'a Planned,
@@ -289,6 +359,7 @@ pub(super) fn verify_request<'a>(
         base_tree: &ctx.snapshot.tree,
         tree,
         deps_key: ctx.deps_key,
+        change_image: None,
         checks: &p.checks,
         settings: &p.settings,
         protected: Some(&p.globs.protected),

@@ -4,7 +4,7 @@
 //! Never lands a result that is not verified, nor a unit that already landed; a conflict is
 //! reported, never forced.
 
-use super::judge::{failure_status, verify_request};
+use super::judge::{failure_status, image_for, verify_request};
 use super::ledger::{finish_unit, Ctx};
 use super::plan::Planned;
 use crate::change::ChangeSet;
@@ -92,11 +92,39 @@ pub(super) async fn land_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
             let on_line = |l: &str| sink(l);
             // The merged tree, judged against the head it lands on; protected paths are the
             // head's (the unit's own edits of them were refused by the scope check).
+            // Either tree may edit the dependency manifests (this unit's change, or one that
+            // landed meanwhile): each is checked on the dependencies of its own manifests.
+            let images = match (
+                image_for(ctx, &head_tree).await,
+                image_for(ctx, merged_tree).await,
+            ) {
+                (Ok(h), Ok(m)) => (h, m),
+                (Err(e @ Error::Install(_)), _) | (_, Err(e @ Error::Install(_))) => {
+                    result.status = Status::InfraError;
+                    result.message = format!(
+                        "{} moved to {} and the merged tree could not be verified: {e}; nothing landed, the patch is kept",
+                        p.branch,
+                        short(head)
+                    );
+                    return finish_unit(ctx, id, result);
+                }
+                (Err(e), _) | (_, Err(e)) => return Err(e),
+            };
+            let (head_image, merged_image) = &images;
+            let base = verify_request(ctx, p, &tree, &log, &cache_dir);
             let vreq = crate::verify::VerifyRequest {
                 base_tree: &head_tree,
                 tree: merged_tree,
                 protected: None,
-                ..verify_request(ctx, p, &tree, &log, &cache_dir)
+                image: head_image.as_ref().map_or(base.image, |(i, _)| i.as_str()),
+                image_tree: head_image
+                    .as_ref()
+                    .map_or(base.image_tree, |_| head_tree.as_str()),
+                deps_key: head_image
+                    .as_ref()
+                    .map_or(base.deps_key, |(_, k)| k.as_str()),
+                change_image: merged_image.as_ref().map(|(i, k)| (i.as_str(), k.as_str())),
+                ..base
             };
             let verdict = crate::verify::verify(ctx.engine, repo, &vreq, &on_line).await?;
             let failure = (!verdict.passed).then(|| {

@@ -22,6 +22,8 @@ pub(super) struct Ctx<'a> {
     pub(super) entries: &'a [snapshot::TreeEntry],
     pub(super) image: &'a str,
     pub(super) deps_key: &'a str,
+    /// The snapshot's dependency image inputs (a change that edits them is verified on its own).
+    pub(super) deps: &'a crate::images::DepsPlan,
     pub(super) run_id: &'a str,
     pub(super) run_dir: &'a Path,
     pub(super) reporter: &'a dyn Reporter,

@@ -420,6 +420,7 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
         entries: &entries,
         image: &unit_image.image,
         deps_key: &deps.key,
+        deps: &deps,
         run_id: &run_id,
         run_dir: &run_dir,
         reporter,

@@ -165,6 +165,10 @@ pub struct VerifyRequest<'a> {
     /// The changed tree; its objects must be in the repository.
     pub tree: &'a str,
     pub deps_key: &'a str,
+    /// When the change edited the dependency manifests: the image holding `tree` itself on the
+    /// dependencies of its own manifests, and their deps key. The checks on the change run
+    /// there; the baseline stays on `image`.
+    pub change_image: Option<(&'a str, &'a str)>,
     pub checks: &'a [Check],
     pub settings: &'a Settings,
     /// Paths restored from `base_tree` before the checks.
@@ -219,6 +223,7 @@ pub async fn verify(
                     engine,
                     repo,
                     req,
+                    (req.image, req.image_tree),
                     req.base_tree,
                     "baseline",
                     &mut log,
@@ -260,10 +265,15 @@ pub async fn verify(
             && !run.zero_tests()
             && classify(run, base_ref.and_then(|b| b.get(i))).0 == Outcome::Fail
     };
+    let on = match req.change_image {
+        Some((image, _)) => (image, tree.as_str()),
+        None => (req.image, req.image_tree),
+    };
     let runs = match in_container(
         engine,
         repo,
         req,
+        on,
         &tree,
         "verify",
         &mut log,
@@ -709,13 +719,14 @@ pub fn restore_protected(
     Ok((restored_tree, restored))
 }
 
-/// Runs every check in a fresh container of `req.image` holding `tree`; stops at a timeout
-/// (the container is killed) or an OOM kill.
+/// Runs every check in a fresh container of `on`'s image (which holds `on`'s tree), with
+/// `tree` put in /work; stops at a timeout (the container is killed) or an OOM kill.
 #[allow(clippy::too_many_arguments)]
 async fn in_container(
     engine: &Engine,
     repo: &Repo,
     req: &VerifyRequest<'_>,
+    (image, image_tree): (&str, &str),
     tree: &str,
     role: &str,
     log: &mut std::fs::File,
@@ -726,7 +737,7 @@ async fn in_container(
     host.network_mode = Some("none".into());
     let id = engine
         .create_container(ContainerCreateBody {
-            image: Some(req.image.to_string()),
+            image: Some(image.to_string()),
             cmd: Some(vec!["sleep".into(), "infinity".into()]),
             working_dir: Some("/work".into()),
             labels: Some(HashMap::from([
@@ -742,7 +753,7 @@ async fn in_container(
     let oom = engine.watch_oom(&id);
     let result = async {
         engine.start(&id).await?;
-        apply_tree(engine, repo, &id, req.image_tree, tree).await?;
+        apply_tree(engine, repo, &id, image_tree, tree).await?;
         let mut ran = Vec::new();
         for (i, check) in req.checks.iter().enumerate() {
             on_line(&format!("{role} {}: {}", check.name, check.command));

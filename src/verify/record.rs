@@ -50,6 +50,12 @@ pub struct Record {
     pub deps_image_id: String,
     pub unit_image: String,
     pub unit_image_id: String,
+    /// When the change edits the dependency manifests: the deps key and unit image its checks
+    /// ran on (the baseline ran on `unit_image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_deps_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_image: Option<String>,
     pub checks: Vec<Check>,
     pub settings: Settings,
     pub verdict: Verdict,

@@ -314,7 +314,7 @@ fn a_layer_the_engine_refuses_falls_back_to_a_committed_container() {
 }
 
 #[test]
-fn failing_install_reports_the_log_tail_and_leaves_nothing_behind() {
+fn a_failing_install_is_an_infra_error_naming_its_log_and_leaves_no_image() {
     require_base_image();
     let repo = TestRepo::with_project("broken-install");
     repo.write("deps.lock", "broken==9.9 # broken-install\n");
@@ -323,8 +323,36 @@ fn failing_install_reports_the_log_tail_and_leaves_nothing_behind() {
     let out = repo.cmd().args(["image", "build"]).output().unwrap();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(7), "{err}");
-    assert!(err.contains("dependency install for profile test"), "{err}");
+    assert!(
+        err.contains("infra-error: the dependency install for profile test"),
+        "{err}"
+    );
+    assert!(
+        err.contains("says nothing about any unit's change"),
+        "{err}"
+    );
     assert!(err.contains("exit code 3"), "{err}");
+    // The whole log is kept on the host, private, and named.
+    let log = err
+        .split("its whole log: ")
+        .nth(1)
+        .and_then(|t| t.split("; last lines").next())
+        .unwrap_or_else(|| panic!("no log named: {err}"));
+    let log = std::path::Path::new(log);
+    assert!(
+        log.starts_with(repo.path().join(".git/boxdelegate/logs")),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(
+        text.contains("installing 1 packages") && text.contains("resolver: no version"),
+        "{text}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(log).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     assert!(
         err.contains("resolver: no version of 'broken' satisfies the lockfile"),
         "log tail: {err}"
@@ -350,7 +378,15 @@ fn failing_install_reports_the_log_tail_and_leaves_nothing_behind() {
         !containers.contains(&key_prefix),
         "no container left: {containers}"
     );
-    assert_eq!(before, repo.host_state());
+    // Nothing else on the host changed: the log (and the private directories holding it) is
+    // the one new thing.
+    let after: String = repo
+        .host_state()
+        .lines()
+        .filter(|l| !l.starts_with(".git/boxdelegate/logs") && !l.starts_with(".git/boxdelegate "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(before, after);
 }
 
 #[test]

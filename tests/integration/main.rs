@@ -6,6 +6,7 @@ mod bench_cli;
 mod cli_surface;
 mod codex;
 mod common;
+mod deps_change;
 mod hostile_repo;
 mod images;
 mod init;
