@@ -575,6 +575,19 @@ fn classify(run: &CheckRun, base: Option<&CheckRun>) -> (Outcome, Lists, Option<
         lists.regressions = run.failed_tests.clone();
         return (Outcome::Fail, lists, None);
     }
+    // Both failed without running a single test (a collection error, a broken conftest): the
+    // suite verifies nothing on either side, which is not a pre-existing failure to let by.
+    let none_ran = |r: &CheckRun| r.tests.as_ref().is_some_and(|t| t.total == 0);
+    if run.is_test && none_ran(run) && none_ran(b) {
+        return (
+            Outcome::NoTests,
+            lists,
+            Some(format!(
+                "ran zero tests and failed (exit {}), on the base too: the suite verifies nothing; fix it or disable the check",
+                run.exit_code.unwrap_or_default()
+            )),
+        );
+    }
     // Both failed. By name when the failures are explained by names on both sides.
     if !run.failed_tests.is_empty() && !b.failed_tests.is_empty() {
         let before: BTreeSet<&String> = b.failed_tests.iter().collect();
@@ -972,6 +985,17 @@ mod tests {
             is_test: true,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_suite_that_runs_no_test_on_either_side_is_not_a_pre_existing_failure() {
+        let collapsed = run(3, &[], &[]);
+        let (outcome, _, note) = classify(&collapsed, Some(&collapsed));
+        assert_eq!(outcome, Outcome::NoTests);
+        assert!(note.unwrap().contains("verifies nothing"));
+        // Failing the same way with tests run on both sides stays pre-existing.
+        let failing = run(1, &[], &["a"]);
+        assert_eq!(classify(&failing, Some(&failing)).0, Outcome::PreExisting);
     }
 
     #[test]

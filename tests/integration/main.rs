@@ -12,6 +12,7 @@ mod images;
 mod init;
 mod model_server;
 mod progress;
+mod real_projects;
 mod resume;
 mod run;
 mod snapshot;
