@@ -81,10 +81,14 @@ pub fn wrap(cmd: &[String]) -> Vec<String> {
 }
 
 /// The directory list for `--fromfile`: the sync directory, `/work` and every directory of the
-/// snapshot. `None` where a name cannot be a line of it (a newline; the recursive watch is used).
+/// snapshot (submodules' among them). `None` where a name cannot be a line of it (a newline; the recursive watch is used).
 pub fn dirs_file(entries: &[crate::snapshot::TreeEntry]) -> Option<Vec<u8>> {
     let mut dirs: BTreeSet<&[u8]> = BTreeSet::new();
     for e in entries {
+        // A submodule is shipped as an empty directory: a write into it must be seen too.
+        if e.kind == crate::snapshot::EntryKind::Gitlink {
+            dirs.insert(&e.path);
+        }
         let mut p: &[u8] = &e.path;
         while let Some(i) = p.iter().rposition(|b| *b == b'/') {
             p = &p[..i];

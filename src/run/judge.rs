@@ -85,6 +85,32 @@ pub(super) async fn extract_change(
     // The scope is checked here, on the change as read (the stored change set names paths
     // lossily, for people).
     let mut rejections = scope::check(set, &p.globs, &p.limits, &p.unit.file);
+    // A submodule's content is not in the snapshot (it is shipped as an empty directory), and
+    // the tree cannot hold both the submodule and files under it.
+    let submodules: Vec<&[u8]> = ctx
+        .entries
+        .iter()
+        .filter(|e| e.kind == crate::snapshot::EntryKind::Gitlink)
+        .map(|e| e.path.as_slice())
+        .collect();
+    for c in &set.changes {
+        if let Some(sub) = submodules
+            .iter()
+            .find(|s| c.path.starts_with(s) && (c.path.len() == s.len() || c.path[s.len()] == b'/'))
+        {
+            let sub = crate::change::display_path(sub);
+            rejections.push(Rejection {
+                path: crate::change::display_path(&c.path),
+                rule: "submodule".into(),
+                message: format!(
+                    "the change touches submodule {sub}, whose content is not in the snapshot (it is an empty directory to the agent)"
+                ),
+                hint: format!(
+                    "change {sub} in its own repository and commit the new submodule commit here yourself; keep {sub} out of the unit's work"
+                ),
+            });
+        }
+    }
     if ctx
         .project
         .config

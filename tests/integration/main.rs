@@ -13,6 +13,7 @@ mod init;
 mod model_server;
 mod progress;
 mod real_projects;
+mod repo_shapes;
 mod resume;
 mod run;
 mod snapshot;

@@ -364,3 +364,57 @@ fn a_crate_from_the_registry_lands_its_next_release_and_rejects_a_break_naming_t
         .git(&["branch", "--list", "boxdelegate/simplify-right"])
         .is_empty());
 }
+
+#[test]
+fn a_real_install_that_fails_is_an_infra_error_naming_its_log_and_leaves_no_image() {
+    require_base_image();
+    for (what, requirements, in_log) in [
+        (
+            "a package that does not exist",
+            "boxdelegate-no-such-package-7f3a9c==0.0.1\n",
+            "No matching distribution found for boxdelegate-no-such-package-7f3a9c",
+        ),
+        (
+            "a network that is cut",
+            "--index-url http://127.0.0.1:9/simple\nsix==1.16.0\n",
+            "Connection refused",
+        ),
+    ] {
+        let repo = TestRepo::empty();
+        repo.write("requirements.txt", requirements);
+        repo.write("app.py", "print('hi')\n");
+        repo.write("boxdelegate.toml", "[project]\nprofile = \"python\"\n");
+        repo.commit(what);
+        let out = repo.cmd().args(["image", "build"]).output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(7), "{what}: {err}");
+        assert!(
+            err.contains("infra-error: the dependency install for profile python")
+                && err.contains("says nothing about any unit's change"),
+            "{what}: {err}"
+        );
+        let log = err
+            .split("its whole log: ")
+            .nth(1)
+            .and_then(|t| t.split("; last lines").next())
+            .unwrap_or_else(|| panic!("{what}: no log named: {err}"));
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(text.contains(in_log), "{what}: {text}");
+        let key16 = log.rsplit("deps-").next().unwrap().trim_end_matches(".log");
+        let tags = docker(&["images", "--format", "{{.Tag}}", "boxdelegate/deps"]);
+        assert!(
+            !tags.lines().any(|t| t.starts_with(key16)),
+            "{what}: no image left: {tags}"
+        );
+        let left = docker(&[
+            "ps",
+            "-a",
+            "--format",
+            "{{.Label \"boxdelegate.deps-key\"}}",
+        ]);
+        assert!(
+            !left.lines().any(|k| k.starts_with(key16)),
+            "{what}: no container left: {left}"
+        );
+    }
+}
