@@ -159,6 +159,8 @@ pub enum Listing {
     Engine,
     /// The watcher's change log in the container (see `watch`).
     Watch,
+    /// The container's upper layer, listed on the host (a local engine; see `upper`).
+    Upper,
 }
 
 /// The git blob id of `data`.

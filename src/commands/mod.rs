@@ -41,6 +41,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
     let global = &cli.global;
     // Settings from the environment are checked before any command touches anything.
     images::build_method()?;
+    crate::extract::upper::mechanism()?;
     match cli.command {
         Command::Init { profile } => {
             let repo = open_repo(global)?;

@@ -6,7 +6,7 @@
 //! survive a crash.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bollard::errors::Error as BollardError;
@@ -526,6 +526,72 @@ impl Engine {
                 short(id)
             ))
         })
+    }
+
+    /// Whether containers' writable layers can be expected on this host (checked for each
+    /// container by [`Engine::local_upper_dir`]): a unix socket, a storage driver that keeps
+    /// them as plain directories, and the engine's data root visible here.
+    pub async fn upper_layers_local(&self) -> Result<bool> {
+        if !self.endpoint.starts_with("unix://") {
+            return Ok(false);
+        }
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| Error::engine("reading engine info", e))?;
+        let driver_ok = matches!(
+            info.driver.as_deref(),
+            Some("overlay2" | "overlay" | "fuse-overlayfs")
+        );
+        let root = info.docker_root_dir.unwrap_or_default();
+        Ok(driver_ok && !root.is_empty() && Path::new(&root).join("containers").is_dir())
+    }
+
+    /// The host directory holding container `id`'s writable layer, when the engine provably
+    /// shares this host's filesystem: it is reached over a unix socket, its storage driver keeps
+    /// the layer as a plain directory (overlay2, overlay, fuse-overlayfs), and this host sees
+    /// the engine's own record of this very container (`<root>/containers/<id>/config.v2.json`
+    /// naming it). `None` otherwise — a remote engine (tcp://, ssh://), another driver, a data
+    /// root in another mount namespace — and then only the API is used.
+    pub async fn local_upper_dir(&self, id: &str) -> Result<Option<PathBuf>> {
+        if !self.endpoint.starts_with("unix://") {
+            return Ok(None);
+        }
+        let inspect = self
+            .docker
+            .inspect_container(id, None::<qp::InspectContainerOptions>)
+            .await
+            .map_err(|e| Error::engine(format!("inspecting container {}", short(id)), e))?;
+        let Some(driver) = inspect.graph_driver else {
+            return Ok(None);
+        };
+        if !matches!(
+            driver.name.as_str(),
+            "overlay2" | "overlay" | "fuse-overlayfs"
+        ) {
+            return Ok(None);
+        }
+        let (Some(full_id), Some(upper)) = (inspect.id, driver.data.get("UpperDir")) else {
+            return Ok(None);
+        };
+        let root = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| Error::engine("reading engine info", e))?
+            .docker_root_dir
+            .unwrap_or_default();
+        let record = Path::new(&root)
+            .join("containers")
+            .join(&full_id)
+            .join("config.v2.json");
+        let names_it = std::fs::read(&record)
+            .ok()
+            .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
+            .is_some_and(|v| v["ID"] == full_id.as_str());
+        let upper = PathBuf::from(upper);
+        Ok((names_it && upper.is_absolute() && upper.is_dir()).then_some(upper))
     }
 
     /// Whether the engine recorded an out-of-memory kill in container `id`.

@@ -35,6 +35,7 @@ use crate::snapshot::{EntryKind, TreeEntry};
 
 mod reads;
 mod tree;
+pub mod upper;
 pub mod watch;
 
 pub use reads::ReadLimits;

@@ -159,8 +159,43 @@ pub(super) struct Reads {
     pub(super) missing_is_deleted: bool,
 }
 
-/// The change log's roots, else the engine's diff.
+/// The paths the upper layer (when the engine is local, see `upper`), else the change log,
+/// else the engine's diff names.
 pub(super) async fn listing(engine: &Engine, id: &str) -> Result<(Reads, Listing, Option<String>)> {
+    let mut upper_why = None;
+    if super::upper::wanted()? {
+        if let Some(dir) = engine.local_upper_dir(id).await? {
+            match super::upper::list(&dir) {
+                Ok(paths) => {
+                    let paths: BTreeSet<Vec<u8>> = paths.into_iter().collect();
+                    return Ok((
+                        Reads {
+                            roots: watch::roots(&paths, watch::MAX_ROOTS),
+                            deleted: Vec::new(),
+                            missing_is_deleted: true,
+                        },
+                        Listing::Upper,
+                        None,
+                    ));
+                }
+                Err(super::upper::Unlisted::Empty) => {
+                    return Ok((
+                        Reads {
+                            roots: vec![],
+                            deleted: vec![],
+                            missing_is_deleted: true,
+                        },
+                        Listing::Upper,
+                        None,
+                    ))
+                }
+                Err(super::upper::Unlisted::Failed(why)) => {
+                    tracing::warn!(container = %crate::engine::short(id), "the upper layer could not be listed ({why}); using the change log");
+                    upper_why = Some(why);
+                }
+            }
+        }
+    }
     let why = match read_log(engine, id).await? {
         Ok(paths) => {
             return Ok((
@@ -193,7 +228,10 @@ pub(super) async fn listing(engine: &Engine, id: &str) -> Result<(Reads, Listing
             missing_is_deleted: false,
         },
         Listing::Engine,
-        Some(why.to_string()),
+        Some(match upper_why {
+            Some(u) => format!("the upper layer could not be listed ({u}); {why}"),
+            None => why.to_string(),
+        }),
     ))
 }
 

@@ -102,7 +102,11 @@ pub(super) async fn start_agent(
             .engine
             .create_container(ContainerCreateBody {
                 image: Some(ctx.image.to_string()),
-                cmd: Some(crate::extract::watch::wrap(&spec.cmd)),
+                cmd: Some(if ctx.upper {
+                    spec.cmd.clone()
+                } else {
+                    crate::extract::watch::wrap(&spec.cmd)
+                }),
                 env: Some(env),
                 working_dir: Some("/work".into()),
                 labels: Some({

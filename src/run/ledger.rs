@@ -31,6 +31,9 @@ pub(super) struct Ctx<'a> {
     pub(super) policy: Policy,
     /// Whether the engine caps a container's writable layer itself.
     pub(super) disk_quota: bool,
+    /// Whether the change is listed from the container's upper layer on this host: then the
+    /// agent runs without the change-log watcher (no per-directory setup before it starts).
+    pub(super) upper: bool,
     /// The directories the agent container's watcher watches (`watch::dirs_file`).
     pub(super) watch_dirs: Option<Vec<u8>>,
 }

@@ -413,6 +413,7 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
             todo.len()
         ));
     }
+    let upper = crate::extract::upper::wanted()? && engine.upper_layers_local().await?;
     let ctx = Ctx {
         project,
         engine: &engine,
@@ -427,7 +428,12 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
         journal: &live,
         policy,
         disk_quota: engine.supports_disk_quota().await,
-        watch_dirs: crate::extract::watch::dirs_file(&entries),
+        upper,
+        watch_dirs: if upper {
+            None
+        } else {
+            crate::extract::watch::dirs_file(&entries)
+        },
     };
 
     // Units work in parallel; each reports when it is done, and the lander takes them in

@@ -424,3 +424,20 @@ fn an_unknown_image_build_method_is_refused_before_anything_runs() {
         );
     }
 }
+
+#[test]
+fn an_unknown_way_to_list_a_change_is_refused_before_anything_runs() {
+    let case = Case::new(run_project("bad-extract"));
+    for args in [&["image", "build"][..], &["run", "--unit", "good"][..]] {
+        case.fails_with(
+            args,
+            &[("BOXDELEGATE_EXTRACT", "inotify")],
+            false,
+            3,
+            &[
+                "BOXDELEGATE_EXTRACT: unknown way to list a change \"inotify\"",
+                "hint: set it to `auto`",
+            ],
+        );
+    }
+}

@@ -111,7 +111,8 @@ impl TestRepo {
         cmd.current_dir(self.path())
             .env_remove("CODEX_THREAD_ID")
             .env_remove("RUST_LOG")
-            .env_remove("BOXDELEGATE_IMAGE_BUILD");
+            .env_remove("BOXDELEGATE_IMAGE_BUILD")
+            .env_remove("BOXDELEGATE_EXTRACT");
         cmd
     }
 
@@ -230,7 +231,8 @@ pub fn boxdelegate() -> Command {
     git_env(&mut cmd);
     cmd.env_remove("CODEX_THREAD_ID")
         .env_remove("RUST_LOG")
-        .env_remove("BOXDELEGATE_IMAGE_BUILD");
+        .env_remove("BOXDELEGATE_IMAGE_BUILD")
+        .env_remove("BOXDELEGATE_EXTRACT");
     cmd
 }
 
@@ -321,10 +323,29 @@ impl TestRepo {
     /// Runs `run --json` with `args`; returns the exit code, the whole JSON (`run` report and
     /// `units`) and stderr.
     pub fn run_value(&self, args: &[&str]) -> (i32, serde_json::Value, String) {
+        self.run_value_with(args, &[])
+    }
+
+    /// [`TestRepo::run`] with environment variables set for the command.
+    pub fn run_with(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (i32, Vec<serde_json::Value>, String) {
+        let (code, v, err) = self.run_value_with(args, env);
+        (code, v["units"].as_array().unwrap().clone(), err)
+    }
+
+    fn run_value_with(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (i32, serde_json::Value, String) {
         let out = self
             .cmd()
             .args(["run", "--json"])
             .args(args)
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         let err = stderr(&out);

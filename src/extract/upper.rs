@@ -1,0 +1,228 @@
+//! The change listed from the container's upper layer on the host: the paths under `/work`
+//! that the agent created, changed or deleted, read as names and types from the engine's own
+//! storage (`GraphDriver.Data.UpperDir` for overlay2 and fuse-overlayfs), which costs O(change)
+//! rather than a walk of the whole container filesystem and needs no watcher in the container.
+//!
+//! The upper directory is written by the agent, so nothing in it is followed or read as data:
+//! every directory is opened relative to its parent's descriptor with `openat2` and
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV`, entries are
+//! only `fstatat`-ed with `AT_SYMLINK_NOFOLLOW`, and no file is ever opened. The result is a
+//! hint, like the change log's: every path is read back through the engine's archive API and
+//! judged there under the usual limits. `rustix` is used because it wraps `openat2` and its
+//! resolve flags, directory streams on a descriptor and `fstatat` as safe calls (cap-std's
+//! sandboxing would do as well, but brings its own filesystem abstraction we do not need).
+//!
+//! May not: read file contents, follow a link, or touch anything outside the upper `work/`.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+
+/// More entries than this in the upper `/work` and the listing gives up (the engine's diff
+/// takes over): a change that large is over the limits anyway.
+pub const MAX_ENTRIES: usize = 200_000;
+
+/// Which listing `BOXDELEGATE_EXTRACT` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    /// The upper layer where the engine is local, else the change log, else the engine's diff.
+    Auto,
+    /// Never the upper layer: the change log (with its watcher), else the engine's diff.
+    Log,
+}
+
+/// `BOXDELEGATE_EXTRACT`: `auto` (default) or `log`; anything else is refused before any
+/// command acts.
+pub fn mechanism() -> crate::error::Result<Mechanism> {
+    match std::env::var("BOXDELEGATE_EXTRACT").ok().as_deref() {
+        None | Some("") | Some("auto") => Ok(Mechanism::Auto),
+        Some("log") => Ok(Mechanism::Log),
+        Some(other) => Err(crate::error::Error::config_hint(
+            "BOXDELEGATE_EXTRACT",
+            format!("unknown way to list a change {other:?}"),
+            "set it to `auto` (the upper layer where the engine is local, else the change log; the default) or `log` (always the change log), or unset it",
+        )),
+    }
+}
+
+/// Whether the upper layer may be used.
+pub fn wanted() -> crate::error::Result<bool> {
+    Ok(mechanism()? == Mechanism::Auto)
+}
+
+/// Why the upper layer could not be listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unlisted {
+    /// No `work/` in the upper layer: the agent wrote nothing under `/work`.
+    Empty,
+    /// Opening or reading failed (the reason), or there were too many entries.
+    Failed(String),
+}
+
+fn resolve() -> ResolveFlags {
+    ResolveFlags::BENEATH
+        | ResolveFlags::NO_SYMLINKS
+        | ResolveFlags::NO_MAGICLINKS
+        | ResolveFlags::NO_XDEV
+}
+
+fn open_dir(at: impl AsFd, name: &[u8]) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat2(
+        at,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        resolve(),
+    )
+}
+
+/// The paths (relative to `/work`) the upper layer at `upper` holds changes for: files,
+/// symlinks and special files written; whiteouts (a 0/0 character device, or a `.wh.NAME`
+/// file) as the path they delete; an opaque directory (`.wh..wh..opq`, `.wh..opq`) as itself,
+/// so that it is read back whole. Directories that are only there as parents of a change are
+/// not listed themselves.
+pub fn list(upper: &Path) -> Result<Vec<Vec<u8>>, Unlisted> {
+    let fail = |what: &str, e: rustix::io::Errno| Unlisted::Failed(format!("{what}: {e}"));
+    let root = rustix::fs::open(
+        upper,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| fail(&format!("opening {}", upper.display()), e))?;
+    let work = match open_dir(&root, b"work") {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Err(Unlisted::Empty),
+        Err(e) => return Err(fail("opening the upper work/", e)),
+    };
+    let mut out = Vec::new();
+    let mut seen = 0usize;
+    walk(work, Vec::new(), &mut out, &mut seen)?;
+    Ok(out)
+}
+
+fn walk(
+    dir: OwnedFd,
+    prefix: Vec<u8>,
+    out: &mut Vec<Vec<u8>>,
+    seen: &mut usize,
+) -> Result<(), Unlisted> {
+    let fail = |e: rustix::io::Errno| {
+        Unlisted::Failed(format!("reading {}: {e}", String::from_utf8_lossy(&prefix)))
+    };
+    let join = |name: &[u8]| {
+        let mut p = prefix.clone();
+        if !p.is_empty() {
+            p.push(b'/');
+        }
+        p.extend_from_slice(name);
+        p
+    };
+    let mut names = Vec::new();
+    let stream = rustix::fs::Dir::read_from(&dir).map_err(fail)?;
+    for entry in stream {
+        let entry = entry.map_err(fail)?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        *seen += 1;
+        if *seen > MAX_ENTRIES {
+            return Err(Unlisted::Failed(format!(
+                "more than {MAX_ENTRIES} entries in the upper layer"
+            )));
+        }
+        names.push(name.to_vec());
+    }
+    names.sort();
+    let mut subdirs = Vec::new();
+    for name in names {
+        if name == b".wh..wh..opq" || name == b".wh..opq" {
+            // Opaque: the snapshot's content below is hidden; read the directory whole.
+            if !prefix.is_empty() && out.last() != Some(&prefix) {
+                out.push(prefix.clone());
+            }
+            continue;
+        }
+        if let Some(deleted) = name.strip_prefix(b".wh.") {
+            out.push(join(deleted));
+            continue;
+        }
+        let st =
+            rustix::fs::statat(&dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW).map_err(fail)?;
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => subdirs.push(name),
+            FileType::CharacterDevice if st.st_rdev == 0 => out.push(join(&name)),
+            _ => out.push(join(&name)),
+        }
+    }
+    for name in subdirs {
+        let path = join(&name);
+        let fd = open_dir(&dir, &name).map_err(|e| {
+            Unlisted::Failed(format!("opening {}: {e}", String::from_utf8_lossy(&path)))
+        })?;
+        walk(fd, path, out, seen)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn tree() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("work/src/deep")).unwrap();
+        std::fs::create_dir_all(t.path().join("work/new")).unwrap();
+        std::fs::create_dir_all(t.path().join("home/box")).unwrap();
+        std::fs::write(t.path().join("home/box/.bash_history"), "outside work").unwrap();
+        std::fs::write(t.path().join("work/src/deep/a.py"), "x").unwrap();
+        std::fs::write(t.path().join("work/src/.wh.gone.py"), "").unwrap();
+        std::fs::write(t.path().join("work/new/.wh..wh..opq"), "").unwrap();
+        std::fs::write(t.path().join("work/new/b"), "y").unwrap();
+        t
+    }
+
+    #[test]
+    fn lists_writes_whiteouts_and_opaque_directories_under_work_only() {
+        let t = tree();
+        let got = list(t.path()).unwrap();
+        let got: Vec<String> = got
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        assert_eq!(got, ["new", "new/b", "src/gone.py", "src/deep/a.py"]);
+    }
+
+    #[test]
+    fn a_symlink_is_listed_never_followed_even_as_a_directory_or_the_work_root() {
+        let t = tree();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(outside.path().join("secret-dir")).unwrap();
+        std::fs::write(outside.path().join("secret-dir/canary"), "do not list").unwrap();
+        symlink(
+            outside.path().join("secret-dir"),
+            t.path().join("work/src/link"),
+        )
+        .unwrap();
+        symlink("../../..", t.path().join("work/src/up")).unwrap();
+        let got = list(t.path()).unwrap();
+        assert!(got.contains(&b"src/link".to_vec()) && got.contains(&b"src/up".to_vec()));
+        assert!(
+            !got.iter().any(|p| p.ends_with(b"canary")),
+            "nothing behind a link is listed: {got:?}"
+        );
+        // A `work` that is itself a symlink is refused, not followed.
+        let u = tempfile::tempdir().unwrap();
+        symlink(outside.path(), u.path().join("work")).unwrap();
+        assert!(matches!(list(u.path()), Err(Unlisted::Failed(_))));
+    }
+
+    #[test]
+    fn no_work_directory_is_an_empty_change() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("tmp")).unwrap();
+        assert_eq!(list(t.path()), Err(Unlisted::Empty));
+    }
+}
