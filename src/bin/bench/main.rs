@@ -533,7 +533,15 @@ const ROWS: &[(&str, &str)] = &[
         "agent_start",
         "agent container create → agent process start",
     ),
-    ("extract_1", "extraction, 1-file change"),
+    (
+        "agent_start_log",
+        "  the same with the change log's watcher",
+    ),
+    (
+        "extract_1",
+        "extraction, 1-file change (upper layer, local engine)",
+    ),
+    ("extract_1_log", "  the same listed by the change log"),
     ("extract_100", "extraction, 100-file change"),
     ("extract_10000", "extraction, 10k-file change"),
     (

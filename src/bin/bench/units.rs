@@ -204,12 +204,23 @@ fn unit_sample(u: &Value) -> Result<UnitSample> {
 /// `boxdelegate run --json` of `ids`, `jobs` at a time, each on its default branch (deleted
 /// first, so every run lands anew).
 fn run_units(bench: &Bench, repo: &Repo, ids: &[String]) -> Result<(Ran, Value)> {
+    run_units_env(bench, repo, ids, &[])
+}
+
+/// [`run_units`] with environment variables set for boxdelegate.
+fn run_units_env(
+    bench: &Bench,
+    repo: &Repo,
+    ids: &[String],
+    env: &[(&str, &str)],
+) -> Result<(Ran, Value)> {
     for id in ids {
         let r = format!("refs/heads/boxdelegate/{id}");
         proc::ok(proc::git(&repo.dir).args(["update-ref", "-d", &r]))?;
     }
     let mut cmd = bench.bd(&repo.dir);
     cmd.args(["run", "--json", "--jobs", &ids.len().to_string()]);
+    cmd.envs(env.iter().copied());
     for id in ids {
         cmd.args(["--unit", id]);
     }
@@ -270,6 +281,35 @@ pub fn runs(bench: &Bench, repo: &Repo, m: &mut Metrics) -> Result<()> {
             Metric::new(if k.starts_with("rss") { "MiB" } else { "ms" }, v),
         );
     }
+    // The same unit listed through the agent container's change log (the watcher, with its
+    // per-directory setup before the agent starts) rather than the upper layer.
+    eprintln!("bench: {label}: units (1-file change, warm, change log)");
+    let (mut start, mut extract, mut listing) = (vec![], vec![], String::new());
+    for i in 0..=bench.runs {
+        let (_, v) = run_units_env(
+            bench,
+            repo,
+            &["c1".to_string()],
+            &[("BOXDELEGATE_EXTRACT", "log")],
+        )?;
+        let u = unit_sample(&v["units"][0])?;
+        let dir = Path::new(v["units"][0]["attempt_dir"].as_str().unwrap_or(""));
+        if let Ok(c) = std::fs::read_to_string(dir.join("changes.json")) {
+            listing = serde_json::from_str::<Value>(&c).unwrap_or_default()["listing"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+        }
+        if i > 0 {
+            start.push(u.agent_start);
+            extract.push(u.extract);
+        }
+    }
+    if listing != "watch" {
+        bail!("BOXDELEGATE_EXTRACT=log listed the change by {listing:?}, not the change log");
+    }
+    m.put("agent_start_log", Metric::ms(start));
+    m.put("extract_1_log", Metric::ms(extract));
     for count in [100usize, 10_000] {
         let id = format!("c{count}");
         // Only the largest repositories get the 10k-file change: it is slow to make.
