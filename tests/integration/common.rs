@@ -400,3 +400,19 @@ pub fn final_json(stdout: &[u8]) -> serde_json::Value {
 pub fn toml_string(s: &str) -> String {
     format!("'''{s}'''")
 }
+
+/// The install log a failed dependency install's message names ("its whole log: PATH; …"),
+/// and the deps key prefix its file name carries (`deps-<key16>.log`).
+pub fn named_install_log(message: &str) -> (&str, &str) {
+    let log = message
+        .split("its whole log: ")
+        .nth(1)
+        .and_then(|t| t.split("; last lines").next())
+        .unwrap_or_else(|| panic!("no install log named: {message}"));
+    let key16 = log
+        .rsplit("deps-")
+        .next()
+        .and_then(|k| k.strip_suffix(".log"))
+        .unwrap_or_else(|| panic!("not an install log's name: {log}"));
+    (log, key16)
+}

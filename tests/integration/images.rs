@@ -333,11 +333,7 @@ fn a_failing_install_is_an_infra_error_naming_its_log_and_leaves_no_image() {
     );
     assert!(err.contains("exit code 3"), "{err}");
     // The whole log is kept on the host, private, and named.
-    let log = err
-        .split("its whole log: ")
-        .nth(1)
-        .and_then(|t| t.split("; last lines").next())
-        .unwrap_or_else(|| panic!("no log named: {err}"));
+    let (log, _) = named_install_log(&err);
     let log = std::path::Path::new(log);
     assert!(
         log.starts_with(repo.path().join(".git/boxdelegate/logs")),

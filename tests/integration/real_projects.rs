@@ -393,14 +393,9 @@ fn a_real_install_that_fails_is_an_infra_error_naming_its_log_and_leaves_no_imag
                 && err.contains("says nothing about any unit's change"),
             "{what}: {err}"
         );
-        let log = err
-            .split("its whole log: ")
-            .nth(1)
-            .and_then(|t| t.split("; last lines").next())
-            .unwrap_or_else(|| panic!("{what}: no log named: {err}"));
+        let (log, key16) = named_install_log(&err);
         let text = std::fs::read_to_string(log).unwrap();
         assert!(text.contains(in_log), "{what}: {text}");
-        let key16 = log.rsplit("deps-").next().unwrap().trim_end_matches(".log");
         let tags = docker(&["images", "--format", "{{.Tag}}", "boxdelegate/deps"]);
         assert!(
             !tags.lines().any(|t| t.starts_with(key16)),

@@ -269,3 +269,58 @@ fn links_planted_in_the_upper_layer_never_make_the_host_read_outside_it() {
         .unwrap_or(false);
     assert!(seen, "a read of the canary is seen by the watch");
 }
+
+#[test]
+fn a_hostile_agent_leaves_the_same_change_for_every_mechanism() {
+    require_base_image();
+    let repo = project(
+        "mechanisms-hostile",
+        r#"[ "$BOXDELEGATE_UNIT_ID" = engine ] && pkill -x inotifywait
+mv src/math.py src/renamed.py
+rm -r tests
+rm bin/tool.sh; mkdir bin/tool.sh; echo inside > bin/tool.sh/x
+mkdir -p dir2file; rm -r dir2file; echo now-a-file > dir2file
+ln -s /etc/passwd out-abs; ln -s ../../../../etc out-rel
+echo a > hard1; ln hard1 hard2
+mkfifo pipe
+echo s > suid; chmod 4755 suid
+printf n > "$(printf 'new\nline')"
+printf b > "$(printf 'bad\377name')"
+cp README.md /tmp/r; echo changed >> README.md; cp /tmp/r README.md
+true"#,
+    );
+    for id in ["watched", "engine", "upper"] {
+        repo.unit(id, "scope = [\"nothing/**\"]", "Change things.");
+    }
+    repo.commit("project");
+    let mut sets = Vec::new();
+    for (id, how) in [("watched", "log"), ("engine", "log"), ("upper", "auto")] {
+        let (code, units, err) = repo.run_with(&["--unit", id], &[("BOXDELEGATE_EXTRACT", how)]);
+        assert_eq!(code, 10, "{id}: {err}\n{units:?}");
+        let set = changes(&units[0]);
+        let rules = rejection_rules(&units[0]);
+        sets.push((set, rules));
+    }
+    assert_eq!(sets[0].0["listing"], "watch", "{}", sets[0].0);
+    assert_eq!(sets[1].0["listing"], "engine", "{}", sets[1].0);
+    assert_eq!(sets[2].0["listing"], "upper", "{}", sets[2].0);
+    let paths: Vec<String> = listed(&sets[2].0).into_iter().map(|(p, _)| p).collect();
+    for p in [
+        "src/renamed.py",
+        "bin/tool.sh/x",
+        "dir2file",
+        "hard2",
+        "pipe",
+        "suid",
+    ] {
+        assert!(paths.iter().any(|x| x == p), "{p} listed: {paths:?}");
+    }
+    assert!(
+        !paths.iter().any(|p| p == "README.md"),
+        "a file restored to its snapshot bytes is no change: {paths:?}"
+    );
+    for (set, rules) in &sets[..2] {
+        assert_eq!(set["changes"], sets[2].0["changes"], "the same change set");
+        assert_eq!(rules, &sets[2].1, "the same rejections");
+    }
+}
