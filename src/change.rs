@@ -156,8 +156,10 @@ pub struct ChangeSet {
 pub enum Listing {
     /// The engine's filesystem diff (`GET /containers/{id}/changes`).
     #[default]
+    #[serde(rename = "diff", alias = "engine")]
     Engine,
     /// The watcher's change log in the container (see `watch`).
+    #[serde(rename = "log", alias = "watch")]
     Watch,
     /// The container's upper layer, listed on the host (a local engine; see `upper`).
     Upper,

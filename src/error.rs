@@ -103,7 +103,11 @@ pub enum Error {
     #[error("git {args}: {message}")]
     Git { args: String, message: String },
     #[error("container engine at {endpoint}: {message}")]
-    EngineUnreachable { endpoint: String, message: String },
+    EngineUnreachable {
+        endpoint: String,
+        message: String,
+        hint: String,
+    },
     #[error("container engine: {context}: {source}")]
     Engine {
         context: String,
@@ -172,10 +176,8 @@ impl Error {
     pub fn hint(&self) -> Option<&str> {
         match self {
             Error::Config { hint, .. } | Error::Repo { hint, .. } => hint.as_deref(),
-            Error::EngineUnreachable { .. } => Some(
-                "start the Docker (or Podman) daemon, or point DOCKER_HOST at it; `boxdelegate doctor` checks the setup",
-            ),
             Error::ImageMissing { hint, .. }
+            | Error::EngineUnreachable { hint, .. }
             | Error::Exists { hint, .. }
             | Error::Usage { hint, .. }
             | Error::Busy { hint, .. }

@@ -29,6 +29,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_REFUSED: usize = 100;
 
 /// The squid configuration: allow each `host:port`, deny the rest, log one line per request.
+/// A one-label host is looked up with the search domains of the container's resolv.conf
+/// (`dns_defnames`): Podman's network DNS answers `NAME.dns.podman`, and a bare `NAME` went
+/// to the upstream servers, which an engine's network may not reach, until squid gave up.
 pub fn squid_conf(allow: &[Allow]) -> String {
     let mut c = String::from(
         "http_port 3128\n\
@@ -44,7 +47,8 @@ pub fn squid_conf(allow: &[Allow]) -> String {
          visible_hostname boxdelegate-proxy\n\
          forwarded_for delete\n\
          via off\n\
-         shutdown_lifetime 0 seconds\n",
+         shutdown_lifetime 0 seconds\n\
+         dns_defnames on\n",
     );
     for (i, a) in allow.iter().enumerate() {
         let kind = if a.is_ipv4() { "dst" } else { "dstdomain" };

@@ -149,8 +149,8 @@ pub async fn run(global: &GlobalArgs, json: bool) -> Result<i32> {
     } else {
         if let Some(e) = &r.engine {
             println!(
-                "engine     {} (Docker API {}, {}, storage {}) at {}",
-                e.version, e.api_version, e.os, e.storage_driver, e.endpoint
+                "engine     {} {} (Docker API {}, {}, storage {}) at {}",
+                e.kind, e.version, e.api_version, e.os, e.storage_driver, e.endpoint
             );
         }
         if let Some(g) = &r.git {

@@ -17,6 +17,8 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
 
+mod unreachable;
+
 pub mod labels {
     /// What the object is: base, toolchain, deps, snap, or a *-build helper container.
     pub const KIND: &str = "boxdelegate.kind";
@@ -81,17 +83,28 @@ pub struct Engine {
     live: Arc<Mutex<HashSet<String>>>,
     /// Networks this process created and has not removed yet.
     networks: Arc<Mutex<HashSet<String>>>,
+    /// `docker` or `podman`, read from the engine's version the first time it is asked.
+    kind: Arc<tokio::sync::OnceCell<&'static str>>,
 }
 
 /// Facts `doctor` reports.
 #[derive(Debug, serde::Serialize)]
 pub struct EngineInfo {
+    /// `docker` or `podman`: which engine answers behind the Docker API.
+    pub kind: String,
     pub endpoint: String,
     pub version: String,
     pub api_version: String,
     pub os: String,
     pub storage_driver: String,
     pub root_dir: String,
+}
+
+/// Podman's Docker API (4.x) answers an inspect of a container whose process has ended but
+/// which its cleanup has not yet reached with the state `stopped`, which the Docker API does not
+/// have and bollard's models refuse to read. Podman's own cleanup moves it on to `exited`.
+fn is_podman_stopped(e: &BollardError) -> bool {
+    matches!(e, BollardError::JsonDataError { message, .. } if message.contains("unknown variant `stopped`"))
 }
 
 fn is_not_found(e: &BollardError) -> bool {
@@ -102,6 +115,43 @@ fn is_not_found(e: &BollardError) -> bool {
             ..
         }
     )
+}
+
+/// A client for `DOCKER_HOST`. A tcp:// address speaks TLS when `DOCKER_TLS_VERIFY` is set to
+/// anything but the empty string (as the docker CLI reads it), with the client certificate in
+/// `DOCKER_CERT_PATH` (else `~/.docker`): `ca.pem`, `cert.pem`, `key.pem`.
+fn connect_host(host: &str) -> std::result::Result<Docker, BollardError> {
+    let tls = std::env::var_os("DOCKER_TLS_VERIFY").is_some_and(|v| !v.is_empty());
+    if host.starts_with("tcp://") || host.starts_with("https://") {
+        if tls || host.starts_with("https://") {
+            let dir = match std::env::var_os("DOCKER_CERT_PATH").filter(|p| !p.is_empty()) {
+                Some(p) => PathBuf::from(p),
+                None => std::env::home_dir().unwrap_or_default().join(".docker"),
+            };
+            return Docker::connect_with_ssl(
+                host,
+                &dir.join("key.pem"),
+                &dir.join("cert.pem"),
+                &dir.join("ca.pem"),
+                REQUEST_TIMEOUT_SECS,
+                bollard::API_DEFAULT_VERSION,
+            );
+        }
+        return Docker::connect_with_http(host, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION);
+    }
+    Docker::connect_with_host(host)
+}
+
+/// `podman` when the version's components name Podman's engine, else `docker`.
+pub fn engine_kind(components: &[String]) -> &'static str {
+    if components
+        .iter()
+        .any(|c| c.to_lowercase().contains("podman"))
+    {
+        "podman"
+    } else {
+        "docker"
+    }
 }
 
 /// Candidate sockets when `DOCKER_HOST` is unset: Docker's, then Podman's (rootless, rootful).
@@ -120,10 +170,7 @@ impl Engine {
     pub async fn connect() -> Result<Engine> {
         let (docker, endpoint) = match std::env::var("DOCKER_HOST") {
             Ok(host) if !host.is_empty() => {
-                let d = Docker::connect_with_defaults().map_err(|e| Error::EngineUnreachable {
-                    endpoint: host.clone(),
-                    message: e.to_string(),
-                })?;
+                let d = connect_host(&host).map_err(|e| unreachable::diagnose(&host, &e))?;
                 (d, host)
             }
             _ => {
@@ -139,6 +186,7 @@ impl Engine {
                             .collect::<Vec<_>>()
                             .join(", "),
                         message: "no engine socket found".into(),
+                        hint: unreachable::START_HINT.into(),
                     })?;
                 let endpoint = format!("unix://{}", socket.display());
                 let d = Docker::connect_with_unix(
@@ -146,17 +194,11 @@ impl Engine {
                     REQUEST_TIMEOUT_SECS,
                     bollard::API_DEFAULT_VERSION,
                 )
-                .map_err(|e| Error::EngineUnreachable {
-                    endpoint: endpoint.clone(),
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| unreachable::diagnose(&endpoint, &e))?;
                 (d, endpoint)
             }
         };
-        let unreachable = |e: BollardError| Error::EngineUnreachable {
-            endpoint: endpoint.clone(),
-            message: e.to_string(),
-        };
+        let unreachable = |e: BollardError| unreachable::diagnose(&endpoint, &e);
         let docker = docker.with_timeout(std::time::Duration::from_secs(REQUEST_TIMEOUT_SECS));
         docker.ping().await.map_err(unreachable)?;
         let docker = docker.negotiate_version().await.map_err(unreachable)?;
@@ -165,6 +207,7 @@ impl Engine {
             endpoint,
             live: Arc::default(),
             networks: Arc::default(),
+            kind: Arc::default(),
         };
         if let Some((runtime, declared_in)) = RUNTIME.get() {
             let info = engine
@@ -189,6 +232,53 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Which engine answers behind the Docker API: `docker` or `podman` (see [`engine_kind`]).
+    pub async fn kind(&self) -> Result<&'static str> {
+        self.kind
+            .get_or_try_init(|| async {
+                let v = self
+                    .docker
+                    .version()
+                    .await
+                    .map_err(|e| Error::engine("reading the engine version", e))?;
+                Ok(kind_of(&v))
+            })
+            .await
+            .copied()
+    }
+
+    /// Whether the engine is Podman, whose Docker API differs in what [`Engine::kind`] callers
+    /// work around.
+    pub async fn is_podman(&self) -> Result<bool> {
+        Ok(self.kind().await? == "podman")
+    }
+
+    /// The number of processes the kernel's OOM killer has killed in container `id`'s memory
+    /// cgroup, read from the cgroup files mounted read-only in the container (v1
+    /// `memory.oom_control`, v2 `memory.events`); `None` when neither is readable. An engine
+    /// that reports no OOM for a killed exec (Podman) is asked this way. A process in the
+    /// container cannot change the kernel's counter; at worst it could hide its own kill or
+    /// fake one, which only turns its own failure into another failure.
+    pub async fn oom_kills(&self, id: &str) -> Result<Option<u64>> {
+        let mut out = Vec::new();
+        self.exec(
+            id,
+            vec![
+                "cat".into(),
+                "/sys/fs/cgroup/memory/memory.oom_control".into(),
+                "/sys/fs/cgroup/memory.events".into(),
+            ],
+            "/",
+            |chunk| {
+                if out.len() < 4096 {
+                    out.extend_from_slice(chunk)
+                }
+            },
+        )
+        .await?;
+        Ok(parse_oom_kills(&String::from_utf8_lossy(&out)))
+    }
+
     pub async fn info(&self) -> Result<EngineInfo> {
         let v = self
             .docker
@@ -201,6 +291,7 @@ impl Engine {
             .await
             .map_err(|e| Error::engine("reading engine info", e))?;
         Ok(EngineInfo {
+            kind: kind_of(&v).into(),
             endpoint: self.endpoint.clone(),
             version: v.version.unwrap_or_default(),
             api_version: v.api_version.unwrap_or_default(),
@@ -233,11 +324,42 @@ impl Engine {
         self.live.lock().expect("poisoned").insert(id.to_string());
     }
 
+    /// Everything the engine says of container `id` (with its layer sizes when `size`). An
+    /// answer in Podman's passing `stopped` state is asked again, with a growing pause, until
+    /// Podman's cleanup has moved the container on (about 5 s in all before giving up).
+    async fn inspect(
+        &self,
+        id: &str,
+        size: bool,
+    ) -> Result<bollard::models::ContainerInspectResponse> {
+        let mut pause = std::time::Duration::from_millis(20);
+        let mut tries = 0;
+        loop {
+            match self
+                .docker
+                .inspect_container(id, Some(qp::InspectContainerOptions { size }))
+                .await
+            {
+                Err(e) if is_podman_stopped(&e) && tries < 8 => {
+                    tries += 1;
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                r => {
+                    return r.map_err(|e| {
+                        Error::engine(format!("inspecting container {}", short(id)), e)
+                    })
+                }
+            }
+        }
+    }
+
     /// Whether container `id` is running; `None` when it does not exist.
     pub async fn container_running(&self, id: &str) -> Result<Option<bool>> {
         match self.docker.inspect_container(id, None).await {
             Ok(c) => Ok(Some(c.state.and_then(|s| s.running).unwrap_or(false))),
             Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) if is_podman_stopped(&e) => Ok(Some(false)),
             Err(e) => Err(Error::engine(
                 format!("inspecting container {}", short(id)),
                 e,
@@ -558,11 +680,7 @@ impl Engine {
         if !self.endpoint.starts_with("unix://") {
             return Ok(None);
         }
-        let inspect = self
-            .docker
-            .inspect_container(id, None::<qp::InspectContainerOptions>)
-            .await
-            .map_err(|e| Error::engine(format!("inspecting container {}", short(id)), e))?;
+        let inspect = self.inspect(id, false).await?;
         let Some(driver) = inspect.graph_driver else {
             return Ok(None);
         };
@@ -596,11 +714,7 @@ impl Engine {
 
     /// Whether the engine recorded an out-of-memory kill in container `id`.
     pub async fn oom_killed(&self, id: &str) -> Result<bool> {
-        let inspect = self
-            .docker
-            .inspect_container(id, None::<qp::InspectContainerOptions>)
-            .await
-            .map_err(|e| Error::engine(format!("inspecting container {}", short(id)), e))?;
+        let inspect = self.inspect(id, false).await?;
         Ok(inspect.state.and_then(|s| s.oom_killed).unwrap_or(false))
     }
 
@@ -663,7 +777,51 @@ impl Engine {
 
     /// Removes a network; one already gone is fine.
     pub async fn remove_network(&self, name: &str) -> Result<()> {
-        let res = self.docker.remove_network(name).await;
+        let mut res = self.docker.remove_network(name).await;
+        // Podman refuses while any container is attached, even an exited one (Docker only while
+        // one runs), and an exited agent is kept until its change is read: those are detached,
+        // then the network goes.
+        if matches!(&res, Err(BollardError::DockerResponseServerError { message, .. })
+            if message.contains("associated containers") || message.contains("is being used"))
+        {
+            let attached = self
+                .docker
+                .list_containers(Some(qp::ListContainersOptions {
+                    all: true,
+                    filters: Some(HashMap::from([(
+                        "network".to_string(),
+                        vec![name.to_string()],
+                    )])),
+                    ..Default::default()
+                }))
+                .await
+                .map_err(|e| {
+                    Error::engine(format!("listing the containers on network {name}"), e)
+                })?;
+            for id in attached.into_iter().filter_map(|c| c.id) {
+                let detached = self
+                    .docker
+                    .disconnect_network(
+                        name,
+                        bollard::models::NetworkDisconnectRequest {
+                            container: id.clone(),
+                            force: Some(true),
+                        },
+                    )
+                    .await;
+                match detached {
+                    Ok(()) => {}
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => {
+                        return Err(Error::engine(
+                            format!("detaching container {} from network {name}", short(&id)),
+                            e,
+                        ))
+                    }
+                }
+            }
+            res = self.docker.remove_network(name).await;
+        }
         self.networks.lock().expect("poisoned").remove(name);
         match res {
             Ok(()) => Ok(()),
@@ -688,11 +846,7 @@ impl Engine {
 
     /// Bytes the container has written to its writable layer.
     pub async fn written_bytes(&self, id: &str) -> Result<u64> {
-        let inspect = self
-            .docker
-            .inspect_container(id, Some(qp::InspectContainerOptions { size: true }))
-            .await
-            .map_err(|e| Error::engine(format!("inspecting container {}", short(id)), e))?;
+        let inspect = self.inspect(id, true).await?;
         Ok(inspect.size_rw.unwrap_or(0).max(0) as u64)
     }
 
@@ -952,6 +1106,25 @@ impl Engine {
     }
 }
 
+/// The engine kind a version answer names (see [`engine_kind`]).
+fn kind_of(v: &bollard::models::SystemVersion) -> &'static str {
+    let names: Vec<String> = v
+        .components
+        .iter()
+        .flatten()
+        .map(|c| c.name.clone())
+        .collect();
+    engine_kind(&names)
+}
+
+/// The `oom_kill N` count in a cgroup's `memory.oom_control` (v1) or `memory.events` (v2).
+fn parse_oom_kills(text: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("oom_kill "))
+        .filter_map(|n| n.trim().parse().ok())
+        .max()
+}
+
 /// Out-of-memory events of one container, counted while the watch lives.
 pub struct OomWatch {
     rx: tokio::sync::watch::Receiver<u64>,
@@ -1010,4 +1183,35 @@ pub fn hardened_host_config(limits: impl Into<Resources>) -> HostConfig {
 pub fn short(id: &str) -> &str {
     let id = id.strip_prefix("sha256:").unwrap_or(id);
     &id[..id.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn podmans_passing_stopped_state_is_told_from_other_read_errors() {
+        let read = |status: &str| {
+            let body = format!(r#"{{"Id":"c","State":{{"Status":"{status}","Running":false}}}}"#);
+            serde_json::from_str::<bollard::models::ContainerInspectResponse>(&body).map_err(|e| {
+                BollardError::JsonDataError {
+                    message: e.to_string(),
+                    column: e.column(),
+                }
+            })
+        };
+        assert!(is_podman_stopped(&read("stopped").unwrap_err()));
+        assert!(read("exited").is_ok());
+        assert!(!is_podman_stopped(&read("sleeping").unwrap_err()));
+    }
+
+    #[test]
+    fn oom_kills_are_read_from_either_cgroup_version() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        assert_eq!(parse_oom_kills(v1), Some(2));
+        let v2 = "low 0\nhigh 0\nmax 7\noom 3\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(parse_oom_kills(v2), Some(1));
+        assert_eq!(parse_oom_kills(""), None);
+        assert_eq!(parse_oom_kills("oom_kill x\n"), None);
+    }
 }

@@ -519,7 +519,14 @@ pub async fn ensure_unit(
         method: Some(method.into()),
     };
 
-    if build_method()? == BuildMethod::Layer {
+    // Podman's image load wants every layer in the archive, not only the new one: there the
+    // default is the committed container (said in docs/engines.md).
+    let method = match build_method()? {
+        Some(m) => m,
+        None if engine.is_podman().await? => BuildMethod::Commit,
+        None => BuildMethod::Layer,
+    };
+    if method == BuildMethod::Layer {
         let (parent_image, content) = match &parent {
             Some((image, _, _, diff)) => (
                 image.clone(),
@@ -629,22 +636,26 @@ pub async fn ensure_unit(
     result
 }
 
-/// How unit images are written: a layer built on the host and loaded (the default), or a
-/// container filled through the archive API and committed (`BOXDELEGATE_IMAGE_BUILD=commit`,
-/// for an engine that refuses such layers; it is also the fallback when a load fails).
+/// How unit images are written: a layer built on the host and loaded (the default but on
+/// Podman), or a container filled through the archive API and committed
+/// (`BOXDELEGATE_IMAGE_BUILD=commit`, for an engine that refuses such layers; it is also the
+/// fallback when a load fails).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuildMethod {
     Layer,
     Commit,
 }
 
-/// The build method `BOXDELEGATE_IMAGE_BUILD` chooses (unset or empty: [`BuildMethod::Layer`]);
-/// any other value than `layer` or `commit` is a configuration error.
-pub fn build_method() -> Result<BuildMethod> {
+/// The build method `BOXDELEGATE_IMAGE_BUILD` chooses; `None` when it is unset or empty, and
+/// the engine decides: [`BuildMethod::Commit`] on Podman (its image load wants every layer of
+/// the image, not one on a parent it has), else [`BuildMethod::Layer`]. Any other value than
+/// `layer` or `commit` is a configuration error.
+pub fn build_method() -> Result<Option<BuildMethod>> {
     let value = std::env::var_os("BOXDELEGATE_IMAGE_BUILD").unwrap_or_default();
     match value.to_str() {
-        Some("" | "layer") => Ok(BuildMethod::Layer),
-        Some("commit") => Ok(BuildMethod::Commit),
+        Some("") => Ok(None),
+        Some("layer") => Ok(Some(BuildMethod::Layer)),
+        Some("commit") => Ok(Some(BuildMethod::Commit)),
         _ => Err(Error::config_hint(
             "BOXDELEGATE_IMAGE_BUILD",
             format!(

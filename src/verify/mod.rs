@@ -849,6 +849,12 @@ async fn run_check(
 ) -> Result<CheckRun> {
     let started = Instant::now();
     let ooms_before = oom.count();
+    // Podman's Docker API reports no OOM for a killed exec: its cgroup's counter tells.
+    let kills_before = if engine.is_podman().await? {
+        engine.oom_kills(id).await?
+    } else {
+        None
+    };
     let _ = writeln!(log, "$ {}", check.command);
     let mut tail: Vec<String> = Vec::new();
     let mut partial = String::new();
@@ -906,8 +912,12 @@ async fn run_check(
         Some(0) => false,
         // 137: killed by SIGKILL, as the OOM killer does; its event may trail the exit a little.
         Some(137) => {
-            oom.grows_beyond(ooms_before, Duration::from_secs(3)).await
-                || engine.oom_killed(id).await?
+            if let Some(before) = kills_before {
+                engine.oom_kills(id).await?.is_some_and(|n| n > before)
+            } else {
+                oom.grows_beyond(ooms_before, Duration::from_secs(3)).await
+                    || engine.oom_killed(id).await?
+            }
         }
         Some(_) => oom.count() > ooms_before || engine.oom_killed(id).await?,
     };

@@ -305,7 +305,7 @@ pub fn runs(bench: &Bench, repo: &Repo, m: &mut Metrics) -> Result<()> {
             extract.push(u.extract);
         }
     }
-    if listing != "watch" {
+    if listing != "log" {
         bail!("BOXDELEGATE_EXTRACT=log listed the change by {listing:?}, not the change log");
     }
     m.put("agent_start_log", Metric::ms(start));
