@@ -20,7 +20,17 @@ fn assert_hardened(c: &serde_json::Value) {
 fn assert_hardened_on(c: &serde_json::Value, network: &str) {
     let h = &c["HostConfig"];
     let name = c["Name"].as_str().unwrap_or_default();
-    assert_eq!(h["CapDrop"], serde_json::json!(["ALL"]), "{name}: {h}");
+    let id = c["Id"].as_str().unwrap();
+    // Podman's Docker API lists the default capabilities it dropped, not `ALL`: what counts is
+    // that none is left, read from the container's first process on every engine.
+    if !on_podman() {
+        assert_eq!(h["CapDrop"], serde_json::json!(["ALL"]), "{name}: {h}");
+    }
+    let status = docker(&["exec", id, "cat", "/proc/1/status"]);
+    for set in ["CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        let line = status.lines().find(|l| l.starts_with(set)).unwrap();
+        assert!(line.ends_with("0000000000000000"), "{name}: {line}");
+    }
     assert!(
         h["CapAdd"].is_null() || h["CapAdd"] == serde_json::json!([]),
         "{name}"
@@ -43,7 +53,16 @@ fn assert_hardened_on(c: &serde_json::Value, network: &str) {
     assert_eq!(h["MemorySwap"].as_i64(), Some(memory), "{name}: no swap");
     assert!(h["PidsLimit"].as_i64().unwrap() > 0, "{name}: a pids limit");
     assert!(h["NanoCpus"].as_i64().unwrap() > 0, "{name}: a CPU limit");
-    assert_eq!(h["LogConfig"]["Config"]["max-size"], "10m", "{name}");
+    // Podman's Docker API reports neither the log size limit nor the runtime it applied.
+    if on_podman() {
+        assert_eq!(
+            podman_inspect(id, "{{.HostConfig.LogConfig.Size}}"),
+            "10MB",
+            "{name}"
+        );
+    } else {
+        assert_eq!(h["LogConfig"]["Config"]["max-size"], "10m", "{name}");
+    }
     assert!(
         h["Binds"].is_null() || h["Binds"] == serde_json::json!([]),
         "{name}: no host path"
@@ -58,8 +77,22 @@ fn assert_hardened_on(c: &serde_json::Value, network: &str) {
     ] {
         assert_ne!(h[mode], "host", "{name}: {mode}");
     }
-    assert_eq!(h["NetworkMode"], network, "{name}");
-    assert_eq!(h["Runtime"], "runc", "{name}: the configured runtime");
+    if on_podman() && network != "none" {
+        // Podman's Docker API says `bridge` for any bridge network; the attachments tell.
+        assert!(
+            c["NetworkSettings"]["Networks"].get(network).is_some(),
+            "{name}: on {network}: {}",
+            c["NetworkSettings"]["Networks"]
+        );
+    } else {
+        assert_eq!(h["NetworkMode"], network, "{name}");
+    }
+    let runtime = if on_podman() {
+        podman_inspect(id, "{{.OCIRuntime}}")
+    } else {
+        h["Runtime"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(runtime, "runc", "{name}: the configured runtime");
     let user = c["Config"]["User"].as_str().unwrap_or_default();
     assert!(
         !user.is_empty() && user != "root" && !user.starts_with("0"),
@@ -354,7 +387,17 @@ if (exec 3<>/dev/tcp/{allowed}/8000) 2>/dev/null; then echo direct reached; else
     let agent = wait_for("proxied", "agent");
     let proxy = wait_for("proxied", "proxy");
     let a = inspect(&agent);
-    let network = a["HostConfig"]["NetworkMode"].as_str().unwrap().to_string();
+    let network = if on_podman() {
+        let attached = a["NetworkSettings"]["Networks"].as_object().unwrap();
+        assert_eq!(
+            attached.len(),
+            1,
+            "the agent sits on one network: {attached:?}"
+        );
+        attached.keys().next().unwrap().clone()
+    } else {
+        a["HostConfig"]["NetworkMode"].as_str().unwrap().to_string()
+    };
     assert_hardened_on(&a, &network);
     let p = inspect(&proxy);
     assert_hardened_on(&p, &network);

@@ -188,7 +188,7 @@ fn engine_unreachable() {
         5,
         &[
             "container engine at unix:///nonexistent/boxdelegate-test.sock",
-            "hint: start the Docker (or Podman) daemon",
+            "hint: no socket at unix:///nonexistent/boxdelegate-test.sock: start the Docker (or Podman) daemon",
         ],
     );
 }

@@ -262,16 +262,42 @@ pub fn rejection_rules(unit: &serde_json::Value) -> Vec<String> {
 
 /// Runs the docker CLI (for inspection only; the binary itself talks to the engine API).
 pub fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
+    cli("docker", args)
+}
+
+/// Runs `program` with `args`; its standard output, failing the test when it fails.
+fn cli(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
         .args(args)
         .output()
-        .expect("docker CLI");
+        .unwrap_or_else(|e| panic!("{program} CLI: {e}"));
     assert!(
         out.status.success(),
-        "docker {args:?}: {}",
+        "{program} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether the engine the suite runs against is Podman (its Docker API answers inspect with
+/// some fields its own way; the tests then read those from Podman itself).
+pub fn on_podman() -> bool {
+    static PODMAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PODMAN.get_or_init(|| {
+        docker(&[
+            "version",
+            "--format",
+            "{{range .Server.Components}}{{.Name}};{{end}}",
+        ])
+        .contains("Podman")
+    })
+}
+
+/// Podman's own inspect of container `id`, formatted by `format`.
+pub fn podman_inspect(id: &str, format: &str) -> String {
+    cli("podman", &["inspect", "--format", format, id])
+        .trim()
+        .to_string()
 }
 
 /// Fails early, with the fix, when the engine lacks the base image the tests build on.

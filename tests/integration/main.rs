@@ -7,6 +7,7 @@ mod cli_surface;
 mod codex;
 mod common;
 mod deps_change;
+mod engines;
 mod hostile_repo;
 mod images;
 mod init;

@@ -67,9 +67,9 @@ true"#,
         patches.push(patch);
     }
     assert_eq!(sets[2]["listing"], "upper", "{}", sets[2]);
-    assert_eq!(sets[0]["listing"], "watch", "{}", sets[0]);
+    assert_eq!(sets[0]["listing"], "log", "{}", sets[0]);
     assert!(sets[0].get("log_unusable").is_none(), "{}", sets[0]);
-    assert_eq!(sets[1]["listing"], "engine", "{}", sets[1]);
+    assert_eq!(sets[1]["listing"], "diff", "{}", sets[1]);
     assert!(
         sets[1]["log_unusable"]
             .as_str()
@@ -129,7 +129,7 @@ true"#
     let log_only = [("BOXDELEGATE_EXTRACT", "log")];
     let (code, units, err) = repo.run_with(&["--unit", "hides"], &log_only);
     let set = changes(&units[0]);
-    assert_eq!(set["listing"], "watch", "{set}");
+    assert_eq!(set["listing"], "log", "{set}");
     assert_eq!(listed(&set), vec![], "{code} {err}");
     assert_ne!(units[0]["status"], "landed");
 
@@ -142,7 +142,7 @@ true"#
         let (code, units, err) = repo.run_with(&["--unit", id], &log_only);
         assert_eq!(code, 10, "{id}: {err}\n{units:?}");
         let set = changes(&units[0]);
-        assert_eq!(set["listing"], "engine", "{id}: {set}");
+        assert_eq!(set["listing"], "diff", "{id}: {set}");
         assert!(
             set["log_unusable"].as_str().unwrap().contains(why),
             "{id}: {set}"
@@ -182,7 +182,7 @@ true"#,
     let (code, units, err) = repo.run_with(&["--unit", "edit"], &log_only);
     assert_eq!(code, 0, "{err}\n{units:?}");
     let set = changes(&units[0]);
-    assert_eq!(set["listing"], "watch", "{set}");
+    assert_eq!(set["listing"], "log", "{set}");
     assert_eq!(
         set["reads"], 1,
         "four changed paths of one directory, one read: {set}"
@@ -301,8 +301,8 @@ true"#,
         let rules = rejection_rules(&units[0]);
         sets.push((set, rules));
     }
-    assert_eq!(sets[0].0["listing"], "watch", "{}", sets[0].0);
-    assert_eq!(sets[1].0["listing"], "engine", "{}", sets[1].0);
+    assert_eq!(sets[0].0["listing"], "log", "{}", sets[0].0);
+    assert_eq!(sets[1].0["listing"], "diff", "{}", sets[1].0);
     assert_eq!(sets[2].0["listing"], "upper", "{}", sets[2].0);
     let paths: Vec<String> = listed(&sets[2].0).into_iter().map(|(p, _)| p).collect();
     for p in [
