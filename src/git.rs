@@ -111,12 +111,18 @@ fn base_command(dir: &Path) -> Command {
 /// Every filter, diff and merge driver the configuration seen from `dir` defines, includes
 /// followed. Reading configuration runs nothing.
 pub fn drivers(dir: &Path) -> Result<Vec<Driver>> {
+    Ok(read_drivers(dir)?.0)
+}
+
+/// [`drivers`], and whether the configuration includes other files (`include.*`,
+/// `includeIf.*`).
+fn read_drivers(dir: &Path) -> Result<(Vec<Driver>, bool)> {
     let args: Vec<&OsStr> = [
         "config",
         "--null",
         "--name-only",
         "--get-regexp",
-        r"^(filter|diff|merge)\.",
+        r"^(filter|diff|merge|include|includeif)\.",
     ]
     .iter()
     .map(OsStr::new)
@@ -129,6 +135,10 @@ pub fn drivers(dir: &Path) -> Result<Vec<Driver>> {
             message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
+    let includes = out
+        .stdout
+        .split(|b| *b == 0)
+        .any(|k| k.starts_with(b"include.") || k.starts_with(b"includeif."));
     let mut found: Vec<Driver> = out
         .stdout
         .split(|b| *b == 0)
@@ -136,6 +146,50 @@ pub fn drivers(dir: &Path) -> Result<Vec<Driver>> {
         .collect();
     found.sort();
     found.dedup();
+    Ok((found, includes))
+}
+
+/// The size, modification time and inode of each file a repository's configuration is read
+/// from (system and global configuration are never read).
+type Fingerprint = Vec<Option<(u64, i64, i64, u64)>>;
+
+fn fingerprint(repo: &Repo) -> Fingerprint {
+    use std::os::unix::fs::MetadataExt;
+    [
+        repo.common_dir.join("config"),
+        repo.common_dir.join("config.worktree"),
+        repo.git_dir.join("config.worktree"),
+    ]
+    .iter()
+    .map(|f| {
+        std::fs::symlink_metadata(f)
+            .ok()
+            .map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
+    })
+    .collect()
+}
+
+/// Drivers read per repository, kept while its configuration files are as they were. Only a
+/// configuration that includes no other file is kept: an included file may be anywhere (the
+/// work tree, which landing writes, among others) and is not watched. A run makes dozens of
+/// git calls; reading the configuration again before each doubled their number.
+static DRIVERS_SEEN: std::sync::Mutex<Vec<(PathBuf, Fingerprint, Vec<Driver>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn repo_drivers(repo: &Repo) -> Result<Vec<Driver>> {
+    let now = fingerprint(repo);
+    {
+        let seen = DRIVERS_SEEN.lock().expect("poisoned");
+        if let Some((_, _, d)) = seen.iter().find(|(r, f, _)| *r == repo.root && *f == now) {
+            return Ok(d.clone());
+        }
+    }
+    let (found, includes) = read_drivers(&repo.root)?;
+    let mut seen = DRIVERS_SEEN.lock().expect("poisoned");
+    seen.retain(|(r, _, _)| *r != repo.root);
+    if !includes {
+        seen.push((repo.root.clone(), now, found.clone()));
+    }
     Ok(found)
 }
 
@@ -160,9 +214,12 @@ fn parse_driver_key(key: &[u8]) -> Option<Driver> {
 /// `GIT_CONFIG_KEY_n`/`GIT_CONFIG_VALUE_n`, which take a driver name verbatim where `-c` would
 /// split it at a `=`.
 pub fn command(dir: &Path) -> Result<Command> {
-    let mut cmd = base_command(dir);
+    Ok(with_overrides(base_command(dir), &drivers(dir)?))
+}
+
+fn with_overrides(mut cmd: Command, drivers: &[Driver]) -> Command {
     let mut n = 0;
-    for driver in drivers(dir)? {
+    for driver in drivers {
         let settings = DRIVERS
             .iter()
             .find(|(s, _)| *s == driver.section)
@@ -180,7 +237,7 @@ pub fn command(dir: &Path) -> Result<Command> {
     if n > 0 {
         cmd.env("GIT_CONFIG_COUNT", n.to_string());
     }
-    Ok(cmd)
+    cmd
 }
 
 /// A value of the user's own git configuration (global and system files included), e.g. their
@@ -282,7 +339,10 @@ impl Repo {
     }
 
     pub fn cmd(&self) -> Result<Command> {
-        command(&self.root)
+        Ok(with_overrides(
+            base_command(&self.root),
+            &repo_drivers(self)?,
+        ))
     }
 
     /// A git command whose new objects go to the private store `store`, reading the
@@ -401,6 +461,53 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    #[test]
+    fn a_driver_configured_between_two_calls_is_overridden_in_the_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let canary = dir.path().join("canary");
+        let touch = format!("touch {}; cat", canary.display());
+        for included in [false, true] {
+            let root = dir.path().join(format!("repo-{included}"));
+            std::fs::create_dir(&root).unwrap();
+            ok(plain_git(&root, &["init", "-q", "-b", "main"]));
+            std::fs::write(root.join(".gitattributes"), "*.txt filter=late\n").unwrap();
+            std::fs::write(root.join("f.txt"), "a\n").unwrap();
+            // The second repository's configuration includes a file of its work tree, which a
+            // landed change may rewrite without touching .git/config.
+            let config = if included {
+                std::fs::write(root.join("project.gitconfig"), "").unwrap();
+                ok(plain_git(
+                    &root,
+                    &["config", "include.path", "../project.gitconfig"],
+                ));
+                root.join("project.gitconfig")
+            } else {
+                root.join(".git/config")
+            };
+            let repo = Repo::discover(&root).unwrap();
+            repo.run(&["hash-object", "f.txt"]).unwrap();
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&config)
+                .unwrap();
+            writeln!(f, "[filter \"late\"]\n\tclean = {touch}").unwrap();
+            drop(f);
+            // The proof that the filter runs where it is not overridden.
+            let _ = std::fs::remove_file(&canary);
+            plain_git(&root, &["hash-object", "f.txt"]);
+            assert!(
+                canary.exists(),
+                "plain git runs the filter (included: {included})"
+            );
+            std::fs::remove_file(&canary).unwrap();
+            repo.run(&["hash-object", "f.txt"]).unwrap();
+            assert!(
+                !canary.exists(),
+                "the filter configured after the first call ran (included: {included})"
+            );
+        }
     }
 
     #[test]
