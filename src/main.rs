@@ -43,10 +43,16 @@ fn main() {
     let code = runtime.block_on(async {
         tokio::select! {
             result = commands::run(cli) => match result {
-                Ok(code) => code,
+                Ok(code) => {
+                    if let Some(engine) = engine::current() {
+                        engine.settle().await;
+                    }
+                    code
+                }
                 Err(err) => {
                     if let Some(engine) = engine::current() {
                         engine.cleanup().await;
+                        engine.settle().await;
                     }
                     report_error(&err);
                     err.exit_code()

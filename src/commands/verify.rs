@@ -365,7 +365,7 @@ pub async fn run(repo: &Repo, args: VerifyArgs, reporter: &dyn Reporter) -> Resu
         log: &log,
         cache_dir: &cache_dir,
     };
-    let verdict = crate::verify::verify(&engine, repo, &req, &|l: &str| sink(l)).await?;
+    let verdict = crate::verify::verify(&engine, repo, &req, None, &|l: &str| sink(l)).await?;
     let info = engine.info().await?;
 
     let mut exit_code = verdict.verdict.exit_code();

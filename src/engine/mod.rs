@@ -68,6 +68,9 @@ pub struct Resources {
     pub pids: i64,
 }
 
+/// A container being removed in the background: its id and the task.
+type Removal = (String, tokio::task::JoinHandle<Result<()>>);
+
 /// The engine this process connected to, so an interrupt can remove its containers.
 static CURRENT: std::sync::OnceLock<Engine> = std::sync::OnceLock::new();
 
@@ -85,6 +88,11 @@ pub struct Engine {
     networks: Arc<Mutex<HashSet<String>>>,
     /// `docker` or `podman`, read from the engine's version the first time it is asked.
     kind: Arc<tokio::sync::OnceCell<&'static str>>,
+    /// The engine's system info, read once: only what does not change while it runs (storage
+    /// driver, data root, CPUs, memory) is taken from it.
+    system: Arc<tokio::sync::OnceCell<bollard::models::SystemInfo>>,
+    /// Removals handed to [`Engine::remove_soon`] and not yet awaited by [`Engine::settle`].
+    removing: Arc<Mutex<Vec<Removal>>>,
 }
 
 /// Facts `doctor` reports.
@@ -208,6 +216,8 @@ impl Engine {
             live: Arc::default(),
             networks: Arc::default(),
             kind: Arc::default(),
+            system: Arc::default(),
+            removing: Arc::default(),
         };
         if let Some((runtime, declared_in)) = RUNTIME.get() {
             let info = engine
@@ -245,6 +255,18 @@ impl Engine {
             })
             .await
             .copied()
+    }
+
+    /// The engine's system info, asked once per process (see [`Engine::system`]'s field).
+    async fn system(&self) -> Result<&bollard::models::SystemInfo> {
+        self.system
+            .get_or_try_init(|| async {
+                self.docker
+                    .info()
+                    .await
+                    .map_err(|e| Error::engine("reading engine info", e))
+            })
+            .await
     }
 
     /// Whether the engine is Podman, whose Docker API differs in what [`Engine::kind`] callers
@@ -307,11 +329,7 @@ impl Engine {
 
     /// The engine's CPUs and memory in bytes (what parallel units share).
     pub async fn capacity(&self) -> Result<(usize, u64)> {
-        let info = self
-            .docker
-            .info()
-            .await
-            .map_err(|e| Error::engine("reading engine info", e))?;
+        let info = self.system().await?;
         Ok((
             info.ncpu.unwrap_or(1).max(1) as usize,
             info.mem_total.unwrap_or(0).max(0) as u64,
@@ -657,16 +675,12 @@ impl Engine {
         if !self.endpoint.starts_with("unix://") {
             return Ok(false);
         }
-        let info = self
-            .docker
-            .info()
-            .await
-            .map_err(|e| Error::engine("reading engine info", e))?;
+        let info = self.system().await?;
         let driver_ok = matches!(
             info.driver.as_deref(),
             Some("overlay2" | "overlay" | "fuse-overlayfs")
         );
-        let root = info.docker_root_dir.unwrap_or_default();
+        let root = info.docker_root_dir.clone().unwrap_or_default();
         Ok(driver_ok && !root.is_empty() && Path::new(&root).join("containers").is_dir())
     }
 
@@ -694,11 +708,10 @@ impl Engine {
             return Ok(None);
         };
         let root = self
-            .docker
-            .info()
-            .await
-            .map_err(|e| Error::engine("reading engine info", e))?
+            .system()
+            .await?
             .docker_root_dir
+            .clone()
             .unwrap_or_default();
         let record = Path::new(&root)
             .join("containers")
@@ -853,12 +866,13 @@ impl Engine {
     /// Whether the engine can cap a container's writable layer (`--storage-opt size`): the
     /// overlay2 driver on xfs (with project quotas), btrfs and zfs.
     pub async fn supports_disk_quota(&self) -> bool {
-        let Ok(info) = self.docker.info().await else {
+        let Ok(info) = self.system().await else {
             return false;
         };
-        let driver = info.driver.unwrap_or_default();
+        let driver = info.driver.clone().unwrap_or_default();
         let backing = info
             .driver_status
+            .clone()
             .unwrap_or_default()
             .into_iter()
             .find(|kv| kv.first().map(String::as_str) == Some("Backing Filesystem"))
@@ -955,6 +969,40 @@ impl Engine {
     }
 
     /// Removes every container this process created and has not removed yet.
+    /// Removes container `id` in the background, while the caller goes on (a running
+    /// container's removal is most of a container's cost); [`Engine::settle`] waits for it.
+    pub fn remove_soon(&self, id: &str) {
+        let engine = self.clone();
+        let owned = id.to_string();
+        let task = tokio::spawn(async move { engine.remove_container(&owned).await });
+        self.removing
+            .lock()
+            .expect("poisoned")
+            .push((id.to_string(), task));
+    }
+
+    /// Waits for every removal [`Engine::remove_soon`] started; each one that failed is told
+    /// with the command that removes the container by hand.
+    pub async fn settle(&self) {
+        loop {
+            let pending: Vec<_> = std::mem::take(&mut *self.removing.lock().expect("poisoned"));
+            if pending.is_empty() {
+                return;
+            }
+            for (id, task) in pending {
+                let failed = match task.await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                eprintln!(
+                    "warning: container {} could not be removed ({failed}); remove it with: docker rm -f {id}",
+                    short(&id)
+                );
+            }
+        }
+    }
+
     pub async fn cleanup(&self) {
         let ids: Vec<String> = self
             .live

@@ -13,6 +13,7 @@ use crate::land::{self};
 use crate::record::{Rejection, Status, UnitResult};
 use crate::scope;
 use crate::state::journal::AttemptPhase;
+use crate::verify::Standby;
 use std::path::Path;
 use std::time::Instant;
 
@@ -162,7 +163,9 @@ pub(super) async fn extract_change(
         }
         a.phase = AttemptPhase::Extracted;
     })?;
-    ctx.engine.remove_container(&container).await?;
+    // Removed while the change is judged; resume removes it if this process does not live
+    // to.
+    ctx.engine.remove_soon(&container);
     crate::failpoint::hit("extracted");
     Ok(())
 }
@@ -174,12 +177,23 @@ pub(super) async fn judge(
     p: &Planned,
     plan: &AgentPlan,
     a: &crate::state::journal::Attempt,
+    standby: &mut Option<Standby>,
 ) -> Result<()> {
     let id = &p.unit.meta.id;
     let mut result = a.result.clone();
     let spec = plan.agent.spec(&p.unit);
     let mut infra = None;
-    let verdict = judge_change(ctx, p, &spec, &plan.redactor, a, &mut result, &mut infra).await?;
+    let verdict = judge_change(
+        ctx,
+        p,
+        &spec,
+        &plan.redactor,
+        a,
+        &mut result,
+        &mut infra,
+        standby,
+    )
+    .await?;
     if verdict {
         result.status = Status::Landed;
         result.message = "passed every check; waiting to land".into();
@@ -202,6 +216,7 @@ pub(super) async fn judge_change(
     a: &crate::state::journal::Attempt,
     result: &mut UnitResult,
     infra: &mut Option<String>,
+    standby: &mut Option<Standby>,
 ) -> Result<bool> {
     let id = &p.unit.meta.id;
     let code = result.agent_exit_code.unwrap_or(-1);
@@ -324,7 +339,14 @@ pub(super) async fn judge_change(
     ctx.reporter.unit(id, &format!("verifying ({check_names})"));
     result.timings.verify_at_ms = Some(crate::timings::now_ms());
     let verify_started = Instant::now();
-    let verdict = crate::verify::verify(ctx.engine, &ctx.project.repo, &vreq, &on_line).await?;
+    let verdict = crate::verify::verify(
+        ctx.engine,
+        &ctx.project.repo,
+        &vreq,
+        standby.take(),
+        &on_line,
+    )
+    .await?;
     result.timings.verify_ms = Some(crate::timings::since(verify_started));
     let passed = verdict.passed;
     let summary = verdict.summary.clone();

@@ -126,7 +126,7 @@ pub(super) async fn land_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
                 change_image: merged_image.as_ref().map(|(i, k)| (i.as_str(), k.as_str())),
                 ..base
             };
-            let verdict = crate::verify::verify(ctx.engine, repo, &vreq, &on_line).await?;
+            let verdict = crate::verify::verify(ctx.engine, repo, &vreq, None, &on_line).await?;
             let failure = (!verdict.passed).then(|| {
                 failure_status(
                     &verdict,

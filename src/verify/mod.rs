@@ -186,10 +186,33 @@ pub struct VerifyRequest<'a> {
 type LineSink<'a> = &'a (dyn Fn(&str) + Sync);
 
 /// Verifies `req.tree`: the baseline (cached), then the checks on the change.
+/// A container from `standby` serves the checks on the change when it is of the image they run
+/// on; it is removed otherwise.
 pub async fn verify(
     engine: &Engine,
     repo: &Repo,
     req: &VerifyRequest<'_>,
+    standby: Option<Standby>,
+    on_line: LineSink<'_>,
+) -> Result<Verdict> {
+    let on_image = req.change_image.map_or(req.image, |(image, _)| image);
+    let mut standby = standby;
+    if let Some(s) = standby.take_if(|s| s.image != on_image) {
+        s.discard(engine).await;
+    }
+    let result = verify_with(engine, repo, req, &mut standby, on_line).await;
+    // Not reached (a failure before the checks): nothing else will use it.
+    if let Some(s) = standby {
+        s.discard(engine).await;
+    }
+    result
+}
+
+async fn verify_with(
+    engine: &Engine,
+    repo: &Repo,
+    req: &VerifyRequest<'_>,
+    standby: &mut Option<Standby>,
     on_line: LineSink<'_>,
 ) -> Result<Verdict> {
     let (tree, restored) = restore_protected(repo, req.base_tree, req.tree, req.protected)?;
@@ -226,6 +249,7 @@ pub async fn verify(
                     (req.image, req.image_tree),
                     req.base_tree,
                     "baseline",
+                    None,
                     &mut log,
                     on_line,
                     &|_, _| false,
@@ -276,6 +300,7 @@ pub async fn verify(
         on,
         &tree,
         "verify",
+        standby.take(),
         &mut log,
         on_line,
         &should_rerun,
@@ -732,8 +757,71 @@ pub fn restore_protected(
     Ok((restored_tree, restored))
 }
 
-/// Runs every check in a fresh container of `on`'s image (which holds `on`'s tree), with
-/// `tree` put in /work; stops at a timeout (the container is killed) or an OOM kill.
+/// Where checks run: the image, the limits, and the run and unit the container is labelled with.
+pub struct Target<'a> {
+    pub image: &'a str,
+    pub limits: &'a Limits,
+    pub run_id: &'a str,
+    pub unit_id: &'a str,
+}
+
+/// A verify container created and started ahead, while the agent works, so the checks on its
+/// change need not wait for one. It is the container `verify` would make (same image, limits,
+/// hardening, no network), holds only the image's tree, and serves one verification: `verify`
+/// takes it, or it is removed with [`Standby::discard`].
+pub struct Standby {
+    image: String,
+    id: String,
+    oom: crate::engine::OomWatch,
+}
+
+/// Creates and starts a verify container of `target` ahead of its use.
+pub async fn standby(engine: &Engine, target: &Target<'_>) -> Result<Standby> {
+    start_container(engine, target, "verify").await
+}
+
+impl Standby {
+    /// Removes the container; a failure is left to the run's cleanup, which finds it by label.
+    pub async fn discard(self, engine: &Engine) {
+        let _ = engine.remove_container(&self.id).await;
+    }
+}
+
+/// Creates a check container (`role` is its kind label) and starts it, removing it when it
+/// does not start.
+async fn start_container(engine: &Engine, target: &Target<'_>, role: &str) -> Result<Standby> {
+    let mut host = hardened_host_config(target.limits);
+    host.network_mode = Some("none".into());
+    let id = engine
+        .create_container(ContainerCreateBody {
+            image: Some(target.image.to_string()),
+            cmd: Some(vec!["sleep".into(), "infinity".into()]),
+            working_dir: Some("/work".into()),
+            labels: Some(HashMap::from([
+                (labels::KIND.to_string(), role.to_string()),
+                (labels::RUN.to_string(), target.run_id.to_string()),
+                (labels::UNIT.to_string(), target.unit_id.to_string()),
+            ])),
+            network_disabled: Some(true),
+            host_config: Some(host),
+            ..Default::default()
+        })
+        .await?;
+    let oom = engine.watch_oom(&id);
+    if let Err(e) = engine.start(&id).await {
+        let _ = engine.remove_container(&id).await;
+        return Err(e);
+    }
+    Ok(Standby {
+        image: target.image.to_string(),
+        id,
+        oom,
+    })
+}
+
+/// Runs every check in a container of `on`'s image (which holds `on`'s tree), with `tree` put
+/// in /work: `standby`'s when given (of that image), else a fresh one. Stops at a timeout (the
+/// container is killed) or an OOM kill.
 #[allow(clippy::too_many_arguments)]
 async fn in_container(
     engine: &Engine,
@@ -742,30 +830,24 @@ async fn in_container(
     (image, image_tree): (&str, &str),
     tree: &str,
     role: &str,
+    standby: Option<Standby>,
     log: &mut std::fs::File,
     on_line: LineSink<'_>,
     should_rerun: &(dyn Fn(usize, &CheckRun) -> bool + Sync),
 ) -> Result<Vec<Ran>> {
-    let mut host = hardened_host_config(req.limits);
-    host.network_mode = Some("none".into());
-    let id = engine
-        .create_container(ContainerCreateBody {
-            image: Some(image.to_string()),
-            cmd: Some(vec!["sleep".into(), "infinity".into()]),
-            working_dir: Some("/work".into()),
-            labels: Some(HashMap::from([
-                (labels::KIND.to_string(), role.to_string()),
-                (labels::RUN.to_string(), req.run_id.to_string()),
-                (labels::UNIT.to_string(), req.unit_id.to_string()),
-            ])),
-            network_disabled: Some(true),
-            host_config: Some(host),
-            ..Default::default()
-        })
-        .await?;
-    let oom = engine.watch_oom(&id);
+    let Standby { id, oom, .. } = match standby {
+        Some(s) => s,
+        None => {
+            let target = Target {
+                image,
+                limits: req.limits,
+                run_id: req.run_id,
+                unit_id: req.unit_id,
+            };
+            start_container(engine, &target, role).await?
+        }
+    };
     let result = async {
-        engine.start(&id).await?;
         apply_tree(engine, repo, &id, image_tree, tree).await?;
         let mut ran = Vec::new();
         for (i, check) in req.checks.iter().enumerate() {
@@ -800,7 +882,8 @@ async fn in_container(
         Ok::<_, Error>(ran)
     }
     .await;
-    engine.remove_container(&id).await?;
+    // Removed while the verdict is judged and the change lands.
+    engine.remove_soon(&id);
     result
 }
 
