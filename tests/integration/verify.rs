@@ -347,6 +347,100 @@ fn the_verify_container_has_no_network_and_no_agent_secrets() {
 }
 
 /// Stops the binary (which then removes its containers) when a test fails while it runs.
+#[test]
+fn the_verify_container_is_ready_while_the_agent_works_and_goes_when_unused() {
+    require_base_image();
+    let repo = calc_project("verify-standby", "");
+    // The agent waits for the test: while it does, the verify container is already there.
+    set_agent(
+        &repo,
+        "while [ ! -e /tmp/go ]; do sleep 0.1; done; echo '# touched' >> src/calc.sh; case $BOXDELEGATE_UNIT_ID in wide) echo x > outside.txt ;; esac",
+    );
+    repo.unit("ready", "scope = [\"src/**\"]", "Touch calc.");
+    repo.unit("wide", "scope = [\"src/**\"]", "Touch calc, and more.");
+    repo.commit("project");
+    for (unit, lands) in [("ready", true), ("wide", false)] {
+        let mut child = KillOnDrop(Some(
+            repo.cmd()
+                .args(["run", "--json", "--unit", unit])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        ));
+        let running = |kind: &str| {
+            docker(&[
+                "ps",
+                "-q",
+                "--no-trunc",
+                "--filter",
+                &format!("label=boxdelegate.unit={unit}"),
+                "--filter",
+                &format!("label=boxdelegate.kind={kind}"),
+                "--filter",
+                "status=running",
+            ])
+            .trim()
+            .to_string()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let (agent, verify) = loop {
+            let (a, v) = (running("agent"), running("verify"));
+            if !a.is_empty() && !v.is_empty() {
+                break (a, v);
+            }
+            assert!(
+                child.0.as_mut().unwrap().try_wait().unwrap().is_none(),
+                "{unit}: the run ended before an agent and a verify container ran side by side"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{unit}: no verify container while the agent waits (agent: {a:?})"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        // The one verify would make: the unit's image, no network, the change not in it yet.
+        let image = |id: &str| docker(&["inspect", "--format", "{{.Config.Image}}", id]);
+        assert_eq!(image(&verify), image(&agent), "{unit}");
+        let net = docker(&[
+            "inspect",
+            "--format",
+            "{{.HostConfig.NetworkMode}}",
+            &verify,
+        ]);
+        assert_eq!(net.trim(), "none", "{unit}");
+        let calc = docker(&["exec", &verify, "cat", "/work/src/calc.sh"]);
+        assert!(!calc.contains("touched"), "{unit}: {calc}");
+        docker(&["exec", &agent, "touch", "/tmp/go"]);
+        let out = child.0.take().unwrap().wait_with_output().unwrap();
+        let v: serde_json::Value = crate::common::final_json_result(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+        let u = &v["units"][0];
+        if let Some(i) = u["unit_image"].as_str() {
+            repo.remember_image(i);
+        }
+        if lands {
+            assert_eq!(out.status.code(), Some(0), "{u}\n{}", stderr(&out));
+            assert_eq!(u["status"], "landed", "{u}");
+            assert_eq!(u["verdict"]["verdict"], "pass", "{u}");
+        } else {
+            assert_eq!(u["status"], "rejected", "{u}");
+            assert!(u["verdict"].is_null(), "never verified: {u}");
+        }
+        let left = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=boxdelegate.run={}", u["run_id"].as_str().unwrap()),
+        ]);
+        assert_eq!(
+            left.trim(),
+            "",
+            "{unit}: every container removed, used or not"
+        );
+    }
+}
+
 struct KillOnDrop(Option<std::process::Child>);
 
 impl Drop for KillOnDrop {
