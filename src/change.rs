@@ -144,10 +144,13 @@ pub struct ChangeSet {
     /// Why the change log was not used, when it was not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_unusable: Option<String>,
-    /// Archive requests made for the change (a directory holding several changed paths is
-    /// read in one).
+    /// Reads made for the change (a directory holding several changed paths is read in one),
+    /// through the engine's archive API or on the host.
     #[serde(default)]
     pub reads: u64,
+    /// Of those, the files read from the upper layer on the host (see `upper`).
+    #[serde(default)]
+    pub host_reads: u64,
 }
 
 /// Where extraction learnt which paths moved.

@@ -1,13 +1,14 @@
 //! Stopped agent container → change set → new tree, on the host side of the boundary.
 //!
 //! Nothing in the container is trusted or run. Which paths under `/work` moved comes from the
-//! watcher's change log (`watch`: a hint, checked by reading) or, where that log cannot be
-//! used, from the engine's filesystem diff; only those paths are read back through the archive
-//! API (several under one small directory in one request: requests, not bytes, dominate), and
-//! each archive is parsed in memory under limits on what differs from the snapshot (entries,
-//! bytes) and on path length.
+//! container's upper layer where the engine is local (`upper`), else the watcher's change log
+//! (`watch`: a hint, checked by reading), else the engine's filesystem diff; only those paths
+//! are read back through the archive API (several under one small directory in one request:
+//! requests, not bytes, dominate) or, for a regular file the upper layer holds whole, from it
+//! on the host (`upper::read_file`, as a one-entry archive), and each archive is parsed in
+//! memory under limits on what differs from the snapshot (entries, bytes) and on path length.
 //! Regular files, directories and symlinks are taken as data — a symlink is never followed, a
-//! path is never opened on the host. Blobs go to a private object store (no filters, no
+//! container path is never opened on the host outside the upper layer's own rules. Blobs go to a private object store (no filters, no
 //! attributes); the new tree is written with plumbing, rewriting only the directories on the
 //! changed paths. Untracked paths the *snapshot's* ignore rules ignore (build outputs) are
 //! dropped; a `.gitignore` the agent wrote has no say.
@@ -90,6 +91,7 @@ pub async fn extract(
         + extra_bytes
         + extra_files * 3 * 512;
     let total = AtomicU64::new(0);
+    let on_host = AtomicU64::new(0);
     let mut dir_roots: Vec<Vec<u8>> = Vec::new();
     let mut archives = futures_util::stream::iter(roots.iter().map(|root| {
         let path = if root.is_empty() {
@@ -98,7 +100,17 @@ pub async fn extract(
             format!("{WORK}/{root}")
         };
         let total = &total;
-        async move { read_capped(Box::pin(engine.download(id, &path)), cap, total).await }
+        let upper = reads.upper.as_deref();
+        let on_host = &on_host;
+        async move {
+            if let Some(upper) = upper {
+                if let Ok(read) = read_upper(upper, root, cap, total).await? {
+                    on_host.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(read);
+                }
+            }
+            read_capped(Box::pin(engine.download(id, &path)), cap, total).await
+        }
     }))
     .buffered(PARALLEL_READS);
     let mut root_iter = roots.iter();
@@ -139,6 +151,7 @@ pub async fn extract(
         }
     }
     drop(archives);
+    set.host_reads = on_host.into_inner();
 
     // The new state: the snapshot, minus deletions, minus what a read-back directory no longer
     // holds, with type changes resolved, plus what was read.

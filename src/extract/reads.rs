@@ -104,6 +104,49 @@ pub(super) async fn read_capped(
     Ok(Some(buf))
 }
 
+/// Reads `root` from the upper layer at `upper` as the one-entry archive the engine would
+/// send for it, so that [`parse_archive`] judges both alike; `None` past `cap` bytes (counted
+/// in `total` with the engine's reads), `Some(Err(()))` when the engine must read it.
+pub(super) async fn read_upper(
+    upper: &std::path::Path,
+    root: &str,
+    cap: u64,
+    total: &AtomicU64,
+) -> Result<std::result::Result<Option<Vec<u8>>, ()>> {
+    use super::upper::HostRead;
+    if root.is_empty() {
+        return Ok(Err(()));
+    }
+    let left = cap.saturating_sub(total.load(Ordering::Relaxed));
+    let (upper, rel) = (upper.to_path_buf(), root.as_bytes().to_vec());
+    let read = tokio::task::spawn_blocking(move || super::upper::read_file(&upper, &rel, left))
+        .await
+        .map_err(|e| Error::Internal(format!("reading the upper layer: {e}")))?;
+    let (mode, data) = match read {
+        HostRead::File { mode, data } => (mode, data),
+        HostRead::TooLarge => return Ok(Ok(None)),
+        HostRead::Engine => return Ok(Err(())),
+    };
+    let name = root.rsplit('/').next().unwrap_or(root);
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(mode);
+    header.set_size(data.len() as u64);
+    header.set_mtime(0);
+    let mut ar = tar::Builder::new(Vec::with_capacity(data.len() + 2048));
+    let built = ar
+        .append_data(&mut header, name, data.as_slice())
+        .and_then(|()| ar.into_inner());
+    let Ok(archive) = built else {
+        return Ok(Err(())); // a name tar will not write: the engine's archive has it
+    };
+    let len = archive.len() as u64;
+    if total.fetch_add(len, Ordering::Relaxed) + len > cap {
+        return Ok(Ok(None));
+    }
+    Ok(Ok(Some(archive)))
+}
+
 pub(super) fn is_not_found(e: &Error) -> bool {
     matches!(
         e,
@@ -157,6 +200,8 @@ pub(super) struct Reads {
     /// Whether a root that is not there any more is a deletion (the log names paths that went;
     /// the engine lists those as deletions and may name a path it mangled).
     pub(super) missing_is_deleted: bool,
+    /// The upper layer the listing came from: regular files are read back from it.
+    pub(super) upper: Option<std::path::PathBuf>,
 }
 
 /// The paths the upper layer (when the engine is local, see `upper`), else the change log,
@@ -173,6 +218,7 @@ pub(super) async fn listing(engine: &Engine, id: &str) -> Result<(Reads, Listing
                             roots: watch::roots(&paths, watch::MAX_ROOTS),
                             deleted: Vec::new(),
                             missing_is_deleted: true,
+                            upper: Some(dir),
                         },
                         Listing::Upper,
                         None,
@@ -184,6 +230,7 @@ pub(super) async fn listing(engine: &Engine, id: &str) -> Result<(Reads, Listing
                             roots: vec![],
                             deleted: vec![],
                             missing_is_deleted: true,
+                            upper: None,
                         },
                         Listing::Upper,
                         None,
@@ -203,6 +250,7 @@ pub(super) async fn listing(engine: &Engine, id: &str) -> Result<(Reads, Listing
                     roots: watch::roots(&paths, watch::MAX_ROOTS),
                     deleted: Vec::new(),
                     missing_is_deleted: true,
+                    upper: None,
                 },
                 Listing::Watch,
                 None,
@@ -226,6 +274,7 @@ pub(super) async fn listing(engine: &Engine, id: &str) -> Result<(Reads, Listing
                 .map(|(p, _)| p.clone())
                 .collect(),
             missing_is_deleted: false,
+            upper: None,
         },
         Listing::Engine,
         Some(match upper_why {

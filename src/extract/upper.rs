@@ -3,16 +3,21 @@
 //! storage (`GraphDriver.Data.UpperDir` for overlay2 and fuse-overlayfs), which costs O(change)
 //! rather than a walk of the whole container filesystem and needs no watcher in the container.
 //!
-//! The upper directory is written by the agent, so nothing in it is followed or read as data:
-//! every directory is opened relative to its parent's descriptor with `openat2` and
-//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV`, entries are
-//! only `fstatat`-ed with `AT_SYMLINK_NOFOLLOW`, and no file is ever opened. The result is a
-//! hint, like the change log's: every path is read back through the engine's archive API and
-//! judged there under the usual limits. `rustix` is used because it wraps `openat2` and its
-//! resolve flags, directory streams on a descriptor and `fstatat` as safe calls (cap-std's
-//! sandboxing would do as well, but brings its own filesystem abstraction we do not need).
+//! The upper directory is written by the agent, so nothing in it is followed: every directory
+//! is opened relative to its parent's descriptor with `openat2` and `RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV`, entries are only
+//! `fstatat`-ed with `AT_SYMLINK_NOFOLLOW`. The listing is a hint, like the change log's: every
+//! path is read back and judged under the usual limits. A path the upper layer holds as a plain
+//! regular file is read back here ([`read_file`]: its bytes are the container's view of it, as
+//! data, under the same limits), saving the engine the mount its archive API makes per read;
+//! anything else (a directory, whose merged view the lower layers share, a link, a special
+//! file, a file whose data or metadata overlay keeps elsewhere) is read through the archive
+//! API. `rustix` is used because it wraps `openat2` and its resolve flags, directory streams on
+//! a descriptor, `fstatat` and `flistxattr` as safe calls (cap-std's sandboxing would do as
+//! well, but brings its own filesystem abstraction we do not need).
 //!
-//! May not: read file contents, follow a link, or touch anything outside the upper `work/`.
+//! May not: open anything but a regular file, follow a link, or touch anything outside the
+//! upper `work/`.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
@@ -166,6 +171,104 @@ fn walk(
     Ok(())
 }
 
+/// A path read from the upper layer on the host.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HostRead {
+    /// A regular file the upper layer holds whole: its mode (type and permission bits) and
+    /// bytes.
+    File { mode: u32, data: Vec<u8> },
+    /// A regular file larger than the bytes allowed.
+    TooLarge,
+    /// Not one to read here: the engine's archive API reads it.
+    Engine,
+}
+
+/// Where overlay (and fuse-overlayfs, and containers/storage) keep their extended attributes.
+/// `origin` only records which lower file a copied-up one came from (its data is copied whole);
+/// any other (`metacopy`, `redirect`, `override_stat`, ...) may mean the file's data or
+/// metadata is kept elsewhere: the upper file is then not the container's view of it.
+const OVERLAY_XATTRS: [&[u8]; 4] = [
+    b"trusted.overlay.",
+    b"user.overlay.",
+    b"user.fuseoverlayfs.",
+    b"user.containers.",
+];
+
+/// Reads `rel` (relative to `/work`) from the upper layer at `upper` when it is a regular file
+/// held there whole, at most `max` bytes. Every directory on the way is opened beneath the
+/// last, refusing links and mount crossings; the file is `fstatat`-ed without following before
+/// it is opened (nothing but a regular file is ever opened) and checked again once open. A
+/// file overlay keeps only the metadata of (metacopy: allocated nothing for its size, or an
+/// overlay attribute) is left to the engine, as is anything that fails here.
+pub fn read_file(upper: &Path, rel: &[u8], max: u64) -> HostRead {
+    read_regular(upper, rel, max).unwrap_or(HostRead::Engine)
+}
+
+fn read_regular(upper: &Path, rel: &[u8], max: u64) -> rustix::io::Result<HostRead> {
+    use std::io::Read;
+    let (dir, name) = match rel.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (&b""[..], rel),
+    };
+    if name.is_empty() || name == b"." || name == b".." || name.starts_with(b".wh.") {
+        return Ok(HostRead::Engine);
+    }
+    let root = rustix::fs::open(
+        upper,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut parent = open_dir(&root, b"work")?;
+    if !dir.is_empty() {
+        parent = open_dir(&parent, dir)?;
+    }
+    let st = rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Ok(HostRead::Engine);
+    }
+    if st.st_size > 0 && st.st_blocks == 0 {
+        return Ok(HostRead::Engine); // metacopy (or a hole): the data is not here
+    }
+    if st.st_size as u64 > max {
+        return Ok(HostRead::TooLarge);
+    }
+    let fd = rustix::fs::openat2(
+        &parent,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+        resolve(),
+    )?;
+    let now = rustix::fs::fstat(&fd)?;
+    if FileType::from_raw_mode(now.st_mode) != FileType::RegularFile
+        || (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino)
+    {
+        return Ok(HostRead::Engine);
+    }
+    let mut names = vec![0u8; 64 * 1024];
+    let n = rustix::fs::flistxattr(&fd, &mut names[..])?;
+    if names[..n].split(|&b| b == 0).any(|x| {
+        OVERLAY_XATTRS
+            .iter()
+            .any(|p| x.strip_prefix(*p).is_some_and(|rest| rest != b"origin"))
+    }) {
+        return Ok(HostRead::Engine);
+    }
+    let mut data = Vec::with_capacity(now.st_size as usize);
+    std::fs::File::from(fd)
+        .take(max + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO))?;
+    if data.len() as u64 > max {
+        return Ok(HostRead::TooLarge);
+    }
+    // The type bits stay, as in the engine's archive headers.
+    Ok(HostRead::File {
+        mode: now.st_mode,
+        data,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +320,77 @@ mod tests {
         let u = tempfile::tempdir().unwrap();
         symlink(outside.path(), u.path().join("work")).unwrap();
         assert!(matches!(list(u.path()), Err(Unlisted::Failed(_))));
+    }
+
+    #[test]
+    fn only_a_regular_file_held_whole_is_read_on_the_host() {
+        let t = tree();
+        let w = t.path().join("work");
+        let read = |rel: &str, max: u64| read_file(t.path(), rel.as_bytes(), max);
+        std::fs::set_permissions(
+            w.join("src/deep/a.py"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        assert_eq!(
+            read("src/deep/a.py", 10),
+            HostRead::File {
+                mode: 0o100755,
+                data: b"x".to_vec()
+            }
+        );
+        std::fs::write(w.join("big"), "0123456789").unwrap();
+        assert_eq!(read("big", 9), HostRead::TooLarge);
+        assert!(matches!(read("big", 10), HostRead::File { .. }));
+        // Gone, a whiteout's name, a directory, /work itself: the engine reads those.
+        for rel in ["src/gone.py", "src/.wh.gone.py", "src", "new", ""] {
+            assert_eq!(read(rel, 10), HostRead::Engine, "{rel}");
+        }
+        // A FIFO is never opened (opening it would block), a symlink never followed, and no
+        // link on the way is taken.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            w.join("fifo"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("canary"), "secret").unwrap();
+        symlink(outside.path().join("canary"), w.join("link")).unwrap();
+        symlink(outside.path(), w.join("dirlink")).unwrap();
+        for rel in [
+            "fifo",
+            "link",
+            "dirlink/canary",
+            "../home/box/.bash_history",
+        ] {
+            assert_eq!(read(rel, 100), HostRead::Engine, "{rel}");
+        }
+        // An origin record is only that (fuse-overlayfs writes one on every copy-up); stat
+        // kept aside means the upper file's mode is not the container's.
+        std::fs::write(w.join("copied"), "c").unwrap();
+        rustix::fs::setxattr(
+            w.join("copied"),
+            "user.fuseoverlayfs.origin",
+            b"o",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        assert!(matches!(read("copied", 10), HostRead::File { .. }));
+        rustix::fs::setxattr(
+            w.join("copied"),
+            "user.fuseoverlayfs.override_stat",
+            b"0:0:0755",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        assert_eq!(read("copied", 10), HostRead::Engine);
+        // A file whose size has no blocks behind it (overlay's metacopy: the data is below).
+        let sparse = std::fs::File::create(w.join("sparse")).unwrap();
+        sparse.set_len(4096).unwrap();
+        assert_eq!(read("sparse", 1 << 20), HostRead::Engine);
     }
 
     #[test]

@@ -101,6 +101,44 @@ true"#,
 }
 
 #[test]
+fn a_file_changed_alone_is_read_from_the_upper_layer_on_the_host_and_reads_the_same() {
+    require_base_image();
+    let repo = project(
+        "watch-host-read",
+        "printf 'def two():\\n    return 2\\n' >> src/math.py; chmod 755 src/math.py",
+    );
+    for id in ["hosted", "logged"] {
+        repo.unit(id, "scope = [\"nothing/**\"]", "Change math.");
+    }
+    repo.commit("project");
+    let mut sets = Vec::new();
+    let mut patches = Vec::new();
+    for (id, how) in [("hosted", "auto"), ("logged", "log")] {
+        let (code, units, err) = repo.run_with(&["--unit", id], &[("BOXDELEGATE_EXTRACT", how)]);
+        assert_eq!(code, 10, "{id}: {err}\n{units:?}");
+        sets.push(changes(&units[0]));
+        patches.push(std::fs::read_to_string(units[0]["patch"].as_str().unwrap()).unwrap());
+    }
+    assert_eq!(sets[0]["listing"], "upper", "{}", sets[0]);
+    assert_eq!(sets[0]["reads"], 1, "{}", sets[0]);
+    assert_eq!(sets[0]["host_reads"], 1, "read on the host: {}", sets[0]);
+    assert_eq!(sets[1]["listing"], "log", "{}", sets[1]);
+    assert_eq!(sets[1]["host_reads"], 0, "read by the engine: {}", sets[1]);
+    assert_eq!(
+        listed(&sets[0]),
+        [("src/math.py".to_string(), "modified".to_string())]
+    );
+    assert_eq!(
+        sets[0]["changes"][0]["node"]["mode"], 0o100755,
+        "{}",
+        sets[0]
+    );
+    assert_eq!(sets[0]["changes"], sets[1]["changes"]);
+    assert_eq!(patches[0], patches[1]);
+    assert!(patches[0].contains("+def two():"), "{}", patches[0]);
+}
+
+#[test]
 fn a_forged_change_log_can_only_lose_the_agents_own_change() {
     require_base_image();
     let log = "/tmp/.boxdelegate-watch/log";
