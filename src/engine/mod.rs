@@ -238,6 +238,11 @@ impl Engine {
                 ));
             }
         }
+        // Which engine answers is asked before most checks run: learnt in the background now.
+        let early = engine.clone();
+        tokio::spawn(async move {
+            let _ = early.kind().await;
+        });
         let _ = CURRENT.set(engine.clone());
         Ok(engine)
     }

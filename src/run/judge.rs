@@ -13,7 +13,7 @@ use crate::land::{self};
 use crate::record::{Rejection, Status, UnitResult};
 use crate::scope;
 use crate::state::journal::AttemptPhase;
-use crate::verify::Standby;
+use crate::verify::Ahead;
 use std::path::Path;
 use std::time::Instant;
 
@@ -177,7 +177,7 @@ pub(super) async fn judge(
     p: &Planned,
     plan: &AgentPlan,
     a: &crate::state::journal::Attempt,
-    standby: &mut Option<Standby>,
+    standby: &mut Option<Ahead>,
 ) -> Result<()> {
     let id = &p.unit.meta.id;
     let mut result = a.result.clone();
@@ -216,7 +216,7 @@ pub(super) async fn judge_change(
     a: &crate::state::journal::Attempt,
     result: &mut UnitResult,
     infra: &mut Option<String>,
-    standby: &mut Option<Standby>,
+    standby: &mut Option<Ahead>,
 ) -> Result<bool> {
     let id = &p.unit.meta.id;
     let code = result.agent_exit_code.unwrap_or(-1);
@@ -343,7 +343,10 @@ pub(super) async fn judge_change(
         ctx.engine,
         &ctx.project.repo,
         &vreq,
-        standby.take(),
+        match standby.take() {
+            Some(ahead) => ahead.ready().await,
+            None => None,
+        },
         &on_line,
     )
     .await?;

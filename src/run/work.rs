@@ -9,7 +9,7 @@ use super::policy::{decide, view, Next};
 use crate::error::{Error, Result};
 use crate::record::{Role, Status, UnitResult};
 use crate::state::journal::{AttemptPhase, UnitPhase};
-use crate::verify::Standby;
+use crate::verify::Ahead;
 
 /// Works a unit until it is ready to land or has ended: attempts, retries, the fallback.
 pub(super) async fn work_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
@@ -141,7 +141,8 @@ pub(super) async fn work_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
 
 /// Takes the unit's current attempt from its recorded phase to `done`: start the agent
 /// container, watch it, extract the change, judge it (scope, verify). When the unit has checks,
-/// the verify container is created and started beside the agent's, so verification does not
+/// the verify container is created and started once the agent's has started (not beside it:
+/// the two starts would slow each other), while the agent works, so verification does not
 /// wait for one; it is removed if the judgement does not reach the checks.
 pub(super) async fn drive_attempt(ctx: &Ctx<'_>, p: &Planned, plan: &AgentPlan) -> Result<()> {
     let mut standby = None;
@@ -156,7 +157,7 @@ async fn drive(
     ctx: &Ctx<'_>,
     p: &Planned,
     plan: &AgentPlan,
-    standby: &mut Option<Standby>,
+    standby: &mut Option<Ahead>,
 ) -> Result<()> {
     let id = &p.unit.meta.id;
     loop {
@@ -165,24 +166,16 @@ async fn drive(
             .read(|j| j.unit(id).attempts.last().expect("an attempt").clone());
         match a.phase {
             AttemptPhase::Starting => {
-                let ahead = async {
-                    if p.checks.is_empty() || standby.is_some() {
-                        return None;
-                    }
+                start_agent(ctx, p, plan, &a).await?;
+                if !p.checks.is_empty() && standby.is_none() {
                     let target = crate::verify::Target {
                         image: ctx.image,
                         limits: &p.limits,
                         run_id: ctx.run_id,
                         unit_id: id,
                     };
-                    // Not ready is not a failure: verify makes its own container then.
-                    crate::verify::standby(ctx.engine, &target).await.ok()
-                };
-                let (started, ready) = tokio::join!(start_agent(ctx, p, plan, &a), ahead);
-                if ready.is_some() {
-                    *standby = ready;
+                    *standby = Some(crate::verify::standby(ctx.engine, &target));
                 }
-                started?
             }
             AttemptPhase::Running => watch_agent(ctx, p, plan, &a).await?,
             AttemptPhase::Exited => extract_change(ctx, p, plan, &a).await?,

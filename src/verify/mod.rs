@@ -775,9 +775,38 @@ pub struct Standby {
     oom: crate::engine::OomWatch,
 }
 
-/// Creates and starts a verify container of `target` ahead of its use.
-pub async fn standby(engine: &Engine, target: &Target<'_>) -> Result<Standby> {
-    start_container(engine, target, "verify").await
+/// A [`Standby`] being created and started in the background.
+pub struct Ahead(tokio::task::JoinHandle<Option<Standby>>);
+
+/// Starts creating and starting a verify container of `target` in the background, while the
+/// caller goes on. One that cannot be made is no failure: `verify` makes its own then.
+pub fn standby(engine: &Engine, target: &Target<'_>) -> Ahead {
+    let engine = engine.clone();
+    let (image, limits) = (target.image.to_string(), *target.limits);
+    let (run_id, unit_id) = (target.run_id.to_string(), target.unit_id.to_string());
+    Ahead(tokio::spawn(async move {
+        let target = Target {
+            image: &image,
+            limits: &limits,
+            run_id: &run_id,
+            unit_id: &unit_id,
+        };
+        start_container(&engine, &target, "verify").await.ok()
+    }))
+}
+
+impl Ahead {
+    /// The container, once it is started; `None` if it could not be.
+    pub async fn ready(self) -> Option<Standby> {
+        self.0.await.ok().flatten()
+    }
+
+    /// Removes the container (waiting for it to be made first).
+    pub async fn discard(self, engine: &Engine) {
+        if let Some(s) = self.ready().await {
+            s.discard(engine).await;
+        }
+    }
 }
 
 impl Standby {
