@@ -328,14 +328,8 @@ fn the_verify_container_has_no_network_and_no_agent_secrets() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let out = child.0.take().unwrap().wait_with_output().unwrap();
-    let v: serde_json::Value = crate::common::final_json_result(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+    let (out, v) = finished(&repo, child.0.take().unwrap());
     let u = &v["units"][0];
-    if let Some(i) = u["unit_image"].as_str() {
-        // Removed with the repository.
-        repo.remember_image(i);
-    }
     assert_eq!(out.status.code(), Some(0), "{u}\n{}", stderr(&out));
     assert_eq!(u["status"], "landed");
     let kinds: Vec<&str> = inspected.iter().map(|(_, k)| k.as_str()).collect();
@@ -412,13 +406,8 @@ fn the_verify_container_is_ready_while_the_agent_works_and_goes_when_unused() {
         let calc = docker(&["exec", &verify, "cat", "/work/src/calc.sh"]);
         assert!(!calc.contains("touched"), "{unit}: {calc}");
         docker(&["exec", &agent, "touch", "/tmp/go"]);
-        let out = child.0.take().unwrap().wait_with_output().unwrap();
-        let v: serde_json::Value = crate::common::final_json_result(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+        let (out, v) = finished(&repo, child.0.take().unwrap());
         let u = &v["units"][0];
-        if let Some(i) = u["unit_image"].as_str() {
-            repo.remember_image(i);
-        }
         if lands {
             assert_eq!(out.status.code(), Some(0), "{u}\n{}", stderr(&out));
             assert_eq!(u["status"], "landed", "{u}");
@@ -439,6 +428,21 @@ fn the_verify_container_is_ready_while_the_agent_works_and_goes_when_unused() {
             "{unit}: every container removed, used or not"
         );
     }
+}
+
+/// Waits for a `run --json` started in `repo`: its output and final JSON, the unit image
+/// remembered so that it is removed with the repository.
+fn finished(
+    repo: &TestRepo,
+    child: std::process::Child,
+) -> (std::process::Output, serde_json::Value) {
+    let out = child.wait_with_output().unwrap();
+    let v: serde_json::Value = crate::common::final_json_result(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+    if let Some(i) = v["units"][0]["unit_image"].as_str() {
+        repo.remember_image(i);
+    }
+    (out, v)
 }
 
 struct KillOnDrop(Option<std::process::Child>);
