@@ -464,6 +464,14 @@ pub(super) fn assemble_prompt(
             .ok()
             .map(|b| String::from_utf8_lossy(&b).into_owned())
     };
+    // A file the snapshot does not hold is not asked of git (a process each).
+    let read_held = |path: &str| -> Option<String> {
+        entries
+            .iter()
+            .any(|e| e.path.as_slice() == path.as_bytes())
+            .then(|| read(path))
+            .flatten()
+    };
     let context_globs =
         crate::config::unit::Globs::new(&p.unit.meta.context).map_err(|(g, e)| {
             Error::config(
@@ -485,12 +493,12 @@ pub(super) fn assemble_prompt(
         }
     }
     let standards = ["AGENTS.md", "CLAUDE.md"].iter().find_map(|name| {
-        read(name).map(|content| ContextFile {
+        read_held(name).map(|content| ContextFile {
             path: name.to_string(),
             content,
         })
     });
-    let gotchas = read(".boxdelegate/gotchas.md");
+    let gotchas = read_held(".boxdelegate/gotchas.md");
     let test_command = p
         .checks
         .iter()

@@ -93,6 +93,50 @@ fn a_change_inside_the_scope_lands_as_exactly_one_commit() {
 }
 
 #[test]
+fn the_prompt_quotes_the_snapshots_coding_standards_and_gotchas_and_only_those_it_holds() {
+    require_base_image();
+    let repo = project("run-prompt-files");
+    repo.write("AGENTS.md", "Use four spaces, never tabs.\n");
+    repo.write(
+        ".boxdelegate/gotchas.md",
+        "- The clock in tests is frozen.\n",
+    );
+    // The agent hands the prompt it was given back as its change.
+    repo.agent("cat > src/prompt.txt");
+    repo.unit("quoted", "scope = [\"nothing/**\"]", "Read the prompt.");
+    repo.commit("project");
+    let prompt_of = |unit: &serde_json::Value| {
+        let patch = std::fs::read_to_string(unit["patch"].as_str().unwrap()).unwrap();
+        patch
+            .lines()
+            .filter_map(|l| l.strip_prefix('+'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let (code, units, err) = repo.run(&["--unit", "quoted"]);
+    assert_eq!(code, 10, "{err}\n{units:?}");
+    let prompt = prompt_of(&units[0]);
+    for expected in [
+        "## Coding standards",
+        "Use four spaces, never tabs.",
+        "## Known gotchas",
+        "The clock in tests is frozen.",
+    ] {
+        assert!(prompt.contains(expected), "{expected:?} in:\n{prompt}");
+    }
+    // Gone from the snapshot, gone from the prompt.
+    repo.git(&["rm", "-q", "AGENTS.md", ".boxdelegate/gotchas.md"]);
+    repo.commit("no standards");
+    let (code, units, err) = repo.run(&["--unit", "quoted"]);
+    assert_eq!(code, 10, "{err}\n{units:?}");
+    let prompt = prompt_of(&units[0]);
+    assert!(
+        !prompt.contains("## Coding standards") && !prompt.contains("## Known gotchas"),
+        "{prompt}"
+    );
+}
+
+#[test]
 fn an_edit_outside_the_scope_is_rejected_and_its_patch_kept() {
     require_base_image();
     let repo = project("run-out-of-scope");
