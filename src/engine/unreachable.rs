@@ -70,6 +70,11 @@ pub fn classify(endpoint: &str, chain: &[String], tls: &Tls) -> (String, String)
             "sendrequest",
             "connection reset",
             "unexpected eof",
+            // With TLS 1.3 the engine judges the client's certificate after the client has
+            // finished its side of the handshake: the refusal then reaches the client as a
+            // connection closed under its first request.
+            "connection was not ready",
+            "connection closed before message completed",
         ]
         .iter()
         .any(|w| all.contains(w))
@@ -141,6 +146,14 @@ mod tests {
             true
         )
         .contains("the TLS handshake with tcp://10.0.0.5:2376 failed"));
+        let closed = [
+            "Error in the hyper legacy client: client error (Canceled)",
+            "operation was canceled: connection was not ready",
+        ];
+        assert!(
+            hint(e, &closed, true).contains("the TLS handshake with tcp://10.0.0.5:2376 failed")
+        );
+        assert!(hint(e, &closed, false).starts_with("nothing answers at"));
         assert!(hint(
             e,
             &[
