@@ -627,6 +627,19 @@ impl Engine {
         id: &str,
         cmd: Vec<String>,
         workdir: &str,
+        on_output: impl FnMut(&[u8]),
+    ) -> Result<i64> {
+        self.exec_fed(id, cmd, workdir, None, on_output).await
+    }
+
+    /// [`Engine::exec`] with `input` written to the command's stdin, which is then closed.
+    /// Whether all of it was taken is for the command to say (its exit code).
+    pub async fn exec_fed(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        workdir: &str,
+        input: Option<std::pin::Pin<Box<dyn ByteStream>>>,
         mut on_output: impl FnMut(&[u8]),
     ) -> Result<i64> {
         let context = || format!("running a command in container {}", short(id));
@@ -636,6 +649,7 @@ impl Engine {
                 id,
                 bollard::models::ExecConfig {
                     cmd: Some(cmd),
+                    attach_stdin: Some(input.is_some()),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
                     working_dir: Some(workdir.to_string()),
@@ -652,10 +666,29 @@ impl Engine {
             .await
             .map_err(|e| Error::engine(context(), e))?
         {
-            bollard::exec::StartExecResults::Attached { mut output, .. } => {
+            bollard::exec::StartExecResults::Attached {
+                mut output,
+                input: mut stdin,
+            } => {
+                // Written beside the output, which is read meanwhile; a command that stops
+                // reading early ends the writing with an error its exit code explains.
+                let writer = input.map(|mut body| {
+                    tokio::spawn(async move {
+                        use tokio::io::AsyncWriteExt;
+                        while let Some(chunk) = body.next().await {
+                            stdin.write_all(&chunk?).await?;
+                        }
+                        stdin.shutdown().await
+                    })
+                });
                 while let Some(chunk) = output.next().await {
                     let chunk = chunk.map_err(|e| Error::engine(context(), e))?;
                     on_output(&chunk.into_bytes());
+                }
+                if let Some(w) = writer {
+                    if let Ok(Err(e)) = w.await {
+                        tracing::debug!(container = %short(id), "writing a command's input stopped: {e}");
+                    }
                 }
             }
             bollard::exec::StartExecResults::Detached => {}

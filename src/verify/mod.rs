@@ -877,11 +877,20 @@ async fn in_container(
         }
     };
     let result = async {
-        apply_tree(engine, repo, &id, image_tree, tree).await?;
+        // On Docker the changed files ride on the first check's exec; Podman gets them
+        // through the archive API first.
+        let defer = !engine.is_podman().await?;
+        let mut pending = apply_tree(engine, repo, &id, image_tree, tree, defer).await?;
         let mut ran = Vec::new();
         for (i, check) in req.checks.iter().enumerate() {
             on_line(&format!("{role} {}: {}", check.name, check.command));
-            let first = run_check(engine, &id, &oom, check, req.settings, log, on_line).await?;
+            let first = match pending.take() {
+                Some(p) => {
+                    run_check_applying(engine, &id, &oom, check, req.settings, log, on_line, p)
+                        .await?
+                }
+                None => run_check(engine, &id, &oom, check, req.settings, log, on_line).await?,
+            };
             let stop = first.timed_out || first.oom_killed;
             let mut reruns = Vec::new();
             if !stop && should_rerun(i, &first) {
@@ -916,11 +925,26 @@ async fn in_container(
     result
 }
 
+/// Changed entries not written into the verify container yet: with `defer`, [`apply_tree`]
+/// leaves them to ride on the first check's exec (see [`run_check_applying`]).
+struct Pending {
+    repo: Repo,
+    entries: Vec<snapshot::TreeEntry>,
+}
+
 /// Makes /work in container `id` (which holds `from`) hold exactly `to`: deletions, then the
-/// changed entries, written from git objects on the host.
-async fn apply_tree(engine: &Engine, repo: &Repo, id: &str, from: &str, to: &str) -> Result<()> {
+/// changed entries, written from git objects on the host; with `defer`, the changed entries
+/// are returned rather than uploaded.
+async fn apply_tree(
+    engine: &Engine,
+    repo: &Repo,
+    id: &str,
+    from: &str,
+    to: &str,
+    defer: bool,
+) -> Result<Option<Pending>> {
     if from == to {
-        return Ok(());
+        return Ok(None);
     }
     let diff = snapshot::diff_trees(repo, from, to)?;
     if !diff.deleted.is_empty() {
@@ -941,13 +965,86 @@ async fn apply_tree(engine: &Engine, repo: &Repo, id: &str, from: &str, to: &str
             )));
         }
     }
-    if !diff.upserted.is_empty() {
-        let (body, done) = images::tar_body(repo.clone(), diff.upserted, vec![]);
-        engine.upload(id, "/work", body).await?;
-        images::join_tar(done).await?;
+    if diff.upserted.is_empty() {
+        return Ok(None);
     }
+    let pending = Pending {
+        repo: repo.clone(),
+        entries: diff.upserted,
+    };
+    if defer {
+        return Ok(Some(pending));
+    }
+    upload_pending(engine, id, pending).await?;
+    Ok(None)
+}
+
+/// Writes `pending` into /work through the engine's archive API.
+async fn upload_pending(engine: &Engine, id: &str, pending: Pending) -> Result<()> {
+    let (body, done) = images::tar_body(pending.repo, pending.entries, vec![]);
+    engine.upload(id, "/work", body).await?;
+    images::join_tar(done).await?;
     Ok(())
 }
+
+/// The first check with the change's files on its stdin: the container's own `tar` unpacks
+/// them into /work (as the container's user, modes and times kept, as the archive API would
+/// write them), then the check runs in the same process, so the change costs no archive
+/// request of its own (the engine starts a process of its own for each). The archive is
+/// written by the host from git objects. Where that `tar` fails (none in the image, a
+/// directory it may not write), the line it prints with this call's marker says so; the files
+/// then go through the archive API and the check runs again, as if alone.
+#[allow(clippy::too_many_arguments)]
+async fn run_check_applying(
+    engine: &Engine,
+    id: &str,
+    oom: &crate::engine::OomWatch,
+    check: &Check,
+    settings: &Settings,
+    log: &mut std::fs::File,
+    on_line: LineSink<'_>,
+    pending: Pending,
+) -> Result<CheckRun> {
+    let marker = format!(
+        "boxdelegate-unpack-failed-{:x}{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    );
+    let (body, done) = images::tar_body(pending.repo.clone(), pending.entries.clone(), vec![]);
+    let fed = Feed {
+        body: Box::pin(body),
+        marker: &marker,
+    };
+    let (run, unpacked) =
+        run_check_fed(engine, id, oom, check, settings, log, on_line, Some(fed)).await?;
+    let whole = images::join_tar(done).await;
+    if unpacked {
+        whole?;
+        return Ok(run);
+    }
+    let _ = writeln!(
+        log,
+        "# the container's tar could not unpack the change; written through the engine instead, and the check run again"
+    );
+    upload_pending(engine, id, pending).await?;
+    run_check(engine, id, oom, check, settings, log, on_line).await
+}
+
+/// What the first check's exec is fed: the archive, and the marker its wrapper prints when
+/// unpacking fails.
+struct Feed<'a> {
+    body: std::pin::Pin<Box<dyn crate::engine::ByteStream>>,
+    marker: &'a str,
+}
+
+/// Unpacks stdin into /work, then runs the check (`$2`) in its place; prints `$1` when
+/// unpacking fails.
+const UNPACK_THEN_RUN: &str = r#"tar -xpf - -C /work 2>/dev/null || { printf '
+%s
+' "$1"; exit 125; }; exec sh -c "$2""#;
 
 /// Runs one check; a timeout kills the container.
 async fn run_check(
@@ -959,6 +1056,26 @@ async fn run_check(
     log: &mut std::fs::File,
     on_line: LineSink<'_>,
 ) -> Result<CheckRun> {
+    Ok(
+        run_check_fed(engine, id, oom, check, settings, log, on_line, None)
+            .await?
+            .0,
+    )
+}
+
+/// [`run_check`], fed the change first when `feed` is given; says whether the change was
+/// unpacked (always, without a feed).
+#[allow(clippy::too_many_arguments)]
+async fn run_check_fed(
+    engine: &Engine,
+    id: &str,
+    oom: &crate::engine::OomWatch,
+    check: &Check,
+    settings: &Settings,
+    log: &mut std::fs::File,
+    on_line: LineSink<'_>,
+    feed: Option<Feed<'_>>,
+) -> Result<(CheckRun, bool)> {
     let started = Instant::now();
     let ooms_before = oom.count();
     // Podman's Docker API reports no OOM for a killed exec: its cgroup's counter tells.
@@ -973,7 +1090,13 @@ async fn run_check(
     let mut names = names::Names::default();
     let mut counter = counts::Counter::default();
     let is_test = check.name == "test";
+    let marker = feed.as_ref().map(|f| f.marker.to_string());
+    let mut unpack_failed = false;
     let mut line_done = |line: &str, tail: &mut Vec<String>| {
+        if marker.as_deref() == Some(line) {
+            unpack_failed = true;
+            return;
+        }
         on_line(line);
         if is_test {
             names.feed(line);
@@ -984,24 +1107,33 @@ async fn run_check(
             tail.remove(0);
         }
     };
-    let exec = engine.exec(
-        id,
-        vec!["sh".into(), "-c".into(), check.command.clone()],
-        "/work",
-        |chunk| {
-            let _ = log.write_all(chunk);
-            partial.push_str(&String::from_utf8_lossy(chunk));
-            while let Some(i) = partial.find('\n') {
-                let line: String = partial.drain(..=i).collect();
-                line_done(line.trim_end(), &mut tail);
-            }
-            // A runaway line without a newline must not grow without bound.
-            if partial.len() > 64 * 1024 {
-                let line = std::mem::take(&mut partial);
-                line_done(line.trim_end(), &mut tail);
-            }
-        },
-    );
+    let (cmd, input) = match feed {
+        Some(f) => (
+            vec![
+                "sh".into(),
+                "-c".into(),
+                UNPACK_THEN_RUN.into(),
+                "sh".into(),
+                f.marker.to_string(),
+                check.command.clone(),
+            ],
+            Some(f.body),
+        ),
+        None => (vec!["sh".into(), "-c".into(), check.command.clone()], None),
+    };
+    let exec = engine.exec_fed(id, cmd, "/work", input, |chunk| {
+        let _ = log.write_all(chunk);
+        partial.push_str(&String::from_utf8_lossy(chunk));
+        while let Some(i) = partial.find('\n') {
+            let line: String = partial.drain(..=i).collect();
+            line_done(line.trim_end(), &mut tail);
+        }
+        // A runaway line without a newline must not grow without bound.
+        if partial.len() > 64 * 1024 {
+            let line = std::mem::take(&mut partial);
+            line_done(line.trim_end(), &mut tail);
+        }
+    });
     let code = match tokio::time::timeout(settings.timeout(), exec).await {
         Ok(code) => Some(code?),
         Err(_) => None,
@@ -1036,19 +1168,23 @@ async fn run_check(
     if oom_killed {
         let _ = writeln!(log, "# killed for running out of memory");
     }
+    let unpacked = !unpack_failed;
     let tests = if is_test { counter.finish() } else { None };
-    Ok(CheckRun {
-        exit_code: code,
-        seconds: started.elapsed().as_secs_f64(),
-        tail: tail.join("\n"),
-        tests,
-        failed_tests: names.failed(),
-        names_known: !names.is_empty(),
-        timed_out,
-        oom_killed,
-        is_test,
-        names,
-    })
+    Ok((
+        CheckRun {
+            exit_code: code,
+            seconds: started.elapsed().as_secs_f64(),
+            tail: tail.join("\n"),
+            tests,
+            failed_tests: names.failed(),
+            names_known: !names.is_empty(),
+            timed_out,
+            oom_killed,
+            is_test,
+            names,
+        },
+        unpacked,
+    ))
 }
 
 /// Where verification records and baselines live.

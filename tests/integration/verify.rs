@@ -430,6 +430,81 @@ fn the_verify_container_is_ready_while_the_agent_works_and_goes_when_unused() {
     }
 }
 
+/// Removes an image when dropped (declared before the repository built on it, so that it goes
+/// after the repository's own images).
+struct ImageGuard(String);
+
+impl Drop for ImageGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
+    }
+}
+
+#[test]
+fn an_image_without_tar_gets_the_change_through_the_engine_instead() {
+    require_base_image();
+    // The change rides on the first check's exec, unpacked by the image's own tar; an image
+    // with none falls back on the archive API, and the check still sees the change.
+    let name = format!("boxdelegate-test-notar-{}", std::process::id());
+    let guard = ImageGuard(format!("boxdelegate-test/notar:{}", std::process::id()));
+    docker(&[
+        "run",
+        "--name",
+        &name,
+        "--user",
+        "root",
+        "--network",
+        "none",
+        "boxdelegate/base:bookworm",
+        "sh",
+        "-c",
+        "rm -f /bin/tar /usr/bin/tar && ! command -v tar",
+    ]);
+    docker(&[
+        "commit",
+        "--change",
+        "USER box",
+        "--change",
+        "CMD [\"/bin/sh\"]",
+        &name,
+        &guard.0,
+    ]);
+    docker(&["rm", "-f", &name]);
+    let repo = TestRepo::with_project("verify-notar");
+    repo.write(
+        ".boxdelegate/profiles/test.toml",
+        &TEST_PROFILE.replace("boxdelegate/base:bookworm", &guard.0),
+    );
+    repo.write(
+        "boxdelegate.toml",
+        "[project]\nprofile = \"test\"\n[run]\ninfra_retries = 0\n[verify]\nbaseline = false\ntest = \"grep -q 'changed by the agent' src/lib.txt && echo '1 passed, 0 failed'\"\n[agent]\nretries = 0\nkind = \"command\"\ncommand = \"echo 'changed by the agent' >> src/lib.txt\"\n",
+    );
+    repo.unit("notar", "scope = [\"src/**\"]", "Change lib.");
+    repo.commit("project");
+    let (code, v, err) = repo.run_value(&["--unit", "notar"]);
+    assert_eq!(code, 0, "{err}\n{v}");
+    let u = &v["units"][0];
+    assert_eq!(u["status"], "landed", "{u}");
+    assert_eq!(u["verdict"]["checks"][0]["outcome"], "pass", "{u}");
+    let dir = std::path::Path::new(u["attempt_dir"].as_str().unwrap());
+    let log = std::fs::read_to_string(dir.join("verify.log")).unwrap();
+    // The marker is ours, never part of what the check is judged by.
+    assert!(
+        !u["verdict"]
+            .to_string()
+            .contains("boxdelegate-unpack-failed"),
+        "{u}"
+    );
+    // Podman gets the change through the archive API from the start.
+    assert_eq!(
+        log.contains("could not unpack the change"),
+        !on_podman(),
+        "{log}"
+    );
+    drop(repo);
+    drop(guard);
+}
+
 /// Waits for a `run --json` started in `repo`: its output and final JSON, the unit image
 /// remembered so that it is removed with the repository.
 fn finished(
