@@ -1042,9 +1042,8 @@ struct Feed<'a> {
 
 /// Unpacks stdin into /work, then runs the check (`$2`) in its place; prints `$1` when
 /// unpacking fails.
-const UNPACK_THEN_RUN: &str = r#"tar -xpf - -C /work 2>/dev/null || { printf '
-%s
-' "$1"; exit 125; }; exec sh -c "$2""#;
+const UNPACK_THEN_RUN: &str =
+    r#"tar -xpf - -C /work 2>/dev/null || { printf '\n%s\n' "$1"; exit 125; }; exec sh -c "$2""#;
 
 /// Runs one check; a timeout kills the container.
 async fn run_check(
