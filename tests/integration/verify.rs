@@ -445,31 +445,22 @@ fn an_image_without_tar_gets_the_change_through_the_engine_instead() {
     require_base_image();
     // The change rides on the first check's exec, unpacked by the image's own tar; an image
     // with none falls back on the archive API, and the check still sees the change.
-    let name = format!("boxdelegate-test-notar-{}", std::process::id());
     let guard = ImageGuard(format!("boxdelegate-test/notar:{}", std::process::id()));
-    docker(&[
-        "run",
-        "--name",
-        &name,
-        "--user",
-        "root",
-        "--network",
-        "none",
-        "boxdelegate/base:bookworm",
-        "sh",
-        "-c",
-        "rm -f /bin/tar /usr/bin/tar && ! command -v tar",
-    ]);
-    docker(&[
-        "commit",
-        "--change",
-        "USER box",
-        "--change",
-        "CMD [\"/bin/sh\"]",
-        &name,
-        &guard.0,
-    ]);
-    docker(&["rm", "-f", &name]);
+    // Built from a Dockerfile rather than committed from a container: Podman's Docker API
+    // refuses the Docker CLI's commit request.
+    let context = tempfile::tempdir().unwrap();
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        "FROM boxdelegate/base:bookworm\nUSER root\nRUN rm -f /bin/tar /usr/bin/tar && ! command -v tar\nUSER box\n",
+    )
+    .unwrap();
+    let out = Command::new("docker")
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "-q", "-t", &guard.0])
+        .arg(context.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "docker build: {}", stderr(&out));
     let repo = TestRepo::with_project("verify-notar");
     repo.write(
         ".boxdelegate/profiles/test.toml",
