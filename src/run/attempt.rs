@@ -85,6 +85,10 @@ pub(super) async fn start_agent(
     ]);
     let prompt = assemble_prompt(ctx.project, ctx.snapshot, ctx.entries, p, plan, retry)?;
     crate::state::write_private(&a.dir.join("prompt.md"), prompt.as_bytes())?;
+    let prompt_in_env = fits_in_env(&prompt);
+    if prompt_in_env {
+        env.push(format!("{PROMPT_VAR}={prompt}"));
+    }
     let create_at_ms = crate::timings::now_ms();
     let create_started = Instant::now();
     let started = async {
@@ -102,10 +106,17 @@ pub(super) async fn start_agent(
             .engine
             .create_container(ContainerCreateBody {
                 image: Some(ctx.image.to_string()),
-                cmd: Some(if ctx.upper {
-                    spec.cmd.clone()
-                } else {
-                    crate::extract::watch::wrap(&spec.cmd)
+                cmd: Some({
+                    let cmd = if ctx.upper {
+                        spec.cmd.clone()
+                    } else {
+                        crate::extract::watch::wrap(&spec.cmd)
+                    };
+                    if prompt_in_env {
+                        write_prompt_first(cmd)
+                    } else {
+                        cmd
+                    }
                 }),
                 env: Some(env),
                 working_dir: Some("/work".into()),
@@ -121,9 +132,11 @@ pub(super) async fn start_agent(
             .await?;
         crate::failpoint::hit("agent-created");
         let prepared = async {
-            ctx.engine
-                .upload(&container, PROMPT_DIR, prompt_tar(&prompt)?)
-                .await?;
+            if !prompt_in_env {
+                ctx.engine
+                    .upload(&container, PROMPT_DIR, prompt_tar(&prompt)?)
+                    .await?;
+            }
             for f in &spec.files {
                 ctx.engine
                     .upload(
@@ -521,6 +534,37 @@ pub(super) fn assemble_prompt(
         network: &network,
         retry,
     }))
+}
+
+/// The variable that carries the prompt into the agent container when it fits.
+const PROMPT_VAR: &str = "BOXDELEGATE_PROMPT";
+
+/// The largest prompt carried in the container's environment. The kernel caps one environment
+/// string at 128 KiB (`MAX_ARG_STRLEN`); a larger prompt, or one holding a NUL (which no
+/// environment string can), is uploaded into the created container instead. Uploading costs
+/// the engine a mount and unmount of the container's filesystem before it starts (tens of
+/// milliseconds on overlay drivers, a sizeable part of a unit's floor); the variable costs
+/// nothing.
+const PROMPT_IN_ENV_MAX: usize = 96 * 1024;
+
+fn fits_in_env(prompt: &str) -> bool {
+    prompt.len() <= PROMPT_IN_ENV_MAX && !prompt.contains('\0')
+}
+
+/// `cmd` preceded by writing the prompt from [`PROMPT_VAR`] to the prompt file (mode 0600,
+/// where the agent's command reads it), the variable then dropped: the agent sees the same file
+/// an upload would have made and an environment without the prompt.
+fn write_prompt_first(cmd: Vec<String>) -> Vec<String> {
+    let mut wrapped = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        format!(
+            "(umask 077 && printf '%s' \"${PROMPT_VAR}\" > {PROMPT_DIR}/{PROMPT_FILE}) && unset {PROMPT_VAR} && exec \"$@\""
+        ),
+        "sh".to_string(),
+    ];
+    wrapped.extend(cmd);
+    wrapped
 }
 
 pub(super) fn prompt_tar(prompt: &str) -> Result<impl crate::engine::ByteStream> {

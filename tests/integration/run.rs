@@ -137,6 +137,57 @@ fn the_prompt_quotes_the_snapshots_coding_standards_and_gotchas_and_only_those_i
 }
 
 #[test]
+fn the_agent_reads_its_whole_prompt_whether_it_rides_in_the_environment_or_is_uploaded() {
+    require_base_image();
+    let repo = project("run-prompt-ways");
+    // What the agent got on stdin, whether the prompt is still in its environment, and the
+    // prompt file's mode, handed back as its change.
+    repo.agent(
+        "sha256sum | cut -d' ' -f1 > src/prompt.sha; \
+         (env | grep -c '^BOXDELEGATE_PROMPT=' || true) > src/env.txt; \
+         stat -c %a /tmp/.boxdelegate-prompt.md > src/mode.txt",
+    );
+    repo.unit("short", "scope = [\"nothing/**\"]", "Read the prompt.");
+    // Over the environment's limit for one string (128 KiB): uploaded instead.
+    let long: String = (0..3000)
+        .map(|i| format!("Line {i:04} of a long description, to be read whole.\n"))
+        .collect();
+    assert!(long.len() > 140 * 1024);
+    repo.unit("long", "scope = [\"nothing/**\"]", &long);
+    repo.commit("project");
+    let added = |unit: &serde_json::Value, file: &str| {
+        let patch = std::fs::read_to_string(unit["patch"].as_str().unwrap()).unwrap();
+        let mut lines = patch.lines().skip_while(|l| *l != format!("+++ b/{file}"));
+        lines.next();
+        lines
+            .skip_while(|l| l.starts_with("@@"))
+            .take_while(|l| l.starts_with('+') && !l.starts_with("+++"))
+            .map(|l| &l[1..])
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for id in ["short", "long"] {
+        let (code, units, err) = repo.run(&["--unit", id]);
+        assert_eq!(code, 10, "{err}\n{units:?}");
+        let u = &units[0];
+        let host = std::path::Path::new(u["attempt_dir"].as_str().unwrap()).join("prompt.md");
+        let prompt = std::fs::read_to_string(&host).unwrap();
+        if id == "long" {
+            assert!(prompt.contains("Line 2999 of a long description"), "{id}");
+        }
+        let sha = std::process::Command::new("sha256sum")
+            .arg(&host)
+            .output()
+            .unwrap();
+        let sha = String::from_utf8_lossy(&sha.stdout);
+        let sha = sha.split_whitespace().next().unwrap();
+        assert_eq!(added(u, "src/prompt.sha"), sha, "{id}: {u}");
+        assert_eq!(added(u, "src/env.txt"), "0", "{id}: {u}");
+        assert_eq!(added(u, "src/mode.txt"), "600", "{id}: {u}");
+    }
+}
+
+#[test]
 fn an_edit_outside_the_scope_is_rejected_and_its_patch_kept() {
     require_base_image();
     let repo = project("run-out-of-scope");
