@@ -4,19 +4,27 @@
 //! The engine tracks the containers it created and not yet removed, so an interrupted command
 //! can remove them before it exits ([`Engine::cleanup`]); labels let `boxdelegate` find any that
 //! survive a crash.
+//!
+//! Files: `images` (look-ups, removal, commit, save/load, import, build), `networks` (the
+//! attempt's internal network), `unreachable` (why the engine could not be reached); this file
+//! holds the connection, containers, archives and exec.
+//!
+//! May not: import configuration or snapshots; shell out to an engine CLI.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerConfig, ContainerCreateBody, HostConfig, ImageSummary};
+use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters as qp;
 use bollard::Docker;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
 
+mod images;
+mod networks;
 mod unreachable;
 
 pub mod labels {
@@ -390,64 +398,6 @@ impl Engine {
         }
     }
 
-    /// The id of image `name`, or `None` when the engine has no such image.
-    pub async fn image_id(&self, name: &str) -> Result<Option<String>> {
-        match self.docker.inspect_image(name).await {
-            Ok(img) => Ok(img.id),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(Error::engine(format!("inspecting image {name}"), e)),
-        }
-    }
-
-    /// Everything the engine says of image `name`.
-    pub async fn inspect_image(&self, name: &str) -> Result<bollard::models::ImageInspect> {
-        self.docker
-            .inspect_image(name)
-            .await
-            .map_err(|e| Error::engine(format!("inspecting image {name}"), e))
-    }
-
-    /// The history of image `name`, newest first: (created, created by, comment, size).
-    pub async fn image_history(&self, name: &str) -> Result<Vec<(i64, String, String, i64)>> {
-        let list = self
-            .docker
-            .image_history(name)
-            .await
-            .map_err(|e| Error::engine(format!("reading the history of image {name}"), e))?;
-        Ok(list
-            .into_iter()
-            .map(|h| (h.created, h.created_by, h.comment, h.size))
-            .collect())
-    }
-
-    /// Images carrying every `label=value` pair (or bare `label`) in `filters`.
-    pub async fn list_images(&self, filters: &[&str]) -> Result<Vec<ImageSummary>> {
-        let mut f = HashMap::new();
-        f.insert(
-            "label".to_string(),
-            filters.iter().map(|s| s.to_string()).collect(),
-        );
-        self.docker
-            .list_images(Some(qp::ListImagesOptions {
-                filters: Some(f),
-                ..Default::default()
-            }))
-            .await
-            .map_err(|e| Error::engine("listing images", e))
-    }
-
-    pub async fn remove_image(&self, name: &str) -> Result<()> {
-        match self
-            .docker
-            .remove_image(name, Some(qp::RemoveImageOptions::default()), None)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(Error::engine(format!("removing image {name}"), e)),
-        }
-    }
-
     /// Creates a container and tracks it until [`Engine::remove_container`].
     pub async fn create_container(&self, body: ContainerCreateBody) -> Result<String> {
         self.create_named_container(None, body).await
@@ -551,36 +501,6 @@ impl Engine {
             .collect()
             .await;
         chunks.concat()
-    }
-
-    /// Commits the container as `repo:tag`, with `config` merged over the container's own.
-    pub async fn commit(
-        &self,
-        id: &str,
-        repo: &str,
-        tag: &str,
-        config: ContainerConfig,
-    ) -> Result<String> {
-        let res = self
-            .docker
-            .commit_container(
-                qp::CommitContainerOptions {
-                    container: Some(id.to_string()),
-                    repo: Some(repo.to_string()),
-                    tag: Some(tag.to_string()),
-                    pause: false,
-                    ..Default::default()
-                },
-                config,
-            )
-            .await
-            .map_err(|e| {
-                Error::engine(
-                    format!("committing container {} as {repo}:{tag}", short(id)),
-                    e,
-                )
-            })?;
-        Ok(res.id)
     }
 
     /// The engine's filesystem diff of a container against its image: (path, kind) with kind
@@ -767,132 +687,6 @@ impl Engine {
     pub async fn oom_killed(&self, id: &str) -> Result<bool> {
         let inspect = self.inspect(id, false).await?;
         Ok(inspect.state.and_then(|s| s.oom_killed).unwrap_or(false))
-    }
-
-    /// Whether the engine has a network called `name`.
-    pub async fn network_exists(&self, name: &str) -> Result<bool> {
-        match self
-            .docker
-            .inspect_network(name, None::<qp::InspectNetworkOptions>)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(Error::engine(format!("inspecting network {name}"), e)),
-        }
-    }
-
-    /// Creates a bridge network (with no way out when `internal`) and tracks it until
-    /// [`Engine::remove_network`].
-    pub async fn create_network(
-        &self,
-        name: &str,
-        internal: bool,
-        labels: HashMap<String, String>,
-    ) -> Result<()> {
-        self.docker
-            .create_network(bollard::models::NetworkCreateRequest {
-                name: name.to_string(),
-                driver: Some("bridge".into()),
-                internal: Some(internal),
-                labels: Some(labels),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| Error::engine(format!("creating network {name}"), e))?;
-        self.networks
-            .lock()
-            .expect("poisoned")
-            .insert(name.to_string());
-        Ok(())
-    }
-
-    /// Attaches a created container to a further network.
-    pub async fn connect_network(&self, network: &str, id: &str) -> Result<()> {
-        self.docker
-            .connect_network(
-                network,
-                bollard::models::NetworkConnectRequest {
-                    container: id.to_string(),
-                    endpoint_config: None,
-                },
-            )
-            .await
-            .map_err(|e| {
-                Error::engine(
-                    format!("attaching container {} to network {network}", short(id)),
-                    e,
-                )
-            })
-    }
-
-    /// Removes a network; one already gone is fine.
-    pub async fn remove_network(&self, name: &str) -> Result<()> {
-        let mut res = self.docker.remove_network(name).await;
-        // Podman refuses while any container is attached, even an exited one (Docker only while
-        // one runs), and an exited agent is kept until its change is read: those are detached,
-        // then the network goes.
-        if matches!(&res, Err(BollardError::DockerResponseServerError { message, .. })
-            if message.contains("associated containers") || message.contains("is being used"))
-        {
-            let attached = self
-                .docker
-                .list_containers(Some(qp::ListContainersOptions {
-                    all: true,
-                    filters: Some(HashMap::from([(
-                        "network".to_string(),
-                        vec![name.to_string()],
-                    )])),
-                    ..Default::default()
-                }))
-                .await
-                .map_err(|e| {
-                    Error::engine(format!("listing the containers on network {name}"), e)
-                })?;
-            for id in attached.into_iter().filter_map(|c| c.id) {
-                let detached = self
-                    .docker
-                    .disconnect_network(
-                        name,
-                        bollard::models::NetworkDisconnectRequest {
-                            container: id.clone(),
-                            force: Some(true),
-                        },
-                    )
-                    .await;
-                match detached {
-                    Ok(()) => {}
-                    Err(e) if is_not_found(&e) => {}
-                    Err(e) => {
-                        return Err(Error::engine(
-                            format!("detaching container {} from network {name}", short(&id)),
-                            e,
-                        ))
-                    }
-                }
-            }
-            res = self.docker.remove_network(name).await;
-        }
-        self.networks.lock().expect("poisoned").remove(name);
-        match res {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(Error::engine(format!("removing network {name}"), e)),
-        }
-    }
-
-    /// Names of the networks carrying the `label=value` filters.
-    pub async fn list_networks(&self, filters: &[&str]) -> Result<Vec<String>> {
-        let f = HashMap::from([(
-            "label".to_string(),
-            filters.iter().map(|s| s.to_string()).collect(),
-        )]);
-        let nets = self
-            .docker
-            .list_networks(Some(qp::ListNetworksOptions { filters: Some(f) }))
-            .await
-            .map_err(|e| Error::engine("listing networks", e))?;
-        Ok(nets.into_iter().filter_map(|n| n.name).collect())
     }
 
     /// Bytes the container has written to its writable layer.
@@ -1082,113 +876,6 @@ impl Engine {
             }))
             .await
             .map_err(|e| Error::engine("listing containers", e))
-    }
-
-    pub fn export_images<'a>(
-        &'a self,
-        names: &'a [&'a str],
-    ) -> impl Stream<Item = Result<bytes::Bytes>> + 'a {
-        self.docker
-            .export_images(names)
-            .map_err(|e| Error::engine("exporting images", e))
-    }
-
-    /// Loads images from a `docker save` archive.
-    pub async fn load_images(&self, tar: impl ByteStream) -> Result<Vec<String>> {
-        let mut stream = self.docker.import_image(
-            qp::ImportImageOptions::default(),
-            bollard::body_try_stream(tar),
-            None,
-        );
-        let mut out = Vec::new();
-        while let Some(item) = stream.next().await {
-            let info = item.map_err(|e| Error::engine("loading images", e))?;
-            if let Some(s) = info.stream {
-                out.push(s.trim().to_string());
-            }
-        }
-        Ok(out)
-    }
-
-    /// Creates an image from a root filesystem tar (`docker import`), applying Dockerfile-style
-    /// `changes` such as `USER box`.
-    pub async fn import_rootfs(
-        &self,
-        repo: &str,
-        tag: &str,
-        changes: Vec<String>,
-        tar: impl ByteStream,
-    ) -> Result<()> {
-        let mut stream = self.docker.create_image(
-            Some(qp::CreateImageOptions {
-                from_src: Some("-".into()),
-                repo: Some(repo.into()),
-                tag: Some(tag.into()),
-                changes,
-                ..Default::default()
-            }),
-            Some(bollard::body_try_stream(tar)),
-            None,
-        );
-        while let Some(item) = stream.next().await {
-            item.map_err(|e| Error::engine(format!("importing {repo}:{tag}"), e))?;
-        }
-        Ok(())
-    }
-
-    /// Builds an image from a Containerfile, reporting each output line through `on_line`.
-    pub async fn build(
-        &self,
-        tag: &str,
-        containerfile: &str,
-        labels: HashMap<String, String>,
-        mut on_line: impl FnMut(&str),
-    ) -> Result<()> {
-        let mut ar = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_gnu();
-        h.set_size(containerfile.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(FIXED_MTIME);
-        ar.append_data(&mut h, "Containerfile", containerfile.as_bytes())
-            .map_err(|e| Error::io("packing the build context", e))?;
-        let context = ar
-            .into_inner()
-            .map_err(|e| Error::io("packing the build context", e))?;
-        let mut stream = self.docker.build_image(
-            qp::BuildImageOptions {
-                dockerfile: "Containerfile".into(),
-                t: Some(tag.into()),
-                rm: true,
-                forcerm: true,
-                labels: Some(labels),
-                ..Default::default()
-            },
-            None,
-            Some(bollard::body_full(context.into())),
-        );
-        let mut last = Vec::new();
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(info) => {
-                    if let Some(s) = info.stream {
-                        for line in s.lines().filter(|l| !l.trim().is_empty()) {
-                            on_line(line);
-                            last.push(line.to_string());
-                            if last.len() > 30 {
-                                last.remove(0);
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    return Err(Error::Internal(format!(
-                        "building {tag} failed: {e}\nlast lines of the build:\n{}",
-                        last.join("\n")
-                    )))
-                }
-            }
-        }
-        Ok(())
     }
 }
 

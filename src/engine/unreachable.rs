@@ -2,6 +2,8 @@
 //! behind it, a remote address that does not answer, a TLS engine spoken to in plain HTTP, a
 //! certificate directory that is missing or signed by the wrong authority. Pure: it reads the
 //! error's text chain and the TLS environment, and touches nothing.
+//!
+//! May not: change anything or try again: it explains an error it is given.
 
 use crate::error::Error;
 
