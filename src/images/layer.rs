@@ -13,8 +13,8 @@
 //! lacks that layer. An engine that works otherwise refuses the archive, and the caller falls
 //! back to committing a container.
 //!
-//! This module writes only what the snapshot's tree holds (and the whiteouts of what it no
-//! longer holds); it reads nothing from any container.
+//! May not: read anything from a container, or ship a file the snapshot's tree does not hold (only
+//! it and the whiteouts of what it no longer holds).
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
