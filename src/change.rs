@@ -6,7 +6,7 @@
 //! Also the rules for naming a path that came from a box (display, validity, `.git`
 //! components), which every consumer applies the same way.
 //!
-//! Plain data and pure functions: no engine, no git, no file system.
+//! May not: touch the engine, git or the file system: plain data and pure functions.
 
 use sha1::Digest as _;
 

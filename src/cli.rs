@@ -1,4 +1,6 @@
 //! Command-line types only (clap). Acting on them happens in `commands`.
+//!
+//! May not: act: reading files, the engine or the repository is `commands`'.
 
 use std::path::PathBuf;
 

@@ -3,6 +3,8 @@
 //! Every variant carries what failed, on which input, and (through [`Error::hint`]) what to do
 //! next. Exit codes are part of the interface and documented in the README; change them only
 //! together with it.
+//!
+//! May not: change an exit code without the README's table; act (it only describes what failed).
 
 use std::path::PathBuf;
 

@@ -1,6 +1,8 @@
 //! Failpoints: named places where a debug build kills itself with SIGKILL when
 //! `BOXDELEGATE_FAILPOINT` names them, so the tests can crash boxdelegate at an exact phase
 //! boundary and check that re-running the command resumes. Release builds compile them out.
+//!
+//! May not: exist in a release build; act on anything but its own process.
 
 /// The variable naming the failpoint to die at.
 #[cfg(debug_assertions)]

@@ -8,6 +8,9 @@
 //! defines is overridden with an empty command, so that attributes selecting them run nothing.
 //! Embedded bare repositories are never discovered. This module never runs git inside a
 //! directory a container wrote.
+//!
+//! May not: run a command the repository's configuration names; run inside a directory a container
+//! wrote.
 
 use std::ffi::OsStr;
 use std::io::Write;

@@ -5,6 +5,9 @@
 //! the expected old value, so a concurrent change of the branch is never overwritten. The
 //! user's index and working tree are touched only when the target is the checked-out branch and
 //! the working tree is clean.
+//!
+//! May not: overwrite a branch that moved; touch a dirty working tree or one whose branch is not
+//! the target.
 
 use std::path::Path;
 

@@ -1,4 +1,7 @@
 //! boxdelegate: parse the command line, run the command, map errors to documented exit codes.
+//!
+//! May not: decide anything of a command's own (that is `commands`'); exit with a code the README
+//! does not document.
 
 mod agent;
 mod change;

@@ -1,7 +1,7 @@
 //! A project: the repository with its validated configuration, profile and effective limits,
 //! resolved once from the command line's global options before anything touches the engine.
 //!
-//! It reads files and validates; it starts no container and writes nothing.
+//! May not: start a container or write anything: it reads files and validates.
 
 use crate::cli::GlobalArgs;
 use crate::config::profile::Profile;

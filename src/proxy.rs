@@ -5,6 +5,9 @@
 //!
 //! One proxy and one internal network per attempt: what the proxy logged belongs to that
 //! attempt alone, and both are removed with the agent container.
+//!
+//! May not: give the agent a route out other than the proxy; share a proxy or a network between
+//! attempts.
 
 use std::collections::HashMap;
 use std::time::Duration;

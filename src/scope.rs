@@ -4,6 +4,8 @@
 //! special files, symlinks leaving the tree, setuid/setgid, unexpected executable bits, size and
 //! count limits); then the unit's own globs (scope, deny, protected). Every rejection names the
 //! path, the rule and what to do.
+//!
+//! May not: read a file, call the engine or git: it judges the change set it is given.
 
 use std::path::Path;
 

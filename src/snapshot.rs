@@ -8,6 +8,9 @@
 //! sorted paths, fixed mtime and owner, modes and symlinks preserved. Blob contents stream from
 //! `git cat-file --batch` straight into the tar, so memory stays bounded whatever the file sizes.
 //! Paths from a repository are bytes, not necessarily UTF-8, and are kept as bytes.
+//!
+//! May not: read the work tree (except `--include-dirty`, through a temporary index) or touch the
+//! user's index.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;

@@ -3,6 +3,8 @@
 //!
 //! `*_at_ms` fields are Unix milliseconds on the host clock. Containers share that clock, so a
 //! process inside one can print its own start time and be placed on the same axis.
+//!
+//! May not: act or measure: it holds what the phases measured.
 
 use std::time::Instant;
 

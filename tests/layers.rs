@@ -3,7 +3,8 @@
 //! Every `crate::MODULE` a source file names is an import of that top-level module. A module
 //! may import from its own layer or a lower one, never from a higher one; the imports between
 //! top-level modules form no circle; and every source file opens with a `//!` comment saying
-//! what it owns. Reads the source as text: no build, no engine.
+//! what it owns and, in a `May not:` line, what it may not touch. Reads the source as text: no
+//! build, no engine.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -179,21 +180,24 @@ fn the_modules_import_each_other_in_no_circle() {
 }
 
 #[test]
-fn every_source_file_opens_with_what_it_owns() {
+fn every_source_file_opens_with_what_it_owns_and_what_it_may_not_touch() {
     let mut all = vec![];
     files(&src(), &mut all);
     let missing: Vec<_> = all
         .iter()
         .filter(|p| {
             let text = std::fs::read_to_string(p).unwrap();
+            let opening: Vec<&str> = text.lines().take_while(|l| l.starts_with("//!")).collect();
             // Test-only files hold `#[cfg(test)]` bodies and say nothing of their own.
-            !text.trim_start().starts_with("//!") && !p.ends_with("tests.rs")
+            !p.ends_with("tests.rs")
+                && (opening.len() < 3 || !opening.iter().any(|l| l.starts_with("//! May not: ")))
         })
         .map(|p| p.display().to_string())
         .collect();
     assert!(
         missing.is_empty(),
-        "files without a `//!` opening comment:\n{}",
+        "files whose `//!` opening comment does not say what they own and, in a line \
+         starting `May not: `, what they may not touch:\n{}",
         missing.join("\n")
     );
 }

@@ -8,6 +8,9 @@
 //!
 //! Credentials reach the container only at start: variables named in `[agent] env`, or an
 //! `auth.json` uploaded into the container's fresh `CODEX_HOME`. Never in an image.
+//!
+//! May not: put a credential in an image, a build argument, the prompt or a stored text; run codex
+//! anywhere but inside the agent container.
 
 use std::collections::HashMap;
 use std::io::Read;

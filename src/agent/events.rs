@@ -10,6 +10,9 @@
 //! collected here feed progress displays and reports only, while extraction of the container's
 //! tree decides the actual change. Nothing here stores secrets: only what codex prints is kept,
 //! capped in size, with anything shaped like an API key masked.
+//!
+//! May not: fail on a line it does not understand; decide what changed from the stream; keep an
+//! unmasked key.
 
 use serde_json::Value;
 

@@ -3,6 +3,8 @@
 //! An [`Agent`] only describes the container's command and environment; the runner owns the
 //! container's life (create, start, timeout, extraction). The prompt reaches the agent as a
 //! file piped to its stdin, never through argv.
+//!
+//! May not: create, start or remove a container (the runner does); pass the prompt through argv.
 
 use std::path::Path;
 

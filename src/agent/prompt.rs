@@ -9,6 +9,8 @@
 //! fenced block whose fence is longer than any backtick run inside it, so quoted text cannot end
 //! its block early and pass itself off as instructions. Each quoted part is bounded; a cut says
 //! how much was shown.
+//!
+//! May not: read a file, the environment or the clock; quote text outside a fenced block.
 
 /// A file shown to the agent, already read from the snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,4 +1,6 @@
 //! `boxdelegate doctor`: is everything in place? Each problem comes with its fix.
+//!
+//! May not: change anything it checks: it reads the host and the engine and reports.
 
 use crate::cli::GlobalArgs;
 use crate::config::profile::Profile;

@@ -1,5 +1,8 @@
 //! `boxdelegate image build|import|ls|prune|save|load`: the toolchain, dependency and unit
 //! images, resolved from the repository before the engine is touched.
+//!
+//! May not: touch the engine before the repository, the configuration and the profile are
+//! validated.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! `boxdelegate logs UNIT`: the agent log and the verify log of a unit's attempt, found through
 //! the run journals, printed once or followed while the run works on the unit.
 //!
-//! Only reads: nothing on the host changes, whatever the input.
+//! May not: write anything on the host, whatever the input: it only reads.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};

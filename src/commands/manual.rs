@@ -1,5 +1,7 @@
 //! Shell completions and man pages, generated from the clap definitions in `cli`, so they
 //! always describe the binary that prints them.
+//!
+//! May not: describe anything `cli` does not define; touch the repository or the engine.
 
 use std::io::Write;
 use std::path::Path;

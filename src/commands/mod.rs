@@ -3,6 +3,8 @@
 //! people or `--json`, and returns the exit code. `mod.rs` dispatches.
 //!
 //! The top layer: nothing below imports from here.
+//!
+//! May not: be imported by anything below; touch the engine before every input is resolved.
 
 mod doctor;
 mod image;

@@ -1,6 +1,8 @@
 //! `boxdelegate plan import`: a Markdown plan's marked sections into unit files (the parsing is
 //! `config::plan`'s), each checked by the unit parser and written all or none; never
 //! overwrites a unit file.
+//!
+//! May not: overwrite a unit file, or write some of a plan's units when one is bad.
 
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,9 @@
 //! `boxdelegate run` and `resume` (the orchestration is `crate::run`'s), and what a person
 //! reads of a run: the report, the summary table, one unit's result (also for `show` and
 //! `apply`).
+//!
+//! May not: drive the phases itself (the orchestration is `run`'s); print anything but JSON on
+//! stdout with `--json`.
 
 use super::reporter;
 use crate::cli::GlobalArgs;

@@ -1,5 +1,8 @@
 //! `boxdelegate status` and `boxdelegate clean`: what the runs of a repository hold (from their
 //! journals and from the engine's labels), and removing what finished runs left behind.
+//!
+//! May not: remove a running agent's container without `--force`; remove what an unfinished run
+//! still needs.
 
 use std::path::Path;
 

@@ -1,5 +1,7 @@
 //! `boxdelegate unit ls|show|new|check`: the unit files, listed, shown, scaffolded and checked
 //! without touching the engine.
+//!
+//! May not: touch the engine; overwrite a unit file.
 
 use std::path::Path;
 

@@ -5,6 +5,9 @@
 //! the base in a temporary index), the record (its trees must be in this repository). The
 //! checks and the profile come from the base commit's `boxdelegate.toml`, so a change cannot
 //! weaken the checks that judge it.
+//!
+//! May not: read the checks from the change; touch the engine before the revisions, the patch and
+//! the record are resolved.
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,8 @@
 //! One destination the agent's egress proxy lets through (`[agent] allow`), parsed and
 //! checked here because it becomes part of the proxy's configuration.
+//!
+//! May not: accept anything but a DNS name or an IPv4 address and a port (1–65535): the host
+//! becomes part of the proxy's configuration.
 
 use std::fmt;
 

@@ -1,5 +1,7 @@
 //! `boxdelegate init`: detect the profile, write a commented `boxdelegate.toml` and an example
 //! unit. It refuses to overwrite anything: either every file is new, or nothing is written.
+//!
+//! May not: overwrite a file; write some of its files and not the others.
 
 use std::path::{Path, PathBuf};
 

@@ -2,6 +2,8 @@
 //!
 //! Parsing is strict: unknown keys and wrong types are errors that name the file, the key and the
 //! line. Nothing in this module talks to the engine or writes to the repository (except `init`).
+//!
+//! May not: accept an unknown key; talk to the engine; write to the repository (except `init`).
 
 pub mod allow;
 pub mod init;

@@ -3,6 +3,9 @@
 //!
 //! The profiles in `profiles/*.toml` are embedded in the binary; a repository overrides one, or
 //! adds its own, with `.boxdelegate/profiles/NAME.toml`.
+//!
+//! May not: run an install step or touch the engine (the image builder does); accept an unknown
+//! key.
 
 use std::path::{Path, PathBuf};
 

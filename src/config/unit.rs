@@ -2,6 +2,9 @@
 //!
 //! Parsing is strict (unknown keys are errors naming the file and line) and every glob is
 //! compiled here, so a unit that reaches the engine is known to be well-formed.
+//!
+//! May not: accept an unknown key or a glob that does not compile; let a unit reach the engine
+//! unparsed.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -16,6 +16,9 @@
 //! Files: `watch` (the change log's wrapper and parser), `reads` (listing, read planning,
 //! bounded archive parsing), `tree` (objects and the new tree); this file drives them and
 //! writes the attempt's change set, patch and objects.
+//!
+//! May not: follow a symlink, trust a name, run anything in the container or open a container path
+//! on the host outside the upper layer's rules.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;

@@ -3,8 +3,8 @@
 //! in one request), and each archive parsed in memory under limits on what differs from the
 //! snapshot (entries, bytes) and on path length.
 //!
-//! Takes bytes from the container as data only: never follows a symlink, never opens a path
-//! on the host, never trusts a name.
+//! May not: follow a symlink, open a path on the host or trust a name: bytes from the container are
+//! data only.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;

@@ -2,8 +2,8 @@
 //! store (no filters, no attributes), only the directories on the changed paths rewritten
 //! from the snapshot's tree, every id git reports checked against the one computed here.
 //!
-//! Never writes into the user's repository (only the private store) and never runs git inside
-//! a directory a container wrote.
+//! May not: write into the user's repository (only the private store) or run git inside a directory
+//! a container wrote.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -20,6 +20,9 @@
 //!
 //! `inotifywait` is used rather than a watcher of our own because the container runs the
 //! image's programs only: a Debian package is what an air-gapped site can install and audit.
+//!
+//! May not: trust the log for anything but which paths to read; walk the snapshot's tree in the
+//! container.
 
 use std::collections::BTreeSet;
 

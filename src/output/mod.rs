@@ -1,8 +1,8 @@
 //! Output for people and programs: progress reporters (terminal, silent, JSON Lines), the final
 //! JSON object of a command, and the names of enums as people read them.
 //!
-//! Ground layer: it imports only the error type. It prints; it never acts on a unit, the
-//! engine or the repository.
+//! May not: act on a unit, the engine or the repository; import anything but the error type (ground
+//! layer); print anything but JSON on stdout with `--json`.
 
 mod progress;
 

@@ -2,7 +2,7 @@
 //! trait: a terminal implementation (indicatif bars when stderr is a terminal, plain lines
 //! otherwise), a silent one (`-q`) and JSON Lines events on stdout (`--json`).
 //!
-//! Owns presentation only; it never decides anything about a unit.
+//! May not: decide anything about a unit: it owns presentation only.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;

@@ -1,5 +1,7 @@
 //! What an agent reported doing (codex's event stream summed up) and the tokens it used.
 //! Decoding the stream is `agent::events`'s; these are the values it produces.
+//!
+//! May not: decode the stream or hold logic beyond pure accessors.
 
 use serde::{Deserialize, Serialize};
 

@@ -6,6 +6,8 @@
 //! and the orchestration without either importing the other, and no phase imports another's
 //! types. The code that makes each value lives with its phase (scope, verify, agent, land);
 //! here are only the types and their pure accessors.
+//!
+//! May not: hold logic beyond pure accessors, or import a phase.
 
 mod activity;
 mod verdict;

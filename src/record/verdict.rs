@@ -1,4 +1,6 @@
 //! The verdict of a verification: each check's outcome, the expectations, the baseline.
+//!
+//! May not: decide a verdict (verify does) or hold logic beyond pure accessors.
 
 /// The tests a runner reported, summed over its summary lines.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

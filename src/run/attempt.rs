@@ -2,8 +2,8 @@
 //! last failure on a retry), the hardened container started under the network policy, and
 //! watched until it exits, times out, runs out of memory or disk, or goes silent.
 //!
-//! Starts and stops containers; never reads what the agent wrote (that is `judge`'s, through
-//! extraction) and never trusts the agent's exit code for what changed.
+//! May not: read what the agent wrote (that is `judge`'s, through extraction), or trust the agent's
+//! exit code for what changed.
 
 use super::ledger::{update_attempt, Ctx};
 use super::plan::{AgentNetwork, AgentPlan, Planned};

@@ -1,7 +1,7 @@
 //! An exited attempt judged: its change extracted (host side), checked against the scope and
 //! verified in a clean container; the failure classified (the change, or the infrastructure).
 //!
-//! Never lands anything; writes only the attempt's directory and the journal.
+//! May not: land anything; write outside the attempt's directory and the journal.
 
 use super::ledger::{update_attempt, Ctx};
 use super::plan::{AgentPlan, Planned};

@@ -1,8 +1,7 @@
 //! Landing verified units in unit order (re-verifying a merged tree when the branch moved),
 //! and `boxdelegate apply` of a unit's last result.
 //!
-//! Never lands a result that is not verified, nor a unit that already landed; a conflict is
-//! reported, never forced.
+//! May not: land a result that is not verified, or a unit that already landed; force a conflict.
 
 use super::judge::{failure_status, image_for, verify_request};
 use super::ledger::{finish_unit, Ctx};

@@ -1,7 +1,7 @@
 //! The run's bookkeeping: the context every unit shares, and the journal and result files
 //! rewritten at each phase boundary (an attempt updated or done, a unit finished).
 //!
-//! Writes the run state only; starts no container.
+//! May not: start a container; write anything but the run state.
 
 use super::resume::unix_now;
 use super::Policy;

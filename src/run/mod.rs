@@ -13,6 +13,9 @@
 //! `resume` (what a crashed run left). This module never lands a rejected, failed or
 //! unverified change, never lands a unit twice and never loses an attempt's patch; it prints
 //! nothing itself (the reporter and `commands::run` do).
+//!
+//! May not: land a rejected, failed or unverified change; land a unit twice; lose an attempt's
+//! patch; print (the reporter and `commands::run` do).
 
 use std::time::{Duration, Instant};
 

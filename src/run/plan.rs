@@ -1,7 +1,7 @@
 //! The run planned before anything starts: each unit loaded and validated, its agents (primary
 //! and fallback) with their network policy, limits, timeouts and retry budget resolved.
 //!
-//! Reads files only; a bad input stops the run here, before the engine is touched.
+//! May not: touch the engine: it reads files only, and a bad input stops the run here.
 
 use super::{RunArgs, DEFAULT_AGENT_TIMEOUT, DEFAULT_RETRIES, DEFAULT_SILENCE_WARNING};
 use crate::agent::{self, Agent};

@@ -1,7 +1,7 @@
 //! What happens after an attempt: retry with the failure, hand over to the fallback agent,
 //! retry an infrastructure failure after a growing wait, or stop (the circuit breaker).
 //!
-//! Pure: decides from the attempts recorded so far; acts on nothing.
+//! May not: act: it decides from the attempts recorded so far.
 
 use super::Policy;
 use crate::record::{Role, Status};

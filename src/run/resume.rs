@@ -1,5 +1,8 @@
 //! What an interrupted run left: units that already landed, attempts unfinished in the
 //! journal, and abandoned containers to remove before resuming.
+//!
+//! May not: resume an attempt the journal does not hold; remove a container that is not the run's
+//! own.
 
 use super::plan::Planned;
 use crate::engine::{labels, short, Engine};

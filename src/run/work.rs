@@ -1,5 +1,7 @@
 //! One unit worked through: attempts driven phase by phase from the journal (start → running →
 //! exited → extracted → judged) until the policy says the unit is ready to land or final.
+//!
+//! May not: skip a journal boundary; decide what follows an attempt (the policy does).
 
 use super::attempt::{start_agent, watch_agent};
 use super::judge::{extract_change, judge};

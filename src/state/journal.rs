@@ -9,6 +9,8 @@
 //!
 //! One boxdelegate process works on a repository at a time: [`RepoLock`] is an exclusive
 //! advisory lock on `<state dir>/lock`, released by the kernel when the process dies.
+//!
+//! May not: let a corrupt journal panic or pass silently; write a journal other than atomically.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

@@ -1,5 +1,7 @@
 //! The repository lock: one boxdelegate process at a time acts on a repository's state.
 //! It owns the lock file and the holder's line in it; it never waits unless asked.
+//!
+//! May not: wait unless asked; take a lock another live process holds.
 
 use std::path::Path;
 

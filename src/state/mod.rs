@@ -4,6 +4,9 @@
 //!
 //! Below the phases and the orchestration: it stores what they produce (the `record` types)
 //! and knows nothing of containers. It never writes inside the user's work tree.
+//!
+//! May not: know of containers; write inside the user's work tree; write a private file other than
+//! atomically.
 
 pub mod journal;
 pub mod lock;

@@ -1,6 +1,8 @@
 //! How many tests a check ran, read from the summary lines of common test runners, so that a
 //! check that ran zero tests is not taken for a pass. Runners not recognised here are judged by
 //! their exit code alone, and the report says so.
+//!
+//! May not: decide a verdict alone: the exit code comes first.
 
 use std::sync::LazyLock;
 

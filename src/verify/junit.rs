@@ -1,5 +1,7 @@
 //! JUnit XML of a verdict, for CI systems that display test reports: one suite per check, one
 //! case for the check itself and one per test the verdict names.
+//!
+//! May not: say anything the verdict does not hold.
 
 use std::time::Duration;
 

@@ -10,6 +10,9 @@
 //!
 //! This module never lands anything and never trusts the container: the tree it checks is
 //! written on the host from git objects, and protected paths are restored from the base first.
+//!
+//! May not: land anything; give the verify container network or the agent's environment; trust the
+//! container's output for anything but counting and naming tests.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;

@@ -5,6 +5,8 @@
 //! Recognition is line-based and incremental: output is fed one line at a time, so a check's
 //! output never has to be held in memory whole. Lines no rule recognises are ignored, and a
 //! skipped, ignored or to-do test is neither passed nor failed.
+//!
+//! May not: decide a verdict alone; hold a check's whole output in memory.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -1,5 +1,7 @@
 //! The verification record: everything needed to say what was checked, how, and with what
 //! result, and to check it again (`verify --replay`).
+//!
+//! May not: trust a record's trees without finding them in this repository.
 
 use std::path::Path;
 

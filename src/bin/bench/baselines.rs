@@ -1,5 +1,8 @@
 //! The baselines, measured in the same run: the engine floor, the worktree way, the naive
 //! container way.
+//!
+//! May not: share a cache or a container with boxdelegate's own measurements; leave a worktree,
+//! container or image behind.
 
 use std::collections::HashMap;
 use std::process::Command;

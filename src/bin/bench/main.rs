@@ -5,6 +5,9 @@
 //! after a warm-up, min–max shown) beside three baselines measured in the same run: the
 //! worktree way, the naive container way, and the engine floor. Prints a table, or JSON with
 //! `--json`. Everything it creates (directories, containers, images) is removed at the end.
+//!
+//! May not: measure anything but the real binary against the real engine and real git; assert a
+//! timing.
 
 mod baselines;
 mod proc;

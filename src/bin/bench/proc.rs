@@ -1,5 +1,7 @@
 //! Running commands: wall time, output, the child's own peak RSS (`VmHWM`, sampled while it
 //! runs) and the peak RSS of the child or the processes it waited for (`wait4`).
+//!
+//! May not: leave a child running; judge the numbers it reads.
 
 use std::io::Read;
 use std::path::Path;

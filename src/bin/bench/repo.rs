@@ -1,5 +1,7 @@
 //! Generated repositories: deterministic content (a seeded PRNG), text files of realistic,
 //! log-normally distributed sizes in nested directories, committed through `git fast-import`.
+//!
+//! May not: use randomness that is not seeded; write outside the directory it is given.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

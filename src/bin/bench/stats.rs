@@ -1,4 +1,6 @@
 //! Samples, their medians and ranges, and the results as a table and as JSON.
+//!
+//! May not: run anything: samples in, numbers and text out.
 
 use std::collections::BTreeMap;
 

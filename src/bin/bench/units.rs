@@ -1,4 +1,7 @@
 //! boxdelegate's own numbers: images, units, extraction references, parallel units.
+//!
+//! May not: call the engine seam or the library directly (the binary is driven as a subprocess, as
+//! a user runs it).
 
 use std::path::Path;
 

@@ -8,6 +8,9 @@
 //! ATX headings, fenced code blocks (whose lines are never headings, fields or marks) and
 //! checklist titles (`- [ ] **Unit 1: …**`, how some planners list units) — which a line scan
 //! recognizes exactly.
+//!
+//! May not: write a file or check a unit (both are `commands::plan`'s); take a line inside a fenced
+//! block for a heading, a field or a mark.
 
 use std::sync::LazyLock;
 
