@@ -85,9 +85,15 @@ pub(super) async fn start_agent(
     ]);
     let prompt = assemble_prompt(ctx.project, ctx.snapshot, ctx.entries, p, plan, retry)?;
     crate::state::write_private(&a.dir.join("prompt.md"), prompt.as_bytes())?;
+    let mut cmd = if ctx.upper {
+        spec.cmd.clone()
+    } else {
+        crate::extract::watch::wrap(&spec.cmd)
+    };
     let prompt_in_env = fits_in_env(&prompt);
     if prompt_in_env {
         env.push(format!("{PROMPT_VAR}={prompt}"));
+        cmd = write_prompt_first(cmd);
     }
     let create_at_ms = crate::timings::now_ms();
     let create_started = Instant::now();
@@ -106,18 +112,7 @@ pub(super) async fn start_agent(
             .engine
             .create_container(ContainerCreateBody {
                 image: Some(ctx.image.to_string()),
-                cmd: Some({
-                    let cmd = if ctx.upper {
-                        spec.cmd.clone()
-                    } else {
-                        crate::extract::watch::wrap(&spec.cmd)
-                    };
-                    if prompt_in_env {
-                        write_prompt_first(cmd)
-                    } else {
-                        cmd
-                    }
-                }),
+                cmd: Some(cmd),
                 env: Some(env),
                 working_dir: Some("/work".into()),
                 labels: Some({

@@ -92,6 +92,20 @@ fn a_change_inside_the_scope_lands_as_exactly_one_commit() {
     assert_eq!(repo.git(&["rev-parse", branch]), commit);
 }
 
+/// The lines a unit's kept patch adds to `file`, a file the agent created: how an agent
+/// rejected for its scope hands back what it saw.
+fn added_lines(unit: &serde_json::Value, file: &str) -> String {
+    let patch = std::fs::read_to_string(unit["patch"].as_str().unwrap()).unwrap();
+    let mut lines = patch.lines().skip_while(|l| *l != format!("+++ b/{file}"));
+    lines.next();
+    lines
+        .skip_while(|l| l.starts_with("@@"))
+        .take_while(|l| l.starts_with('+'))
+        .map(|l| &l[1..])
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[test]
 fn the_prompt_quotes_the_snapshots_coding_standards_and_gotchas_and_only_those_it_holds() {
     require_base_image();
@@ -105,17 +119,9 @@ fn the_prompt_quotes_the_snapshots_coding_standards_and_gotchas_and_only_those_i
     repo.agent("cat > src/prompt.txt");
     repo.unit("quoted", "scope = [\"nothing/**\"]", "Read the prompt.");
     repo.commit("project");
-    let prompt_of = |unit: &serde_json::Value| {
-        let patch = std::fs::read_to_string(unit["patch"].as_str().unwrap()).unwrap();
-        patch
-            .lines()
-            .filter_map(|l| l.strip_prefix('+'))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
     let (code, units, err) = repo.run(&["--unit", "quoted"]);
     assert_eq!(code, 10, "{err}\n{units:?}");
-    let prompt = prompt_of(&units[0]);
+    let prompt = added_lines(&units[0], "src/prompt.txt");
     for expected in [
         "## Coding standards",
         "Use four spaces, never tabs.",
@@ -129,7 +135,7 @@ fn the_prompt_quotes_the_snapshots_coding_standards_and_gotchas_and_only_those_i
     repo.commit("no standards");
     let (code, units, err) = repo.run(&["--unit", "quoted"]);
     assert_eq!(code, 10, "{err}\n{units:?}");
-    let prompt = prompt_of(&units[0]);
+    let prompt = added_lines(&units[0], "src/prompt.txt");
     assert!(
         !prompt.contains("## Coding standards") && !prompt.contains("## Known gotchas"),
         "{prompt}"
@@ -155,17 +161,6 @@ fn the_agent_reads_its_whole_prompt_whether_it_rides_in_the_environment_or_is_up
     assert!(long.len() > 140 * 1024);
     repo.unit("long", "scope = [\"nothing/**\"]", &long);
     repo.commit("project");
-    let added = |unit: &serde_json::Value, file: &str| {
-        let patch = std::fs::read_to_string(unit["patch"].as_str().unwrap()).unwrap();
-        let mut lines = patch.lines().skip_while(|l| *l != format!("+++ b/{file}"));
-        lines.next();
-        lines
-            .skip_while(|l| l.starts_with("@@"))
-            .take_while(|l| l.starts_with('+') && !l.starts_with("+++"))
-            .map(|l| &l[1..])
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
     for id in ["short", "long"] {
         let (code, units, err) = repo.run(&["--unit", id]);
         assert_eq!(code, 10, "{err}\n{units:?}");
@@ -181,9 +176,9 @@ fn the_agent_reads_its_whole_prompt_whether_it_rides_in_the_environment_or_is_up
             .unwrap();
         let sha = String::from_utf8_lossy(&sha.stdout);
         let sha = sha.split_whitespace().next().unwrap();
-        assert_eq!(added(u, "src/prompt.sha"), sha, "{id}: {u}");
-        assert_eq!(added(u, "src/env.txt"), "0", "{id}: {u}");
-        assert_eq!(added(u, "src/mode.txt"), "600", "{id}: {u}");
+        assert_eq!(added_lines(u, "src/prompt.sha"), sha, "{id}: {u}");
+        assert_eq!(added_lines(u, "src/env.txt"), "0", "{id}: {u}");
+        assert_eq!(added_lines(u, "src/mode.txt"), "600", "{id}: {u}");
     }
 }
 
