@@ -14,11 +14,14 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::git::Repo;
 use crate::record::Landed;
+use crate::verify::Verified;
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
 
 /// Trailer keys recorded on every landed commit.
 pub const TRAILER_UNIT: &str = "Boxdelegate-Unit";
+/// The verification of the tree that landed: its tree id and verdict.
+pub const TRAILER_VERIFIED: &str = "Boxdelegate-Verified";
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LandRequest {
@@ -164,7 +167,7 @@ fn identity(repo: &Repo) -> Vec<(String, String)> {
     env
 }
 
-pub fn message(req: &LandRequest) -> String {
+pub fn message(req: &LandRequest, verified: &Verified) -> String {
     let mut body = req.body.trim().to_string();
     if body.len() > 4000 {
         let mut cut = 4000;
@@ -175,13 +178,14 @@ pub fn message(req: &LandRequest) -> String {
         body.push_str("\n[…]");
     }
     format!(
-        "{}\n\n{}\n\n{TRAILER_UNIT}: {}\nBoxdelegate-Agent: {}\nBoxdelegate-Snapshot: {}\nBoxdelegate-Patch-Sha256: {}\nCo-authored-by: {}\n",
+        "{}\n\n{}\n\n{TRAILER_UNIT}: {}\nBoxdelegate-Agent: {}\nBoxdelegate-Snapshot: {}\nBoxdelegate-Patch-Sha256: {}\n{TRAILER_VERIFIED}: {}\nCo-authored-by: {}\n",
         req.title.trim(),
         body,
         req.unit_id,
         req.agent,
         req.snapshot_tree,
         req.patch_sha256,
+        verified.trailer(),
         req.co_author
     )
 }
@@ -199,97 +203,197 @@ fn commit_tree(repo: &Repo, tree: &str, parent: &str, msg: &str) -> Result<Strin
     Ok(String::from_utf8_lossy(&out).trim().to_string())
 }
 
-/// A commit made for landing, before the branch is moved.
+/// Where a change would land, worked out before anything is committed.
 #[derive(Debug, Clone)]
 pub enum Prepared {
     Ready {
-        /// The commit the branch will point at.
-        commit: String,
-        /// The branch head it was made against (None: the branch is new).
+        /// The branch head the commit will be made against (None: the branch is new).
         old: Option<String>,
         /// When the branch had moved: its head, and the merged tree (the tree that lands,
         /// which differs from the verified one).
         merged: Option<(String, String)>,
     },
+    /// The branch's head already holds exactly the tree that would land: nothing to commit.
+    Already {
+        head: String,
+    },
     Conflict(Landed),
 }
 
-/// Makes the commit that would land `req.tree` on `req.branch`: on the snapshot commit, or
-/// merged onto the branch head when it moved. Writes objects only, never a ref.
-pub fn prepare(repo: &Repo, req: &LandRequest) -> Result<Prepared> {
-    let refname = format!("refs/heads/{}", req.branch);
-    let old = repo.resolve(&refname)?;
-    let msg = message(req);
-    let candidate = commit_tree(repo, &req.tree, &req.snapshot_commit, &msg)?;
-    match &old {
-        None => Ok(Prepared::Ready {
-            commit: candidate,
-            old,
-            merged: None,
-        }),
-        Some(head) if *head == req.snapshot_commit => Ok(Prepared::Ready {
-            commit: candidate,
-            old,
-            merged: None,
-        }),
-        Some(head) => {
-            let out = repo
-                .cmd()?
-                .args(["merge-tree", "--write-tree", "--name-only", "--no-messages"])
-                .arg(format!("--merge-base={}", req.snapshot_commit))
-                .arg(head)
-                .arg(&candidate)
-                .output()
-                .map_err(|e| Error::io("running git merge-tree", e))?;
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            match out.status.code() {
-                Some(0) => {
-                    let merged = text.lines().next().unwrap_or_default().trim().to_string();
-                    Ok(Prepared::Ready {
-                        commit: commit_tree(repo, &merged, head, &msg)?,
-                        old: old.clone(),
-                        merged: Some((head.clone(), merged)),
-                    })
-                }
-                Some(1) => {
-                    let paths = text
-                        .lines()
-                        .skip(1)
-                        .take_while(|l| !l.is_empty())
-                        .map(str::to_string)
-                        .collect();
-                    Ok(Prepared::Conflict(Landed::Conflict {
-                        branch: req.branch.clone(),
-                        head: head.clone(),
-                        paths,
-                    }))
-                }
-                _ => Err(Error::Git {
-                    args: "merge-tree --write-tree".into(),
-                    message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                }),
-            }
+impl Prepared {
+    /// The tree that would land.
+    pub fn tree<'a>(&'a self, req: &'a LandRequest) -> Option<&'a str> {
+        match self {
+            Prepared::Ready {
+                merged: Some((_, tree)),
+                ..
+            } => Some(tree),
+            Prepared::Ready { merged: None, .. } => Some(&req.tree),
+            _ => None,
         }
     }
 }
 
-/// Lands `req.tree` on `req.branch`.
-pub fn land(repo: &Repo, req: &LandRequest) -> Result<Landed> {
-    let prepared = prepare(repo, req)?;
-    finish(repo, req, prepared)
+/// Works out where `req.tree` lands on `req.branch`: on the snapshot commit, or merged onto the
+/// branch head when it moved. Writes objects only (a candidate commit to merge), never a ref.
+pub fn prepare(repo: &Repo, req: &LandRequest) -> Result<Prepared> {
+    let refname = format!("refs/heads/{}", req.branch);
+    let old = repo.resolve(&refname)?;
+    let Some(head) = old.clone() else {
+        return Ok(Prepared::Ready { old, merged: None });
+    };
+    let head_tree = repo.text(&["rev-parse", &format!("{head}^{{tree}}")])?;
+    if head_tree == req.tree {
+        return Ok(Prepared::Already { head });
+    }
+    if head == req.snapshot_commit {
+        return Ok(Prepared::Ready { old, merged: None });
+    }
+    let candidate = commit_tree(
+        repo,
+        &req.tree,
+        &req.snapshot_commit,
+        &format!("boxdelegate: candidate for {}\n", req.unit_id),
+    )?;
+    let out = repo
+        .cmd()?
+        .args(["merge-tree", "--write-tree", "--name-only", "--no-messages"])
+        .arg(format!("--merge-base={}", req.snapshot_commit))
+        .arg(&head)
+        .arg(&candidate)
+        .output()
+        .map_err(|e| Error::io("running git merge-tree", e))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    match out.status.code() {
+        Some(0) => {
+            let merged = text.lines().next().unwrap_or_default().trim().to_string();
+            // The branch already holds the change (a re-run of a unit that landed): merging
+            // it again changes nothing, and an empty commit is no landing.
+            if merged == head_tree {
+                return Ok(Prepared::Already { head });
+            }
+            Ok(Prepared::Ready {
+                old,
+                merged: Some((head, merged)),
+            })
+        }
+        Some(1) => {
+            let paths = text
+                .lines()
+                .skip(1)
+                .take_while(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect();
+            Ok(Prepared::Conflict(Landed::Conflict {
+                branch: req.branch.clone(),
+                head,
+                paths,
+            }))
+        }
+        _ => Err(Error::Git {
+            args: "merge-tree --write-tree".into(),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }),
+    }
 }
 
-/// Moves the branch to a prepared commit (compare-and-swap on the head it was made against).
-pub fn finish(repo: &Repo, req: &LandRequest, prepared: Prepared) -> Result<Landed> {
-    let (new, old, merged) = match prepared {
-        Prepared::Conflict(landed) => return Ok(landed),
-        Prepared::Ready {
-            commit,
-            old,
-            merged,
-        } => (commit, old, merged),
+/// The commit that will land, made from a [`Prepared::Ready`] and the [`Verified`] key of the
+/// tree it holds; only [`commit`] makes one, and only [`finish`] moves a branch, to one.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    id: String,
+    old: Option<String>,
+    rebased_onto: Option<String>,
+}
+
+impl Commit {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn old(&self) -> Option<&str> {
+        self.old.as_deref()
+    }
+}
+
+/// Makes the commit for a prepared landing. The landing gate: `verified` must be the key of
+/// exactly the tree that lands (the merged tree when the branch moved), else nothing is made.
+pub fn commit(
+    repo: &Repo,
+    req: &LandRequest,
+    prepared: &Prepared,
+    verified: &Verified,
+) -> Result<Commit> {
+    let Prepared::Ready { old, merged } = prepared else {
+        return Err(Error::Internal(
+            "only a prepared landing that is ready can be committed".into(),
+        ));
     };
-    let rebased_onto = merged.map(|(head, _)| head);
+    let tree = prepared.tree(req).unwrap_or_default();
+    if verified.tree() != tree {
+        return Err(Error::Internal(format!(
+            "landing gate: tree {tree} would land on {} but the verification is of tree {}; nothing landed",
+            req.branch,
+            verified.tree()
+        )));
+    }
+    let msg = message(req, verified);
+    let (parent, rebased_onto) = match merged {
+        Some((head, _)) => (head.as_str(), Some(head.clone())),
+        None => (req.snapshot_commit.as_str(), None),
+    };
+    Ok(Commit {
+        id: commit_tree(repo, tree, parent, &msg)?,
+        old: old.clone(),
+        rebased_onto,
+    })
+}
+
+/// Lands `req.tree` on `req.branch` with its verification `verified` of that tree; when the
+/// branch moved, the merged tree lands only with `merged_key`'s key for it (`None`: the merged
+/// tree is not verified, and nothing lands: the result says so).
+pub fn land(
+    repo: &Repo,
+    req: &LandRequest,
+    verified: &Verified,
+    merged_key: impl FnOnce(&str) -> Option<Verified>,
+) -> Result<std::result::Result<Landed, String>> {
+    let prepared = prepare(repo, req)?;
+    let key = match &prepared {
+        Prepared::Conflict(landed) => return Ok(Ok(landed.clone())),
+        Prepared::Already { head } => return Ok(Ok(already(req, head))),
+        Prepared::Ready {
+            merged: Some((head, tree)),
+            ..
+        } => match merged_key(tree) {
+            Some(k) => k,
+            None => return Ok(Err(format!(
+                "{} moved to {} since the change was verified, and the merged tree is not verified",
+                req.branch,
+                &head[..head.len().min(12)]
+            ))),
+        },
+        Prepared::Ready { merged: None, .. } => verified.clone(),
+    };
+    let commit = commit(repo, req, &prepared, &key)?;
+    Ok(Ok(finish(repo, req, commit)?))
+}
+
+/// What landing says when the branch already holds the tree.
+pub fn already(req: &LandRequest, head: &str) -> Landed {
+    Landed::Already {
+        commit: head.to_string(),
+        branch: req.branch.clone(),
+    }
+}
+
+/// Moves the branch to a landing's commit (compare-and-swap on the head it was made against).
+pub fn finish(repo: &Repo, req: &LandRequest, commit: Commit) -> Result<Landed> {
+    let Commit {
+        id: new,
+        old,
+        rebased_onto,
+    } = commit;
     let refname = format!("refs/heads/{}", req.branch);
     let expected = old.clone().unwrap_or_else(|| ZERO.to_string());
     let update_ref = || {
@@ -355,13 +459,19 @@ mod tests {
             co_author: "A <a@b>".into(),
             patch_sha256: "ff".into(),
         };
-        let m = message(&req);
+        let checks = [crate::verify::Check {
+            name: "test".into(),
+            command: "make test".into(),
+        }];
+        let v = crate::verify::Verified::without_checks("t1", &[]).unwrap();
+        assert!(crate::verify::Verified::without_checks("t1", &checks).is_err());
+        let m = message(&req, &v);
         assert!(
             m.starts_with("Add login\n\nDo it.\n\nBoxdelegate-Unit: wu-auth\n"),
             "{m}"
         );
         assert!(
-            m.contains("Boxdelegate-Patch-Sha256: ff\nCo-authored-by: A <a@b>\n"),
+            m.contains("Boxdelegate-Patch-Sha256: ff\nBoxdelegate-Verified: t1 none: the project configures no checks\nCo-authored-by: A <a@b>\n"),
             "{m}"
         );
     }

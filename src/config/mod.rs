@@ -210,6 +210,12 @@ pub struct VerifyConfig {
     /// its verify image with the new dependencies (default) or "refuse" the change.
     #[serde(default)]
     pub dependency_changes: Option<DependencyChanges>,
+    /// Judge a test runner that reports no test names by its exit code alone: a failure
+    /// that the base shares, compared by exit code, is `pre-existing` and lands; a pass
+    /// without a count or a name is a pass. Off by default (such a check is `inconclusive`
+    /// and does not land).
+    #[serde(default)]
+    pub trust_exit_code: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]

@@ -41,6 +41,9 @@ pub enum Status {
     NoChange,
     /// A check failed in the clean verify container; nothing landed, the patch is kept.
     VerifyFailed,
+    /// A check could not start in the verify image (its command is missing there): the
+    /// project's configuration, not the change; nothing landed, the patch is kept.
+    ConfigError,
     /// Verification was stopped by the infrastructure (OOM kill, engine error); nothing
     /// landed, the patch is kept. Says nothing about the change.
     InfraError,
@@ -60,6 +63,7 @@ impl Status {
             Status::AgentFailed => exit::AGENT_FAILED,
             Status::NoChange => exit::NO_CHANGE,
             Status::VerifyFailed => exit::VERIFY_FAILED,
+            Status::ConfigError => exit::CONFIG,
             Status::InfraError => exit::INFRA,
             Status::Failed => exit::FAILED,
             Status::Skipped => exit::BREAKER,
@@ -191,4 +195,7 @@ pub enum Landed {
         head: String,
         paths: Vec<String>,
     },
+    /// The branch already held exactly the tree that would land (a re-run of a change that
+    /// landed): nothing was committed.
+    Already { commit: String, branch: String },
 }

@@ -21,11 +21,19 @@ pub enum Outcome {
     PreExisting,
     /// Failed, then passed when run again.
     Flaky,
-    /// Fails because of the change.
     /// A lint or typecheck that did not run (it exited 77, the "skipped" code), with why: says
     /// nothing about the change either way.
     Skipped,
+    /// Fails because of the change.
     Fail,
+    /// The command could not start (not found, not executable, no such module or subcommand)
+    /// on the base and the change alike: a configuration error, never a pass.
+    NotStarted,
+    /// Failed on the base and on the change, and the runner named no tests: nothing tells a
+    /// regression from the old failure, so it is not a pass (unless the project opts in with
+    /// `[verify] trust_exit_code = true`). Also a test check whose output showed neither a
+    /// count nor a test name.
+    Inconclusive,
     /// The test command ran zero tests: not a pass.
     NoTests,
     /// Outlived its limit; the container was killed.
@@ -56,6 +64,8 @@ impl Outcome {
             Outcome::Skipped => "skipped",
             Outcome::Fail => "fail",
             Outcome::NoTests => "no-tests",
+            Outcome::NotStarted => "not-started",
+            Outcome::Inconclusive => "inconclusive",
             Outcome::Timeout => "timeout",
             Outcome::InfraError => "infra-error",
         }
@@ -103,6 +113,11 @@ pub struct CheckResult {
 pub enum Kind {
     Pass,
     Fail,
+    /// No check failed because of the change, but the evidence that it passes is missing (see
+    /// [`Outcome::Inconclusive`], an expected test that could not be checked).
+    Inconclusive,
+    /// A check could not start in the verify image: the project's configuration, not the change.
+    ConfigError,
     Timeout,
     InfraError,
 }
@@ -112,6 +127,8 @@ impl Kind {
         match self {
             Kind::Pass => "pass",
             Kind::Fail => "fail",
+            Kind::Inconclusive => "inconclusive",
+            Kind::ConfigError => "config-error",
             Kind::Timeout => "timeout",
             Kind::InfraError => "infra-error",
         }
@@ -121,7 +138,8 @@ impl Kind {
         use crate::error::exit;
         match self {
             Kind::Pass => exit::OK,
-            Kind::Fail => exit::VERIFY_FAILED,
+            Kind::Fail | Kind::Inconclusive => exit::VERIFY_FAILED,
+            Kind::ConfigError => exit::CONFIG,
             Kind::Timeout => exit::TIMEOUT,
             Kind::InfraError => exit::INFRA,
         }

@@ -317,17 +317,13 @@ pub(super) async fn judge_change(
         .join(", ");
     let change_image = match image_for(ctx, &tree).await {
         Ok(i) => i,
-        Err(e @ Error::Install(_)) => {
-            // The change's own dependencies could not be installed: the infrastructure's
-            // failure as far as this judgement goes (the registry, the network, a name the
-            // resolver does not know), never "the change is wrong".
-            *infra = Some("deps-install".into());
-            result.status = Status::InfraError;
-            let e = e.to_string();
-            result.message = format!(
-                "{}; nothing landed, the patch is kept",
-                e.trim_start_matches("infra-error: ")
-            );
+        Err(Error::Install(f)) => {
+            // The change's own manifests could not be installed, where the snapshot's were
+            // (its image stands): the change's fault (a package that does not exist, a
+            // lockfile that no longer matches), not the infrastructure's. It is a failed
+            // verification, retried as one, and opens no circuit breaker for other units.
+            result.status = Status::VerifyFailed;
+            result.message = change_install_failed(&f);
             return Ok(false);
         }
         Err(e) => return Err(e),
@@ -372,6 +368,19 @@ pub(super) async fn judge_change(
         return Ok(false);
     }
     Ok(true)
+}
+
+/// What a unit's result says when the dependencies of its change's own manifests could not be
+/// installed.
+pub(super) fn change_install_failed(f: &crate::error::InstallFailure) -> String {
+    format!(
+        "verification failed: the change's dependency manifests could not be installed ({} for profile {} exited {}), where the snapshot's install succeeded; nothing landed, the patch is kept; its whole log: {}; last lines:\n{}",
+        f.step,
+        f.profile,
+        f.code,
+        f.log.display(),
+        f.tail
+    )
 }
 
 /// The image a tree that edits the dependency manifests is verified on, with its deps key:
@@ -443,6 +452,20 @@ pub(super) fn failure_status(
             format!(
                 "{prefix}verification was stopped by the infrastructure, which says nothing about the change; nothing landed, the patch is kept; run it again ({})",
                 verdict.summary
+            ),
+        ),
+        Kind::ConfigError => (
+            Status::ConfigError,
+            format!(
+                "{prefix}a check could not start in the clean container, which is the project's configuration, not the change; nothing landed, the patch is kept: {}",
+                verdict.explain()
+            ),
+        ),
+        Kind::Inconclusive => (
+            Status::VerifyFailed,
+            format!(
+                "{prefix}verification was inconclusive: nothing shows the checks passed on this change; nothing landed, the patch is kept: {}",
+                verdict.explain()
             ),
         ),
         Kind::Fail | Kind::Pass => (

@@ -3,7 +3,7 @@
 //!
 //! May not: land a result that is not verified, or a unit that already landed; force a conflict.
 
-use super::judge::{failure_status, image_for, verify_request};
+use super::judge::{change_install_failed, failure_status, image_for, verify_request};
 use super::ledger::{finish_unit, Ctx};
 use super::plan::Planned;
 use crate::change::ChangeSet;
@@ -66,15 +66,33 @@ pub(super) async fn land_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
     let land_started = Instant::now();
     land::import_objects(repo, &attempt.dir.join("objects"))?;
     let prepared = land::prepare(repo, &req)?;
+    let tree = result.tree.clone().unwrap_or_default();
+    // The unit's own verification, the key to landing its tree.
+    let own = match gate_key(&result, &tree, &p.checks) {
+        Ok(k) => k,
+        Err(why) => {
+            result.status = Status::VerifyFailed;
+            result.message = format!("not landed: {why}; the patch is kept");
+            return finish_unit(ctx, id, result);
+        }
+    };
+    let mut key = own.clone();
     if let land::Prepared::Ready {
         merged: Some((head, merged_tree)),
         ..
     } = &prepared
     {
-        let tree = result.tree.clone().unwrap_or_default();
         let reverify = *merged_tree != tree
             && p.merged == crate::config::MergedPolicy::Reverify
             && !p.checks.is_empty();
+        if *merged_tree != tree && !reverify {
+            key = if p.checks.is_empty() {
+                crate::verify::Verified::without_checks(merged_tree, &p.checks)
+                    .map_err(|r| Error::Internal(r.0))?
+            } else {
+                own.trusting_merge(merged_tree)
+            };
+        }
         if reverify {
             ctx.reporter.unit(
                 id,
@@ -98,7 +116,18 @@ pub(super) async fn land_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
                 image_for(ctx, merged_tree).await,
             ) {
                 (Ok(h), Ok(m)) => (h, m),
-                (Err(e @ Error::Install(_)), _) | (_, Err(e @ Error::Install(_))) => {
+                // The head's manifests install, the merged tree's do not: the change's.
+                (Ok(_), Err(Error::Install(f))) => {
+                    result.status = Status::VerifyFailed;
+                    result.message = format!(
+                        "{} moved to {}; merged onto it, {}",
+                        p.branch,
+                        short(head),
+                        change_install_failed(&f)
+                    );
+                    return finish_unit(ctx, id, result);
+                }
+                (Err(e @ Error::Install(_)), _) => {
                     result.status = Status::InfraError;
                     result.message = format!(
                         "{} moved to {} and the merged tree could not be verified: {e}; nothing landed, the patch is kept",
@@ -137,30 +166,65 @@ pub(super) async fn land_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
                     p.settings.timeout_secs,
                 )
             });
+            let merged_key =
+                crate::verify::Verified::from_verdict(&verdict, merged_tree, &p.checks);
             result.merged_verdict = Some(verdict);
             if let Some((status, message)) = failure {
                 result.status = status;
                 result.message = message;
                 return finish_unit(ctx, id, result);
             }
+            key = match merged_key {
+                Ok(k) => k,
+                Err(why) => {
+                    result.status = Status::VerifyFailed;
+                    result.message = format!(
+                        "{} moved to {}; the merged tree is not landed: {why}; the patch is kept",
+                        p.branch,
+                        short(head)
+                    );
+                    return finish_unit(ctx, id, result);
+                }
+            };
         }
     }
-    if let land::Prepared::Ready { commit, old, .. } = &prepared {
-        ctx.journal.update(|j| {
-            let u = j.unit_mut(id);
-            u.phase = UnitPhase::Landing;
-            u.landing = Some(crate::state::journal::Landing {
-                commit: commit.clone(),
-                old: old.clone(),
-            });
-        })?;
-        crate::failpoint::hit("landing");
-    }
-    let landed = land::finish(repo, &req, prepared)?;
+    let landed = match &prepared {
+        land::Prepared::Conflict(landed) => landed.clone(),
+        land::Prepared::Already { head } => land::already(&req, head),
+        land::Prepared::Ready { .. } => {
+            let commit = land::commit(repo, &req, &prepared, &key)?;
+            ctx.journal.update(|j| {
+                let u = j.unit_mut(id);
+                u.phase = UnitPhase::Landing;
+                u.landing = Some(crate::state::journal::Landing {
+                    commit: commit.id().to_string(),
+                    old: commit.old().map(str::to_string),
+                });
+            })?;
+            crate::failpoint::hit("landing");
+            land::finish(repo, &req, commit)?
+        }
+    };
     crate::failpoint::hit("landed");
     result.timings.land_ms = Some(crate::timings::since(land_started));
     finish_landing(&mut result, landed);
     finish_unit(ctx, id, result)
+}
+
+/// The key to landing `tree` from a unit's result: its verdict, a pass of that tree with the
+/// checks in force; or, when the project configures no checks, a key that says so.
+fn gate_key(
+    result: &UnitResult,
+    tree: &str,
+    checks: &[crate::verify::Check],
+) -> std::result::Result<crate::verify::Verified, crate::verify::Refused> {
+    match &result.verdict {
+        Some(v) => crate::verify::Verified::from_verdict(v, tree, checks),
+        None if checks.is_empty() => crate::verify::Verified::without_checks(tree, checks),
+        None => Err(crate::verify::Refused(
+            "its change was never verified (the scope check rejected it, or it stopped before verification)".into(),
+        )),
+    }
 }
 
 pub(super) fn land_request(r: &UnitResult) -> Option<LandRequest> {
@@ -196,6 +260,13 @@ pub(super) fn finish_landing(result: &mut UnitResult, landed: Landed) {
                     .map(|h| format!(" (on top of {}, the branch had moved)", short(h)))
                     .unwrap_or_default(),
                 note.as_ref().map(|n| format!("; {n}")).unwrap_or_default()
+            );
+        }
+        Landed::Already { commit, branch } => {
+            result.status = Status::AlreadyLanded;
+            result.message = format!(
+                "already-landed: {branch} already holds this change at {}; nothing was committed",
+                short(commit)
             );
         }
         Landed::Conflict { branch, paths, .. } => {
@@ -258,11 +329,40 @@ pub fn apply(
         );
         return Ok(result);
     }
+    // The same gate as `run`: a pass of this very tree with the checks in force now.
+    let checks = crate::verify::checks(&project.profile, &project.config.verify);
+    let tree = result.tree.clone().expect("checked above");
+    let key = match gate_key(&result, &tree, &checks) {
+        Ok(k) => k,
+        Err(why) => {
+            result.message = format!(
+                "not applied: {why}; nothing landed (run the unit again: boxdelegate run --unit {id} --rerun)"
+            );
+            return Ok(result);
+        }
+    };
     let _lock =
         crate::state::lock::RepoLock::acquire(&crate::state::dir(&project.repo), "apply", wait)?;
     land::import_objects(&project.repo, &unit_dir.join("objects"))?;
     let req = land_request(&result).expect("checked above");
-    let landed = land::land(&project.repo, &req)?;
+    let trust =
+        project.config.verify.merged.unwrap_or_default() == crate::config::MergedPolicy::Trust;
+    let landed = land::land(&project.repo, &req, &key, |merged| {
+        if checks.is_empty() {
+            crate::verify::Verified::without_checks(merged, &checks).ok()
+        } else {
+            trust.then(|| key.trusting_merge(merged))
+        }
+    })?;
+    let landed = match landed {
+        Ok(l) => l,
+        Err(why) => {
+            result.message = format!(
+                "not applied: {why}; nothing landed (run the unit again: boxdelegate run --unit {id} --rerun)"
+            );
+            return Ok(result);
+        }
+    };
     finish_landing(&mut result, landed);
     let json = serde_json::to_vec_pretty(&result).map_err(|e| Error::Internal(e.to_string()))?;
     crate::state::write_private(

@@ -85,6 +85,13 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
                     .sum()
             },
         },
+        // unittest: "Ran 3 tests in 0.002s" (and "Ran 0 tests in 0.000s", then "OK" or, from
+        // Python 3.12, "NO TESTS RAN").
+        Rule {
+            runner: "unittest",
+            re: r(r"^Ran (?P<n>\d+) tests? in [\d.]+s$"),
+            total: |c| num(c, "n"),
+        },
         // TAP's plan line, "1..N" (bats, prove, any TAP producer); "1..0" means nothing ran.
         Rule {
             runner: "tap",
@@ -184,6 +191,16 @@ mod tests {
         assert_eq!(
             total("===== 2 skipped in 0.01s ====="),
             Some(("pytest".to_string(), 0))
+        );
+    }
+
+    #[test]
+    fn unittest() {
+        let out = "test_add (t.T.test_add) ... ok\n\n----\nRan 2 tests in 0.001s\n\nOK\n";
+        assert_eq!(total(out), Some(("unittest".to_string(), 2)));
+        assert_eq!(
+            total("\n----\nRan 0 tests in 0.000s\n\nOK\n"),
+            Some(("unittest".to_string(), 0))
         );
     }
 

@@ -35,8 +35,10 @@ use crate::record::{
     Outcome, Verdict,
 };
 use crate::snapshot::{self, EntryKind};
+pub use gate::{Refused, Verified};
 
 pub mod counts;
+pub mod gate;
 pub mod junit;
 pub mod names;
 pub mod record;
@@ -83,6 +85,10 @@ pub struct Settings {
     pub reruns: u32,
     /// Whether the checks also run on the unmodified base.
     pub baseline: bool,
+    /// `[verify] trust_exit_code`: a test runner that names no tests is judged by its exit
+    /// code (and compared with the base by it).
+    #[serde(default)]
+    pub trust_exit_code: bool,
 }
 
 impl Settings {
@@ -91,6 +97,7 @@ impl Settings {
             timeout_secs: verify.timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT).as_secs(),
             reruns: verify.reruns.unwrap_or(0),
             baseline: verify.baseline.unwrap_or(true),
+            trust_exit_code: verify.trust_exit_code.unwrap_or(false),
         }
     }
 
@@ -122,6 +129,16 @@ pub struct CheckRun {
     pub names: names::Names,
 }
 
+/// Lines by which a command says it never started: the interpreter's own "No module named"
+/// (not a traceback's `ModuleNotFoundError: No module named 'x'`, which is the code's), cargo's
+/// unknown subcommand, npm's missing script.
+static NOT_STARTED: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(
+        r"^(?:\S*/)?python[\d.]*: No module named \S+|^error: no such (?:sub)?command: |^npm (?:ERR!|error) Missing script: ",
+    )
+    .expect("valid regex")
+});
+
 /// The exit code by which a lint or typecheck says it did not run (automake's "skipped"). The
 /// test check has no such code: tests that did not run are not a pass.
 pub const SKIP_EXIT: i64 = 77;
@@ -141,6 +158,38 @@ impl CheckRun {
             .find(|l| !l.is_empty())
             .unwrap_or("it printed no reason");
         Some(why.chars().take(300).collect())
+    }
+
+    /// Why the command could not start, when it could not: the shell's 126/127 (not
+    /// executable, not found), an interpreter without the module it was asked to run
+    /// (`python: No module named pytest`), cargo without the subcommand (`no such command`).
+    /// Such a check verified nothing, on either side.
+    pub fn not_started(&self) -> Option<String> {
+        if self.timed_out || self.oom_killed {
+            return None;
+        }
+        let last = || {
+            self.tail
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("it printed nothing")
+                .chars()
+                .take(300)
+                .collect::<String>()
+        };
+        match self.exit_code {
+            Some(0) | None => return None,
+            Some(126) => return Some(format!("exit 126, not executable: {}", last())),
+            Some(127) => return Some(format!("exit 127, command not found: {}", last())),
+            Some(_) => {}
+        }
+        self.tail
+            .lines()
+            .map(str::trim)
+            .find(|l| NOT_STARTED.is_match(l))
+            .map(|l| l.chars().take(300).collect())
     }
 
     fn zero_tests(&self) -> bool {
@@ -287,10 +336,11 @@ async fn verify_with(
 
     let _ = writeln!(log, "## checks on {tree}");
     let base_ref = baseline.as_deref();
+    let trust = req.settings.trust_exit_code;
     let should_rerun = |i: usize, run: &CheckRun| {
         run.failed()
             && !run.zero_tests()
-            && classify(run, base_ref.and_then(|b| b.get(i))).0 == Outcome::Fail
+            && classify(run, base_ref.and_then(|b| b.get(i)), trust).0 == Outcome::Fail
     };
     let on = match req.change_image {
         Some((image, _)) => (image, tree.as_str()),
@@ -343,13 +393,14 @@ fn judge(
     for (i, (check, ran)) in req.checks.iter().zip(&runs).enumerate() {
         let base = baseline.and_then(|b| b.get(i));
         let run = &ran.first;
-        let (mut outcome, mut lists, mut note) = classify(run, base);
+        let trust = req.settings.trust_exit_code;
+        let (mut outcome, mut lists, mut note) = classify(run, base, trust);
         if outcome == Outcome::Fail {
             if let Some((n, good)) = ran
                 .reruns
                 .iter()
                 .enumerate()
-                .find(|(_, r)| classify(r, base).0 != Outcome::Fail)
+                .find(|(_, r)| classify(r, base, trust).0 != Outcome::Fail)
             {
                 outcome = Outcome::Flaky;
                 let still: BTreeSet<&String> = good.failed_tests.iter().collect();
@@ -366,6 +417,16 @@ fn judge(
                     req.settings.reruns
                 ));
             }
+        }
+        if outcome == Outcome::NotStarted {
+            let image = req.change_image.map_or(req.image, |(image, _)| image);
+            note = Some(format!(
+                "{}: `{}` in image {image}; a configuration error, not the change's (fix the command in [verify] {} of {}, or add what it needs to the profile)",
+                note.unwrap_or_default(),
+                check.command,
+                check.name,
+                crate::config::CONFIG_FILE,
+            ));
         }
         if check.name == "test" {
             for want in req.expect {
@@ -435,12 +496,25 @@ fn judge(
             )
         })
         .collect();
-    let kind = if checks.iter().any(|c| c.outcome == Outcome::Timeout) {
+    let unchecked = expectations
+        .iter()
+        .filter(|e| e.status == ExpectationStatus::Unchecked)
+        .count();
+    let is = |o: Outcome| checks.iter().any(|c| c.outcome == o);
+    let kind = if is(Outcome::Timeout) {
         Kind::Timeout
-    } else if checks.iter().any(|c| c.outcome == Outcome::InfraError) {
+    } else if is(Outcome::InfraError) {
         Kind::InfraError
-    } else if checks.iter().any(|c| !c.passed) || !unmet.is_empty() {
+    } else if is(Outcome::NotStarted) {
+        Kind::ConfigError
+    } else if checks
+        .iter()
+        .any(|c| !c.passed && c.outcome != Outcome::Inconclusive)
+        || !unmet.is_empty()
+    {
         Kind::Fail
+    } else if is(Outcome::Inconclusive) || unchecked > 0 {
+        Kind::Inconclusive
     } else {
         Kind::Pass
     };
@@ -455,13 +529,9 @@ fn judge(
             }
         ));
     }
-    let unchecked = expectations
-        .iter()
-        .filter(|e| e.status == ExpectationStatus::Unchecked)
-        .count();
     if unchecked > 0 {
         parts.push(format!(
-            "{unchecked} expected test(s) not checked: the runner reports no test names"
+            "{unchecked} expected test(s) could not be checked: the test runner reports no test names (make it name them, e.g. pytest -rA, cargo test, go test -v), which does not land"
         ));
     }
     parts.extend(notes);
@@ -531,7 +601,11 @@ struct Lists {
 }
 
 /// A check's outcome on the change, compared with its result on the base.
-fn classify(run: &CheckRun, base: Option<&CheckRun>) -> (Outcome, Lists, Option<String>) {
+fn classify(
+    run: &CheckRun,
+    base: Option<&CheckRun>,
+    trust_exit_code: bool,
+) -> (Outcome, Lists, Option<String>) {
     let mut lists = Lists::default();
     if run.timed_out {
         return (
@@ -547,10 +621,32 @@ fn classify(run: &CheckRun, base: Option<&CheckRun>) -> (Outcome, Lists, Option<
             Some("killed for running out of memory (raise [limits] memory); this says nothing about the change".into()),
         );
     }
-    // A base that skipped the check says nothing to compare with.
+    // A base that skipped the check, or where it could not start, says nothing to compare with.
     let base_usable = base.filter(|b| {
-        !b.timed_out && !b.oom_killed && b.exit_code.is_some() && b.skipped().is_none()
+        !b.timed_out
+            && !b.oom_killed
+            && b.exit_code.is_some()
+            && b.skipped().is_none()
+            && b.not_started().is_none()
     });
+    if let Some(why) = run.not_started() {
+        // Started on the base: the change took away what the check needs.
+        if let Some(b) = base_usable {
+            return (
+                Outcome::Fail,
+                lists,
+                Some(format!(
+                    "could not start with the change ({why}), but ran on the base (exit {})",
+                    b.exit_code.unwrap_or_default()
+                )),
+            );
+        }
+        return (
+            Outcome::NotStarted,
+            lists,
+            Some(format!("the command could not start ({why})")),
+        );
+    }
     if let Some(why) = run.skipped() {
         // Skipped now but run on the base: the change took away what the check needs (a
         // linter among the dependencies, say), so it cannot pass for that.
@@ -581,8 +677,17 @@ fn classify(run: &CheckRun, base: Option<&CheckRun>) -> (Outcome, Lists, Option<
     // Only a test runner is read for counts and names; a lint passes by its exit code alone.
     let unrecognised = run.is_test && run.tests.is_none() && !run.names_known;
     if run.ok() {
-        let note = unrecognised
-            .then(|| "test runner not recognised: judged by its exit code alone".to_string());
+        if unrecognised && !trust_exit_code {
+            return (
+                Outcome::Inconclusive,
+                lists,
+                Some("exit 0, but the output shows no test count and no test name: nothing says a test ran (use a runner boxdelegate reads, print 'N passed, N failed', or set [verify] trust_exit_code = true)".into()),
+            );
+        }
+        let note = unrecognised.then(|| {
+            "test runner not recognised: judged by its exit code alone ([verify] trust_exit_code = true)"
+                .to_string()
+        });
         return match base_usable {
             Some(b) if !b.ok() => {
                 lists.fixed = b.failed_tests.clone();
@@ -635,6 +740,18 @@ fn classify(run: &CheckRun, base: Option<&CheckRun>) -> (Outcome, Lists, Option<
         return (outcome, lists, None);
     }
     if run.failed_tests.is_empty() && b.failed_tests.is_empty() && run.exit_code == b.exit_code {
+        // A test runner that names no tests: the same exit code on both sides cannot tell a
+        // new failure from the old one.
+        if run.is_test && !trust_exit_code {
+            return (
+                Outcome::Inconclusive,
+                lists,
+                Some(format!(
+                    "failed (exit {}) on the base too, and the runner names no tests, so a regression cannot be told from the old failure (make the runner report test names, or set [verify] trust_exit_code = true to accept it)",
+                    run.exit_code.unwrap_or_default()
+                )),
+            );
+        }
         return (
             Outcome::PreExisting,
             lists,
@@ -1250,12 +1367,20 @@ mod tests {
     #[test]
     fn a_suite_that_runs_no_test_on_either_side_is_not_a_pre_existing_failure() {
         let collapsed = run(3, &[], &[]);
-        let (outcome, _, note) = classify(&collapsed, Some(&collapsed));
+        let (outcome, _, note) = classify(&collapsed, Some(&collapsed), false);
         assert_eq!(outcome, Outcome::NoTests);
         assert!(note.unwrap().contains("verifies nothing"));
-        // Failing the same way with tests run on both sides stays pre-existing.
+        // Failing the same way with tests run on both sides, but no failing test named: only
+        // the exit code compares them, which is inconclusive unless the project trusts it.
         let failing = run(1, &[], &["a"]);
-        assert_eq!(classify(&failing, Some(&failing)).0, Outcome::PreExisting);
+        assert_eq!(
+            classify(&failing, Some(&failing), false).0,
+            Outcome::Inconclusive
+        );
+        assert_eq!(
+            classify(&failing, Some(&failing), true).0,
+            Outcome::PreExisting
+        );
     }
 
     #[test]
@@ -1269,7 +1394,7 @@ mod tests {
             SKIP_EXIT,
             "x\nlint skipped: ruff is not among the dependencies\n",
         );
-        let (o, _, note) = classify(&skipped, None);
+        let (o, _, note) = classify(&skipped, None, false);
         assert_eq!(o, Outcome::Skipped);
         assert!(o.lets_land());
         assert_eq!(
@@ -1277,14 +1402,17 @@ mod tests {
             Some("lint skipped: ruff is not among the dependencies")
         );
         // Skipped on the base too: still skipped, nothing to compare.
-        assert_eq!(classify(&skipped, Some(&skipped)).0, Outcome::Skipped);
+        assert_eq!(
+            classify(&skipped, Some(&skipped), false).0,
+            Outcome::Skipped
+        );
         // Ran on the base, skipped with the change: the change took the linter away.
-        let (o, _, note) = classify(&skipped, Some(&lint(0, "")));
+        let (o, _, note) = classify(&skipped, Some(&lint(0, "")), false);
         assert_eq!(o, Outcome::Fail, "{note:?}");
         // Passing now after a skipped base is a pass, not a fix; a lint's pass carries no
         // note about test runners.
         assert_eq!(
-            classify(&lint(0, ""), Some(&skipped)),
+            classify(&lint(0, ""), Some(&skipped), false),
             (Outcome::Pass, Lists::default(), None)
         );
         // The test check has no skip code: 77 is a failure there.
@@ -1292,15 +1420,17 @@ mod tests {
             is_test: true,
             ..lint(SKIP_EXIT, "skipped")
         };
-        assert_eq!(classify(&tests, None).0, Outcome::Fail);
-        // A test runner nobody recognises is still said so.
+        assert_eq!(classify(&tests, None, false).0, Outcome::Fail);
+        // A test runner nobody recognises: exit 0 is no evidence that a test ran, unless the
+        // project says to trust the exit code, and then the report says so.
         let plain_test = CheckRun {
             is_test: true,
             ..lint(0, "")
         };
-        assert!(classify(&plain_test, None)
-            .2
-            .is_some_and(|n| n.contains("not recognised")));
+        assert_eq!(classify(&plain_test, None, false).0, Outcome::Inconclusive);
+        let (o, _, note) = classify(&plain_test, None, true);
+        assert_eq!(o, Outcome::Pass);
+        assert!(note.is_some_and(|n| n.contains("not recognised") && n.contains("trust_exit_code")));
     }
 
     #[test]
@@ -1310,32 +1440,32 @@ mod tests {
         let broke_b = run(1, &["b"], &["a"]);
         let broke_ab = run(1, &["a", "b"], &[]);
         // No baseline: a failure is a failure.
-        assert_eq!(classify(&broke_a, None).0, Outcome::Fail);
+        assert_eq!(classify(&broke_a, None, false).0, Outcome::Fail);
         // Regression: passed before.
-        let (o, l, _) = classify(&broke_a, Some(&ok));
+        let (o, l, _) = classify(&broke_a, Some(&ok), false);
         assert_eq!((o, l.regressions), (Outcome::Fail, vec!["a".to_string()]));
         // The same failure before: pre-existing.
-        let (o, l, _) = classify(&broke_a, Some(&broke_a));
+        let (o, l, _) = classify(&broke_a, Some(&broke_a), false);
         assert_eq!(
             (o, l.pre_existing),
             (Outcome::PreExisting, vec!["a".to_string()])
         );
         // A new failure next to an old one: a regression, named.
-        let (o, l, _) = classify(&broke_ab, Some(&broke_a));
+        let (o, l, _) = classify(&broke_ab, Some(&broke_a), false);
         assert_eq!(o, Outcome::Fail);
         assert_eq!(l.regressions, ["b"]);
         assert_eq!(l.pre_existing, ["a"]);
         // One fixed, another broken.
-        let (o, l, _) = classify(&broke_b, Some(&broke_a));
+        let (o, l, _) = classify(&broke_b, Some(&broke_a), false);
         assert_eq!(
             (o, l.fixed, l.regressions),
             (Outcome::Fail, vec!["a".to_string()], vec!["b".to_string()])
         );
         // Fixed.
-        let (o, l, _) = classify(&ok, Some(&broke_a));
+        let (o, l, _) = classify(&ok, Some(&broke_a), false);
         assert_eq!((o, l.fixed), (Outcome::Fixed, vec!["a".to_string()]));
         // Passing on both.
-        assert_eq!(classify(&ok, Some(&ok)).0, Outcome::Pass);
+        assert_eq!(classify(&ok, Some(&ok), false).0, Outcome::Pass);
     }
 
     #[test]
@@ -1344,26 +1474,32 @@ mod tests {
             exit_code: Some(code),
             ..Default::default()
         };
-        assert_eq!(classify(&plain(2), Some(&plain(2))).0, Outcome::PreExisting);
-        assert_eq!(classify(&plain(1), Some(&plain(2))).0, Outcome::Fail);
+        assert_eq!(
+            classify(&plain(2), Some(&plain(2)), false).0,
+            Outcome::PreExisting
+        );
+        assert_eq!(classify(&plain(1), Some(&plain(2)), false).0, Outcome::Fail);
         // A failure without names (e.g. it no longer compiles) next to a named failure before.
         assert_eq!(
-            classify(&plain(101), Some(&run(1, &["a"], &[]))).0,
+            classify(&plain(101), Some(&run(1, &["a"], &[])), false).0,
             Outcome::Fail
         );
         let timeout = CheckRun {
             timed_out: true,
             ..Default::default()
         };
-        assert_eq!(classify(&timeout, Some(&plain(0))).0, Outcome::Timeout);
+        assert_eq!(
+            classify(&timeout, Some(&plain(0)), false).0,
+            Outcome::Timeout
+        );
         let oom = CheckRun {
             exit_code: Some(137),
             oom_killed: true,
             ..Default::default()
         };
-        assert_eq!(classify(&oom, None).0, Outcome::InfraError);
+        assert_eq!(classify(&oom, None, false).0, Outcome::InfraError);
         // A baseline that timed out says nothing.
-        assert_eq!(classify(&plain(1), Some(&timeout)).0, Outcome::Fail);
+        assert_eq!(classify(&plain(1), Some(&timeout), false).0, Outcome::Fail);
         let zero = CheckRun {
             exit_code: Some(0),
             tests: Some(Counts {
@@ -1372,7 +1508,65 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(classify(&zero, Some(&zero)).0, Outcome::NoTests);
+        assert_eq!(classify(&zero, Some(&zero), false).0, Outcome::NoTests);
+    }
+
+    #[test]
+    fn a_test_check_without_names_failing_on_both_sides_is_inconclusive_unless_trusted() {
+        let plain = |code| CheckRun {
+            exit_code: Some(code),
+            is_test: true,
+            tests: Some(Counts {
+                runner: "pytest".into(),
+                total: 3,
+            }),
+            ..Default::default()
+        };
+        let (o, _, note) = classify(&plain(1), Some(&plain(1)), false);
+        assert_eq!(o, Outcome::Inconclusive);
+        assert!(!o.lets_land());
+        assert!(note.unwrap().contains("trust_exit_code"));
+        assert_eq!(
+            classify(&plain(1), Some(&plain(1)), true).0,
+            Outcome::PreExisting
+        );
+    }
+
+    #[test]
+    fn a_command_that_cannot_start_is_never_pre_existing() {
+        let failed = |code, tail: &str| CheckRun {
+            exit_code: Some(code),
+            tail: tail.into(),
+            is_test: true,
+            ..Default::default()
+        };
+        for missing in [
+            failed(127, "sh: 1: tox: not found"),
+            failed(126, "sh: 1: ./run-tests: Permission denied"),
+            failed(1, "/deps/.venv/bin/python: No module named pytest"),
+            failed(101, "error: no such command: `nextest`"),
+            failed(1, "npm error Missing script: \"test\""),
+        ] {
+            let (o, _, note) = classify(&missing, Some(&missing), true);
+            assert_eq!(o, Outcome::NotStarted, "{}", missing.tail);
+            assert!(note.unwrap().contains("could not start"));
+            assert!(!o.lets_land());
+        }
+        // The code's own import error is a failure of the code, not of the command.
+        let import = failed(2, "E   ModuleNotFoundError: No module named 'requests'");
+        assert_eq!(import.not_started(), None);
+        // Started on the base, not with the change: the change's fault.
+        let ok = CheckRun {
+            tests: Some(Counts {
+                runner: "pytest".into(),
+                total: 1,
+            }),
+            ..failed(0, "1 passed in 0.01s")
+        };
+        assert_eq!(
+            classify(&failed(127, "x: not found"), Some(&ok), false).0,
+            Outcome::Fail
+        );
     }
 
     #[test]
@@ -1381,6 +1575,7 @@ mod tests {
             timeout_secs: 60,
             reruns: 0,
             baseline: true,
+            trust_exit_code: false,
         };
         let c = |cmd: &str| {
             vec![Check {

@@ -194,6 +194,30 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
                 Hit::new(id, pytest_outcome(status)?)
             },
         },
+        // unittest -v: "test_add (test_calc.TestCalc.test_add) ... ok" (Python 3.11+; 3.10 and
+        // before print only the class in parentheses), "... FAIL", "... ERROR", "... skipped
+        // 'why'"; and the failure headers "FAIL: test_add (test_calc.TestCalc.test_add)".
+        Rule {
+            runner: "unittest",
+            re: re(
+                r"^(?:(?P<head>FAIL|ERROR): )?(?P<m>\w+) \((?P<cls>[\w.]+)\)(?: \.\.\. (?P<st>ok|FAIL|ERROR|expected failure|unexpected success|skipped.*))?$",
+            ),
+            hit: |c| {
+                let (m, cls) = (group(c, "m"), group(c, "cls"));
+                let name = if cls.ends_with(&format!(".{m}")) {
+                    cls.to_string()
+                } else {
+                    format!("{cls}.{m}")
+                };
+                let outcome = match (c.name("head"), c.name("st").map(|s| s.as_str())) {
+                    (Some(_), _) => Outcome::Failed,
+                    (None, Some("ok" | "expected failure")) => Outcome::Passed,
+                    (None, Some("FAIL" | "ERROR" | "unexpected success")) => Outcome::Failed,
+                    _ => return None,
+                };
+                Hit::new(&name, outcome)
+            },
+        },
         // TAP (bats, prove, node --test's TAP reporter): "ok 1 - name", "not ok 2 name",
         // indented for subtests. The number is required, so a bare "ok" in a log is no test,
         // and a line without a description has no name to record.
@@ -632,6 +656,33 @@ ERROR mycrate::db: connection refused
         let n = parse(out);
         assert_eq!(n.passed(), ["tests/test_x.py::test_a"]);
         assert_eq!(n.failed(), ["tests/test_x.py::test_b"]);
+    }
+
+    #[test]
+    fn unittest_verbose() {
+        let out = "\
+test_add (test_calc.TestCalc.test_add) ... ok
+test_sub (test_calc.TestCalc) ... FAIL
+test_skip (test_calc.TestCalc.test_skip) ... skipped 'later'
+
+======================================================================
+FAIL: test_sub (test_calc.TestCalc)
+----------------------------------------------------------------------
+Ran 3 tests in 0.001s
+
+FAILED (failures=1, skipped=1)
+";
+        let n = parse(out);
+        assert_eq!(n.runner, Some("unittest"));
+        assert_eq!(
+            n.lookup("test_add"),
+            Some(("test_calc.TestCalc.test_add", Outcome::Passed))
+        );
+        assert_eq!(
+            n.lookup("test_sub"),
+            Some(("test_calc.TestCalc.test_sub", Outcome::Failed))
+        );
+        assert_eq!(n.lookup("test_skip"), None);
     }
 
     #[test]

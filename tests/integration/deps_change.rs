@@ -151,31 +151,34 @@ fn a_project_that_refuses_dependency_changes_rejects_the_unit_naming_the_rule() 
 }
 
 #[test]
-fn new_dependencies_that_cannot_be_installed_are_an_infra_error_naming_the_step_and_its_log() {
+fn new_dependencies_that_cannot_be_installed_fail_the_change_and_the_next_unit_still_runs() {
     require_base_image();
     let repo = TestRepo::with_project("deps-change-uninstallable");
-    let agent = toml_string("echo 'broken==1.0' >> deps.lock");
+    // The first unit adds a package the resolver does not know; the second changes code. A
+    // breaker that opens at the first infrastructure failure would skip the second.
+    let agent = toml_string(
+        "if [ \"$BOXDELEGATE_UNIT_ID\" = add-dep ]; then echo 'broken==1.0' >> deps.lock; else echo more >> src/lib.txt; fi",
+    );
     repo.write(
         "boxdelegate.toml",
         &format!(
-            "[project]\nprofile = \"test\"\n\n[agent]\nretries = 0\nkind = \"command\"\ncommand = {agent}\n\n[run]\ninfra_retries = 0\n\n[verify]\ntest = 'echo 1 passed'\n"
+            "[project]\nprofile = \"test\"\n\n[agent]\nretries = 0\nkind = \"command\"\ncommand = {agent}\n\n[run]\ninfra_retries = 0\nbreaker = 1\n\n[verify]\ntest = 'echo 1 passed, 0 failed'\n"
         ),
     );
     repo.unit("add-dep", "scope = [\"deps.lock\"]", "Add a dependency.");
+    repo.unit("more-code", "scope = [\"src/**\"]", "Write more code.");
     repo.commit("project");
-    let (code, units, err) = repo.run(&["--unit", "add-dep"]);
-    let u = &units[0];
-    assert_eq!(u["status"], "infra-error", "{err}\n{u}");
-    assert_eq!(code, 16, "{err}\n{u}");
+    let (code, units, err) = repo.run(&["--unit", "add-dep", "--unit", "more-code"]);
+    let u = units.iter().find(|u| u["unit"] == "add-dep").unwrap();
+    assert_eq!(u["status"], "verify-failed", "{err}\n{u}");
     let message = u["message"].as_str().unwrap();
     assert!(
-        message.contains("the dependency install of the change's manifests for profile test"),
+        message.contains("the change's dependency manifests could not be installed")
+            && message
+                .contains("the dependency install of the change's manifests for profile test"),
         "the step is named: {message}"
     );
-    assert!(
-        message.contains("says nothing about any unit's change"),
-        "{message}"
-    );
+    assert!(!message.contains("says nothing about"), "{message}");
     let (log, key16) = named_install_log(message);
     let text = std::fs::read_to_string(log).unwrap();
     assert!(text.contains("resolver: no version of 'broken'"), "{text}");
@@ -197,4 +200,8 @@ fn new_dependencies_that_cannot_be_installed_are_an_infra_error_naming_the_step_
         "no install container left: {left}"
     );
     assert!(u["patch"].as_str().is_some(), "the patch is kept: {u}");
+    // Not the infrastructure's: the breaker stayed shut and the next unit landed.
+    let next = units.iter().find(|u| u["unit"] == "more-code").unwrap();
+    assert_eq!(next["status"], "landed", "{err}\n{next}");
+    assert_eq!(code, 15, "{err}");
 }

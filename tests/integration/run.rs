@@ -57,6 +57,7 @@ fn a_change_inside_the_scope_lands_as_exactly_one_commit() {
         "Boxdelegate-Agent: command",
         "Boxdelegate-Snapshot: ",
         "Boxdelegate-Patch-Sha256: ",
+        "Boxdelegate-Verified: ",
         "Co-authored-by: ",
     ] {
         assert!(msg.contains(trailer), "{trailer} in {msg}");
@@ -187,6 +188,11 @@ fn an_edit_outside_the_scope_is_rejected_and_its_patch_kept() {
     require_base_image();
     let repo = project("run-out-of-scope");
     repo.agent("echo changed >> README.md; echo 'def two(): return 2' >> src/math.py");
+    let toml = std::fs::read_to_string(repo.path().join("boxdelegate.toml")).unwrap();
+    repo.write(
+        "boxdelegate.toml",
+        &format!("{toml}\n[verify]\ntest = \"echo '1 passed, 0 failed'\"\n"),
+    );
     repo.unit("narrow", "scope = [\"src/**\"]", "Add two().");
     repo.commit("project");
     let refs = repo.refs();
@@ -219,7 +225,8 @@ fn an_edit_outside_the_scope_is_rejected_and_its_patch_kept() {
     );
     let show = repo.cmd().args(["show", "narrow"]).output().unwrap();
     assert!(stdout(&show).contains("rejected"), "{}", stdout(&show));
-    // Widening the scope and applying the kept result lands it with the same checks.
+    // Widening the scope does not make the kept result landable: it was never verified, and
+    // `apply` lands only a tree whose verification passed.
     repo.unit(
         "narrow",
         "scope = [\"src/**\", \"README.md\"]",
@@ -230,9 +237,16 @@ fn an_edit_outside_the_scope_is_rejected_and_its_patch_kept() {
         .args(["apply", "narrow", "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
     let v: serde_json::Value = crate::common::final_json(&out.stdout);
-    assert_eq!(v["status"], "landed", "{v}");
+    assert_eq!(v["status"], "rejected", "{v}");
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("not applied: its change was never verified")
+            && message.contains("boxdelegate run --unit narrow --rerun"),
+        "{v}"
+    );
+    assert_eq!(repo.refs(), refs, "nothing landed");
 }
 
 #[test]
@@ -469,6 +483,33 @@ fn verification_in_a_clean_container_decides_what_lands() {
         "{}",
         units[0]
     );
+    let landed = repo.git(&["rev-parse", "refs/heads/boxdelegate/two"]);
+    let msg = repo.git(&["log", "-1", "--format=%B", &landed]);
+    let tree = repo.git(&["rev-parse", &format!("{landed}^{{tree}}")]);
+    assert!(
+        msg.contains(&format!(
+            "Boxdelegate-Verified: {tree} pass: test fixed (1 tests)"
+        )),
+        "the commit names the verification of its own tree: {msg}"
+    );
+    // Run again from the same snapshot: the agent makes the same change, which the branch
+    // already holds. No second (empty) commit.
+    let (code, units, err) = repo.run(&["--unit", "two", "--rerun"]);
+    assert_eq!(code, 0, "{err}\n{units:?}");
+    assert_eq!(units[0]["status"], "already-landed", "{}", units[0]);
+    assert!(
+        units[0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("already-landed: boxdelegate/two already holds this change"),
+        "{}",
+        units[0]
+    );
+    assert_eq!(
+        repo.git(&["rev-parse", "refs/heads/boxdelegate/two"]),
+        landed,
+        "no commit made"
+    );
 
     // A failing check: nothing lands, the patch is kept, the tail is reported.
     repo.write("boxdelegate.toml", "[run]\ninfra_retries = 0\n[project]\nprofile = \"test\"\n[agent]\nretries = 0\ncommand = \"echo 'def three(): return 3' >> src/math.py\"\n[verify]\ntest = \"if grep -q three src/math.py; then echo 'FAILED test_three'; exit 4; fi; echo '1 passed, 0 failed'\"\n");
@@ -489,6 +530,23 @@ fn verification_in_a_clean_container_decides_what_lands() {
     );
     assert_eq!(repo.refs(), refs, "nothing landed");
     assert!(std::path::Path::new(units[0]["patch"].as_str().unwrap()).is_file());
+    // `apply` of the failed result does not land it either.
+    let out = repo
+        .cmd()
+        .args(["apply", "three", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(15), "{}", stderr(&out));
+    let v: serde_json::Value = crate::common::final_json(&out.stdout);
+    assert_eq!(v["status"], "verify-failed", "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("not applied: its verification says fail"),
+        "{v}"
+    );
+    assert_eq!(repo.refs(), refs, "apply landed nothing");
 
     // A test command that exits 0 but ran zero tests is not a pass.
     repo.write("boxdelegate.toml", "[run]\ninfra_retries = 0\n[project]\nprofile = \"test\"\n[agent]\nretries = 0\ncommand = \"echo 'def four(): return 4' >> src/math.py\"\n[verify]\ntest = \"echo 'no tests ran in 0.01s'\"\n");
