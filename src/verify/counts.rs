@@ -92,6 +92,12 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             re: r(r"^Ran (?P<n>\d+) tests? in [\d.]+s$"),
             total: |c| num(c, "n"),
         },
+        // mocha: "  3 passing (12ms)", "  1 failing" (the failing line follows the passing one).
+        Rule {
+            runner: "mocha",
+            re: r(r"^\s*(?P<n>\d+) (?:passing \(\d+(?:\.\d+)?m?s\)|failing)\s*$"),
+            total: |c| num(c, "n"),
+        },
         // TAP's plan line, "1..N" (bats, prove, any TAP producer); "1..0" means nothing ran.
         Rule {
             runner: "tap",
@@ -201,6 +207,16 @@ mod tests {
         assert_eq!(
             total("\n----\nRan 0 tests in 0.000s\n\nOK\n"),
             Some(("unittest".to_string(), 0))
+        );
+    }
+
+    #[test]
+    fn mocha() {
+        let out = "  calc\n    ✓ adds\n\n  2 passing (5ms)\n  1 failing\n\n  1) calc\n";
+        assert_eq!(total(out), Some(("mocha".to_string(), 3)));
+        assert_eq!(
+            total("\n  0 passing (1ms)\n"),
+            Some(("mocha".to_string(), 0))
         );
     }
 

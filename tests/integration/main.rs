@@ -7,6 +7,7 @@ mod cli_surface;
 mod codex;
 mod common;
 mod deps_change;
+mod fail_closed;
 mod engines;
 mod hostile_repo;
 mod images;

@@ -1,0 +1,323 @@
+//! Verdicts that fail closed, on the cases where the evidence used to be missing and a break
+//! landed: a check command the image lacks, an agent that deletes the tests, a runner that
+//! names no tests, a unit's expected tests under the shipped python profile, a `uv.lock`
+//! project whose test group was never installed, a published crate (`build = false`) whose
+//! prebuilt stubs looked fresh. Each runs the real binary against the real engine.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::*;
+
+fn python_project(salt: &str, requirements: Option<&str>) -> TestRepo {
+    let repo = TestRepo::empty();
+    if let Some(r) = requirements {
+        repo.write("requirements.txt", &format!("{r}# {salt}\n"));
+    }
+    repo.write(
+        "calc.py",
+        &format!("# {salt}\ndef add(a, b):\n    return a + b\n"),
+    );
+    repo.write(".gitignore", "__pycache__/\n.pytest_cache/\n");
+    repo
+}
+
+fn config(repo: &TestRepo, profile: &str, agent: &str, verify: &str) {
+    repo.write(
+        "boxdelegate.toml",
+        &format!(
+            "[project]\nprofile = \"{profile}\"\n\n[agent]\nretries = 0\nkind = \"command\"\ncommand = {}\n\n[run]\ninfra_retries = 0\n\n[verify]\nlint = \"\"\ntypecheck = \"\"\n{verify}\n",
+            toml_string(agent)
+        ),
+    );
+}
+
+fn message(u: &serde_json::Value) -> &str {
+    u["message"].as_str().unwrap_or_default()
+}
+
+fn branch_absent(repo: &TestRepo, unit: &str) {
+    assert!(
+        repo.git(&["branch", "--list", &format!("boxdelegate/{unit}")])
+            .is_empty(),
+        "nothing landed for {unit}"
+    );
+}
+
+#[test]
+fn a_check_command_the_image_lacks_is_a_configuration_error_naming_it_never_pre_existing() {
+    require_base_image();
+    let repo = TestRepo::with_project("fail-closed-missing-command");
+    config(
+        &repo,
+        "test",
+        "echo broken >> src/lib.txt",
+        "test = \"tox -q\"",
+    );
+    repo.unit("missing", "scope = [\"src/**\"]", "Change the library.");
+    repo.commit("project");
+    let refs = repo.refs();
+    let (code, units, err) = repo.run(&["--unit", "missing"]);
+    let u = &units[0];
+    assert_eq!(code, 3, "{err}\n{u}");
+    assert_eq!(u["status"], "config-error", "{u}");
+    assert_eq!(u["verdict"]["verdict"], "config-error", "{u}");
+    let test = &u["verdict"]["checks"][0];
+    assert_eq!(test["outcome"], "not-started", "{test}");
+    let m = message(u);
+    assert!(
+        m.contains("`tox -q`") && m.contains("in image boxdelegate/snap:") && m.contains("not found"),
+        "the command and the image are named: {m}"
+    );
+    assert_eq!(repo.refs(), refs, "nothing landed");
+
+    // `verify --commit` of such a change says the same, never `pass`.
+    repo.write("src/lib.txt", "changed by hand\n");
+    repo.commit("a change by hand");
+    let out = repo
+        .cmd()
+        .args(["verify", "--commit", "HEAD", "--json"])
+        .output()
+        .unwrap();
+    let v = final_json(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{}\n{v}", stderr(&out));
+    assert_eq!(v["verdict"]["verdict"], "config-error", "{v}");
+}
+
+#[test]
+fn an_agent_that_deletes_every_test_does_not_land() {
+    require_base_image();
+    // unittest, as a project runs it: "Ran 0 tests ... OK", exit 0 once the tests are gone.
+    let repo = python_project("fail-closed-unittest", None);
+    repo.write(
+        "tests/test_calc.py",
+        "import unittest\nfrom calc import add\n\nclass T(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n",
+    );
+    repo.write("tests/__init__.py", "");
+    config(
+        &repo,
+        "python",
+        "rm -f tests/test_calc.py; sed -i 's/a + b/a - b/' calc.py",
+        "test = \"python -m unittest discover -v -s tests -t .\"",
+    );
+    repo.unit(
+        "no-tests",
+        "scope = [\"calc.py\", \"tests/**\"]",
+        "Simplify add().",
+    );
+    repo.commit("project");
+    let refs = repo.refs();
+    let (code, units, err) = repo.run(&["--unit", "no-tests"]);
+    let u = &units[0];
+    assert_eq!(code, 15, "{err}\n{u}");
+    assert_eq!(u["status"], "verify-failed", "{u}");
+    let test = &u["verdict"]["checks"][0];
+    assert_eq!(test["outcome"], "no-tests", "{test}");
+    assert_eq!(test["tests"]["runner"], "unittest", "{test}");
+    assert_eq!(test["tests"]["total"], 0, "{test}");
+    // The baseline named the test that the change made disappear.
+    assert_eq!(test["baseline"]["exit_code"], 0, "{test}");
+    assert_eq!(repo.refs(), refs, "nothing landed");
+    branch_absent(&repo, "no-tests");
+}
+
+#[test]
+fn the_shipped_python_profile_names_tests_so_a_units_expected_tests_are_enforced() {
+    require_base_image();
+    let repo = python_project("fail-closed-expect", Some("pytest==8.3.3\n"));
+    repo.write(
+        "tests/test_calc.py",
+        "from calc import add\n\ndef test_add():\n    assert add(2, 3) == 5\n",
+    );
+    // The profile's own test command (no [verify] test).
+    config(
+        &repo,
+        "python",
+        "if [ \"$BOXDELEGATE_UNIT_ID\" = mul ]; then printf 'def mul(a, b):\\n    return a * b\\n' >> calc.py; else rm -f tests/test_calc.py; fi",
+        "",
+    );
+    repo.unit(
+        "mul",
+        "scope = [\"calc.py\", \"tests/**\"]\ntests = [\"test_mul\", \"test_add\"]",
+        "Add mul() with a test named test_mul.",
+    );
+    repo.unit(
+        "drop-tests",
+        "scope = [\"calc.py\", \"tests/**\"]",
+        "Tidy the tests.",
+    );
+    repo.commit("project");
+    let refs = repo.refs();
+
+    // The agent wrote no test_mul: the expectation is checked by name and fails.
+    let (code, units, err) = repo.run(&["--unit", "mul"]);
+    let u = &units[0];
+    assert_eq!(code, 15, "{err}\n{u}");
+    assert_eq!(u["status"], "verify-failed", "{u}");
+    let expectations = u["verdict"]["expectations"].as_array().unwrap();
+    let status = |name: &str| {
+        expectations
+            .iter()
+            .find(|e| e["test"] == name)
+            .map(|e| e["status"].as_str().unwrap().to_string())
+    };
+    assert_eq!(status("test_mul").as_deref(), Some("not-run"), "{u}");
+    assert_eq!(status("test_add").as_deref(), Some("passed"), "{u}");
+    assert!(
+        message(u).contains("expected test test_mul was not run"),
+        "{}",
+        message(u)
+    );
+
+    // Deleting every test: pytest collects nothing, which is not a pass.
+    let (code, units, err) = repo.run(&["--unit", "drop-tests"]);
+    let u = &units[0];
+    assert_eq!(code, 15, "{err}\n{u}");
+    assert_eq!(u["status"], "verify-failed", "{u}");
+    assert_eq!(repo.refs(), refs, "nothing landed");
+}
+
+/// `uv`, installed once under target/ with pip, to write the lockfile a uv project keeps.
+fn uv() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-tools/uv");
+    let bin = dir.join("bin/uv");
+    if !bin.exists() {
+        let out = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--target"])
+            .arg(&dir)
+            .arg("uv==0.13.10")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pip install uv: {}", stderr(&out));
+    }
+    bin
+}
+
+#[test]
+fn a_uv_project_gets_its_test_group_and_a_pyproject_edited_without_relocking_is_refused() {
+    require_base_image();
+    let repo = python_project("fail-closed-uv", None);
+    repo.write(
+        "pyproject.toml",
+        "[project]\nname = \"calc\"\nversion = \"0.1.0\"\nrequires-python = \">=3.11\"\ndependencies = []\n\n[dependency-groups]\ntest = [\"pytest==8.3.3\"]\n",
+    );
+    repo.write(
+        "tests/test_calc.py",
+        "from calc import add\n\ndef test_add():\n    assert add(2, 3) == 5\n",
+    );
+    let out = Command::new(uv())
+        .args(["lock", "--python", "python3", "--directory"])
+        .arg(repo.path())
+        .env("UV_CACHE_DIR", repo.path().join(".uv-cache"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "uv lock: {}", stderr(&out));
+    std::fs::remove_dir_all(repo.path().join(".uv-cache")).unwrap();
+    config(
+        &repo,
+        "python",
+        "if [ \"$BOXDELEGATE_UNIT_ID\" = break-add ]; then sed -i 's/a + b/a - b/' calc.py; else sed -i 's/^dependencies = \\[\\]/dependencies = [\"six\"]/' pyproject.toml; echo '# uses six' >> calc.py; fi",
+        "",
+    );
+    repo.unit("break-add", "scope = [\"calc.py\"]", "Simplify add().");
+    repo.unit(
+        "unlocked",
+        "scope = [\"calc.py\", \"pyproject.toml\"]",
+        "Use six.",
+    );
+    repo.commit("project");
+    let refs = repo.refs();
+
+    // pytest comes from the lockfile's test group: the broken function is named.
+    let (code, units, err) = repo.run(&["--unit", "break-add"]);
+    let u = &units[0];
+    assert_eq!(code, 15, "{err}\n{u}");
+    assert_eq!(u["status"], "verify-failed", "{u}");
+    let test = &u["verdict"]["checks"][0];
+    assert_eq!(test["outcome"], "fail", "{test}");
+    assert_eq!(
+        test["regressions"],
+        serde_json::json!(["tests/test_calc.py::test_add"]),
+        "{test}"
+    );
+
+    // A pyproject.toml that no longer matches uv.lock does not install, and that is the
+    // change's fault.
+    let (code, units, err) = repo.run(&["--unit", "unlocked"]);
+    let u = &units[0];
+    assert_eq!(code, 15, "{err}\n{u}");
+    assert_eq!(u["status"], "verify-failed", "{u}");
+    let m = message(u);
+    assert!(
+        m.contains("the change's dependency manifests could not be installed"),
+        "{m}"
+    );
+    let (log, _) = named_install_log(m);
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(text.contains("uv.lock"), "the log says why: {text}");
+    assert_eq!(repo.refs(), refs, "nothing landed");
+}
+
+#[test]
+fn a_published_crate_is_compiled_from_the_change_and_a_break_is_named() {
+    require_base_image();
+    if !Command::new("docker")
+        .args(["image", "inspect", "boxdelegate/rust:bookworm"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        let out = boxdelegate()
+            .args(["-q", "image", "build", "rust"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let repo = TestRepo::empty();
+    // As `cargo package` writes a published manifest: explicit targets, no auto-discovery,
+    // `build = false`. The doctest fails on the base and the change alike.
+    repo.write(
+        "Cargo.toml",
+        "[package]\nedition = \"2021\"\nname = \"tinycalc\"\nversion = \"0.1.0\"\nbuild = false\nautobins = false\nautoexamples = false\nautotests = false\nautobenches = false\n\n[lib]\nname = \"tinycalc\"\npath = \"src/lib.rs\"\n",
+    );
+    repo.write(
+        "Cargo.lock",
+        "# This file is automatically @generated by Cargo.\n# It is not intended for manual editing.\nversion = 4\n\n[[package]]\nname = \"tinycalc\"\nversion = \"0.1.0\"\n",
+    );
+    repo.write(
+        "src/lib.rs",
+        "/// Adds.\n///\n/// ```\n/// assert_eq!(tinycalc::add(1, 1), 3);\n/// ```\npub fn add(a: i64, b: i64) -> i64 {\n    a + b\n}\n\n#[cfg(test)]\nmod tests {\n    #[test]\n    fn adds() {\n        assert_eq!(super::add(2, 3), 5);\n    }\n}\n",
+    );
+    repo.write(".gitignore", "target/\n");
+    config(
+        &repo,
+        "rust",
+        "sed -i 's/    a + b/    a - b/' src/lib.rs",
+        "timeout = \"15m\"",
+    );
+    repo.unit("simplify", "scope = [\"src/**\"]", "Simplify add().");
+    repo.commit("tinycalc 0.1.0");
+    let refs = repo.refs();
+    let (code, units, err) = repo.run(&["--unit", "simplify"]);
+    let u = &units[0];
+    assert_eq!(code, 15, "{err}\n{u}");
+    assert_eq!(u["status"], "verify-failed", "{u}");
+    let test = &u["verdict"]["checks"][0];
+    assert_eq!(test["outcome"], "fail", "{test}");
+    assert_eq!(
+        test["regressions"],
+        serde_json::json!(["tests::adds"]),
+        "{test}"
+    );
+    assert!(
+        test["pre_existing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t.as_str().unwrap().starts_with("src/lib.rs - add")),
+        "the doctest failed on both sides: {test}"
+    );
+    assert!(message(u).contains("tests::adds"), "{}", message(u));
+    assert_eq!(repo.refs(), refs, "nothing landed");
+}
