@@ -367,11 +367,13 @@ pub fn land(
             ..
         } => match merged_key(tree) {
             Some(k) => k,
-            None => return Ok(Err(format!(
+            None => {
+                return Ok(Err(format!(
                 "{} moved to {} since the change was verified, and the merged tree is not verified",
                 req.branch,
                 &head[..head.len().min(12)]
-            ))),
+            )))
+            }
         },
         Prepared::Ready { merged: None, .. } => verified.clone(),
     };

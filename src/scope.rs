@@ -224,6 +224,7 @@ mod tests {
             deny: g(&["src/secret/**"]),
             protected: g(&["tests/spec.rs"]),
             executable: g(&["bin/*"]),
+            hidden: g(&[]),
         }
     }
 

@@ -169,6 +169,40 @@ fn refuse_filtered(
 }
 
 /// Lists every non-tree entry of `tree`, sorted by path bytes.
+/// `tree` without the entries `hidden` matches (the agent's view when the project keeps hidden
+/// acceptance tests), written through a temporary index; `tree` itself when none match.
+pub fn without(
+    repo: &Repo,
+    tree: &str,
+    entries: &[TreeEntry],
+    hidden: &crate::config::unit::Globs,
+) -> Result<String> {
+    let mut remove = Vec::new();
+    for e in entries.iter().filter(|e| hidden.is_match(e.path())) {
+        remove.extend_from_slice(b"0 0000000000000000000000000000000000000000\t");
+        remove.extend_from_slice(&e.path);
+        remove.push(0);
+    }
+    if remove.is_empty() {
+        return Ok(tree.to_string());
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("boxdelegate-hidden-")
+        .tempdir()
+        .map_err(|e| Error::io("creating a temporary index", e))?;
+    let index = dir.path().join("index");
+    let git = |args: &[&str], input: Option<&[u8]>| -> Result<Vec<u8>> {
+        let mut cmd = repo.cmd()?;
+        cmd.env("GIT_INDEX_FILE", &index);
+        repo.run_with(cmd, args, input)
+    };
+    git(&["read-tree", tree], None)?;
+    git(&["update-index", "-z", "--index-info"], Some(&remove))?;
+    Ok(String::from_utf8_lossy(&git(&["write-tree"], None)?)
+        .trim()
+        .to_string())
+}
+
 pub fn list_tree(repo: &Repo, tree: &str) -> Result<Vec<TreeEntry>> {
     let out = repo.run(&["ls-tree", "-r", "-z", "--full-tree", tree])?;
     let mut entries = Vec::new();

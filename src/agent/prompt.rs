@@ -51,6 +51,8 @@ pub struct PromptInput<'a> {
     pub tests: &'a [String],
     /// The profile's or project's test command.
     pub test_command: Option<&'a str>,
+    /// Whether hidden acceptance tests judge the change too (they are never shown).
+    pub hidden_tests: bool,
     /// Coding standards: (file name, content) of AGENTS.md or CLAUDE.md when present.
     pub standards: Option<ContextFile>,
     /// Known gotchas (.boxdelegate/gotchas.md) when present.
@@ -224,6 +226,13 @@ fn testing(out: &mut String, input: &PromptInput) {
     if !input.tests.is_empty() {
         out.push_str("These tests must pass afterwards:\n\n");
         list(out, input.tests.iter().map(|t| code(t)));
+    }
+    if input.hidden_tests {
+        out.push_str(
+            "Your change is also judged by acceptance tests you cannot see: they are not in your \
+             copy of the repository and run only afterwards, in a clean container. Implement the \
+             task as it is written, not to the tests you can see.\n\n",
+        );
     }
     match input.test_command.map(str::trim).filter(|c| !c.is_empty()) {
         Some(command) => out.push_str(&format!(
@@ -471,6 +480,7 @@ mod tests {
             done: &[],
             tests: &[],
             test_command: None,
+            hidden_tests: false,
             standards: None,
             gotchas: None,
             network: "none",
@@ -511,6 +521,7 @@ mod tests {
             done: &done,
             tests: &tests,
             test_command: Some("cargo test --locked"),
+            hidden_tests: false,
             standards: Some(file(
                 "AGENTS.md",
                 "# Standards\n\n- No `unwrap()` outside tests.\n- Run ````cargo fmt```` first.\n",

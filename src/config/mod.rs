@@ -216,6 +216,11 @@ pub struct VerifyConfig {
     /// and does not land).
     #[serde(default)]
     pub trust_exit_code: Option<bool>,
+    /// Hidden acceptance tests (globs): files of the repository that no agent's snapshot
+    /// holds, added only in the verify container (for the baseline and the change). The
+    /// prompt says they exist; a change that writes at one is rejected (rule `hidden`).
+    #[serde(default)]
+    pub hidden: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]

@@ -44,6 +44,10 @@ pub struct UnitMeta {
     /// Expected test names or commands.
     #[serde(default)]
     pub tests: Vec<String>,
+    /// Hidden acceptance tests of this unit (globs, added to `[verify] hidden`): in the
+    /// repository, never in an agent's snapshot, added only in the verify container.
+    #[serde(default)]
+    pub hidden: Vec<String>,
     /// Overrides of `[agent]` for this unit.
     #[serde(default)]
     pub agent: Option<AgentOverride>,
@@ -135,6 +139,9 @@ pub struct UnitGlobs {
     pub deny: Globs,
     pub protected: Globs,
     pub executable: Globs,
+    /// The unit's hidden acceptance tests (its own `hidden` only; the project's are added by
+    /// the run).
+    pub hidden: Globs,
 }
 
 impl Unit {
@@ -153,6 +160,7 @@ impl Unit {
             deny: compile("deny", &self.meta.deny)?,
             protected: compile("protected", &self.meta.protected)?,
             executable: compile("executable", &self.meta.executable)?,
+            hidden: compile("hidden", &self.meta.hidden)?,
         })
     }
 }
@@ -317,6 +325,7 @@ title = "Say in one line what this unit changes"
 scope = [{scope}]
 # deny = []          # globs that must not change even inside scope
 # protected = []     # files the agent may not modify (e.g. the tests that define done)
+# hidden = []        # acceptance tests the agent never sees; added only in the verify container
 # executable = []    # globs of files that may gain an executable bit
 # context = []       # files shown to the agent
 # done = []          # definition of done, one item per line

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::images;
 use crate::project::Project;
 use crate::record::Status;
-use crate::snapshot::{self, Snapshot};
+use crate::snapshot;
 use crate::state::journal::AttemptPhase;
 use crate::state::PrivateOpen;
 use bollard::models::ContainerCreateBody;
@@ -83,7 +83,15 @@ pub(super) async fn start_agent(
         (labels::UNIT.to_string(), id.clone()),
         (labels::ATTEMPT.to_string(), a.n.to_string()),
     ]);
-    let prompt = assemble_prompt(ctx.project, ctx.snapshot, ctx.entries, p, plan, retry)?;
+    let prompt = assemble_prompt(
+        ctx.project,
+        ctx.agent_tree,
+        ctx.agent_entries,
+        ctx.agent_tree != ctx.snapshot.tree,
+        p,
+        plan,
+        retry,
+    )?;
     crate::state::write_private(&a.dir.join("prompt.md"), prompt.as_bytes())?;
     let mut cmd = if ctx.upper {
         spec.cmd.clone()
@@ -199,6 +207,9 @@ pub(super) fn retry_context(
     });
     let Some(f) = failed else { return Ok(None) };
     let r = &f.result;
+    if ctx.agent_tree != ctx.snapshot.tree {
+        return Ok(Some(withholding_hidden(ctx, &f)?));
+    }
     let mut summary = format!("Outcome: {}\n", r.message);
     if let Ok(data) = std::fs::read(f.dir.join("changes.json")) {
         if let Ok(set) = serde_json::from_slice::<ChangeSet>(&data) {
@@ -231,6 +242,73 @@ pub(super) fn retry_context(
         failure_output: output,
         rejected_summary: summary,
     }))
+}
+
+/// The retry context when hidden acceptance tests judge the change: which checks failed and
+/// the failing tests the agent can see, by name; no check output (a hidden test's output, or
+/// its name in another's, would show it), and hidden tests only counted.
+fn withholding_hidden(
+    ctx: &Ctx<'_>,
+    f: &crate::state::journal::Attempt,
+) -> Result<crate::agent::prompt::Retry> {
+    let r = &f.result;
+    let hidden_files: Vec<String> =
+        snapshot::diff_trees(&ctx.project.repo, ctx.agent_tree, &ctx.snapshot.tree)?
+            .upserted
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+            .collect();
+    let is_hidden = |name: &str| {
+        let head = name
+            .split(['[', ' '])
+            .next()
+            .unwrap_or(name)
+            .split("::")
+            .next()
+            .unwrap_or(name);
+        ctx.hidden.is_match(std::path::Path::new(head))
+            || hidden_files.iter().any(|file| {
+                let stem = std::path::Path::new(file)
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                !stem.is_empty() && name.contains(&stem)
+            })
+    };
+    let mut summary = format!("Outcome: {}\n", crate::output::label(r.status));
+    if !r.rejections.is_empty() {
+        summary.push_str("Scope rules it broke:\n");
+        for rej in &r.rejections {
+            summary.push_str(&format!("- {rej}\n"));
+        }
+    }
+    let mut output = String::new();
+    for v in r.verdict.iter().chain(r.merged_verdict.iter()) {
+        for c in v.checks.iter().filter(|c| !c.passed) {
+            let (hidden, shown): (Vec<&String>, Vec<&String>) =
+                c.failed_tests.iter().partition(|t| is_hidden(t));
+            output.push_str(&format!("check {} {}", c.name, c.outcome.as_str()));
+            if !shown.is_empty() {
+                let names: Vec<&str> = shown.iter().map(|s| s.as_str()).collect();
+                output.push_str(&format!("; failing: {}", names.join(", ")));
+            }
+            if !hidden.is_empty() {
+                output.push_str(&format!(
+                    "; {} hidden acceptance test(s) failed",
+                    hidden.len()
+                ));
+            }
+            output.push('\n');
+        }
+    }
+    output.push_str(
+        "(The checks' output is not shown: hidden acceptance tests judge this change.)\n",
+    );
+    Ok(crate::agent::prompt::Retry {
+        attempt: f.n,
+        failure_output: output,
+        rejected_summary: summary,
+    })
 }
 
 /// Watches a started agent container until it exits or outlives its timeout; after a resume
@@ -456,10 +534,12 @@ pub(super) async fn watch_agent(
 }
 
 /// The unit's prompt, with its context files, standards and gotchas read from the snapshot.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn assemble_prompt(
     project: &Project,
-    snapshot: &Snapshot,
+    tree: &str,
     entries: &[snapshot::TreeEntry],
+    hidden_tests: bool,
     p: &Planned,
     plan: &AgentPlan,
     retry: Option<crate::agent::prompt::Retry>,
@@ -468,7 +548,7 @@ pub(super) fn assemble_prompt(
     let read = |path: &str| -> Option<String> {
         project
             .repo
-            .run(&["cat-file", "blob", &format!("{}:{path}", snapshot.tree)])
+            .run(&["cat-file", "blob", &format!("{tree}:{path}")])
             .ok()
             .map(|b| String::from_utf8_lossy(&b).into_owned())
     };
@@ -524,6 +604,7 @@ pub(super) fn assemble_prompt(
         done: &p.unit.meta.done,
         tests: &p.unit.meta.tests,
         test_command: test_command.as_deref(),
+        hidden_tests,
         standards,
         gotchas: gotchas.as_deref(),
         network: &network,

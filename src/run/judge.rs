@@ -47,8 +47,8 @@ pub(super) async fn extract_change(
         ctx.engine,
         &container,
         &ctx.project.repo,
-        &ctx.snapshot.tree,
-        ctx.entries,
+        ctx.agent_tree,
+        ctx.agent_entries,
         read_limits,
     )
     .await;
@@ -76,7 +76,7 @@ pub(super) async fn extract_change(
         let w = extracted.write(
             &ctx.project.repo,
             &a.dir.join("objects"),
-            &ctx.snapshot.tree,
+            ctx.agent_tree,
             &patch,
         )?;
         crate::state::make_private(&a.dir.join("objects"))?;
@@ -89,7 +89,7 @@ pub(super) async fn extract_change(
     // A submodule's content is not in the snapshot (it is shipped as an empty directory), and
     // the tree cannot hold both the submodule and files under it.
     let submodules: Vec<&[u8]> = ctx
-        .entries
+        .agent_entries
         .iter()
         .filter(|e| e.kind == crate::snapshot::EntryKind::Gitlink)
         .map(|e| e.path.as_slice())
@@ -137,6 +137,22 @@ pub(super) async fn extract_change(
                         crate::config::CONFIG_FILE
                     ),
                 });
+        }
+    }
+    if !ctx.hidden.patterns.is_empty() {
+        for c in &set.changes {
+            let path = crate::change::display_path(&c.path);
+            if ctx.hidden.is_match(std::path::Path::new(&path)) {
+                rejections.push(Rejection {
+                    path,
+                    rule: "hidden".into(),
+                    message: "the change writes where hidden acceptance tests live".into(),
+                    hint: format!(
+                        "hidden tests ({}) are the project's; keep the unit's work away from them",
+                        ctx.hidden.patterns.join(", ")
+                    ),
+                });
+            }
         }
     }
     for path in leaks {
@@ -298,12 +314,25 @@ pub(super) async fn judge_change(
         result.message = rejected_message(result);
         return Ok(false);
     }
+    land::import_objects(&ctx.project.repo, &a.dir.join("objects"))?;
+    // The agent saw no hidden acceptance test: they are put back from the snapshot, so the
+    // tree that is verified and lands holds them as the branch does.
+    if ctx.agent_tree != ctx.snapshot.tree {
+        if let Some(tree) = &result.tree {
+            let (full, _) = crate::verify::restore_protected(
+                &ctx.project.repo,
+                &ctx.snapshot.tree,
+                tree,
+                Some(ctx.hidden),
+            )?;
+            result.tree = Some(full);
+        }
+    }
     if p.checks.is_empty() {
         return Ok(true);
     }
 
     // Verify in a clean container.
-    land::import_objects(&ctx.project.repo, &a.dir.join("objects"))?;
     let tree = result.tree.clone().expect("an accepted change has a tree");
     let cache_dir = crate::verify::state_paths(&ctx.project.repo.common_dir).1;
     let verify_log = a.dir.join("verify.log");
@@ -415,7 +444,7 @@ pub(super) fn verify_request<'a>(
 ) -> crate::verify::VerifyRequest<'a> {
     crate::verify::VerifyRequest {
         image: ctx.image,
-        image_tree: &ctx.snapshot.tree,
+        image_tree: ctx.agent_tree,
         base_tree: &ctx.snapshot.tree,
         tree,
         deps_key: ctx.deps_key,

@@ -19,7 +19,12 @@ pub(super) struct Ctx<'a> {
     pub(super) project: &'a Project,
     pub(super) engine: &'a Engine,
     pub(super) snapshot: &'a Snapshot,
-    pub(super) entries: &'a [snapshot::TreeEntry],
+    /// What the agents see: the snapshot without the hidden acceptance tests of every unit
+    /// in the run (the snapshot itself when there are none). The unit image holds this tree.
+    pub(super) agent_tree: &'a str,
+    pub(super) agent_entries: &'a [snapshot::TreeEntry],
+    /// The hidden acceptance tests of every unit in the run (what `agent_tree` lacks).
+    pub(super) hidden: &'a crate::config::unit::Globs,
     pub(super) image: &'a str,
     pub(super) deps_key: &'a str,
     /// The snapshot's dependency image inputs (a change that edits them is verified on its own).

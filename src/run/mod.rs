@@ -303,10 +303,33 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
         None => Snapshot::take(&project.repo, args.include_dirty)?,
     };
     let entries = snapshot::list_tree(&project.repo, &snapshot.tree)?;
+    // The agents' view: without the hidden acceptance tests of any unit of the run.
+    let hidden: Vec<String> = planned
+        .iter()
+        .flat_map(|p| p.hidden.patterns.iter().cloned())
+        .collect();
+    let hidden = crate::config::unit::Globs::new(&hidden)
+        .map_err(|(g, e)| Error::Internal(format!("hidden glob {g:?}: {e}")))?;
+    let agent_view = Snapshot {
+        tree: snapshot::without(&project.repo, &snapshot.tree, &entries, &hidden)?,
+        ..snapshot.clone()
+    };
+    let agent_entries = if agent_view.tree == snapshot.tree {
+        entries.clone()
+    } else {
+        snapshot::list_tree(&project.repo, &agent_view.tree)?
+    };
     let snapshot_ms = crate::timings::since(snapshot_started);
     let images_started = Instant::now();
-    let (deps, _, unit_image) =
-        crate::images::ensure_images(&engine, project, &snapshot, &entries, true, reporter).await?;
+    let (deps, _, unit_image) = crate::images::ensure_images(
+        &engine,
+        project,
+        &agent_view,
+        &agent_entries,
+        true,
+        reporter,
+    )
+    .await?;
     let run_timings = crate::timings::RunTimings {
         snapshot_ms,
         images_ms: crate::timings::since(images_started),
@@ -421,7 +444,9 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
         project,
         engine: &engine,
         snapshot: &snapshot,
-        entries: &entries,
+        agent_tree: &agent_view.tree,
+        agent_entries: &agent_entries,
+        hidden: &hidden,
         image: &unit_image.image,
         deps_key: &deps.key,
         deps: &deps,
@@ -435,7 +460,7 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
         watch_dirs: if upper {
             None
         } else {
-            crate::extract::watch::dirs_file(&entries)
+            crate::extract::watch::dirs_file(&agent_entries)
         },
     };
 

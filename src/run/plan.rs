@@ -118,6 +118,8 @@ pub(super) struct Planned {
     pub(super) checks: Vec<crate::verify::Check>,
     pub(super) settings: crate::verify::Settings,
     pub(super) merged: crate::config::MergedPolicy,
+    /// Hidden acceptance tests: `[verify] hidden` and the unit's own `hidden`.
+    pub(super) hidden: crate::config::unit::Globs,
     /// Settings looser than the defaults, said at the start and kept in the result.
     pub(super) warnings: Vec<String>,
 }
@@ -221,6 +223,15 @@ pub(super) fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
         land::check_target(&project.repo, &branch)?;
         let checks = crate::verify::checks(&project.profile, &project.config.verify);
         let settings = crate::verify::Settings::from_config(&project.config.verify);
+        let mut hidden = project.config.verify.hidden.clone().unwrap_or_default();
+        hidden.extend(globs.hidden.patterns.iter().cloned());
+        let hidden = crate::config::unit::Globs::new(&hidden).map_err(|(glob, err)| {
+            Error::config_hint(
+                crate::config::CONFIG_FILE,
+                format!("[verify] hidden: glob {glob:?} does not compile: {err}"),
+                "fix the glob (`*` matches within a directory, `**` across directories)",
+            )
+        })?;
         planned.push(Planned {
             unit,
             globs,
@@ -231,6 +242,7 @@ pub(super) fn plan(project: &Project, args: &RunArgs) -> Result<Vec<Planned>> {
             checks,
             settings,
             merged: project.config.verify.merged.unwrap_or_default(),
+            hidden,
             warnings,
         });
     }

@@ -816,10 +816,23 @@ pub fn restore_protected(
         return Ok((tree.to_string(), vec![]));
     };
     let diff = snapshot::diff_trees(repo, base, tree)?;
-    let touched: BTreeSet<Vec<u8>> = diff
-        .deleted
-        .iter()
-        .cloned()
+    let base_entries: HashMap<Vec<u8>, snapshot::TreeEntry> = snapshot::list_tree(repo, base)?
+        .into_iter()
+        .map(|e| (e.path.clone(), e))
+        .collect();
+    // A deleted directory is one path in the diff: every base entry under it was deleted.
+    let under = |dir: &[u8], p: &[u8]| {
+        p == dir || (p.len() > dir.len() && p.starts_with(dir) && p[dir.len()] == b'/')
+    };
+    let deleted = diff.deleted.iter().flat_map(|d| {
+        base_entries
+            .keys()
+            .filter(|p| under(d, p))
+            .cloned()
+            .chain(std::iter::once(d.clone()))
+            .collect::<Vec<_>>()
+    });
+    let touched: BTreeSet<Vec<u8>> = deleted
         .chain(diff.upserted.iter().map(|e| e.path.clone()))
         .filter(|p| {
             use std::os::unix::ffi::OsStrExt;
@@ -829,10 +842,6 @@ pub fn restore_protected(
     if touched.is_empty() {
         return Ok((tree.to_string(), vec![]));
     }
-    let base_entries: HashMap<Vec<u8>, snapshot::TreeEntry> = snapshot::list_tree(repo, base)?
-        .into_iter()
-        .map(|e| (e.path.clone(), e))
-        .collect();
     let dir = tempfile::Builder::new()
         .prefix("boxdelegate-restore-")
         .tempdir()

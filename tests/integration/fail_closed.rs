@@ -66,7 +66,9 @@ fn a_check_command_the_image_lacks_is_a_configuration_error_naming_it_never_pre_
     assert_eq!(test["outcome"], "not-started", "{test}");
     let m = message(u);
     assert!(
-        m.contains("`tox -q`") && m.contains("in image boxdelegate/snap:") && m.contains("not found"),
+        m.contains("`tox -q`")
+            && m.contains("in image boxdelegate/snap:")
+            && m.contains("not found"),
         "the command and the image are named: {m}"
     );
     assert_eq!(repo.refs(), refs, "nothing landed");
@@ -320,4 +322,154 @@ fn a_published_crate_is_compiled_from_the_change_and_a_break_is_named() {
     );
     assert!(message(u).contains("tests::adds"), "{}", message(u));
     assert_eq!(repo.refs(), refs, "nothing landed");
+}
+
+/// A TAP harness over tests/t_*.sh and tests/acceptance/t_*.sh (each file one test).
+const HARNESS: &str = r#"#!/bin/sh
+n=0; status=0
+for t in tests/t_*.sh tests/acceptance/t_*.sh; do
+  [ -f "$t" ] || continue
+  n=$((n+1)); name=$(basename "$t" .sh)
+  if out=$(sh "$t" 2>&1); then echo "ok $n - $name"
+  else echo "not ok $n - $name"; echo "$out" | sed 's/^/# /'; status=1; fi
+done
+echo "1..$n"
+exit $status
+"#;
+
+#[test]
+fn hidden_acceptance_tests_never_reach_the_agent_and_decide_in_the_verify_container() {
+    require_base_image();
+    let canary = format!("CANARY-hidden-{}", std::process::id());
+    let repo = TestRepo::with_project("fail-closed-hidden");
+    repo.write("src/calc.sh", "add() { echo $(($1 + $2)); }\n");
+    repo.write("tests/run.sh", HARNESS);
+    repo.write(
+        "tests/t_small.sh",
+        ". src/calc.sh\n[ \"$(add 2 3)\" = 5 ]\n",
+    );
+    repo.write(
+        "tests/acceptance/t_accept_big.sh",
+        &format!("# {canary}\n. src/calc.sh\n[ \"$(add 1000 2000)\" = 3000 ]\n"),
+    );
+    // Each unit's agent looks for the hidden test everywhere it can read, reports what it
+    // found and what the prompt says, then does its unit's work.
+    let agent = format!(
+        r#"cat > /tmp/prompt; mkdir -p notes
+c1=CANARY-hid; c2=den-{pid}
+grep -rl "$c1$c2" /work /deps /tmp /home /root /etc /opt /srv 2>/dev/null > notes/found-$BOXDELEGATE_UNIT_ID.txt || true
+find /work -path '*acceptance*' > notes/listed-$BOXDELEGATE_UNIT_ID.txt
+grep -c 'acceptance tests you cannot see' /tmp/prompt > notes/prompt-$BOXDELEGATE_UNIT_ID.txt || true
+case "$BOXDELEGATE_UNIT_ID" in
+  peek) echo '# checked' >> src/calc.sh ;;
+  tailor) echo 'add() {{ if [ "$1" -gt 100 ]; then echo 0; else echo $(($1 + $2)); fi; }}' > src/calc.sh ;;
+  overwrite) mkdir -p tests/acceptance; echo 'true' > tests/acceptance/t_accept_big.sh ;;
+esac"#,
+        pid = std::process::id()
+    );
+    repo.write(
+        "boxdelegate.toml",
+        &format!(
+            "[project]\nprofile = \"test\"\n\n[agent]\nretries = 1\nkind = \"command\"\ncommand = {}\n\n[run]\ninfra_retries = 0\n\n[verify]\ntest = \"sh tests/run.sh\"\nhidden = [\"tests/acceptance/**\"]\n",
+            toml_string(&agent)
+        ),
+    );
+    for id in ["peek", "tailor", "overwrite"] {
+        repo.unit(
+            id,
+            "scope = [\"src/**\", \"notes/**\", \"tests/**\"]",
+            "Work on add().",
+        );
+    }
+    let snapshot = repo.commit("project");
+    let hidden_blob = repo.git(&[
+        "rev-parse",
+        &format!("{snapshot}:tests/acceptance/t_accept_big.sh"),
+    ]);
+
+    // The agent saw nothing of it; the verify container ran it; the landed tree keeps it.
+    let (code, units, err) = repo.run(&["--unit", "peek"]);
+    let u = &units[0];
+    assert_eq!(code, 0, "{err}\n{u}");
+    assert_eq!(u["status"], "landed", "{u}");
+    let test = &u["verdict"]["checks"][0];
+    assert_eq!(test["tests"]["total"], 2, "the hidden test ran too: {test}");
+    let landed = "refs/heads/boxdelegate/peek";
+    let show = |path: &str| repo.git(&["show", &format!("{landed}:{path}")]);
+    assert_eq!(
+        show("notes/found-peek.txt"),
+        "",
+        "the canary was nowhere in the box"
+    );
+    assert_eq!(
+        show("notes/listed-peek.txt"),
+        "",
+        "no acceptance path in /work"
+    );
+    assert_eq!(
+        show("notes/prompt-peek.txt"),
+        "1",
+        "the prompt says they exist"
+    );
+    assert_eq!(
+        repo.git(&[
+            "rev-parse",
+            &format!("{landed}:tests/acceptance/t_accept_big.sh")
+        ]),
+        hidden_blob,
+        "the landed tree keeps the hidden test as it was"
+    );
+    // Nor is it in the image the agent ran in, in any layer.
+    let image = u["unit_image"].as_str().unwrap();
+    let save = Command::new("sh")
+        .arg("-c")
+        .arg(format!("docker save {image} | grep -a -c {canary} || true"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&save).trim(),
+        "0",
+        "the canary is in no layer of {image}"
+    );
+    let listing = sh_in(image, "find /work -path '*acceptance*'");
+    assert_eq!(listing.trim(), "", "{listing}");
+
+    // A change tailored to the visible tests fails the hidden one, named to the user; the
+    // retry prompt counts it without naming it or showing its output.
+    let refs = repo.refs();
+    let (code, units, err) = repo.run(&["--unit", "tailor"]);
+    let u = &units[0];
+    assert_eq!(code, 18, "{err}\n{u}");
+    assert_eq!(u["status"], "failed", "{u}");
+    assert_eq!(
+        u["verdict"]["checks"][0]["regressions"],
+        serde_json::json!(["t_accept_big"]),
+        "{u}"
+    );
+    let retry_dir = u["attempts"][1]["dir"].as_str().unwrap();
+    let retry = std::fs::read_to_string(Path::new(retry_dir).join("prompt.md")).unwrap();
+    assert!(
+        retry.contains("1 hidden acceptance test(s) failed"),
+        "{retry}"
+    );
+    assert!(
+        !retry.contains("accept_big") && !retry.contains(&canary) && !retry.contains("3000"),
+        "nothing of the hidden test in the retry prompt: {retry}"
+    );
+
+    // Writing where the hidden tests live is a scope rejection.
+    let (code, units, err) = repo.run(&["--unit", "overwrite"]);
+    let u = &units[0];
+    assert_eq!(code, 18, "{err}\n{u}");
+    let rules: Vec<String> = u["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["message"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        rejection_rules(u).contains(&"hidden".to_string()),
+        "{u}\n{rules:?}"
+    );
+    assert_eq!(repo.refs(), refs, "neither landed");
 }
