@@ -120,7 +120,7 @@ pub enum Command {
     },
     /// Re-check a commit or a patch in a clean container against its base; write a record.
     #[command(
-        after_help = "Exit codes: 0 pass (--replay: the verdict matches the record), 15 fail, 12 a check timed out, 16 infrastructure failure, 17 (--replay) the verdict differs, 2 bad input."
+        after_help = "Verdicts (docs/verdicts.md): pass; fail (a regression, an expected test not passing); inconclusive (no evidence the checks passed: a runner that names no tests failing on the base too, or exiting 0 with no count or name); config-error (a check's command cannot start in the image).\n\nExit codes: 0 pass (--replay: the verdict matches the record), 15 fail or inconclusive, 3 config-error, 12 a check timed out, 16 infrastructure failure, 17 (--replay) the verdict differs, 2 bad input."
     )]
     Verify(VerifyArgs),
     /// Create, list and check unit files.

@@ -206,3 +206,156 @@ impl Verdict {
         out
     }
 }
+
+#[cfg(test)]
+mod verdicts_doc {
+    //! docs/verdicts.md against the code: every outcome, verdict and status, with whether it
+    //! lands and its exit code, and nothing the code does not have.
+
+    use super::{Kind, Outcome};
+    use crate::record::Status;
+    use std::collections::BTreeMap;
+
+    const DOC: &str = include_str!("../../docs/verdicts.md");
+
+    /// The rows of the table under `heading`: first cell (without backticks) → second cell.
+    fn table(heading: &str) -> BTreeMap<String, String> {
+        let section = DOC
+            .split(&format!("## {heading}\n"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("docs/verdicts.md has no section {heading:?}"));
+        section
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+                (cells[0].trim_matches('`').to_string(), cells[1].to_string())
+            })
+            .collect()
+    }
+
+    // Exhaustive matches: a new variant does not compile until it is listed here (and so in
+    // the page).
+    fn outcomes() -> Vec<Outcome> {
+        let all = [
+            Outcome::Pass,
+            Outcome::Fixed,
+            Outcome::PreExisting,
+            Outcome::Flaky,
+            Outcome::Skipped,
+            Outcome::Fail,
+            Outcome::NoTests,
+            Outcome::NotStarted,
+            Outcome::Inconclusive,
+            Outcome::Timeout,
+            Outcome::InfraError,
+        ];
+        for o in all {
+            match o {
+                Outcome::Pass
+                | Outcome::Fixed
+                | Outcome::PreExisting
+                | Outcome::Flaky
+                | Outcome::Skipped
+                | Outcome::Fail
+                | Outcome::NoTests
+                | Outcome::NotStarted
+                | Outcome::Inconclusive
+                | Outcome::Timeout
+                | Outcome::InfraError => {}
+            }
+        }
+        all.to_vec()
+    }
+
+    fn kinds() -> Vec<Kind> {
+        let all = [
+            Kind::Pass,
+            Kind::Fail,
+            Kind::Inconclusive,
+            Kind::ConfigError,
+            Kind::Timeout,
+            Kind::InfraError,
+        ];
+        for k in all {
+            match k {
+                Kind::Pass
+                | Kind::Fail
+                | Kind::Inconclusive
+                | Kind::ConfigError
+                | Kind::Timeout
+                | Kind::InfraError => {}
+            }
+        }
+        all.to_vec()
+    }
+
+    fn statuses() -> Vec<Status> {
+        let all = [
+            Status::Landed,
+            Status::AlreadyLanded,
+            Status::Rejected,
+            Status::Conflict,
+            Status::Timeout,
+            Status::AgentFailed,
+            Status::NoChange,
+            Status::VerifyFailed,
+            Status::ConfigError,
+            Status::InfraError,
+            Status::Failed,
+            Status::Skipped,
+        ];
+        for s in all {
+            match s {
+                Status::Landed
+                | Status::AlreadyLanded
+                | Status::Rejected
+                | Status::Conflict
+                | Status::Timeout
+                | Status::AgentFailed
+                | Status::NoChange
+                | Status::VerifyFailed
+                | Status::ConfigError
+                | Status::InfraError
+                | Status::Failed
+                | Status::Skipped => {}
+            }
+        }
+        all.to_vec()
+    }
+
+    #[test]
+    fn every_outcome_is_documented_with_whether_it_lands() {
+        let doc = table("A check's outcome");
+        let code: BTreeMap<String, String> = outcomes()
+            .into_iter()
+            .map(|o| {
+                let lands = if o.lets_land() { "yes" } else { "no" };
+                (o.as_str().to_string(), lands.to_string())
+            })
+            .collect();
+        assert_eq!(doc, code);
+    }
+
+    #[test]
+    fn every_verdict_is_documented_with_its_exit_code() {
+        let doc = table("The verdict");
+        let code: BTreeMap<String, String> = kinds()
+            .into_iter()
+            .map(|k| (k.as_str().to_string(), k.exit_code().to_string()))
+            .collect();
+        assert_eq!(doc, code);
+    }
+
+    #[test]
+    fn every_unit_status_is_documented_with_its_exit_code() {
+        let doc = table("A unit's status");
+        let code: BTreeMap<String, String> = statuses()
+            .into_iter()
+            .map(|s| (crate::output::label(s), s.exit_code().to_string()))
+            .collect();
+        assert_eq!(doc, code);
+    }
+}
