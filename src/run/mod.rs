@@ -335,7 +335,28 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
         images_ms: crate::timings::since(images_started),
     };
     let journal = match resume {
-        Some(j) => j,
+        Some(mut j) => {
+            // A unit of the interrupted run that landed since (another run delegated it) is
+            // not delegated again: its attempts end, their containers go with the run's
+            // abandoned ones.
+            if !j.request.rerun {
+                let run_id = j.run_id.clone();
+                for p in &planned {
+                    let u = j.unit_mut(&p.unit.meta.id);
+                    if u.phase == UnitPhase::Done || u.landing.is_some() {
+                        continue;
+                    }
+                    if let Some(commit) = landed_before(p)? {
+                        for a in &mut u.attempts {
+                            a.phase = crate::state::journal::AttemptPhase::Done;
+                        }
+                        u.phase = UnitPhase::Done;
+                        u.result = Some(already_landed(p, &commit, &snapshot, &run_id, reporter));
+                    }
+                }
+            }
+            j
+        }
         None => {
             let run_id = new_run_id();
             let mut units = Vec::new();

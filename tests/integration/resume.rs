@@ -365,6 +365,45 @@ fn killed_then_resumed(failpoint: &str) {
 }
 
 #[test]
+fn a_unit_that_landed_since_its_run_was_interrupted_is_not_delegated_again() {
+    require_base_image();
+    let repo = project(
+        "resume-landed-since",
+        "cat > /tmp/prompt; sleep 2; printf 'def add(a, b):\\n    return a + b\\n' >> src/math.py",
+        "",
+    );
+    let snapshot = repo.commit("project");
+    crash_at(&repo, "agent-started");
+    let interrupted = run_ids(&repo);
+    assert_eq!(interrupted.len(), 1);
+    // Meanwhile the unit is delegated anew and lands.
+    let (code, v, err) = run_json(&repo, &["--unit", "add", "--rerun"]);
+    assert_eq!(code, 0, "{err}\n{v}");
+    assert_eq!(v["units"][0]["status"], "landed", "{v}");
+    assert_eq!(commits_on(&repo, "boxdelegate/add", &snapshot), ["add"]);
+    // Resuming the interrupted run does not run its agent again, nor land a second commit.
+    let (code, v, err) = run_json(&repo, &["--unit", "add"]);
+    assert_eq!(code, 0, "{err}\n{v}");
+    assert_eq!(v["run"]["run_id"], interrupted[0].as_str(), "{v}");
+    let u = &v["units"][0];
+    assert_eq!(u["status"], "already-landed", "{u}");
+    assert!(
+        u["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("already landed as")
+            && u["attempts"].as_array().unwrap().is_empty(),
+        "found landed, not delegated again: {u}"
+    );
+    assert_eq!(commits_on(&repo, "boxdelegate/add", &snapshot), ["add"]);
+    assert_eq!(
+        containers_of_run(&interrupted[0]),
+        "",
+        "the interrupted agent is gone"
+    );
+}
+
+#[test]
 fn killed_after_the_run_is_recorded() {
     killed_then_resumed("run-created");
 }
