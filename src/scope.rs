@@ -35,6 +35,123 @@ pub fn symlink_stays_inside(path: &[u8], target: &[u8]) -> bool {
     true
 }
 
+/// How many links one resolution may follow before it counts as a loop (Linux's own bound).
+pub const MAX_LINK_HOPS: usize = 40;
+
+/// Why a symlink of the new tree is refused, resolved as a checkout's file system would resolve
+/// it: against the tree itself, other links included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEscape {
+    /// Resolves to a place above the repository's root, or to an absolute path.
+    Leaves,
+    /// Resolves into a `.git` directory (the repository's own metadata, hooks included).
+    EntersGit,
+    /// Follows more than [`MAX_LINK_HOPS`] links: a loop.
+    Loops,
+}
+
+/// Resolves the symlink at `path` through `links` (every symlink of the new tree: path →
+/// target). `Ok` with the links followed (the chain, the link itself first) when it stays in
+/// the tree; else why not, with the chain so far.
+pub fn resolve_link(
+    links: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    path: &[u8],
+) -> Result<Vec<Vec<u8>>, (LinkEscape, Vec<Vec<u8>>)> {
+    use std::collections::VecDeque;
+    let mut chain = vec![path.to_vec()];
+    let Some(target) = links.get(path) else {
+        return Ok(chain);
+    };
+    // Where we stand (directory components), and what is left to walk.
+    let mut at: Vec<Vec<u8>> = path.split(|b| *b == b'/').map(<[u8]>::to_vec).collect();
+    at.pop();
+    let mut todo: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut hops = 1;
+    let start = |target: &[u8], todo: &mut VecDeque<Vec<u8>>| {
+        for c in target.split(|b| *b == b'/').rev() {
+            todo.push_front(c.to_vec());
+        }
+    };
+    if target.starts_with(b"/") || target.is_empty() {
+        return Err((LinkEscape::Leaves, chain));
+    }
+    start(target, &mut todo);
+    while let Some(c) = todo.pop_front() {
+        match c.as_slice() {
+            b"" | b"." => {}
+            b".." => {
+                if at.pop().is_none() {
+                    return Err((LinkEscape::Leaves, chain));
+                }
+            }
+            name => {
+                if crate::change::is_git_path(name) || name.eq_ignore_ascii_case(b".git") {
+                    return Err((LinkEscape::EntersGit, chain));
+                }
+                at.push(name.to_vec());
+                let here = at.join(&b'/');
+                if let Some(next) = links.get(&here) {
+                    hops += 1;
+                    chain.push(here);
+                    if hops > MAX_LINK_HOPS {
+                        return Err((LinkEscape::Loops, chain));
+                    }
+                    if next.starts_with(b"/") || next.is_empty() {
+                        return Err((LinkEscape::Leaves, chain));
+                    }
+                    at.pop();
+                    start(next, &mut todo);
+                }
+            }
+        }
+    }
+    Ok(chain)
+}
+
+/// The symlinks of the new tree (`links`: every one, path → target) that leave it, enter
+/// `.git` or loop when a checkout resolves them, where the link itself or a link it goes
+/// through is one the change wrote (`changed`): one rejection each, naming the chain.
+pub fn check_links(
+    links: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    changed: &std::collections::BTreeSet<Vec<u8>>,
+) -> Vec<Rejection> {
+    let mut out = Vec::new();
+    for path in links.keys() {
+        let (why, chain) = match resolve_link(links, path) {
+            Ok(_) => continue,
+            Err(e) => e,
+        };
+        if !chain.iter().any(|l| changed.contains(l)) {
+            continue; // the snapshot's own, untouched
+        }
+        let steps: Vec<String> = chain
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} -> {}",
+                    display_path(l),
+                    display_path(links.get(l).map(Vec::as_slice).unwrap_or_default())
+                )
+            })
+            .collect();
+        let what = match why {
+            LinkEscape::Leaves => "leaves the repository",
+            LinkEscape::EntersGit => "enters .git",
+            LinkEscape::Loops => "loops",
+        };
+        out.push(Rejection {
+            path: display_path(path),
+            rule: "symlink-escape".into(),
+            message: format!(
+                "is a symlink that {what} when a checkout resolves it: {}",
+                steps.join(", then ")
+            ),
+            hint: "use a relative symlink that stays inside the repository (not through .git), or copy the file".into(),
+        });
+    }
+    out
+}
+
 /// Checks every change; an empty result means the change set is accepted.
 pub fn check(
     changes: &ChangeSet,
@@ -255,6 +372,74 @@ mod tests {
         .into_iter()
         .map(|r| (r.path, r.rule))
         .collect()
+    }
+
+    #[test]
+    fn links_are_resolved_through_other_links_as_a_checkout_would() {
+        use std::collections::{BTreeMap, BTreeSet};
+        let links = |pairs: &[(&str, &str)]| -> BTreeMap<Vec<u8>, Vec<u8>> {
+            pairs
+                .iter()
+                .map(|(p, t)| (p.as_bytes().to_vec(), t.as_bytes().to_vec()))
+                .collect()
+        };
+        let all =
+            |l: &BTreeMap<Vec<u8>, Vec<u8>>| -> BTreeSet<Vec<u8>> { l.keys().cloned().collect() };
+        // The chain the issue names: each link alone stays inside.
+        let l = links(&[
+            ("calc/up", ".."),
+            ("calc/esc", "up/calc/up/calc/up/../../etc/passwd"),
+        ]);
+        assert!(symlink_stays_inside(b"calc/up", b".."));
+        assert!(symlink_stays_inside(
+            b"calc/esc",
+            b"up/calc/up/calc/up/../../etc/passwd"
+        ));
+        let r = check_links(&l, &all(&l));
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].path, "calc/esc");
+        assert!(
+            r[0].message.contains("leaves the repository"),
+            "{}",
+            r[0].message
+        );
+        assert!(r[0].message.contains("calc/up -> .."), "{}", r[0].message);
+        // Into .git, directly or through a link.
+        for (p, t) in [("a/hooks", "../.git/hooks"), ("a/g", "../.GIT")] {
+            let l = links(&[(p, t)]);
+            assert_eq!(
+                resolve_link(&l, p.as_bytes()).unwrap_err().0,
+                LinkEscape::EntersGit
+            );
+        }
+        let l = links(&[("a/root", ".."), ("a/h", "root/.git/config")]);
+        assert_eq!(
+            resolve_link(&l, b"a/h").unwrap_err().0,
+            LinkEscape::EntersGit
+        );
+        // Loops.
+        let l = links(&[("a", "b"), ("b", "a")]);
+        assert_eq!(resolve_link(&l, b"a").unwrap_err().0, LinkEscape::Loops);
+        let l = links(&[("x/self", "../x/self/y")]);
+        assert_eq!(
+            resolve_link(&l, b"x/self").unwrap_err().0,
+            LinkEscape::Loops
+        );
+        // Fine: inside, through links, dangling inside.
+        let l = links(&[
+            ("a/up", ".."),
+            ("a/doc", "up/docs/readme.md"),
+            ("b", "nowhere/yet"),
+        ]);
+        assert!(check_links(&l, &all(&l)).is_empty());
+        assert_eq!(resolve_link(&l, b"a/doc").unwrap().len(), 2);
+        // A snapshot's own escaping link the change did not touch is not the change's.
+        let l = links(&[("old", "/etc"), ("new", "docs")]);
+        let changed: BTreeSet<Vec<u8>> = [b"new".to_vec()].into();
+        assert!(check_links(&l, &changed).is_empty());
+        // But a new link through it is.
+        let l = links(&[("old", ".."), ("new", "old/x")]);
+        assert_eq!(check_links(&l, &changed).len(), 1);
     }
 
     #[test]

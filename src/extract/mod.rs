@@ -37,6 +37,7 @@ use crate::git::Repo;
 
 use crate::snapshot::{EntryKind, TreeEntry};
 
+pub mod fsck;
 mod reads;
 mod tree;
 pub mod upper;
@@ -345,7 +346,12 @@ impl Extracted {
         self.set
             .changes
             .iter()
-            .filter(|c| found(&c.path) || self.contents.get(&c.path).is_some_and(|d| found(d)))
+            .filter(|c| {
+                found(&c.path)
+                    || self.contents.get(&c.path).is_some_and(|d| found(d))
+                    // A symlink's target is data that lands too (the blob of the link).
+                    || matches!(&c.node, crate::change::Node::Symlink { target } if found(target))
+            })
             .map(|c| c.path.clone())
             .collect()
     }

@@ -86,6 +86,24 @@ pub(super) async fn extract_change(
     // The scope is checked here, on the change as read (the stored change set names paths
     // lossily, for people).
     let mut rejections = scope::check(set, &p.globs, &p.limits, &p.unit.file);
+    // Symlinks as a checkout resolves them: through every link of the new tree.
+    let (links, changed_links) = new_tree_links(ctx, set)?;
+    // git's own object checks, on the objects the change wrote.
+    if let Some((w, _)) = &written {
+        rejections.extend(extract::fsck::check(
+            &ctx.project.repo,
+            &a.dir.join("objects"),
+            &w.tree,
+        )?);
+    }
+    for r in scope::check_links(&links, &changed_links) {
+        if !rejections
+            .iter()
+            .any(|e| e.path == r.path && e.rule == r.rule)
+        {
+            rejections.push(r);
+        }
+    }
     // A submodule's content is not in the snapshot (it is shipped as an empty directory), and
     // the tree cannot hold both the submodule and files under it.
     let submodules: Vec<&[u8]> = ctx
@@ -184,6 +202,64 @@ pub(super) async fn extract_change(
     ctx.engine.remove_soon(&container);
     crate::failpoint::hit("extracted");
     Ok(())
+}
+
+/// Every symlink of the tree the change makes (path → target): the agent's view's links
+/// less those the change deleted or replaced, plus those it wrote; and which the change wrote.
+fn new_tree_links(
+    ctx: &Ctx<'_>,
+    set: &ChangeSet,
+) -> Result<(
+    std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    std::collections::BTreeSet<Vec<u8>>,
+)> {
+    use crate::change::{ChangeKind, Node};
+    let gone = |path: &[u8]| {
+        set.changes.iter().any(|c| {
+            path == c.path.as_slice()
+                || (path.len() > c.path.len()
+                    && path.starts_with(&c.path)
+                    && path[c.path.len()] == b'/'
+                    && c.kind == ChangeKind::Deleted)
+        })
+    };
+    let old: Vec<&crate::snapshot::TreeEntry> = ctx
+        .agent_entries
+        .iter()
+        .filter(|e| e.kind == crate::snapshot::EntryKind::Symlink && !gone(&e.path))
+        .collect();
+    let mut links = std::collections::BTreeMap::new();
+    if !old.is_empty() {
+        let input: String = old.iter().map(|e| format!("{}\n", e.oid)).collect();
+        let out = ctx.project.repo.run_with(
+            ctx.project.repo.cmd()?,
+            &["cat-file", "--batch"],
+            Some(input.as_bytes()),
+        )?;
+        let mut rest = out.as_slice();
+        for e in old {
+            let eol = rest
+                .iter()
+                .position(|b| *b == b'\n')
+                .ok_or_else(|| Error::Internal("git cat-file ended early".into()))?;
+            let header = String::from_utf8_lossy(&rest[..eol]).into_owned();
+            let size: usize = header
+                .rsplit(' ')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| Error::Internal(format!("git cat-file: {header}")))?;
+            links.insert(e.path.clone(), rest[eol + 1..eol + 1 + size].to_vec());
+            rest = &rest[(eol + 2 + size).min(rest.len())..];
+        }
+    }
+    let mut changed = std::collections::BTreeSet::new();
+    for c in &set.changes {
+        if let (Node::Symlink { target }, false) = (&c.node, c.kind == ChangeKind::Deleted) {
+            links.insert(c.path.clone(), target.clone());
+            changed.insert(c.path.clone());
+        }
+    }
+    Ok((links, changed))
 }
 
 /// Judges an extracted change: the agent's own outcome, the scope, then verification in a

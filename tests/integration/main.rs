@@ -19,5 +19,6 @@ mod repo_shapes;
 mod resume;
 mod run;
 mod snapshot;
+mod trust_boundary;
 mod verify;
 mod watch;

@@ -1,0 +1,163 @@
+//! Every byte that leaves the box is data, checked as git and a checkout will read it: symlink
+//! chains resolved through each other, links into `.git`, a secret as a link target, trees git
+//! itself refuses or warns about. Each attack is planted by a command agent; nothing lands, the
+//! host repository is byte-identical, no canary outside the tree is read, and the host
+//! repository's `git fsck --strict` stays clean.
+
+use crate::common::*;
+
+/// Runs `agent` as unit `id` (scope `calc/**` and the top-level dot files) with `env` passed to
+/// it; returns the unit's result after asserting nothing landed and the host is as it was.
+fn refused(salt: &str, agent: &str, env: &[(&str, &str)], extra: &str) -> serde_json::Value {
+    let repo = TestRepo::with_project(salt);
+    repo.write("calc/calc.sh", "add() { echo $(($1 + $2)); }\n");
+    repo.write(
+        "boxdelegate.toml",
+        &format!(
+            "[project]\nprofile = \"test\"\n\n[agent]\nretries = 0\nkind = \"command\"\ncommand = {}\n{extra}\n\n[run]\ninfra_retries = 0\n",
+            toml_string(agent)
+        ),
+    );
+    repo.unit(
+        "attack",
+        "scope = [\"calc/**\", \".gitmodules\", \".gitattributes\", \".mailmap\", \".gitignore\", \"git~1/**\", \"**/config\"]",
+        "Work on calc.",
+    );
+    repo.commit("project");
+    let before = repo.host_state();
+    let (code, units, err) = repo.run_with(&["--unit", "attack"], env);
+    let u = units[0].clone();
+    assert_eq!(code, 10, "{err}\n{u}");
+    assert_eq!(u["status"], "rejected", "{u}");
+    assert_eq!(
+        repo.host_state()
+            .lines()
+            .filter(|l| !l.starts_with(".git/boxdelegate"))
+            .collect::<Vec<_>>(),
+        before
+            .lines()
+            .filter(|l| !l.starts_with(".git/boxdelegate"))
+            .collect::<Vec<_>>(),
+        "the host repository is as it was (but boxdelegate's own state)"
+    );
+    assert!(
+        repo.git(&["branch", "--list", "boxdelegate/attack"])
+            .is_empty(),
+        "nothing landed"
+    );
+    let fsck = std::process::Command::new("git")
+        .args(["-C"])
+        .arg(repo.path())
+        .args(["fsck", "--strict", "--no-dangling"])
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success() && !String::from_utf8_lossy(&fsck.stderr).contains("warning"),
+        "git fsck --strict of the host repository: {}",
+        stderr(&fsck)
+    );
+    u
+}
+
+fn messages(u: &serde_json::Value, rule: &str) -> Vec<String> {
+    u["rejections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["rule"] == rule)
+        .map(|r| {
+            format!(
+                "{}: {}",
+                r["path"].as_str().unwrap(),
+                r["message"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_symlink_chain_that_leaves_the_tree_through_another_link_is_rejected_naming_the_chain() {
+    require_base_image();
+    let u = refused(
+        "trust-chain",
+        "ln -s .. calc/up; ln -s up/calc/up/calc/up/../../etc/passwd calc/esc",
+        &[],
+        "",
+    );
+    let m = messages(&u, "symlink-escape");
+    assert!(
+        m.iter().any(|m| m.starts_with("calc/esc: ")
+            && m.contains("leaves the repository")
+            && m.contains("calc/up -> ..")),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn symlinks_into_git_metadata_are_rejected() {
+    require_base_image();
+    let u = refused(
+        "trust-dotgit",
+        "ln -s ../.git calc/meta; ln -s ../.git/hooks calc/hooks; ln -s .. calc/root; ln -s root/.git/config calc/cfg",
+        &[],
+        "",
+    );
+    let m = messages(&u, "symlink-escape");
+    for link in ["calc/meta", "calc/hooks", "calc/cfg"] {
+        assert!(
+            m.iter()
+                .any(|m| m.starts_with(&format!("{link}: ")) && m.contains("enters .git")),
+            "{link}: {m:?}"
+        );
+    }
+}
+
+#[test]
+fn a_secret_as_a_symlink_target_is_rejected_and_written_nowhere() {
+    require_base_image();
+    let secret = format!("tok-{}-canary", std::process::id());
+    let u = refused(
+        "trust-secret-link",
+        "ln -s \"$BD_TEST_SECRET\" calc/leak",
+        &[("BD_TEST_SECRET", &secret)],
+        "env = [\"BD_TEST_SECRET\"]",
+    );
+    assert!(
+        crate::common::rejection_rules(&u).contains(&"secret".to_string()),
+        "{u}"
+    );
+    assert!(u["patch"].is_null(), "no patch is written: {u}");
+    assert!(!u.to_string().contains(&secret), "{u}");
+}
+
+#[test]
+fn trees_git_refuses_or_warns_about_are_rejected_with_gits_message_id() {
+    require_base_image();
+    for (salt, agent, ids) in [
+        (
+            "trust-fsck-links",
+            "ln -s calc/calc.sh .gitmodules; ln -s calc/calc.sh .gitattributes; ln -s calc/calc.sh .mailmap",
+            &["gitmodulesSymlink", "gitattributesSymlink", "mailmapSymlink"][..],
+        ),
+        (
+            "trust-fsck-ntfs",
+            "mkdir -p 'git~1'; echo '[core]' > 'git~1/config'",
+            &["hasDotgit"][..],
+        ),
+        (
+            "trust-fsck-hfs",
+            "d=\"$(printf '.g\\342\\200\\214it')\"; mkdir -p \"$d\"; echo '[core]' > \"$d/config\"",
+            &["hasDotgit"][..],
+        ),
+    ] {
+        let u = refused(salt, agent, &[], "");
+        let m = messages(&u, "git-fsck");
+        for id in ids {
+            assert!(
+                m.iter().any(|m| m.contains(&format!("git fsck {id}"))),
+                "{salt}: {id}: {u}"
+            );
+        }
+    }
+}
