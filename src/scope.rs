@@ -50,13 +50,16 @@ pub enum LinkEscape {
     Loops,
 }
 
+/// The links one resolution went through, the first link first.
+pub type Chain = Vec<Vec<u8>>;
+
 /// Resolves the symlink at `path` through `links` (every symlink of the new tree: path →
 /// target). `Ok` with the links followed (the chain, the link itself first) when it stays in
 /// the tree; else why not, with the chain so far.
 pub fn resolve_link(
     links: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
     path: &[u8],
-) -> Result<Vec<Vec<u8>>, (LinkEscape, Vec<Vec<u8>>)> {
+) -> Result<Chain, (LinkEscape, Chain)> {
     use std::collections::VecDeque;
     let mut chain = vec![path.to_vec()];
     let Some(target) = links.get(path) else {

@@ -14,6 +14,7 @@ use crate::record::{Rejection, Status, UnitResult};
 use crate::scope;
 use crate::state::journal::AttemptPhase;
 use crate::verify::Ahead;
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Instant;
 
@@ -204,15 +205,12 @@ pub(super) async fn extract_change(
     Ok(())
 }
 
+/// Symlinks by path, with their targets.
+type Links = std::collections::BTreeMap<Vec<u8>, Vec<u8>>;
+
 /// Every symlink of the tree the change makes (path → target): the agent's view's links
 /// less those the change deleted or replaced, plus those it wrote; and which the change wrote.
-fn new_tree_links(
-    ctx: &Ctx<'_>,
-    set: &ChangeSet,
-) -> Result<(
-    std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
-    std::collections::BTreeSet<Vec<u8>>,
-)> {
+fn new_tree_links(ctx: &Ctx<'_>, set: &ChangeSet) -> Result<(Links, BTreeSet<Vec<u8>>)> {
     use crate::change::{ChangeKind, Node};
     let gone = |path: &[u8]| {
         set.changes.iter().any(|c| {
@@ -252,7 +250,7 @@ fn new_tree_links(
             rest = &rest[(eol + 2 + size).min(rest.len())..];
         }
     }
-    let mut changed = std::collections::BTreeSet::new();
+    let mut changed = BTreeSet::new();
     for c in &set.changes {
         if let (Node::Symlink { target }, false) = (&c.node, c.kind == ChangeKind::Deleted) {
             links.insert(c.path.clone(), target.clone());
