@@ -31,7 +31,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Refused requests kept per attempt; an agent hammering the proxy cannot grow the report.
 const MAX_REFUSED: usize = 100;
 
-/// The squid configuration: allow each `host:port`, deny the rest, log one line per request.
+/// The squid configuration: allow each `host:port` (a name only as that name, an IP only when
+/// listed; CONNECT likewise, to the listed port only), deny the rest, log one line per request.
 /// A one-label host is looked up with the search domains of the container's resolv.conf
 /// (`dns_defnames`): Podman's network DNS answers `NAME.dns.podman`, and a bare `NAME` went
 /// to the upstream servers, which an engine's network may not reach, until squid gave up.
@@ -53,8 +54,11 @@ pub fn squid_conf(allow: &[Allow]) -> String {
          shutdown_lifetime 0 seconds\n\
          dns_defnames on\n",
     );
+    // Names match only as names: `-n` keeps squid from looking up the reverse name of a
+    // request made to an IP literal (whoever controls an address's PTR record could name it
+    // after an allowed host). An IP literal passes only where that IP is listed (`dst`).
     for (i, a) in allow.iter().enumerate() {
-        let kind = if a.is_ipv4() { "dst" } else { "dstdomain" };
+        let kind = if a.is_ipv4() { "dst" } else { "dstdomain -n" };
         c.push_str(&format!(
             "acl allow{i}_host {kind} {}\nacl allow{i}_port port {}\nhttp_access allow allow{i}_host allow{i}_port\n",
             a.host, a.port
@@ -245,7 +249,7 @@ mod tests {
             Allow::parse("allowed:8000").unwrap(),
             Allow::parse("10.1.2.3:443").unwrap(),
         ]);
-        assert!(conf.contains("acl allow0_host dstdomain allowed\nacl allow0_port port 8000\nhttp_access allow allow0_host allow0_port\n"), "{conf}");
+        assert!(conf.contains("acl allow0_host dstdomain -n allowed\nacl allow0_port port 8000\nhttp_access allow allow0_host allow0_port\n"), "{conf}");
         assert!(conf.contains("acl allow1_host dst 10.1.2.3\n"), "{conf}");
         assert!(conf.ends_with("http_access deny all\n"), "{conf}");
         let none = squid_conf(&[]);

@@ -347,7 +347,27 @@ impl Drop for Servers {
 fn with_network_proxy_only_the_allowed_host_and_port_answer_and_refusals_are_reported() {
     require_base_image();
     let servers = Servers::start("proxy", &["allowed", "other"]);
-    let (allowed, other) = (&servers.names[0], &servers.names[1]);
+    // The allowed host by the name the engine's DNS gives its address in reverse (PTR), so a
+    // proxy that looked an IP literal up in reverse would take the IP for the allowed name.
+    // (Docker's DNS names an address `container.network`; Podman's answers differently, and
+    // there the plain name is allowed: an IP literal must be refused either way.)
+    let (allowed, other) = (
+        &if on_podman() {
+            servers.names[0].clone()
+        } else {
+            format!("{}.{}", servers.names[0], servers.network)
+        },
+        &servers.names[1],
+    );
+    let ip = docker(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &servers.names[0],
+    ])
+    .trim()
+    .to_string();
+    assert!(!ip.is_empty(), "the allowed server's address");
     let repo = TestRepo::with_project("attack-proxy");
     // The agent waits for the test to inspect its container and the proxy's, then asks the
     // proxy (from HTTP_PROXY) for three URLs and tries one host directly, with bash's
@@ -355,12 +375,16 @@ fn with_network_proxy_only_the_allowed_host_and_port_answer_and_refusals_are_rep
     let fetch = format!(
         r#"while [ ! -e /tmp/go ]; do sleep 0.1; done
 p=${{HTTP_PROXY#http://}}; p=${{p%/}}
-for url in http://{allowed}:8000/ok.txt http://{allowed}:8001/ok.txt http://{other}:8000/ok.txt; do
+for url in http://{allowed}:8000/ok.txt http://{allowed}:8001/ok.txt http://{other}:8000/ok.txt http://{ip}:8000/ok.txt; do
   exec 3<>/dev/tcp/${{p%:*}}/${{p##*:}}
   printf 'GET %s HTTP/1.0\r\n\r\n' "$url" >&3
   echo "$url $(head -n1 <&3 | cut -d' ' -f2)" >> src/fetched.txt
   exec 3<&-
 done
+exec 3<>/dev/tcp/${{p%:*}}/${{p##*:}}
+printf 'CONNECT {ip}:8000 HTTP/1.0\r\n\r\n' >&3
+echo "CONNECT {ip}:8000 $(head -n1 <&3 | cut -d' ' -f2)" >> src/fetched.txt
+exec 3<&-
 if (exec 3<>/dev/tcp/{allowed}/8000) 2>/dev/null; then echo direct reached; else echo direct unreachable; fi >> src/fetched.txt"#
     );
     repo.write("fetch.sh", &fetch);
@@ -423,14 +447,17 @@ if (exec 3<>/dev/tcp/{allowed}/8000) 2>/dev/null; then echo direct reached; else
     assert_eq!(
         fetched,
         format!(
-            "http://{allowed}:8000/ok.txt 200\nhttp://{allowed}:8001/ok.txt 403\nhttp://{other}:8000/ok.txt 403\ndirect unreachable"
-        )
+            "http://{allowed}:8000/ok.txt 200\nhttp://{allowed}:8001/ok.txt 403\nhttp://{other}:8000/ok.txt 403\nhttp://{ip}:8000/ok.txt 403\nCONNECT {ip}:8000 403\ndirect unreachable"
+        ),
+        "an allowed host's IP literal is not that host"
     );
     assert_eq!(
         u["network_refused"],
         serde_json::json!([
             format!("GET http://{allowed}:8001/ok.txt"),
             format!("GET http://{other}:8000/ok.txt"),
+            format!("GET http://{ip}:8000/ok.txt"),
+            format!("CONNECT {ip}:8000"),
         ]),
         "{u}"
     );
