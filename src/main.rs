@@ -75,12 +75,13 @@ fn main() {
 }
 
 fn report_error(err: &error::Error) {
-    eprintln!("error: {err}");
+    // An error may quote the box (an install's last lines, a path): made visible.
+    eprintln!("error: {}", output::visible(&err.to_string()));
     let mut source = std::error::Error::source(err);
     while let Some(s) = source {
         let text = s.to_string();
         if !err.to_string().contains(&text) {
-            eprintln!("  caused by: {text}");
+            eprintln!("  caused by: {}", output::visible(&text));
         }
         source = s.source();
     }

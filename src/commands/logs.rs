@@ -247,7 +247,9 @@ impl Tail {
         };
         if cut > 0 {
             let text: Vec<u8> = self.partial.drain(..cut).collect();
-            let mut text = redactor.redact(&String::from_utf8_lossy(&text));
+            let mut text =
+                crate::output::visible(&redactor.redact(&String::from_utf8_lossy(&text)))
+                    .into_owned();
             if !text.ends_with('\n') {
                 text.push('\n');
             }

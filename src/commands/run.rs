@@ -106,7 +106,10 @@ fn print_summary(results: &[crate::record::UnitResult]) {
 
 pub fn print_result(r: &crate::record::UnitResult) {
     let status = crate::output::label(r.status);
-    println!("{}: {status}: {}", r.unit, r.message);
+    // The message, warnings, rejections and refused requests may quote the box (check output,
+    // paths, URLs): made visible, never interpreted by the terminal.
+    let v = crate::output::visible;
+    println!("{}: {status}: {}", r.unit, v(&r.message));
     if let Some(p) = &r.patch {
         println!("  patch: {}", p.display());
     }
@@ -152,13 +155,13 @@ pub fn print_result(r: &crate::record::UnitResult) {
             r.network_refused.len()
         );
         for req in &r.network_refused {
-            println!("    {req}");
+            println!("    {}", v(req));
         }
     }
     for w in &r.warnings {
-        println!("  warning: {w}");
+        println!("  warning: {}", v(w));
     }
     for rej in &r.rejections {
-        println!("  - {rej}");
+        println!("  - {}", v(&rej.to_string()));
     }
 }

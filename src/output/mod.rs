@@ -10,6 +10,32 @@ pub use progress::{JsonLines, Reporter, Silent, Terminal};
 
 use crate::error::{Error, Result};
 
+/// `text` as a terminal may show it: every control character but newline and tab (the escape
+/// that starts colour, cursor, clipboard and title sequences, carriage returns, backspaces,
+/// bells, C1 controls) written as a visible escape such as `\x1b`. Everything from a box
+/// (agent output, check output, paths) goes through it before it reaches a terminal.
+pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
+    let bad =
+        |c: char| (c.is_control() && c != '\n' && c != '\t') || c == '\u{2028}' || c == '\u{2029}';
+    if !text.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if bad(c) {
+            let n = c as u32;
+            if n <= 0xff {
+                out.push_str(&format!("\\x{n:02x}"));
+            } else {
+                out.push_str(&format!("\\u{{{n:04x}}}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// The serialized (kebab-case) name of a unit enum, e.g. a status, for people.
 pub fn label<T: serde::Serialize>(v: T) -> String {
     serde_json::to_value(v)
@@ -23,4 +49,22 @@ pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string(value).map_err(|e| Error::Internal(e.to_string()))?;
     println!("{text}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::visible;
+
+    #[test]
+    fn control_and_escape_sequences_are_made_visible() {
+        // OSC 52 (clipboard), a screen clear, a title, a bell, a carriage return, C1 CSI.
+        let hostile = "a\x1b]52;c;cHduZWQ=\x07b\x1b[2J\x1b]0;title\x07\rc\u{9b}31m";
+        let shown = visible(hostile);
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
+        assert_eq!(
+            shown,
+            "a\\x1b]52;c;cHduZWQ=\\x07b\\x1b[2J\\x1b]0;title\\x07\\x0dc\\x9b31m"
+        );
+        assert_eq!(visible("plain\ttext\nnext"), "plain\ttext\nnext");
+    }
 }

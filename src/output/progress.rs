@@ -103,12 +103,13 @@ impl Reporter for Terminal {
     fn phase(&self, message: &str) {
         match &self.live {
             Some(live) => {
+                let message = super::visible(message);
                 let _ = live.multi.println(format!("» {message}"));
                 if live.units.lock().expect("poisoned").is_empty() {
                     live.overall.set_message(message.to_string());
                 }
             }
-            None => eprintln!("» {message}"),
+            None => eprintln!("» {}", super::visible(message)),
         }
     }
 
@@ -120,6 +121,7 @@ impl Reporter for Terminal {
                 let overall = live.overall.clone();
                 let quiet_units = live.units.lock().expect("poisoned").is_empty();
                 Box::new(move |line: &str| {
+                    let line = &*super::visible(line);
                     if verbose {
                         let _ = multi.println(format!("  | {line}"));
                     }
@@ -130,7 +132,7 @@ impl Reporter for Terminal {
             }
             None => Box::new(move |line: &str| {
                 if verbose {
-                    eprintln!("  | {line}");
+                    eprintln!("  | {}", super::visible(line));
                 }
             }),
         }
@@ -152,8 +154,10 @@ impl Reporter for Terminal {
 
     fn unit(&self, unit: &str, phase: &str) {
         match &self.live {
-            Some(live) => Self::unit_bar(live, unit).set_message(phase.to_string()),
-            None => eprintln!("» {unit}: {phase}"),
+            Some(live) => {
+                Self::unit_bar(live, unit).set_message(super::visible(phase).into_owned())
+            }
+            None => eprintln!("» {unit}: {}", super::visible(phase)),
         }
     }
 
@@ -161,11 +165,13 @@ impl Reporter for Terminal {
         match &self.live {
             Some(live) => {
                 let bar = Self::unit_bar(live, unit);
-                Box::new(move |line: &str| bar.set_message(format!("agent: {}", shorten(line, 90))))
+                Box::new(move |line: &str| {
+                    bar.set_message(format!("agent: {}", shorten(&super::visible(line), 90)))
+                })
             }
             None if self.verbose => {
                 let unit = unit.to_string();
-                Box::new(move |line: &str| eprintln!("  {unit}: {line}"))
+                Box::new(move |line: &str| eprintln!("  {unit}: {}", super::visible(line)))
             }
             None => Box::new(|_| {}),
         }
@@ -180,10 +186,10 @@ impl Reporter for Terminal {
                     ProgressStyle::with_template("  · {prefix:<20.bold} [{elapsed:>4}] {wide_msg}")
                         .expect("valid template"),
                 );
-                bar.finish_with_message(format!("{status}: {message}"));
+                bar.finish_with_message(format!("{status}: {}", super::visible(message)));
                 live.overall.inc(1);
             }
-            None => eprintln!("» {unit}: {status}: {message}"),
+            None => eprintln!("» {unit}: {status}: {}", super::visible(message)),
         }
     }
 

@@ -21,7 +21,6 @@ use crate::state::PrivateOpen;
 use bollard::models::ContainerCreateBody;
 use futures_util::StreamExt;
 use std::collections::HashMap;
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 /// How often an agent container's written bytes are read.
@@ -375,9 +374,10 @@ pub(super) async fn watch_agent(
                 .truncate(true)
                 .mode_private()
                 .open(&log_path)
-                .ok();
+                .ok()
+                .map(crate::state::capped::CappedLog::new);
             let mut logs = Box::pin(engine.logs(&container, None, true));
-            let mut partial = String::new();
+            let mut lines = crate::state::capped::Lines::default();
             let mut warned = false;
             loop {
                 let next = match tokio::time::timeout(silence, logs.next()).await {
@@ -395,12 +395,10 @@ pub(super) async fn watch_agent(
                 };
                 let Some(Ok(chunk)) = next else { break };
                 warned = false;
-                partial.push_str(&chunk);
-                while let Some(i) = partial.find('\n') {
-                    let line: String = partial.drain(..=i).collect();
-                    let line = redactor.redact(line.trim_end_matches(['\n', '\r']));
+                for line in lines.feed(&chunk) {
+                    let line = redactor.redact(&line);
                     if let Some(f) = file.as_mut() {
-                        let _ = writeln!(f, "{line}");
+                        f.line(&line);
                     }
                     if codex {
                         let mut a = activity.lock().expect("poisoned");
@@ -412,14 +410,17 @@ pub(super) async fn watch_agent(
                     sink(&line);
                 }
             }
-            if !partial.is_empty() {
-                let line = redactor.redact(&partial);
+            if let Some(rest) = lines.rest() {
+                let line = redactor.redact(&rest);
                 if let Some(f) = file.as_mut() {
-                    let _ = writeln!(f, "{line}");
+                    f.line(&line);
                 }
                 if codex {
                     activity.lock().expect("poisoned").feed(&line);
                 }
+            }
+            if let Some(f) = file {
+                f.finish();
             }
         })
     };

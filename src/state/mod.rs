@@ -8,6 +8,7 @@
 //! May not: know of containers; write inside the user's work tree; write a private file other than
 //! atomically.
 
+pub mod capped;
 pub mod journal;
 pub mod lock;
 

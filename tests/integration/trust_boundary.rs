@@ -161,3 +161,63 @@ fn trees_git_refuses_or_warns_about_are_rejected_with_gits_message_id() {
         }
     }
 }
+
+#[test]
+fn the_agents_output_is_bounded_on_the_host_and_reaches_no_terminal_raw() {
+    require_base_image();
+    let repo = TestRepo::with_project("trust-flood");
+    // 7 MiB of lines, a 1 MiB line without a newline (below the engine's own 10 MiB log cap, which
+    // would rotate under a follower), then terminal sequences: OSC 52 (the
+    // clipboard), a screen clear, a window title, and a last line.
+    repo.agent(
+        "echo FIRST LINE; head -c 7340032 /dev/zero | tr '\\0' 'a' | fold -w 1000; head -c 1048576 /dev/zero | tr '\\0' 'b'; echo; printf '\\033]52;c;cHduZWQ=\\007\\033[2J\\033]0;owned\\007\\n'; echo THE END; echo done >> src/lib.txt",
+    );
+    repo.unit("flood", "scope = [\"src/**\"]", "Write a lot.");
+    repo.commit("project");
+    let out = repo
+        .cmd()
+        .args(["-v", "run", "--unit", "flood"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for (what, bytes) in [
+        ("run -v stdout", &out.stdout),
+        ("run -v stderr", &out.stderr),
+    ] {
+        assert!(!bytes.contains(&0x1b), "{what} carries a raw escape");
+    }
+    let shown = stderr(&out);
+    assert!(
+        shown.contains("\\x1b]52;c;"),
+        "made visible instead: {}",
+        shown
+            .lines()
+            .filter(|l| !l.contains("aaaa") && !l.contains("bbbb"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    let log = std::fs::read_dir(repo.path().join(".git/boxdelegate/runs"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path()
+        .join("flood/attempt-1/agent.log");
+    let text = std::fs::read(&log).unwrap();
+    assert!(
+        text.len() < 5 * 1024 * 1024 + 64 * 1024,
+        "agent.log is capped: {} bytes",
+        text.len()
+    );
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.starts_with("FIRST LINE\n"), "the head is kept");
+    assert!(text.trim_end().ends_with("THE END"), "the tail is kept");
+    assert!(text.contains("bytes of output left out here"), "a marker");
+    assert!(text.contains("[boxdelegate: line cut at 65536 bytes]"));
+
+    let logs = repo.cmd().args(["logs", "flood"]).output().unwrap();
+    assert!(logs.status.success(), "{}", stderr(&logs));
+    assert!(!logs.stdout.contains(&0x1b), "logs prints no raw escape");
+    assert!(stdout(&logs).contains("\\x1b]0;owned\\x07"));
+}
