@@ -22,6 +22,7 @@ mod record;
 mod run;
 mod scope;
 mod snapshot;
+mod sources;
 mod state;
 mod timings;
 mod verify;

@@ -19,6 +19,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("agent", 3),
     ("extract", 3),
     ("scope", 3),
+    ("sources", 3),
     ("verify", 3),
     ("land", 3),
     ("proxy", 3),

