@@ -16,8 +16,9 @@
 //! a descriptor, `fstatat` and `flistxattr` as safe calls (cap-std's sandboxing would do as
 //! well, but brings its own filesystem abstraction we do not need).
 //!
-//! May not: open anything but a regular file, follow a link, or touch anything outside the
-//! upper `work/`.
+//! May not: open anything but a regular file (or a directory, beneath the last), follow a link,
+//! or touch anything outside the container's upper layer (only its `work/` is listed and read;
+//! the disk usage walk stats the rest).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
@@ -169,6 +170,48 @@ fn walk(
         walk(fd, path, out, seen)?;
     }
     Ok(())
+}
+
+/// What a container's whole writable layer takes on the host's disk: the blocks of every
+/// entry plus an inode's worth (256 bytes) each, so that many empty files or directories, which
+/// an engine reports as almost nothing, count as the disk they use. Walked the same way as
+/// [`list`] (beneath, no link followed, no mount crossed); `None` when the walk fails or passes
+/// `max_entries` (the caller then has only the engine's figure).
+pub fn disk_usage(upper: &Path, max_entries: usize) -> Option<u64> {
+    /// Bytes an inode takes (ext4's default inode size).
+    const INODE: u64 = 256;
+    let root = rustix::fs::open(
+        upper,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let mut total = 0u64;
+    let mut seen = 0usize;
+    let mut stack = vec![root];
+    while let Some(dir) = stack.pop() {
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&dir).ok()? {
+            let entry = entry.ok()?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            seen += 1;
+            if seen > max_entries {
+                return None;
+            }
+            names.push(name.to_vec());
+        }
+        for name in names {
+            let st = rustix::fs::statat(&dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW).ok()?;
+            total += (st.st_blocks as u64) * 512 + INODE;
+            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                stack.push(open_dir(&dir, &name).ok()?);
+            }
+        }
+    }
+    Some(total)
 }
 
 /// A path read from the upper layer on the host.
@@ -398,5 +441,25 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(t.path().join("tmp")).unwrap();
         assert_eq!(list(t.path()), Err(Unlisted::Empty));
+    }
+}
+
+#[cfg(test)]
+mod usage_tests {
+    #[test]
+    fn empty_directories_count_as_the_disk_they_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = super::disk_usage(dir.path(), 1000).unwrap();
+        assert_eq!(empty, 0);
+        for i in 0..100 {
+            std::fs::create_dir(dir.path().join(format!("d{i}"))).unwrap();
+        }
+        let used = super::disk_usage(dir.path(), 1000).unwrap();
+        assert!(used >= 100 * 4096, "{used}");
+        assert_eq!(
+            super::disk_usage(dir.path(), 50),
+            None,
+            "over the entry bound"
+        );
     }
 }

@@ -25,6 +25,9 @@ use std::time::{Duration, Instant};
 
 /// How often an agent container's written bytes are read.
 pub(super) const DISK_POLL: Duration = Duration::from_secs(1);
+/// Entries of a writable layer the disk watch walks at most each poll (beyond that the
+/// engine's own figure alone is used).
+const DISK_WALK_ENTRIES: usize = 1_000_000;
 
 /// Creates, prepares and starts the agent container of an attempt.
 pub(super) async fn start_agent(
@@ -430,12 +433,29 @@ pub(super) async fn watch_agent(
         .saturating_sub(Duration::from_secs_f64((unix_now() - started).max(0.0)));
     // The writable layer is watched where the engine cannot cap it (and checked where it
     // can): a container over its disk limit is stopped.
+    // Where the writable layer is on this host, its real usage counts too (blocks and
+    // inodes): many empty files or directories take disk the engine reports as almost nothing.
+    let upper_dir = if ctx.upper {
+        ctx.engine.local_upper_dir(&container).await.ok().flatten()
+    } else {
+        None
+    };
     let disk_watch = async {
         loop {
             tokio::time::sleep(DISK_POLL).await;
-            match ctx.engine.written_bytes(&container).await {
-                Ok(n) if n > p.limits.disk => return n,
-                _ => {}
+            let reported = ctx.engine.written_bytes(&container).await.ok();
+            let real = match upper_dir.clone() {
+                Some(dir) => tokio::task::spawn_blocking(move || {
+                    crate::extract::upper::disk_usage(&dir, DISK_WALK_ENTRIES)
+                })
+                .await
+                .ok()
+                .flatten(),
+                None => None,
+            };
+            let n = reported.unwrap_or(0).max(real.unwrap_or(0));
+            if n > p.limits.disk {
+                return n;
             }
         }
     };

@@ -251,6 +251,23 @@ fn a_process_that_ignores_sigterm_is_killed_at_the_timeout() {
 }
 
 #[test]
+fn empty_directories_count_as_the_disk_they_take() {
+    // 40k empty directories: ~160 MiB of the host's disk, a few KB to the engine's count.
+    // Where the writable layer is on this host its real usage is measured.
+    if std::env::var("DOCKER_HOST").is_ok_and(|h| h.starts_with("tcp://")) {
+        return; // a remote engine's layer is not on this host: the engine's count alone holds
+    }
+    let u = contained_for(
+        "attack-inodes",
+        "disk = \"50m\"",
+        "3m",
+        "mkdir -p /tmp/d && cd /tmp/d && i=0; while :; do mkdir $i 2>/dev/null || true; i=$((i+1)); done",
+        &[(16, "infra-error")],
+    );
+    assert_eq!(u["attempts"][0]["infra"], "disk", "{u}");
+}
+
+#[test]
 fn a_disk_filler_is_stopped_at_the_disk_limit() {
     // 8 MiB files, a little at a time, for ever: only the disk limit (64 MiB) stops it, long
     // before the timeout.
