@@ -199,6 +199,30 @@ fn md5ish(data: &[u8]) -> u64 {
 
 impl Drop for TestRepo {
     fn drop(&mut self) {
+        // Whatever landed, the host repository passes git's own strictest object checks.
+        if !std::thread::panicking() && self.path().join(".git").is_dir() {
+            let landed = self.git(&[
+                "for-each-ref",
+                "--format=%(refname)",
+                "refs/heads/boxdelegate/",
+            ]);
+            if !landed.is_empty() {
+                let mut cmd = Command::new("git");
+                git_env(&mut cmd);
+                let out = cmd
+                    .arg("-C")
+                    .arg(self.path())
+                    .args(["fsck", "--strict", "--no-dangling", "--no-progress"])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stderr).into_owned();
+                assert!(
+                    out.status.success() && !text.contains("warning") && !text.contains("error"),
+                    "git fsck --strict of {} after landing {landed}: {text}",
+                    self.path().display()
+                );
+            }
+        }
         // Unit images first, then the dependency images they were built on.
         let mut deps = Vec::new();
         for image in self.images.borrow().iter().rev() {
