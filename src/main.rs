@@ -97,10 +97,24 @@ fn init_tracing(global: &cli::GlobalArgs) {
         0 | 1 => "warn",
         _ => "debug",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // The engine client's and the HTTP stack's debug output dumps request bodies and inspect
+    // answers (a container's environment, credentials among it): never below info, whatever
+    // RUST_LOG asks. Every line is also redacted of the secrets this process was given.
+    for quiet in [
+        "bollard=info",
+        "hyper=info",
+        "hyper_util=info",
+        "h2=info",
+        "rustls=info",
+    ] {
+        if let Ok(d) = quiet.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| output::DiagnosticWriter);
     match global.log_format {
         cli::LogFormat::Json => builder.json().init(),
         cli::LogFormat::Text => builder.without_time().init(),

@@ -169,6 +169,7 @@ impl Redactor {
         // Longest first, so a secret containing another is replaced whole.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         secrets.dedup();
+        crate::output::remember_secrets(&secrets);
         Redactor { secrets }
     }
 

@@ -10,6 +10,54 @@ pub use progress::{JsonLines, Reporter, Silent, Terminal};
 
 use crate::error::{Error, Result};
 
+/// The secret values this process was given (the values of the variables passed to agents,
+/// credentials): every diagnostic line (`-v`, `-vv`, `RUST_LOG`, `--log-format json`) is
+/// redacted through them before it is written.
+static SECRETS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Remembers secret values for [`redact_secrets`] (values shorter than 6 characters are not
+/// secrets enough to redact: they would redact ordinary words).
+pub fn remember_secrets<'a>(values: impl IntoIterator<Item = &'a String>) {
+    let mut known = SECRETS.write().unwrap_or_else(|e| e.into_inner());
+    for v in values {
+        if v.len() >= 6 && !known.contains(v) {
+            known.push(v.clone());
+        }
+    }
+    known.sort_by_key(|s| std::cmp::Reverse(s.len()));
+}
+
+/// `text` with every remembered secret value replaced by `[redacted]`.
+pub fn redact_secrets(text: &str) -> std::borrow::Cow<'_, str> {
+    let known = SECRETS.read().unwrap_or_else(|e| e.into_inner());
+    if !known.iter().any(|s| text.contains(s.as_str())) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = text.to_string();
+    for s in known.iter() {
+        out = out.replace(s.as_str(), "[redacted]");
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Standard error for diagnostics: each write redacted of the remembered secrets and made
+/// visible (one event is one write).
+pub struct DiagnosticWriter;
+
+impl std::io::Write for DiagnosticWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let text = redact_secrets(&text);
+        let shown = visible(&text);
+        std::io::stderr().write_all(shown.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 /// `text` as a terminal may show it: every control character but newline and tab (the escape
 /// that starts colour, cursor, clipboard and title sequences, carriage returns, backspaces,
 /// bells, C1 controls) written as a visible escape such as `\x1b`. Everything from a box

@@ -323,3 +323,53 @@ fn a_manifest_that_redirects_the_dependency_install_is_rejected_and_reaches_no_s
         "the attacker's server heard nothing"
     );
 }
+
+#[test]
+fn no_diagnostic_level_prints_a_secret() {
+    require_base_image();
+    let secret = format!("sk-diag-{}-canary", std::process::id());
+    let repo = TestRepo::with_project("trust-diagnostics");
+    repo.write(
+        "boxdelegate.toml",
+        "[project]\nprofile = \"test\"\n\n[agent]\nretries = 0\nkind = \"command\"\nenv = [\"BD_TEST_SECRET\"]\ncommand = '''echo working; echo more >> src/lib.txt'''\n\n[run]\ninfra_retries = 0\n",
+    );
+    repo.unit("diag", "scope = [\"src/**\"]", "Work.");
+    repo.commit("project");
+    for (i, (args, rust_log)) in [
+        (&["-v"][..], None),
+        (&["-vv"][..], None),
+        (&[][..], Some("trace")),
+        (
+            &["-vv", "--log-format", "json"][..],
+            Some("debug,bollard=trace"),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut cmd = repo.cmd();
+        cmd.args(args)
+            .args(["run", "--unit", "diag", "--rerun", "--branch"])
+            .arg(format!("diag-{i}"))
+            .env("BD_TEST_SECRET", &secret);
+        if let Some(l) = rust_log {
+            cmd.env("RUST_LOG", l);
+        }
+        let out = cmd.output().unwrap();
+        let all = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(out.status.success(), "{args:?} {rust_log:?}: {all}");
+        assert!(
+            all.lines().count() > 10,
+            "{args:?} {rust_log:?}: diagnostics were printed"
+        );
+        assert!(
+            !all.contains(&secret),
+            "{args:?} {rust_log:?} printed the secret: {}",
+            all.lines()
+                .filter(|l| l.contains(&secret))
+                .take(3)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
