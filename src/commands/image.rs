@@ -367,6 +367,29 @@ async fn save(global: &GlobalArgs, output: &PathBuf, snap: &SnapshotArgs) -> Res
     if proxied && engine.image_id(crate::proxy::IMAGE).await?.is_some() {
         names.push(crate::proxy::IMAGE.to_string());
     }
+    // The codex agent's image goes along when an agent is codex: a site loading this archive
+    // has no other way to get it.
+    for a in agents.iter().flatten() {
+        if a.kind != crate::config::AgentKind::Codex {
+            continue;
+        }
+        let version = a
+            .codex_version
+            .as_deref()
+            .unwrap_or(crate::agent::codex::DEFAULT_VERSION);
+        let tag = crate::agent::codex::image_tag(version);
+        if engine.image_id(&tag).await?.is_none() {
+            return Err(Error::ImageMissing {
+                image: tag,
+                hint: format!(
+                    "the project's agent is codex: build its image first (boxdelegate image build codex --codex-version {version}), then save"
+                ),
+            });
+        }
+        if !names.contains(&tag) {
+            names.push(tag);
+        }
+    }
     let dir = output
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -423,3 +423,61 @@ fn save_and_load_round_trip() {
     assert_eq!(id.trim(), v["unit_image"]["id"].as_str().unwrap());
     std::fs::remove_file(&file).unwrap();
 }
+
+#[test]
+fn save_takes_the_codex_image_along_when_the_agent_is_codex() {
+    require_base_image();
+    let codex = "boxdelegate/codex:0.163.0";
+    let repo = TestRepo::with_project("save-codex");
+    // A codex version whose image the engine lacks: save refuses, naming it and the command
+    // that builds it, and writes nothing.
+    repo.write(
+        "boxdelegate.toml",
+        "[project]\nprofile = \"test\"\n\n[agent]\nkind = \"codex\"\ncodex_version = \"0.0.1\"\n",
+    );
+    repo.commit("codex 0.0.1");
+    repo.build(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("images.tar");
+    let out = repo
+        .cmd()
+        .args(["image", "save"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("boxdelegate/codex:0.0.1")
+            && err.contains("image build codex --codex-version 0.0.1"),
+        "{err}"
+    );
+    assert!(!file.exists(), "nothing written");
+    if docker(&["images", "-q", codex]).trim().is_empty() {
+        return; // the codex image is built by the CI's setup step; without it the rest says nothing
+    }
+    repo.write(
+        "boxdelegate.toml",
+        "[project]\nprofile = \"test\"\n\n[agent]\nkind = \"codex\"\n",
+    );
+    repo.commit("codex default");
+    repo.build(&[]);
+    let out = repo
+        .cmd()
+        .args(["image", "save"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(codex), "{}", stdout(&out));
+    let manifest = std::process::Command::new("tar")
+        .args(["-xOf"])
+        .arg(&file)
+        .arg("manifest.json")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&manifest.stdout).contains(codex),
+        "the archive holds the codex image"
+    );
+}
