@@ -49,6 +49,69 @@ fn free_disk(path: &std::path::Path) -> Option<u64> {
     Some(avail * 1024)
 }
 
+/// What an agent's configuration needs that `doctor` can check without running it: its image
+/// (codex; the proxy's for `network = "proxy"`), its credentials present in this environment
+/// (never their values), its engine network. Problems are returned with their fixes; images and
+/// networks to look up on the engine are added to `images` and `networks`.
+fn agent_needs(
+    a: &crate::config::AgentConfig,
+    root: &std::path::Path,
+    images: &mut Vec<String>,
+    networks: &mut Vec<String>,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut want = |i: String| {
+        if !images.contains(&i) {
+            images.push(i);
+        }
+    };
+    if a.kind == crate::config::AgentKind::Codex {
+        want(crate::agent::codex::image_tag(
+            a.codex_version
+                .as_deref()
+                .unwrap_or(crate::agent::codex::DEFAULT_VERSION),
+        ));
+        let key = a
+            .provider
+            .as_ref()
+            .map(|p| p.env_key.clone())
+            .unwrap_or_else(|| "CODEX_API_KEY".into());
+        let auth = a.auth_file.as_ref().map(|f| root.join(f));
+        let has_key = a.env.contains(&key) && std::env::var_os(&key).is_some_and(|v| !v.is_empty());
+        let has_auth = auth.as_ref().is_some_and(|f| f.is_file());
+        if !has_key && !has_auth {
+            out.push((
+                match &auth {
+                    Some(f) => format!("the codex agent has no credentials: {key} is not set here (or not in [agent] env) and auth_file {} cannot be read", f.display()),
+                    None => format!("the codex agent has no credentials: {key} is not set in this environment, or not listed in [agent] env"),
+                },
+                format!("export {key}=… and list it in [agent] env = [\"{key}\"], or set [agent] auth_file"),
+            ));
+        }
+    }
+    for name in &a.env {
+        if std::env::var_os(name).is_none() {
+            out.push((
+                format!("[agent] env names {name}, which is not set in this environment"),
+                format!("export {name}=… before running, or remove it from [agent] env"),
+            ));
+        }
+    }
+    match a.network.as_deref().unwrap_or("none") {
+        "none" | "open" => {}
+        "proxy" => {
+            want(crate::proxy::IMAGE.to_string());
+            networks.push(
+                a.egress_network
+                    .clone()
+                    .unwrap_or_else(|| crate::proxy::DEFAULT_EGRESS.into()),
+            );
+        }
+        name => networks.push(name.to_string()),
+    }
+    out
+}
+
 pub async fn run(global: &GlobalArgs, json: bool) -> Result<i32> {
     let mut r = Report {
         version: env!("CARGO_PKG_VERSION"),
@@ -78,6 +141,8 @@ pub async fn run(global: &GlobalArgs, json: bool) -> Result<i32> {
         .clone()
         .unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
     let mut wanted = vec![images::base_image()];
+    // Engine networks the agents need (checked once the engine answers).
+    let mut networks: Vec<String> = Vec::new();
     match Repo::discover(&dir) {
         Ok(repo) => {
             r.repository = Some(repo.root.display().to_string());
@@ -90,6 +155,14 @@ pub async fn run(global: &GlobalArgs, json: bool) -> Result<i32> {
                     let image = images::toolchain_image(&p, c.project.base_image.as_deref());
                     if !wanted.contains(&image) {
                         wanted.push(image);
+                    }
+                    let agents = [Some(&c.agent), c.agent.fallback.as_deref()];
+                    for a in agents.into_iter().flatten() {
+                        for (problem_text, fix) in
+                            agent_needs(a, &repo.root, &mut wanted, &mut networks)
+                        {
+                            problem(&mut r, problem_text, fix);
+                        }
                     }
                 }
                 Err(e) => problem(
@@ -114,6 +187,15 @@ pub async fn run(global: &GlobalArgs, json: bool) -> Result<i32> {
                     r.engine = Some(info);
                 }
                 Err(e) => problem(&mut r, e.to_string(), "check the engine's health".into()),
+            }
+            for n in &networks {
+                if !engine.network_exists(n).await.unwrap_or(false) {
+                    problem(
+                        &mut r,
+                        format!("the agent's network {n:?} does not exist on the engine"),
+                        format!("create it (e.g. `docker network create --internal {n}`), or change [agent] network / egress_network"),
+                    );
+                }
             }
             for image in wanted {
                 let present = engine.image_id(&image).await.ok().flatten().is_some();

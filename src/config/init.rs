@@ -96,7 +96,6 @@ units_dir = "units"
 # "command" runs `command` with sh -c in /work, the unit's prompt on stdin; "codex" runs Codex CLI.
 kind = "command"
 # command = "sh ./scripts/codemod.sh"   # example
-# image = "boxdelegate/codex:0.163.0"   # example: the image the agent runs in
 # model = "gpt-5.5"                     # example: unset means the agent's default
 # Host environment variables passed to the agent container at start (names only).
 env = []

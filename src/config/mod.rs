@@ -407,6 +407,18 @@ impl Config {
                 ));
             }
         }
+        for (key, a) in [
+            ("agent", Some(&self.agent)),
+            ("agent.fallback", self.agent.fallback.as_deref()),
+        ] {
+            if let Some(image) = a.and_then(|a| a.image.as_ref()) {
+                return Err(Error::config_hint(
+                    file,
+                    format!("{key}.image: {image:?} is not supported: the agent always runs in the unit image (the profile's toolchain, the dependencies and the snapshot)"),
+                    "remove the key; to give the agent other tools, put them in the profile's image (its `image`, or [project] base_image)",
+                ));
+            }
+        }
         if self.agent.kind == AgentKind::Command
             && self
                 .agent

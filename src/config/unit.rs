@@ -225,6 +225,13 @@ impl Unit {
     fn validate(&self) -> Result<()> {
         let file = &self.file;
         validate_id(&self.meta.id).map_err(|m| Error::config(file, format!("id: {m}")))?;
+        if let Some(image) = self.meta.agent.as_ref().and_then(|a| a.image.as_ref()) {
+            return Err(Error::config_hint(
+                file,
+                format!("agent.image: {image:?} is not supported: the agent always runs in the unit image"),
+                "remove the key; tools the agent needs go in the profile's image",
+            ));
+        }
         if let Some(stem) = file.file_stem().and_then(|s| s.to_str()) {
             if stem != self.meta.id {
                 return Err(Error::config_hint(

@@ -441,3 +441,24 @@ fn an_unknown_way_to_list_a_change_is_refused_before_anything_runs() {
         );
     }
 }
+
+#[test]
+fn an_agent_image_is_refused_not_silently_ignored() {
+    let repo = TestRepo::with_project("bad-agent-image");
+    repo.write(
+        "boxdelegate.toml",
+        "[project]\nprofile = \"test\"\n\n[agent]\nkind = \"command\"\ncommand = \"true\"\nimage = \"alpine\"\n",
+    );
+    repo.unit("u", "scope = [\"src/**\"]", "Do.");
+    repo.commit("agent image");
+    let before = repo.host_state();
+    let out = repo.cmd().args(["run", "--unit", "u"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("agent.image: \"alpine\" is not supported")
+            && err.contains("hint: remove the key"),
+        "{err}"
+    );
+    assert_eq!(repo.host_state(), before, "nothing changed");
+}

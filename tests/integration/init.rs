@@ -109,3 +109,42 @@ fn unit_new_ls_and_check() {
         stdout(&out)
     );
 }
+
+#[test]
+fn doctor_checks_what_the_agent_needs_without_printing_a_credential() {
+    require_base_image();
+    let repo = TestRepo::with_project("doctor-agent");
+    // A codex agent without its key, a missing codex image, and a network the engine lacks.
+    repo.write(
+        "boxdelegate.toml",
+        "[project]\nprofile = \"test\"\n\n[agent]\nkind = \"codex\"\ncodex_version = \"0.0.2\"\nenv = [\"CODEX_API_KEY\"]\nnetwork = \"bd-no-such-network\"\n",
+    );
+    repo.commit("codex");
+    let out = repo
+        .cmd()
+        .args(["doctor", "--json"])
+        .env_remove("CODEX_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+    let v = final_json(&out.stdout);
+    let problems = v["problems"].to_string();
+    for want in [
+        "no credentials: CODEX_API_KEY is not set",
+        "image boxdelegate/codex:0.0.2 is missing",
+        "network \\\"bd-no-such-network\\\" does not exist",
+    ] {
+        assert!(problems.contains(want), "{want}: {problems}");
+    }
+    // With the key set: that problem is gone, and its value is printed nowhere.
+    let key = "sk-doctor-value-canary";
+    let out = repo
+        .cmd()
+        .args(["doctor", "--json"])
+        .env("CODEX_API_KEY", key)
+        .output()
+        .unwrap();
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!all.contains("no credentials"), "{all}");
+    assert!(!all.contains(key), "{all}");
+}
