@@ -32,7 +32,15 @@ use clap::Parser;
 use crate::error::exit;
 
 fn main() {
+    // A closed pipe (`boxdelegate status | head -1`) ends the process quietly, as it does any
+    // command-line tool, rather than as a panic of the first print that finds it closed.
+    // SAFETY: setting a signal's disposition to its default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = cli::Cli::parse();
+    // With --json, the last line on stdout is one result object, an error's too.
+    let json = std::env::args_os().any(|a| a == "--json");
     init_tracing(&cli.global);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -59,6 +67,9 @@ fn main() {
                         engine.settle().await;
                     }
                     report_error(&err);
+                    if json {
+                        print_error_json(err.exit_code(), &err.to_string(), err.hint());
+                    }
                     err.exit_code()
                 }
             },
@@ -67,12 +78,30 @@ fn main() {
                 if let Some(engine) = engine::current() {
                     engine.cleanup().await;
                 }
+                if json {
+                    print_error_json(
+                        exit::INTERRUPTED,
+                        "interrupted (Ctrl-C); the containers this command started were removed",
+                        Some("run the same command again: an interrupted run resumes"),
+                    );
+                }
                 exit::INTERRUPTED
             }
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     std::process::exit(code);
+}
+
+/// The final object of a `--json` command that failed (docs/json.md).
+fn print_error_json(exit_code: i32, error: &str, hint: Option<&str>) {
+    let v = serde_json::json!({
+        "type": "error",
+        "exit_code": exit_code,
+        "error": output::redact_secrets(error),
+        "hint": hint,
+    });
+    println!("{v}");
 }
 
 fn report_error(err: &error::Error) {

@@ -324,3 +324,64 @@ fn completions_and_the_man_page_come_from_the_command_definitions() {
         assert!(pages.join(name).is_file(), "{name}: {}", stdout(&out));
     }
 }
+
+#[test]
+fn every_json_command_ends_with_an_error_object_when_it_fails() {
+    // Outside a repository every one of them fails (doctor reports instead).
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.md");
+    std::fs::write(&plan, "# Plan\n").unwrap();
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["run", "--json", "--unit", "x"],
+        vec!["resume", "--json"],
+        vec!["status", "--json"],
+        vec!["clean", "--json"],
+        vec!["verify", "--json", "--commit", "HEAD"],
+        vec!["show", "x", "--json"],
+        vec!["apply", "x", "--json"],
+        vec!["unit", "ls", "--json"],
+        vec!["snapshot", "--json"],
+        vec!["image", "build", "--json"],
+        vec!["plan", "import", plan.to_str().unwrap(), "--json"],
+        // An engine that does not answer.
+        vec!["image", "ls", "--json"],
+    ];
+    for args in commands {
+        let mut cmd = boxdelegate();
+        if args[..2] == ["image", "ls"] {
+            cmd.env("DOCKER_HOST", "unix:///nonexistent/boxdelegate-test.sock");
+        }
+        let out = cmd.current_dir(dir.path()).args(&args).output().unwrap();
+        let code = out.status.code().unwrap();
+        assert_ne!(code, 0, "{args:?} fails outside a repository");
+        let v = crate::common::final_json_result(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: no final object ({e}): {}", stdout(&out)));
+        assert_eq!(v["type"], "error", "{args:?}: {v}");
+        assert_eq!(v["exit_code"], code, "{args:?}: {v}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{args:?}: {v}"
+        );
+        assert!(v.get("hint").is_some(), "{args:?}: {v}");
+    }
+}
+
+#[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    // The pipe's reading end is closed before the command starts (as `head -1`'s is once it has
+    // its line): the command ends by SIGPIPE, as command-line tools do, never a panic (101).
+    use std::os::unix::process::ExitStatusExt;
+    for args in [&["doctor"][..], &["completions", "bash"][..], &["man"][..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = boxdelegate()
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{args:?}: {err}");
+    }
+}
