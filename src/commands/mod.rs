@@ -169,13 +169,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
             if json {
                 print_json(&r)?;
             } else {
+                // print_result names the patch and the log already.
                 run::print_result(&r);
-                if let Some(p) = &r.patch {
-                    println!("  patch: {}", p.display());
-                }
-                if let Some(l) = &r.log {
-                    println!("  log:   {}", l.display());
-                }
             }
             Ok(exit::OK)
         }
