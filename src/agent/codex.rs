@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
-use bollard::models::{ContainerCreateBody, HostConfig};
-use futures_util::{StreamExt, TryStreamExt};
+use bollard::models::ContainerCreateBody;
+use futures_util::StreamExt;
 
 use super::{Agent, AgentFile, AgentSpec, Events, PROMPT_DIR, PROMPT_FILE};
 use crate::config::unit::Unit;
@@ -263,56 +263,26 @@ fn secret_strings(data: &[u8]) -> Vec<String> {
     out
 }
 
-/// Copies the codex binaries from the codex image into container `id` (created, not started).
-pub async fn install_into(engine: &Engine, tool_image: &str, id: &str) -> Result<()> {
-    let source = engine
-        .create_container(ContainerCreateBody {
-            image: Some(tool_image.to_string()),
-            cmd: Some(vec![BIN.into()]),
-            labels: Some(HashMap::from([(
-                labels::KIND.to_string(),
-                "codex-source".to_string(),
-            )])),
-            network_disabled: Some(true),
-            // Never started, only read from; hardened all the same, like every container.
-            host_config: Some(HostConfig {
-                network_mode: Some("none".into()),
-                readonly_rootfs: Some(true),
-                ..hardened_host_config(&crate::config::Limits::default())
-            }),
-            ..Default::default()
-        })
-        .await?;
-    let copied =
-        async {
-            // The download borrows the engine; a task that owns a clone feeds the upload.
-            let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
-            let feeder = {
-                let engine = engine.clone();
-                let source = source.clone();
-                tokio::spawn(async move {
-                    let mut stream = Box::pin(
-                        engine
-                            .download(&source, "/opt/boxdelegate")
-                            .map_err(|e| std::io::Error::other(e.to_string())),
-                    );
-                    while let Some(chunk) = stream.next().await {
-                        if tx.send(chunk).await.is_err() {
-                            break;
-                        }
-                    }
-                })
-            };
-            let body = futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|c| (c, rx))
-            });
-            let uploaded = engine.upload(id, "/opt", body).await;
-            let _ = feeder.await;
-            uploaded
-        }
-        .await;
-    engine.remove_container(&source).await?;
-    copied
+/// The named volume holding the binaries of codex image `tool_image`, mounted read-only at
+/// `/opt/boxdelegate` in every codex agent container: filled once per image
+/// ([`ensure_volume`]), shared, never copied into a container's writable layer (which
+/// `[limits] disk` counts).
+pub fn volume_name(tool_image: &str) -> String {
+    format!("boxdelegate-tools-{}", tool_image.replace(['/', ':'], "-"))
+}
+
+/// Makes the volume of codex `version`'s image hold its binaries (filled from the image the
+/// first time, or again when the image changed, e.g. after `image load`).
+pub async fn ensure_volume(engine: &Engine, version: &str) -> Result<()> {
+    let tag = image_tag(version);
+    engine
+        .fill_volume_from_image(
+            &volume_name(&tag),
+            &tag,
+            "/opt/boxdelegate",
+            vec![BIN.into(), "--version".into()],
+        )
+        .await
 }
 
 /// Refuses a `--codex-binary` that is not a readable ELF executable (before the engine is used).

@@ -31,7 +31,8 @@ pub struct AgentSpec {
     pub co_author: String,
     /// Files uploaded into the container before it starts (e.g. credentials).
     pub files: Vec<AgentFile>,
-    /// An image whose `/opt/boxdelegate` is copied into the container before it starts.
+    /// An image whose `/opt/boxdelegate` is mounted read-only into the container (from the
+    /// volume filled from it).
     pub tool_image: Option<String>,
     /// How to read the agent's output.
     pub events: Events,

@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 mod images;
 mod networks;
 mod unreachable;
+pub mod volumes;
 
 pub mod labels {
     /// What the object is: base, toolchain, deps, snap, or a *-build helper container.

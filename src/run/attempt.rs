@@ -118,6 +118,16 @@ pub(super) async fn start_agent(
             (AgentNetwork::Engine(n), _) => n.clone(),
             _ => "none".into(),
         });
+        if let Some(tool) = &spec.tool_image {
+            // The agent's binaries: a read-only volume shared by every container of that
+            // image, not a copy in this one's writable layer.
+            host.mounts
+                .get_or_insert_with(Vec::new)
+                .push(crate::engine::volumes::read_only(
+                    &crate::agent::codex::volume_name(tool),
+                    "/opt/boxdelegate",
+                ));
+        }
         let container = ctx
             .engine
             .create_container(ContainerCreateBody {
@@ -159,9 +169,6 @@ pub(super) async fn start_agent(
                         images::single_file_tar(crate::extract::watch::DIRS, dirs, 0o600)?,
                     )
                     .await?;
-            }
-            if let Some(tool) = &spec.tool_image {
-                crate::agent::codex::install_into(ctx.engine, tool, &container).await?;
             }
             ctx.engine.start(&container).await
         }

@@ -420,6 +420,7 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
     versions.dedup();
     for v in versions {
         crate::agent::codex::ensure_image(&engine, v, None, reporter).await?;
+        crate::agent::codex::ensure_volume(&engine, v).await?;
     }
     let proxied = todo
         .iter()

@@ -238,6 +238,62 @@ fn codex_lands_a_scripted_session_and_keeps_credentials_out_of_everything() {
 }
 
 #[test]
+fn the_codex_binaries_are_mounted_not_copied_and_count_against_no_disk_limit() {
+    require_base_image();
+    let net = Network::create("codex-mount");
+    let server = ModelServer::start(net.gateway);
+    let repo = codex_project("codex-mount", &net, &server);
+    // The binaries are ~370 MB: copied into the writable layer, they alone would pass a 20 MB
+    // disk limit at the watch's first look (the agent runs for over a second).
+    let config = std::fs::read_to_string(repo.path().join("boxdelegate.toml")).unwrap();
+    repo.write(
+        "boxdelegate.toml",
+        &format!("{config}\n[limits]\ndisk = \"20m\"\n"),
+    );
+    repo.commit("a small disk limit");
+    server.script(vec![
+        (
+            0,
+            Step::Events(vec![
+                exec_command("c1", "sleep 2.5; echo mounted > src/hello.txt; mount | grep -c ' /opt/boxdelegate ' > src/mounts.txt"),
+                completed("r1", 100, 0, 10),
+            ]),
+        ),
+        (
+            1,
+            Step::Events(vec![message("Done."), completed("r2", 100, 0, 5)]),
+        ),
+    ]);
+    let (code, u, err) = run_codex(&repo, "greet");
+    assert_eq!(code, 0, "{u}\n{err}");
+    assert_eq!(u["status"], "landed", "{u}");
+    assert_eq!(
+        repo.git(&["show", "boxdelegate/greet:src/mounts.txt"]),
+        "1",
+        "/opt/boxdelegate is a mount in the agent container"
+    );
+    let image = docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{.Id}}",
+        "boxdelegate/codex:0.163.0",
+    ]);
+    let from = docker(&[
+        "volume",
+        "inspect",
+        "--format",
+        "{{index .Labels \"boxdelegate.from-image\"}}",
+        "boxdelegate-tools-boxdelegate-codex-0.163.0",
+    ]);
+    assert_eq!(
+        from.trim(),
+        image.trim(),
+        "the volume was filled from the codex image"
+    );
+}
+
+#[test]
 fn codex_failures_are_classified() {
     require_base_image();
     let net = Network::create("codex-fail");

@@ -226,7 +226,11 @@ fn an_edit_outside_the_scope_is_rejected_and_its_patch_kept() {
     let show = repo.cmd().args(["show", "narrow"]).output().unwrap();
     let shown = stdout(&show);
     assert!(shown.contains("rejected"), "{shown}");
-    assert_eq!(shown.matches("  patch: ").count(), 1, "the patch once: {shown}");
+    assert_eq!(
+        shown.matches("  patch: ").count(),
+        1,
+        "the patch once: {shown}"
+    );
     assert_eq!(shown.matches("  log: ").count(), 1, "the log once: {shown}");
     // Widening the scope does not make the kept result landable: it was never verified, and
     // `apply` lands only a tree whose verification passed.
