@@ -219,7 +219,13 @@ pub(super) fn retry_context(
     if ctx.agent_tree != ctx.snapshot.tree {
         return Ok(Some(withholding_hidden(ctx, &f)?));
     }
-    let mut summary = format!("Outcome: {}\n", r.message);
+    // Each failure once (tokens are paid for every copy): the outcome in one line (a verdict's
+    // summary, not the message that quotes the checks' output), then the checks' own log.
+    let outcome = match &r.verdict {
+        Some(v) => format!("{}: {}", crate::output::label(r.status), v.summary),
+        None => r.message.clone(),
+    };
+    let mut summary = format!("Outcome: {outcome}\n");
     if let Ok(data) = std::fs::read(f.dir.join("changes.json")) {
         if let Ok(set) = serde_json::from_slice::<ChangeSet>(&data) {
             summary.push_str(&format!("Files it changed ({}):\n", set.changes.len()));
@@ -236,10 +242,9 @@ pub(super) fn retry_context(
     }
     let mut output = String::new();
     if let Some(v) = &r.verdict {
-        output.push_str(&v.explain());
-        output.push('\n');
-        if let Ok(log) = std::fs::read(f.dir.join("verify.log")) {
-            output.push_str(&String::from_utf8_lossy(&log));
+        match std::fs::read(f.dir.join("verify.log")) {
+            Ok(log) => output.push_str(&String::from_utf8_lossy(&log)),
+            Err(_) => output.push_str(&v.explain()),
         }
     } else if r.status == Status::AgentFailed {
         if let Ok(log) = std::fs::read(f.dir.join("agent.log")) {

@@ -86,6 +86,14 @@ fn a_change_that_fails_verification_twice_is_retried_and_lands_after_2_retries()
     let prompt = std::fs::read_to_string(dir.join("prompt.md")).unwrap();
     assert!(prompt.contains("Previous attempt (2) failed"), "{prompt}");
     assert!(prompt.contains("FAILED test_add"), "{prompt}");
+    assert_eq!(
+        prompt
+            .lines()
+            .filter(|l| l.trim() == "FAILED test_add: add(1, 2) == -1")
+            .count(),
+        1,
+        "the failure once, not once per report of it: {prompt}"
+    );
     assert!(prompt.contains("src/math.py"), "{prompt}");
     let first = std::fs::read_to_string(
         PathBuf::from(attempts[0]["dir"].as_str().unwrap()).join("prompt.md"),
