@@ -73,9 +73,10 @@ fn print_report(r: &crate::run::RunReport) {
 
 /// The end-of-run table (one row per unit), then each unit's details.
 fn print_summary(results: &[crate::record::UnitResult]) {
+    // 75 columns: it fits an 80-column terminal; a longer unit id is cut with an ellipsis.
     println!(
-        "{:<24} {:<15} {:>8} {:>6} {:>8} {:>10} {:>9}",
-        "unit", "verdict", "attempts", "files", "time", "tokens", "cost"
+        "{:<20} {:<14} {:>5} {:>5} {:>7} {:>9} {:>9}",
+        "unit", "verdict", "tries", "files", "time", "tokens", "cost"
     );
     for r in results {
         let tokens = r
@@ -87,9 +88,14 @@ fn print_summary(results: &[crate::record::UnitResult]) {
             .cost_usd
             .map(|c| format!("${c:.4}"))
             .unwrap_or_else(|| "-".into());
+        let unit = if r.unit.chars().count() > 20 {
+            format!("{}…", r.unit.chars().take(19).collect::<String>())
+        } else {
+            r.unit.clone()
+        };
         println!(
-            "{:<24} {:<15} {:>8} {:>6} {:>7.1}s {:>10} {:>9}",
-            r.unit,
+            "{:<20} {:<14} {:>5} {:>5} {:>6.1}s {:>9} {:>9}",
+            unit,
             crate::output::label(r.status),
             r.attempts.len(),
             r.files_changed,

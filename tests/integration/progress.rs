@@ -121,9 +121,21 @@ fn a_run_on_a_terminal_shows_the_unit_lines_and_the_summary() {
     assert!(screen.contains("unit(s) done"), "no overall bar: {screen}");
     // The summary table and the unit's details.
     assert!(
-        screen.contains("verdict") && screen.contains("attempts") && screen.contains("tokens"),
+        screen.contains("verdict") && screen.contains("tries") && screen.contains("tokens"),
         "no summary table: {screen}"
     );
+    // The table fits 80 columns (its lines, read out of the drawn screen).
+    for pattern in [
+        r"unit +verdict +tries +files +time +tokens +cost",
+        r"greet +landed +\d+ +\d+ +[\d.]+s +\S+ +\S+",
+    ] {
+        let line = regex::Regex::new(pattern)
+            .unwrap()
+            .find(&screen)
+            .unwrap_or_else(|| panic!("no {pattern:?} in {screen}"))
+            .as_str();
+        assert!(line.chars().count() <= 80, "{line:?}");
+    }
     assert!(screen.contains("greet: landed: landed as"), "{screen}");
     assert!(screen.contains("patch: "), "{screen}");
 }
