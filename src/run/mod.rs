@@ -497,14 +497,28 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
     }
     let senders = std::sync::Mutex::new(senders);
     let failure: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
+    // How many units (in unit order) the lander is done with.
+    let landed = std::sync::atomic::AtomicUsize::new(0);
     let workers =
         futures_util::stream::iter(todo.iter().enumerate()).for_each_concurrent(jobs, |(i, p)| {
             let ctx = &ctx;
             let senders = &senders;
             let failure = &failure;
+            let landed = &landed;
+            let todo = &todo;
             async move {
                 if let Err(e) = work_unit(ctx, p).await {
                     failure.lock().expect("poisoned").get_or_insert(e);
+                }
+                // Verified, but an earlier unit lands first: say so, rather than leave the
+                // unit's line on "verifying".
+                let ready = ctx.journal.read(|j| j.unit(&p.unit.meta.id).phase) == UnitPhase::Ready;
+                let done = landed.load(std::sync::atomic::Ordering::SeqCst);
+                if ready && done < i {
+                    ctx.reporter.unit(
+                        &p.unit.meta.id,
+                        &format!("passed; waiting to land after {}", todo[done].unit.meta.id),
+                    );
                 }
                 if let Some(tx) = senders.lock().expect("poisoned")[i].take() {
                     let _ = tx.send(());
@@ -517,6 +531,7 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
             if let Err(e) = land_unit(&ctx, p).await {
                 failure.lock().expect("poisoned").get_or_insert(e);
             }
+            landed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     };
     tokio::join!(workers, lander);

@@ -238,24 +238,36 @@ fn four_units_with_two_jobs_land_in_unit_order_on_one_branch() {
         repo.unit(id, "scope = [\"src/**\"]", &format!("Write src/{id}.txt."));
     }
     let snapshot = repo.commit("project");
-    let (code, v, err) = run_json(
-        &repo,
-        &[
-            "--unit",
-            "u1",
-            "--unit",
-            "u2",
-            "--unit",
-            "u3",
-            "--unit",
-            "u4",
-            "--jobs",
-            "2",
-            "--branch",
-            "integration",
-        ],
+    // Without --json: the plain progress lines say what a ready unit waits for.
+    let out = repo
+        .cmd()
+        .args([
+            "run", "--unit", "u1", "--unit", "u2", "--unit", "u3", "--unit", "u4",
+        ])
+        .args(["--jobs", "2", "--branch", "integration"])
+        .output()
+        .unwrap();
+    let (code, err) = (out.status.code().unwrap(), stderr(&out));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("» u2: passed; waiting to land after u1"),
+        "u2 was ready first and says what it waits for: {err}"
     );
-    assert_eq!(code, 0, "{err}\n{v}");
+    let runs = repo.path().join(".git/boxdelegate");
+    let read = |p: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let run_dir = std::fs::read_dir(runs.join("runs"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let units: Vec<serde_json::Value> = ["u1", "u2", "u3", "u4"]
+        .iter()
+        .map(|id| read(runs.join(format!("last/{id}.json"))))
+        .collect();
+    let v = serde_json::json!({"run": read(run_dir.join("report.json")), "units": units});
     assert_eq!(v["run"]["jobs"], 2);
     assert_eq!(v["run"]["landed_first_attempt"], 4);
     assert_eq!(
