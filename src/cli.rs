@@ -247,10 +247,13 @@ pub enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove dependency and unit images the current snapshot does not use.
+    /// Remove this repository's dependency and unit images other than the current ones; an
+    /// image another repository on the engine also uses stays (only this repository's claim
+    /// on it goes).
     Prune {
-        /// Remove every dependency and unit image, the current ones too.
-        #[arg(long)]
+        /// Remove every boxdelegate dependency and unit image on the engine, of every
+        /// repository, the current ones too.
+        #[arg(long, alias = "all-repositories")]
         all: bool,
         /// Show what would be removed.
         #[arg(long)]

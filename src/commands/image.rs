@@ -199,8 +199,14 @@ pub async fn image(global: &GlobalArgs, cmd: ImageCommand) -> Result<i32> {
             let rows: Vec<serde_json::Value> = list
                 .iter()
                 .map(|i| {
+                    let (uses, tags): (Vec<&String>, Vec<&String>) = i
+                        .repo_tags
+                        .iter()
+                        .partition(|t| images::uses::is_use_tag(t));
                     serde_json::json!({
-                        "tags": i.repo_tags,
+                        "tags": tags,
+                        // How many repositories on this engine use the image.
+                        "repositories": uses.len(),
                         "id": i.id,
                         "kind": i.labels.get(labels::KIND),
                         "tree": i.labels.get(labels::TREE),
@@ -215,10 +221,16 @@ pub async fn image(global: &GlobalArgs, cmd: ImageCommand) -> Result<i32> {
             } else {
                 println!("{:<10} {:<12} {:>9}  TAG", "KIND", "ID", "SIZE");
                 for i in &list {
-                    let tags = if i.repo_tags.is_empty() {
+                    let names: Vec<&str> = i
+                        .repo_tags
+                        .iter()
+                        .filter(|t| !images::uses::is_use_tag(t))
+                        .map(String::as_str)
+                        .collect();
+                    let tags = if names.is_empty() {
                         "<none>".to_string()
                     } else {
-                        i.repo_tags.join(", ")
+                        names.join(", ")
                     };
                     println!(
                         "{:<10} {:<12} {:>8}M  {tags}",
@@ -306,7 +318,69 @@ async fn prune(global: &GlobalArgs, all: bool, dry_run: bool) -> Result<i32> {
         }
     }
     let mut removed = 0;
-    // Newest first, so incremental children go before the images they are built on.
+    // In a repository: only the images this repository uses (its use tags), and of those only
+    // its tag when another repository still uses one.
+    if let Some(p) = &project {
+        let repo_id = crate::state::repo_id(&p.repo)?;
+        for kind in ["snap", "deps"] {
+            let filter = format!("{}={kind}", labels::KIND);
+            let mut list = engine.list_images(&[&filter]).await?;
+            list.sort_by_key(|i| std::cmp::Reverse(i.created));
+            for image in list {
+                let Some(canonical) = image
+                    .repo_tags
+                    .iter()
+                    .find(|t| t.starts_with("boxdelegate/") && !images::uses::is_use_tag(t))
+                    .cloned()
+                else {
+                    continue;
+                };
+                if keep.contains(&canonical) {
+                    continue;
+                }
+                let ours =
+                    images::uses::use_tag(&repo_id, &canonical).map(|(r, t)| format!("{r}:{t}"));
+                if !ours.is_some_and(|o| image.repo_tags.contains(&o)) {
+                    continue;
+                }
+                let shared = image
+                    .repo_tags
+                    .iter()
+                    .filter(|t| images::uses::is_use_tag(t))
+                    .count()
+                    > 1;
+                if dry_run {
+                    println!(
+                        "would {} {canonical}",
+                        if shared {
+                            "release (another repository uses it)"
+                        } else {
+                            "remove"
+                        }
+                    );
+                    continue;
+                }
+                match images::uses::release(&engine, &repo_id, &canonical).await {
+                    Ok(images::uses::Released::Removed) => {
+                        println!("removed {canonical}");
+                        removed += 1;
+                    }
+                    Ok(images::uses::Released::StillUsed) => {
+                        println!("released {canonical} (another repository still uses it)")
+                    }
+                    Ok(images::uses::Released::NotOurs) => {}
+                    // In use by a container, or a parent of another image: kept.
+                    Err(e) => eprintln!("kept {canonical}: {e}"),
+                }
+            }
+        }
+        if !dry_run && !global.quiet {
+            eprintln!("{removed} image(s) removed");
+        }
+        return Ok(exit::OK);
+    }
+    // --all-repositories: every boxdelegate image on the engine, newest first, so
+    // incremental children go before the images they are built on.
     for kind in ["snap", "deps"] {
         let filter = format!("{}={kind}", labels::KIND);
         let mut list = engine.list_images(&[&filter]).await?;

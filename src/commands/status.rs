@@ -268,6 +268,7 @@ pub async fn clean(project: &Project, run: Option<String>, force: bool, json: bo
         return Ok(exit::OK);
     }
     let engine = Engine::connect().await?;
+    let repo_id = crate::state::repo_id(&project.repo)?;
     // Images still wanted by the runs that stay.
     let cleaned: Vec<&str> = targets.iter().map(|(id, _)| id.as_str()).collect();
     let wanted: Vec<String> = journal::run_ids(&state)
@@ -313,7 +314,14 @@ pub async fn clean(project: &Project, run: Option<String>, force: bool, json: bo
             ..
         }) = loaded
         {
-            if !wanted.contains(image) && engine.remove_image(image).await.is_ok() {
+            // Only this repository's claim on the image goes; the image with it when no
+            // other repository on the engine uses it.
+            if !wanted.contains(image)
+                && crate::images::uses::release(&engine, &repo_id, image)
+                    .await
+                    .ok()
+                    == Some(crate::images::uses::Released::Removed)
+            {
                 images.push(image.clone());
             }
         }

@@ -60,6 +60,31 @@ impl Engine {
             .map_err(|e| Error::engine("listing images", e))
     }
 
+    /// Adds tag `repo:tag` to image `name`.
+    pub async fn tag_image(&self, name: &str, repo: &str, tag: &str) -> Result<()> {
+        self.docker
+            .tag_image(
+                name,
+                Some(
+                    qp::TagImageOptionsBuilder::new()
+                        .repo(repo)
+                        .tag(tag)
+                        .build(),
+                ),
+            )
+            .await
+            .map_err(|e| Error::engine(format!("tagging image {name} as {repo}:{tag}"), e))
+    }
+
+    /// The tags of image `name` (empty when it does not exist).
+    pub async fn image_tags(&self, name: &str) -> Result<Vec<String>> {
+        match self.docker.inspect_image(name).await {
+            Ok(img) => Ok(img.repo_tags.unwrap_or_default()),
+            Err(e) if is_not_found(&e) => Ok(vec![]),
+            Err(e) => Err(Error::engine(format!("inspecting image {name}"), e)),
+        }
+    }
+
     pub async fn remove_image(&self, name: &str) -> Result<()> {
         match self
             .docker

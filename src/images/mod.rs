@@ -20,6 +20,7 @@
 
 pub mod layer;
 mod unit;
+pub mod uses;
 
 pub use unit::{build_method, ensure_unit};
 
@@ -639,6 +640,8 @@ pub async fn ensure_for_change(
         dirty: false,
     };
     let unit = ensure_unit(cx, &plan, &snap, &entries, true).await?;
+    let repo_id = crate::state::repo_id(cx.repo)?;
+    uses::claim(cx.engine, &repo_id, &[&plan.tag(), &unit.image]).await?;
     Ok(Some((plan, unit)))
 }
 
@@ -718,6 +721,9 @@ pub async fn ensure_images(
     };
     let deps_image = ensure_deps(&cx, &deps).await?;
     let unit_image = ensure_unit(&cx, &deps, snapshot, entries, incremental).await?;
+    // This repository uses both: prune and clean elsewhere leave them to it.
+    let repo_id = crate::state::repo_id(&project.repo)?;
+    uses::claim(engine, &repo_id, &[&deps_image.image, &unit_image.image]).await?;
     Ok((deps, deps_image, unit_image))
 }
 

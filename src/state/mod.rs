@@ -20,6 +20,33 @@ use crate::error::{Error, Result};
 use crate::git::Repo;
 use crate::record::UnitResult;
 
+/// This repository's id for the engine: random, made once and kept in the state directory,
+/// so it names this clone wherever it is moved (never its path). Images the repository uses
+/// carry a tag with it (`images::uses`).
+pub fn repo_id(repo: &Repo) -> Result<String> {
+    let path = dir(repo).join("repo-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim().to_string();
+        if id.len() == 12 && id.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Ok(id);
+        }
+    }
+    create_private_dir(&dir(repo))?;
+    let mut seed = Vec::new();
+    seed.extend_from_slice(&std::process::id().to_le_bytes());
+    seed.extend_from_slice(
+        &std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+            .to_le_bytes(),
+    );
+    seed.extend_from_slice(repo.common_dir.as_os_str().as_encoded_bytes());
+    let id = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&seed))[..12].to_string();
+    write_private(&path, format!("{id}\n").as_bytes())?;
+    Ok(id)
+}
+
 /// Where run state lives: inside the git directory, so the work tree is never touched.
 pub fn dir(repo: &Repo) -> PathBuf {
     repo.common_dir.join("boxdelegate")

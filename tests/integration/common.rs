@@ -223,6 +223,19 @@ impl Drop for TestRepo {
                 );
             }
         }
+        // This repository's claims on images (its use tags) go first: an image then goes
+        // with its last tag below, unless another repository still claims it.
+        if let Ok(id) = std::fs::read_to_string(self.path().join(".git/boxdelegate/repo-id")) {
+            if let Ok(out) = Command::new("docker")
+                .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+                .arg(format!("boxdelegate/r-{}", id.trim()))
+                .output()
+            {
+                for tag in String::from_utf8_lossy(&out.stdout).lines() {
+                    let _ = Command::new("docker").args(["rmi", tag]).output();
+                }
+            }
+        }
         // Unit images first, then the dependency images they were built on.
         let mut deps = Vec::new();
         for image in self.images.borrow().iter().rev() {

@@ -303,9 +303,14 @@ fn a_layer_the_engine_refuses_falls_back_to_a_committed_container() {
         "label=boxdelegate.tree={}",
         v["snapshot"]["tree"].as_str().unwrap()
     );
-    let images = docker(&["images", "-q", "--no-trunc", "--filter", &tree]);
+    // (One image may carry several tags: its name and this repository's claim on it.)
+    let images: std::collections::BTreeSet<String> =
+        docker(&["images", "-q", "--no-trunc", "--filter", &tree])
+            .lines()
+            .map(String::from)
+            .collect();
     assert_eq!(
-        images.trim(),
+        images.into_iter().collect::<Vec<_>>().join("\n"),
         v["unit_image"]["id"].as_str().unwrap(),
         "one image of this tree: no other left from the refused load"
     );
@@ -480,4 +485,69 @@ fn save_takes_the_codex_image_along_when_the_agent_is_codex() {
         String::from_utf8_lossy(&manifest.stdout).contains(codex),
         "the archive holds the codex image"
     );
+}
+
+#[test]
+fn prune_in_one_repository_never_removes_an_image_another_uses() {
+    require_base_image();
+    // Two repositories with the same content share their dependency and unit images.
+    let make = || {
+        let repo = TestRepo::with_project("prune-shared");
+        repo.write("src/extra.txt", "shared\n");
+        repo.commit("same content");
+        repo
+    };
+    let (a, b) = (make(), make());
+    let va = a.build(&[]);
+    let vb = b.build(&[]);
+    let shared = va["unit_image"]["image"].as_str().unwrap().to_string();
+    assert_eq!(
+        vb["unit_image"]["image"].as_str().unwrap(),
+        shared,
+        "one image for both"
+    );
+    let exists = |i: &str| !docker(&["images", "-q", i]).trim().is_empty();
+    // A moves on: the shared unit image is no longer A's current one.
+    a.write("src/extra.txt", "only in a\n");
+    a.commit("a moves on");
+    a.build(&[]);
+    let out = a
+        .cmd()
+        .args(["image", "prune", "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "would release (another repository uses it) {shared}"
+        )),
+        "{}",
+        stdout(&out)
+    );
+    let out = a.cmd().args(["image", "prune"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "released {shared} (another repository still uses it)"
+        )),
+        "{}",
+        stdout(&out)
+    );
+    assert!(exists(&shared), "B still has its unit image");
+    // B's prune keeps it too: it is B's current image.
+    let out = b.cmd().args(["image", "prune"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(exists(&shared), "B's current image stays");
+    // B moves on as well: now nobody uses it, and B's prune removes it.
+    b.write("src/extra.txt", "only in b\n");
+    b.commit("b moves on");
+    b.build(&[]);
+    let out = b.cmd().args(["image", "prune"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("removed {shared}")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!exists(&shared), "gone with its last user");
 }
