@@ -382,6 +382,62 @@ impl Repo {
         Ok(out.stdout)
     }
 
+    /// `tree` with each batch of `update-index -z --index-info` records applied in turn,
+    /// through a temporary index (the user's index is never touched); the new tree's id.
+    pub fn edit_tree(&self, tree: &str, batches: &[&[u8]]) -> Result<String> {
+        let dir = tempfile::Builder::new()
+            .prefix("boxdelegate-index-")
+            .tempdir()
+            .map_err(|e| Error::io("creating a temporary index", e))?;
+        let index = dir.path().join("index");
+        let git = |args: &[&str], input: Option<&[u8]>| -> Result<Vec<u8>> {
+            let mut cmd = self.cmd()?;
+            cmd.env("GIT_INDEX_FILE", &index);
+            self.run_with(cmd, args, input)
+        };
+        git(&["read-tree", tree], None)?;
+        for batch in batches.iter().filter(|b| !b.is_empty()) {
+            git(&["update-index", "-z", "--index-info"], Some(batch))?;
+        }
+        Ok(String::from_utf8_lossy(&git(&["write-tree"], None)?)
+            .trim()
+            .to_string())
+    }
+
+    /// The contents of blobs `ids`, in order (one `cat-file --batch`).
+    pub fn blobs(&self, ids: &[&str]) -> Result<Vec<Vec<u8>>> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let input: String = ids.iter().map(|id| format!("{id}\n")).collect();
+        let out = self.run_with(
+            self.cmd()?,
+            &["cat-file", "--batch"],
+            Some(input.as_bytes()),
+        )?;
+        let mut rest = out.as_slice();
+        let mut blobs = Vec::with_capacity(ids.len());
+        for _ in ids {
+            let eol = rest
+                .iter()
+                .position(|b| *b == b'\n')
+                .ok_or_else(|| Error::Internal("git cat-file ended early".into()))?;
+            let header = String::from_utf8_lossy(&rest[..eol]).into_owned();
+            let size: usize = header
+                .rsplit(' ')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| Error::Internal(format!("git cat-file: {header}")))?;
+            let end = eol + 1 + size;
+            if end > rest.len() {
+                return Err(Error::Internal("git cat-file ended early".into()));
+            }
+            blobs.push(rest[eol + 1..end].to_vec());
+            rest = &rest[(end + 1).min(rest.len())..];
+        }
+        Ok(blobs)
+    }
+
     /// Runs git and returns its stdout as a trimmed string.
     pub fn text<S: AsRef<OsStr>>(&self, args: &[S]) -> Result<String> {
         Ok(String::from_utf8_lossy(&self.run(args)?).trim().to_string())

@@ -186,21 +186,7 @@ pub fn without(
     if remove.is_empty() {
         return Ok(tree.to_string());
     }
-    let dir = tempfile::Builder::new()
-        .prefix("boxdelegate-hidden-")
-        .tempdir()
-        .map_err(|e| Error::io("creating a temporary index", e))?;
-    let index = dir.path().join("index");
-    let git = |args: &[&str], input: Option<&[u8]>| -> Result<Vec<u8>> {
-        let mut cmd = repo.cmd()?;
-        cmd.env("GIT_INDEX_FILE", &index);
-        repo.run_with(cmd, args, input)
-    };
-    git(&["read-tree", tree], None)?;
-    git(&["update-index", "-z", "--index-info"], Some(&remove))?;
-    Ok(String::from_utf8_lossy(&git(&["write-tree"], None)?)
-        .trim()
-        .to_string())
+    repo.edit_tree(tree, &[&remove])
 }
 
 pub fn list_tree(repo: &Repo, tree: &str) -> Result<Vec<TreeEntry>> {

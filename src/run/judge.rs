@@ -281,30 +281,12 @@ fn new_tree_links(ctx: &Ctx<'_>, set: &ChangeSet) -> Result<(Links, BTreeSet<Vec
         .iter()
         .filter(|e| e.kind == crate::snapshot::EntryKind::Symlink && !gone(&e.path))
         .collect();
-    let mut links = std::collections::BTreeMap::new();
-    if !old.is_empty() {
-        let input: String = old.iter().map(|e| format!("{}\n", e.oid)).collect();
-        let out = ctx.project.repo.run_with(
-            ctx.project.repo.cmd()?,
-            &["cat-file", "--batch"],
-            Some(input.as_bytes()),
-        )?;
-        let mut rest = out.as_slice();
-        for e in old {
-            let eol = rest
-                .iter()
-                .position(|b| *b == b'\n')
-                .ok_or_else(|| Error::Internal("git cat-file ended early".into()))?;
-            let header = String::from_utf8_lossy(&rest[..eol]).into_owned();
-            let size: usize = header
-                .rsplit(' ')
-                .next()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| Error::Internal(format!("git cat-file: {header}")))?;
-            links.insert(e.path.clone(), rest[eol + 1..eol + 1 + size].to_vec());
-            rest = &rest[(eol + 2 + size).min(rest.len())..];
-        }
-    }
+    let ids: Vec<&str> = old.iter().map(|e| e.oid.as_str()).collect();
+    let mut links: Links = old
+        .iter()
+        .map(|e| e.path.clone())
+        .zip(ctx.project.repo.blobs(&ids)?)
+        .collect();
     let mut changed = BTreeSet::new();
     for c in &set.changes {
         if let (Node::Symlink { target }, false) = (&c.node, c.kind == ChangeKind::Deleted) {

@@ -842,17 +842,6 @@ pub fn restore_protected(
     if touched.is_empty() {
         return Ok((tree.to_string(), vec![]));
     }
-    let dir = tempfile::Builder::new()
-        .prefix("boxdelegate-restore-")
-        .tempdir()
-        .map_err(|e| Error::io("creating a temporary index", e))?;
-    let index = dir.path().join("index");
-    let git = |args: &[&str], input: Option<&[u8]>| -> Result<Vec<u8>> {
-        let mut cmd = repo.cmd()?;
-        cmd.env("GIT_INDEX_FILE", &index);
-        repo.run_with(cmd, args, input)
-    };
-    git(&["read-tree", tree], None)?;
     // Removals first, so a path that changed between file and directory can come back.
     let mut remove = Vec::new();
     let mut add = Vec::new();
@@ -872,13 +861,7 @@ pub fn restore_protected(
             add.push(0);
         }
     }
-    git(&["update-index", "-z", "--index-info"], Some(&remove))?;
-    if !add.is_empty() {
-        git(&["update-index", "-z", "--index-info"], Some(&add))?;
-    }
-    let restored_tree = String::from_utf8_lossy(&git(&["write-tree"], None)?)
-        .trim()
-        .to_string();
+    let restored_tree = repo.edit_tree(tree, &[&remove, &add])?;
     let restored = touched
         .iter()
         .map(|p| String::from_utf8_lossy(p).into_owned())
