@@ -373,3 +373,31 @@ fn no_diagnostic_level_prints_a_secret() {
         );
     }
 }
+
+#[test]
+fn a_new_link_through_a_link_of_the_snapshot_is_resolved_with_it() {
+    require_base_image();
+    let repo = TestRepo::with_project("trust-snapshot-link");
+    std::os::unix::fs::symlink("..", repo.path().join("src/up")).unwrap();
+    std::os::unix::fs::symlink("../README.md", repo.path().join("src/readme")).unwrap();
+    repo.agent(
+        "if [ \"$BOXDELEGATE_UNIT_ID\" = escape ]; then ln -s up/../../etc/passwd src/esc; else ln -s up/README.md src/doc; fi",
+    );
+    repo.unit("escape", "scope = [\"src/**\"]", "Link.");
+    repo.unit("inside", "scope = [\"src/**\"]", "Link.");
+    repo.commit("links");
+    // The snapshot's own links stay; a new one through them that stays inside lands.
+    let (code, units, err) = repo.run(&["--unit", "inside"]);
+    assert_eq!(code, 0, "{err}\n{:?}", units);
+    assert_eq!(units[0]["status"], "landed", "{}", units[0]);
+    // A new one that leaves the tree through the snapshot's `src/up` does not.
+    let (code, units, err) = repo.run(&["--unit", "escape"]);
+    let u = &units[0];
+    assert_eq!(code, 10, "{err}\n{u}");
+    let m = messages(u, "symlink-escape");
+    assert!(
+        m.iter()
+            .any(|m| m.starts_with("src/esc: ") && m.contains("src/up -> ..")),
+        "{m:?}"
+    );
+}
