@@ -104,6 +104,10 @@ pub struct AgentConfig {
     /// Names of host environment variables passed to the agent container at start.
     #[serde(default)]
     pub env: Vec<String>,
+    /// The tokens (input and output) a unit's attempts may use: once they have, no further
+    /// attempt starts (status `over-budget`).
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
     /// Wall-clock limit for one agent attempt, e.g. "30m" or 1800 (seconds).
     #[serde(default, with = "duration_opt")]
     pub timeout: Option<Duration>,
@@ -165,6 +169,10 @@ pub struct RunConfig {
     /// Consecutive infrastructure failures after which no new unit is started (default 3).
     #[serde(default)]
     pub breaker: Option<u32>,
+    /// The estimated cost (USD, from `[prices]`) a unit's attempts may reach: once they have,
+    /// no further attempt starts (status `over-budget`).
+    #[serde(default)]
+    pub max_cost_usd: Option<f64>,
 }
 
 /// A model provider for Codex, speaking the Responses API.

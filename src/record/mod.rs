@@ -51,6 +51,9 @@ pub enum Status {
     Failed,
     /// Not started: the circuit breaker had opened.
     Skipped,
+    /// Its attempts reached `[run] max_cost_usd` or `[agent] max_tokens`; no further attempt
+    /// started. Every attempt's patch is kept.
+    OverBudget,
 }
 
 impl Status {
@@ -65,7 +68,7 @@ impl Status {
             Status::VerifyFailed => exit::VERIFY_FAILED,
             Status::ConfigError => exit::CONFIG,
             Status::InfraError => exit::INFRA,
-            Status::Failed => exit::FAILED,
+            Status::Failed | Status::OverBudget => exit::FAILED,
             Status::Skipped => exit::BREAKER,
         }
     }

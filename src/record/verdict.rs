@@ -306,6 +306,7 @@ mod verdicts_doc {
             Status::InfraError,
             Status::Failed,
             Status::Skipped,
+            Status::OverBudget,
         ];
         for s in all {
             match s {
@@ -320,7 +321,8 @@ mod verdicts_doc {
                 | Status::ConfigError
                 | Status::InfraError
                 | Status::Failed
-                | Status::Skipped => {}
+                | Status::Skipped
+                | Status::OverBudget => {}
             }
         }
         all.to_vec()

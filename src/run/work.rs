@@ -99,6 +99,24 @@ pub(super) async fn work_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
                 return Ok(());
             }
             Next::Attempt { role, backoff } => {
+                if let Some(why) = over_budget(ctx, id) {
+                    let mut r = ctx.journal.read(|j| {
+                        j.unit(id)
+                            .attempts
+                            .last()
+                            .expect("a unit over budget has attempts")
+                            .result
+                            .clone()
+                    });
+                    r.status = Status::OverBudget;
+                    r.message = format!(
+                        "stopped: {why}; no further attempt started, every attempt's patch is kept (the last: {})",
+                        r.message
+                    );
+                    ctx.reporter.unit(id, &format!("over budget: {why}"));
+                    finish_unit(ctx, id, r)?;
+                    return Ok(());
+                }
                 if let Some(wait) = backoff.filter(|w| !w.is_zero()) {
                     ctx.reporter.unit(
                         id,
@@ -185,4 +203,32 @@ async fn drive(
             AttemptPhase::Done => return Ok(()),
         }
     }
+}
+
+/// Why the unit may not start another attempt: its attempts' tokens or estimated cost reached
+/// `[agent] max_tokens` or `[run] max_cost_usd`. Usage is known once an attempt ends (codex
+/// reports it when its turn completes), so the check is between attempts.
+fn over_budget(ctx: &Ctx<'_>, id: &str) -> Option<String> {
+    let config = &ctx.project.config;
+    let (tokens, cost) = ctx.journal.read(|j| {
+        j.unit(id).attempts.iter().fold((0u64, 0f64), |(t, c), a| {
+            let used = a
+                .result
+                .usage
+                .as_ref()
+                .map_or(0, |u| u.input_tokens + u.output_tokens);
+            (t + used, c + a.result.cost_usd.unwrap_or(0.0))
+        })
+    });
+    if let Some(max) = config.agent.max_tokens.filter(|m| tokens >= *m) {
+        return Some(format!(
+            "its attempts used {tokens} tokens, [agent] max_tokens is {max}"
+        ));
+    }
+    if let Some(max) = config.run.max_cost_usd.filter(|m| cost >= *m) {
+        return Some(format!(
+            "its attempts cost about ${cost:.4}, [run] max_cost_usd is ${max}"
+        ));
+    }
+    None
 }

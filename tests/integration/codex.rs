@@ -294,6 +294,55 @@ fn the_codex_binaries_are_mounted_not_copied_and_count_against_no_disk_limit() {
 }
 
 #[test]
+fn a_unit_stops_retrying_once_its_attempts_reach_the_token_budget() {
+    require_base_image();
+    let net = Network::create("codex-budget");
+    let server = ModelServer::start(net.gateway);
+    let repo = codex_project("codex-budget", &net, &server);
+    // Every attempt fails verification; three retries are allowed, but the first attempt
+    // alone uses 1,050 tokens of a 1,000-token budget.
+    let config = std::fs::read_to_string(repo.path().join("boxdelegate.toml")).unwrap();
+    let config = config
+        .replacen("\nretries = 0\n", "\nretries = 3\nmax_tokens = 1000\n", 1)
+        .replace(
+            "[project]\n",
+            "[verify]\ntest = \"echo 'FAILED t'; echo '0 passed, 1 failed'; exit 1\"\n\n[project]\n",
+        );
+    repo.write("boxdelegate.toml", &config);
+    repo.commit("a budget");
+    server.script(vec![
+        (
+            0,
+            Step::Events(vec![
+                apply_patch(
+                    "c1",
+                    "*** Begin Patch\n*** Add File: src/hello.txt\n+hello\n*** End Patch\n",
+                ),
+                completed("r1", 1000, 0, 50),
+            ]),
+        ),
+        (
+            1,
+            Step::Events(vec![message("Done."), completed("r2", 0, 0, 0)]),
+        ),
+    ]);
+    let (code, u, err) = run_codex(&repo, "greet");
+    assert_eq!(code, 18, "{u}\n{err}");
+    assert_eq!(u["status"], "over-budget", "{u}");
+    assert_eq!(
+        u["attempts"].as_array().unwrap().len(),
+        1,
+        "no second attempt: {u}"
+    );
+    let m = u["message"].as_str().unwrap();
+    assert!(
+        m.contains("used 1050 tokens, [agent] max_tokens is 1000"),
+        "{m}"
+    );
+    assert!(u["patch"].as_str().is_some(), "the patch is kept: {u}");
+}
+
+#[test]
 fn codex_failures_are_classified() {
     require_base_image();
     let net = Network::create("codex-fail");
