@@ -301,7 +301,10 @@ async fn prune(global: &GlobalArgs, all: bool, dry_run: bool) -> Result<i32> {
     };
     // Leftover helper containers first: they pin the images. They carry no repository (and
     // another repository's build may be using one right now): only with --all-repositories.
-    for kind in ["deps-build", "snap-build"].into_iter().filter(|_| project.is_none()) {
+    for kind in ["deps-build", "snap-build"]
+        .into_iter()
+        .filter(|_| project.is_none())
+    {
         let filter = format!("{}={kind}", labels::KIND);
         for c in engine.list_containers(&[&filter]).await? {
             if c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING) {

@@ -36,7 +36,13 @@ fn remember_images_of(repo: &TestRepo, tree: &str) -> Vec<String> {
         "--filter",
         &format!("label=boxdelegate.tree={tree}"),
     ]);
-    let tags: Vec<String> = tags.lines().map(String::from).collect();
+    // An image's names, not the repositories' claims on it (`boxdelegate/r-…`, which go with
+    // the repository when the test ends).
+    let tags: Vec<String> = tags
+        .lines()
+        .filter(|t| !t.starts_with("boxdelegate/r-"))
+        .map(String::from)
+        .collect();
     for t in &tags {
         repo.remember_image(t);
     }
