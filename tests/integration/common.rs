@@ -225,17 +225,7 @@ impl Drop for TestRepo {
         }
         // This repository's claims on images (its use tags) go first: an image then goes
         // with its last tag below, unless another repository still claims it.
-        if let Ok(id) = std::fs::read_to_string(self.path().join(".git/boxdelegate/repo-id")) {
-            if let Ok(out) = Command::new("docker")
-                .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
-                .arg(format!("boxdelegate/r-{}", id.trim()))
-                .output()
-            {
-                for tag in String::from_utf8_lossy(&out.stdout).lines() {
-                    let _ = Command::new("docker").args(["rmi", tag]).output();
-                }
-            }
-        }
+        release_claims(self.path());
         // Unit images first, then the dependency images they were built on.
         let mut deps = Vec::new();
         for image in self.images.borrow().iter().rev() {
@@ -259,6 +249,33 @@ impl Drop for TestRepo {
         for image in deps {
             let _ = Command::new("docker").args(["rmi", &image]).output();
         }
+    }
+}
+
+/// Removes the claims (use tags, `boxdelegate/r-<id>:…`) the repository at `dir` put on
+/// images, as a repository that is gone no longer uses them.
+pub fn release_claims(dir: &Path) {
+    let Ok(id) = std::fs::read_to_string(dir.join(".git/boxdelegate/repo-id")) else {
+        return;
+    };
+    if let Ok(out) = Command::new("docker")
+        .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+        .arg(format!("boxdelegate/r-{}", id.trim()))
+        .output()
+    {
+        for tag in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = Command::new("docker").args(["rmi", tag]).output();
+        }
+    }
+}
+
+/// Releases the image claims of a repository that is not a [`TestRepo`] (a clone) when
+/// dropped.
+pub struct ReleaseClaims(pub std::path::PathBuf);
+
+impl Drop for ReleaseClaims {
+    fn drop(&mut self) {
+        release_claims(&self.0);
     }
 }
 

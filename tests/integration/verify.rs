@@ -690,6 +690,8 @@ fn verify_commit_on_a_fresh_clone_agrees_with_the_run_and_its_replay() {
         .status()
         .unwrap();
     assert!(st.success());
+    // The clone is a repository of its own: its claims on images go with it.
+    let _claims = ReleaseClaims(clone.path().to_path_buf());
     docker(&["rmi", &unit_image, &format!("boxdelegate/deps:{deps_key}")]);
 
     let verify = |args: &[&str]| {
