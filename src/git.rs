@@ -404,38 +404,47 @@ impl Repo {
             .to_string())
     }
 
-    /// The contents of blobs `ids`, in order (one `cat-file --batch`).
-    pub fn blobs(&self, ids: &[&str]) -> Result<Vec<Vec<u8>>> {
+    /// The objects `ids` as `cat-file --batch` run by `cmd` gives them: each one's type and
+    /// content, in order.
+    pub fn cat_batch(&self, cmd: Command, ids: &[&str]) -> Result<Vec<(String, Vec<u8>)>> {
         if ids.is_empty() {
             return Ok(vec![]);
         }
         let input: String = ids.iter().map(|id| format!("{id}\n")).collect();
-        let out = self.run_with(
-            self.cmd()?,
-            &["cat-file", "--batch"],
-            Some(input.as_bytes()),
-        )?;
+        let out = self.run_with(cmd, &["cat-file", "--batch"], Some(input.as_bytes()))?;
         let mut rest = out.as_slice();
-        let mut blobs = Vec::with_capacity(ids.len());
+        let mut objects = Vec::with_capacity(ids.len());
         for _ in ids {
             let eol = rest
                 .iter()
                 .position(|b| *b == b'\n')
                 .ok_or_else(|| Error::Internal("git cat-file ended early".into()))?;
             let header = String::from_utf8_lossy(&rest[..eol]).into_owned();
-            let size: usize = header
-                .rsplit(' ')
-                .next()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| Error::Internal(format!("git cat-file: {header}")))?;
+            let mut fields = header.split(' ').skip(1);
+            let (kind, size) = match (
+                fields.next(),
+                fields.next().and_then(|s| s.parse::<usize>().ok()),
+            ) {
+                (Some(kind), Some(size)) => (kind.to_string(), size),
+                _ => return Err(Error::Internal(format!("git cat-file: {header}"))),
+            };
             let end = eol + 1 + size;
             if end > rest.len() {
                 return Err(Error::Internal("git cat-file ended early".into()));
             }
-            blobs.push(rest[eol + 1..end].to_vec());
+            objects.push((kind, rest[eol + 1..end].to_vec()));
             rest = &rest[(end + 1).min(rest.len())..];
         }
-        Ok(blobs)
+        Ok(objects)
+    }
+
+    /// The contents of blobs `ids`, in order (one `cat-file --batch`).
+    pub fn blobs(&self, ids: &[&str]) -> Result<Vec<Vec<u8>>> {
+        Ok(self
+            .cat_batch(self.cmd()?, ids)?
+            .into_iter()
+            .map(|(_, data)| data)
+            .collect())
     }
 
     /// Runs git and returns its stdout as a trimmed string.

@@ -121,32 +121,14 @@ pub(super) fn edit_tree(
     let mut listing: HashMap<Vec<u8>, BTreeMap<Vec<u8>, TreeItem>> = HashMap::new();
     let mut level: Vec<(Vec<u8>, String)> = vec![(Vec::new(), base.to_string())];
     while !level.is_empty() {
-        let mut input = String::new();
-        for (_, id) in &level {
-            input.push_str(id);
-            input.push('\n');
-        }
-        let out = repo.run_with(
-            repo.store_cmd(store)?,
-            &["cat-file", "--batch"],
-            Some(input.as_bytes()),
-        )?;
-        let mut rest = out.as_slice();
+        let ids: Vec<&str> = level.iter().map(|(_, id)| id.as_str()).collect();
+        let objects = repo.cat_batch(repo.store_cmd(store)?, &ids)?;
         let mut next = Vec::new();
-        for (dir, _) in &level {
-            let eol = rest
-                .iter()
-                .position(|b| *b == b'\n')
-                .ok_or_else(|| Error::Internal("git cat-file ended early".into()))?;
-            let header = String::from_utf8_lossy(&rest[..eol]).into_owned();
-            let size: usize = header
-                .rsplit(' ')
-                .next()
-                .and_then(|s| s.parse().ok())
-                .filter(|_| header.split(' ').nth(1) == Some("tree"))
-                .ok_or_else(|| Error::Internal(format!("git cat-file: {header}")))?;
-            let items = parse_tree(&rest[eol + 1..eol + 1 + size])?;
-            rest = &rest[eol + 1 + size + 1..];
+        for ((dir, id), (kind, data)) in level.iter().zip(objects) {
+            if kind != "tree" {
+                return Err(Error::Internal(format!("git cat-file: {id} is a {kind}")));
+            }
+            let items = parse_tree(&data)?;
             for (name, (mode, id)) in &items {
                 if mode.as_slice() != b"40000" {
                     continue;

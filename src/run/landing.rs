@@ -211,6 +211,11 @@ pub(super) async fn land_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
     finish_unit(ctx, id, result)
 }
 
+/// What `apply` says when it lands nothing.
+fn not_applied(id: &str, why: &dyn std::fmt::Display) -> String {
+    format!("not applied: {why}; nothing landed (run the unit again: boxdelegate run --unit {id} --rerun)")
+}
+
 /// The key to landing `tree` from a unit's result: its verdict, a pass of that tree with the
 /// checks in force; or, when the project configures no checks, a key that says so.
 fn gate_key(
@@ -335,9 +340,7 @@ pub fn apply(
     let key = match gate_key(&result, &tree, &checks) {
         Ok(k) => k,
         Err(why) => {
-            result.message = format!(
-                "not applied: {why}; nothing landed (run the unit again: boxdelegate run --unit {id} --rerun)"
-            );
+            result.message = not_applied(id, &why);
             return Ok(result);
         }
     };
@@ -357,9 +360,7 @@ pub fn apply(
     let landed = match landed {
         Ok(l) => l,
         Err(why) => {
-            result.message = format!(
-                "not applied: {why}; nothing landed (run the unit again: boxdelegate run --unit {id} --rerun)"
-            );
+            result.message = not_applied(id, &why);
             return Ok(result);
         }
     };

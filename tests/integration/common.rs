@@ -366,6 +366,22 @@ pub fn require_base_image() {
     );
 }
 
+/// The base image and the rust toolchain image, built from Debian packages when the engine
+/// lacks it (a shared image, like the base: kept).
+pub fn require_rust_image() {
+    require_base_image();
+    if docker(&["images", "-q", "boxdelegate/rust:bookworm"])
+        .trim()
+        .is_empty()
+    {
+        let out = boxdelegate()
+            .args(["-q", "image", "build", "rust"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+}
+
 pub fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

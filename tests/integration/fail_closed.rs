@@ -262,20 +262,7 @@ fn a_uv_project_gets_its_test_group_and_a_pyproject_edited_without_relocking_is_
 
 #[test]
 fn a_published_crate_is_compiled_from_the_change_and_a_break_is_named() {
-    require_base_image();
-    if !Command::new("docker")
-        .args(["image", "inspect", "boxdelegate/rust:bookworm"])
-        .output()
-        .unwrap()
-        .status
-        .success()
-    {
-        let out = boxdelegate()
-            .args(["-q", "image", "build", "rust"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-    }
+    require_rust_image();
     let repo = TestRepo::empty();
     // As `cargo package` writes a published manifest: explicit targets, no auto-discovery,
     // `build = false`. The doctest fails on the base and the change alike.

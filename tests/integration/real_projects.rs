@@ -275,18 +275,7 @@ fn a_pypi_sdist_with_its_own_test_suite_lands_a_fix_and_rejects_a_break_naming_t
 
 #[test]
 fn a_crate_from_the_registry_lands_its_next_release_and_rejects_a_break_naming_the_test() {
-    require_base_image();
-    // The rust toolchain image, from Debian packages, when the engine lacks it (a shared
-    // image, like the base: kept).
-    if !Command::new("docker")
-        .args(["image", "inspect", "boxdelegate/rust:bookworm"])
-        .output()
-        .unwrap()
-        .status
-        .success()
-    {
-        run_ok(boxdelegate().args(["-q", "image", "build", "rust"]));
-    }
+    require_rust_image();
     let old = crate_file(
         "either",
         "1.12.0",
