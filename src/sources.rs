@@ -54,6 +54,12 @@ pub fn redirects(path: &str, content: &str) -> BTreeSet<String> {
     }
 }
 
+/// A manifest this module cannot read says nothing of where it sends the install: that is a
+/// refusal, never a pass (one the snapshot's own unreadable manifest shares is not the change's).
+fn unreadable(what: &str) -> String {
+    format!("{what} that cannot be read, so where it sends the install cannot be told")
+}
+
 fn requirements(content: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for line in content.lines() {
@@ -84,6 +90,7 @@ fn toml_value(content: &str) -> Option<toml::Value> {
 fn pyproject(content: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let Some(v) = toml_value(content) else {
+        out.insert(unreadable("pyproject.toml"));
         return out;
     };
     let tool = v.get("tool");
@@ -159,6 +166,7 @@ fn leaves_repo(path: &str, depth: usize) -> bool {
 fn cargo(content: &str, depth: usize) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let Some(v) = toml_value(content) else {
+        out.insert(unreadable("Cargo.toml"));
         return out;
     };
     for table in ["source", "patch", "replace", "registries", "registry"] {
@@ -209,6 +217,7 @@ fn cargo(content: &str, depth: usize) -> BTreeSet<String> {
 fn package_json(content: &str, depth: usize) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let Ok(v) = serde_json::from_str::<serde_json::Value>(content) else {
+        out.insert(unreadable("package.json"));
         return out;
     };
     for section in [
@@ -355,6 +364,24 @@ mod tests {
     fn go_replace_directives_outside_the_repository() {
         assert_eq!(one("go.mod", "module m\nreplace example.com/a => ./a\n"), 0);
         assert_eq!(one("go.mod", "module m\nreplace example.com/a => evil.com/a v1.0.0\nreplace (\n  x => ../../outside\n)\n"), 2);
+    }
+
+    #[test]
+    fn a_manifest_that_cannot_be_read_is_refused_not_passed() {
+        for (path, content) in [
+            ("Cargo.toml", "[dependencies\nx = { git = \"https://x\" }\n"),
+            ("pyproject.toml", "[project\n"),
+            (
+                "package.json",
+                "{\"dependencies\": {\"a\": \"git+https://x\"",
+            ),
+        ] {
+            let r = redirects(path, content);
+            assert!(
+                r.iter().any(|l| l.contains("cannot be read")),
+                "{path}: {r:?}"
+            );
+        }
     }
 
     #[test]
