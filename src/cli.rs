@@ -285,8 +285,9 @@ pub struct VerifyArgs {
         conflicts_with = "replay"
     )]
     pub patch: Option<PathBuf>,
-    /// Re-run a verification record and report whether the verdict matches.
-    #[arg(long, value_name = "RECORD")]
+    /// Re-run a verification record and report whether the verdict matches: a record file,
+    /// or a commit boxdelegate landed (the record its Boxdelegate-Record trailer names).
+    #[arg(long, value_name = "RECORD|COMMIT")]
     pub replay: Option<PathBuf>,
     /// The unit whose protected paths and expected tests apply (default: the commit's
     /// Boxdelegate-Unit trailer, when its unit file exists).

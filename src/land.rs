@@ -22,6 +22,8 @@ const ZERO: &str = "0000000000000000000000000000000000000000";
 pub const TRAILER_UNIT: &str = "Boxdelegate-Unit";
 /// The verification of the tree that landed: its tree id and verdict.
 pub const TRAILER_VERIFIED: &str = "Boxdelegate-Verified";
+/// The sha256 of the verification record (`sha256:<hex>`), which `verify --replay COMMIT` reads.
+pub const TRAILER_RECORD: &str = "Boxdelegate-Record";
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LandRequest {
@@ -177,8 +179,12 @@ pub fn message(req: &LandRequest, verified: &Verified) -> String {
         body.truncate(cut);
         body.push_str("\n[…]");
     }
+    let record = verified
+        .record()
+        .map(|r| format!("{TRAILER_RECORD}: sha256:{r}\n"))
+        .unwrap_or_default();
     format!(
-        "{}\n\n{}\n\n{TRAILER_UNIT}: {}\nBoxdelegate-Agent: {}\nBoxdelegate-Snapshot: {}\nBoxdelegate-Patch-Sha256: {}\n{TRAILER_VERIFIED}: {}\nCo-authored-by: {}\n",
+        "{}\n\n{}\n\n{TRAILER_UNIT}: {}\nBoxdelegate-Agent: {}\nBoxdelegate-Snapshot: {}\nBoxdelegate-Patch-Sha256: {}\n{TRAILER_VERIFIED}: {}\n{record}Co-authored-by: {}\n",
         req.title.trim(),
         body,
         req.unit_id,

@@ -20,7 +20,7 @@ use crate::output::Reporter;
 use crate::project::Project;
 use crate::snapshot::{self, Snapshot};
 
-use crate::verify::record::{self, EngineVersion, Record, Replay, Side};
+use crate::verify::record::{self, Record, Replay, Side};
 use crate::verify::{Check, Settings, VerifyRequest};
 
 pub use crate::cli::VerifyArgs;
@@ -169,9 +169,83 @@ fn unit_of_commit(repo: &Repo, commit: &str) -> Option<String> {
     (units.len() == 1).then(|| units[0].to_string())
 }
 
+/// The record `--replay` names: a record file, or else a commit boxdelegate landed, whose
+/// `Boxdelegate-Record` trailer names its record in this repository's records.
+fn replayed(repo: &Repo, arg: &Path) -> Result<(Record, String)> {
+    if arg.is_file() {
+        return record::load(repo, arg);
+    }
+    let rev = arg.to_string_lossy();
+    let hint = "pass a record file written by `boxdelegate verify`, or a commit boxdelegate landed";
+    if rev.starts_with('-') || rev.is_empty() {
+        return Err(usage(
+            format!("--replay: {rev:?} is neither a record file nor a commit"),
+            hint,
+        ));
+    }
+    let Some(commit) = repo.resolve(&format!("{rev}^{{commit}}"))? else {
+        return Err(usage(
+            format!(
+                "--replay: {rev:?} is neither a record file nor a commit of {}",
+                repo.root.display()
+            ),
+            hint,
+        ));
+    };
+    let trailer = |key: &str| -> Result<Vec<String>> {
+        let text = repo.text(&[
+            "log",
+            "-1",
+            &format!("--format=%(trailers:key={key},valueonly,separator=%x00)"),
+            &commit,
+        ])?;
+        Ok(text
+            .split('\0')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect())
+    };
+    let records = trailer(crate::land::TRAILER_RECORD)?;
+    let short_commit = short(&commit);
+    match records.as_slice() {
+        [one] => {
+            let dir = crate::verify::state_paths(&repo.common_dir).0;
+            record::load_stored(repo, &dir, short_commit, one)
+        }
+        [] => {
+            let verified = trailer(crate::land::TRAILER_VERIFIED)?;
+            let message = match verified.first() {
+                Some(v) if v.split_once(' ').is_some_and(|(_, rest)| rest.starts_with("none:")) => format!(
+                    "--replay {rev}: commit {short_commit} landed without checks (its project configured none), so there is no verification to replay"
+                ),
+                Some(_) => format!(
+                    "--replay {rev}: commit {short_commit} names no verification record (no {} trailer; it landed before boxdelegate kept one per landing)",
+                    crate::land::TRAILER_RECORD
+                ),
+                None => format!(
+                    "--replay {rev}: commit {short_commit} was not landed by boxdelegate (no {} trailer)",
+                    crate::land::TRAILER_VERIFIED
+                ),
+            };
+            Err(usage(
+                message,
+                &format!("verify it anew: boxdelegate verify --commit {rev}"),
+            ))
+        }
+        _ => Err(usage(
+            format!(
+                "--replay {rev}: commit {short_commit} names {} verification records; a landed commit names one",
+                records.len()
+            ),
+            &format!("verify it anew: boxdelegate verify --commit {rev}"),
+        )),
+    }
+}
+
 fn resolve(repo: &Repo, args: &VerifyArgs) -> Result<(Resolved, Project)> {
     if let Some(path) = &args.replay {
-        let (rec, sha) = record::load(repo, path)?;
+        let (rec, sha) = replayed(repo, path)?;
         let base_commit = rec.base.commit.clone().ok_or_else(|| {
             usage(
                 format!("{} names no base commit", path.display()),
@@ -369,7 +443,6 @@ pub async fn run(repo: &Repo, args: VerifyArgs, reporter: &dyn Reporter) -> Resu
         cache_dir: &cache_dir,
     };
     let verdict = crate::verify::verify(&engine, repo, &req, None, &|l: &str| sink(l)).await?;
-    let info = engine.info().await?;
 
     let mut exit_code = verdict.verdict.exit_code();
     let replay = r.replay.as_ref().map(|(rec, sha)| {
@@ -395,34 +468,16 @@ pub async fn run(repo: &Repo, args: VerifyArgs, reporter: &dyn Reporter) -> Resu
             crate::error::exit::REPLAY_MISMATCH
         };
     }
-    let record = Record {
-        schema: record::SCHEMA,
-        boxdelegate_version: env!("CARGO_PKG_VERSION").to_string(),
-        engine: EngineVersion {
-            version: info.version,
-            api_version: info.api_version,
-            os: info.os,
-        },
-        created,
-        base: r.base,
-        change: r.change,
-        patch_sha256: r.patch_sha256,
-        unit: r.unit,
-        protected: r.protected,
-        expect: r.expect,
-        profile: project.profile.name.clone(),
-        deps_key: deps.key.clone(),
-        deps_image: deps_image.image,
-        deps_image_id: deps_image.id,
-        unit_image: unit_image.image,
-        unit_image_id: unit_image.id,
-        change_deps_key: change_image.as_ref().map(|(_, k)| k.clone()),
-        change_image: change_image.map(|(i, _)| i),
-        checks: r.checks,
-        settings: r.settings,
-        verdict,
-        replay,
+    let origin = record::Origin {
+        base_commit: r.base.commit.as_deref(),
+        change_commit: r.change.commit.as_deref(),
+        patch_sha256: r.patch_sha256.as_deref(),
+        unit: r.unit.as_deref(),
+        profile: &project.profile.name,
+        deps_image: &deps_image.image,
     };
+    let mut record = record::make(&engine, &req, origin, verdict, created).await?;
+    record.replay = replay;
     let path = args
         .record
         .clone()

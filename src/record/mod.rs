@@ -93,8 +93,15 @@ pub struct UnitResult {
     pub patch_sha256: Option<String>,
     pub rejections: Vec<Rejection>,
     pub verdict: Option<crate::record::Verdict>,
+    /// The sha256 of `verdict`'s verification record (`.git/boxdelegate/verify/<sha256>.json`),
+    /// which the landed commit's `Boxdelegate-Record` trailer names.
+    #[serde(default)]
+    pub record: Option<String>,
     /// When the branch had moved: the verdict on the merged tree that would land.
     pub merged_verdict: Option<crate::record::Verdict>,
+    /// The sha256 of `merged_verdict`'s verification record.
+    #[serde(default)]
+    pub merged_record: Option<String>,
     pub landed: Option<Landed>,
     pub log: Option<PathBuf>,
     pub message: String,

@@ -487,6 +487,7 @@ pub(super) async fn judge_change(
     )
     .await?;
     result.timings.verify_ms = Some(crate::timings::since(verify_started));
+    result.record = Some(store_record(ctx, &vreq, &ctx.snapshot.commit, result, &verdict).await?);
     let passed = verdict.passed;
     let summary = verdict.summary.clone();
     let failure = (!passed).then(|| failure_status(&verdict, "", p.settings.timeout_secs));
@@ -544,6 +545,34 @@ pub(super) async fn image_for(ctx: &Ctx<'_>, tree: &str) -> Result<Option<(Strin
     )
     .await?
     .map(|(plan, unit)| (unit.image, plan.key)))
+}
+
+/// Writes the verification record of `verdict`, reached by verifying `req` against
+/// `base_commit`, where `verify --replay` finds it; returns its sha256, which the landed
+/// commit's `Boxdelegate-Record` trailer names.
+pub(super) async fn store_record(
+    ctx: &Ctx<'_>,
+    req: &crate::verify::VerifyRequest<'_>,
+    base_commit: &str,
+    result: &UnitResult,
+    verdict: &crate::record::Verdict,
+) -> Result<String> {
+    let origin = crate::verify::record::Origin {
+        base_commit: Some(base_commit),
+        change_commit: None,
+        patch_sha256: result.patch_sha256.as_deref(),
+        unit: Some(&result.unit),
+        profile: &ctx.project.profile.name,
+        deps_image: &ctx.deps.tag(),
+    };
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let record =
+        crate::verify::record::make(ctx.engine, req, origin, verdict.clone(), created).await?;
+    let dir = crate::verify::state_paths(&ctx.project.repo.common_dir).0;
+    crate::verify::record::store(&dir, &record)
 }
 
 pub(super) fn verify_request<'a>(

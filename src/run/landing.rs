@@ -69,7 +69,7 @@ pub(super) async fn land_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
     let tree = result.tree.clone().unwrap_or_default();
     // The unit's own verification, the key to landing its tree.
     let own = match gate_key(&result, &tree, &p.checks) {
-        Ok(k) => k,
+        Ok(k) => k.recorded(result.record.as_deref()),
         Err(why) => {
             result.status = Status::VerifyFailed;
             result.message = format!("not landed: {why}; the patch is kept");
@@ -155,6 +155,8 @@ pub(super) async fn land_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
                 ..base
             };
             let verdict = crate::verify::verify(ctx.engine, repo, &vreq, None, &on_line).await?;
+            result.merged_record =
+                Some(super::judge::store_record(ctx, &vreq, head, &result, &verdict).await?);
             let failure = (!verdict.passed).then(|| {
                 failure_status(
                     &verdict,
@@ -175,7 +177,7 @@ pub(super) async fn land_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
                 return finish_unit(ctx, id, result);
             }
             key = match merged_key {
-                Ok(k) => k,
+                Ok(k) => k.recorded(result.merged_record.as_deref()),
                 Err(why) => {
                     result.status = Status::VerifyFailed;
                     result.message = format!(
@@ -338,7 +340,7 @@ pub fn apply(
     let checks = crate::verify::checks(&project.profile, &project.config.verify);
     let tree = result.tree.clone().expect("checked above");
     let key = match gate_key(&result, &tree, &checks) {
-        Ok(k) => k,
+        Ok(k) => k.recorded(result.record.as_deref()),
         Err(why) => {
             result.message = not_applied(id, &why);
             return Ok(result);

@@ -16,6 +16,9 @@ pub struct Verified {
     tree: String,
     /// One line for the commit's trailer: the verdict and what decided it.
     verdict: String,
+    /// The sha256 of the verification record the verdict came with, for the commit's
+    /// `Boxdelegate-Record` trailer (none when no check ran).
+    record: Option<String>,
 }
 
 /// Why a verdict does not let its tree land.
@@ -74,6 +77,7 @@ impl Verified {
         Ok(Verified {
             tree: tree.to_string(),
             verdict: one_line(&verdict.summary),
+            record: None,
         })
     }
 
@@ -94,6 +98,7 @@ impl Verified {
         Ok(Verified {
             tree: tree.to_string(),
             verdict: "none: the project configures no checks".into(),
+            record: None,
         })
     }
 
@@ -107,7 +112,25 @@ impl Verified {
                 "{} (of the unit's own tree {}; the merged tree is trusted, [verify] merged = \"trust\")",
                 self.verdict, self.tree
             ),
+            record: self.record.clone(),
         }
+    }
+
+    /// The key with the sha256 of the verification record its verdict was written to. A key
+    /// without checks names none.
+    pub fn recorded(mut self, record: Option<&str>) -> Verified {
+        if self.verdict.starts_with("none:") {
+            return self;
+        }
+        self.record = record
+            .filter(|r| r.len() == 64 && r.chars().all(|c| c.is_ascii_hexdigit()))
+            .map(str::to_string);
+        self
+    }
+
+    /// The sha256 of the verification record, for the `Boxdelegate-Record` trailer.
+    pub fn record(&self) -> Option<&str> {
+        self.record.as_deref()
     }
 
     pub fn tree(&self) -> &str {
@@ -222,5 +245,28 @@ mod tests {
         assert!(Verified::without_checks("t1", &checks).is_err());
         let none = Verified::without_checks("t1", &[]).unwrap();
         assert!(none.trailer().contains("configures no checks"));
+    }
+
+    #[test]
+    fn the_key_names_its_record_when_checks_ran() {
+        let checks = [check("test", "make test")];
+        let ok = verdict(Kind::Pass, "t1", Outcome::Pass);
+        let sha = "ab".repeat(32);
+        let v = Verified::from_verdict(&ok, "t1", &checks)
+            .unwrap()
+            .recorded(Some(&sha));
+        assert_eq!(v.record(), Some(sha.as_str()));
+        // A trusted merge lands on the strength of the unit's own record.
+        assert_eq!(v.trusting_merge("t9").record(), Some(sha.as_str()));
+        // Not a sha256: no name at all rather than a wrong one.
+        let v = Verified::from_verdict(&ok, "t1", &checks)
+            .unwrap()
+            .recorded(Some("../../etc/passwd"));
+        assert_eq!(v.record(), None);
+        // Without checks there is nothing to name.
+        let none = Verified::without_checks("t1", &[])
+            .unwrap()
+            .recorded(Some(&sha));
+        assert_eq!(none.record(), None);
     }
 }

@@ -29,12 +29,17 @@ pub const MAX_NAMES: usize = 100_000;
 #[derive(Debug, Clone, Default)]
 pub struct Names {
     /// The runner whose per-test lines were recognised first ("tap", "cargo-test",
-    /// "cargo-nextest", "pytest", "go-test", "jest", "node-test").
+    /// "cargo-nextest", "pytest", "go-test", "jest", "node-test", "mocha").
     pub runner: Option<&'static str>,
     /// Test name → outcome. A test reported both passed and failed counts as failed.
     pub tests: BTreeMap<String, Outcome>,
     /// True when names were dropped because of MAX_NAMES.
     pub truncated: bool,
+    /// mocha's failed tests (`  1) name`), held until mocha's own `N failing` line confirms the
+    /// lines were its own; the numbered summary after that line repeats them under their
+    /// suites and is not read.
+    mocha_pending: Vec<String>,
+    mocha_closed: bool,
 }
 
 /// One test outcome read from a line.
@@ -92,6 +97,13 @@ static DURATION: LazyLock<Regex> =
 /// which report a file, not a test.
 static VITEST_FILE: LazyLock<Regex> =
     LazyLock::new(|| re(r"\(\d+ tests?(?: \|[^)]*)?\)$|^\S+\.[cm]?[jt]sx? \(\d+\)$"));
+
+/// mocha's spec reporter's failed test: "  1) divides" (indented, numbered; its passes are
+/// "✔ name" lines, read by the node-test rule). A line ending in ':' is a summary's test line.
+static MOCHA_FAILED: LazyLock<Regex> = LazyLock::new(|| re(r"^\s+\d+\) (?P<name>.*[^:\s])$"));
+
+/// mocha's count of failures, "  2 failing", which ends its test lines.
+static MOCHA_FAILING: LazyLock<Regex> = LazyLock::new(|| re(r"^\s*\d+ failing$"));
 
 /// jest `●` headers that announce something other than a failed test.
 fn is_jest_notice(name: &str) -> bool {
@@ -346,6 +358,32 @@ impl Names {
                 self.record(hit, cap);
             }
             return;
+        }
+        self.feed_mocha(&line, cap);
+    }
+
+    /// mocha's failure lines look like any numbered list, so they count only once mocha's own
+    /// "N failing" line follows them.
+    fn feed_mocha(&mut self, line: &str, cap: usize) {
+        if self.mocha_closed {
+            return;
+        }
+        if MOCHA_FAILING.is_match(line) {
+            self.mocha_closed = true;
+            if !self.mocha_pending.is_empty() {
+                self.runner.get_or_insert("mocha");
+            }
+            for name in std::mem::take(&mut self.mocha_pending) {
+                if let Some(hit) = Hit::new(&name, Outcome::Failed) {
+                    self.record(hit, cap);
+                }
+            }
+        } else if let Some(c) = MOCHA_FAILED.captures(line) {
+            if self.mocha_pending.len() < cap {
+                self.mocha_pending.push(group(&c, "name").to_string());
+            } else {
+                self.truncated = true;
+            }
         }
     }
 
@@ -803,6 +841,56 @@ test at test/math.test.js:8:3
         assert_eq!(n.passed(), ["adds"]);
         // A suite's closing line reads like a test; it is kept as one.
         assert_eq!(n.failed(), ["divides", "math"]);
+    }
+
+    #[test]
+    fn mocha_spec() {
+        // mocha 10's spec reporter, as `npm test` prints it without a terminal.
+        let out = "\
+> calc@1.0.0 test
+> mocha
+
+
+  calc
+    ✔ adds
+    1) divides
+    - skipped one
+    nested
+      ✔ multiplies
+      2) subtracts
+
+
+  2 passing (6ms)
+  1 pending
+  2 failing
+
+  1) calc
+       divides:
+
+      AssertionError [ERR_ASSERTION]: Expected values to be strictly equal:
+
+2 !== 3
+
+      at Context.<anonymous> (test/calc.test.js:9:12)
+
+  2) calc
+       nested
+         subtracts:
+     Error: boom
+";
+        let n = parse(out);
+        assert_eq!(n.runner, Some("node-test"), "the first named line is a ✔");
+        assert_eq!(n.passed(), ["adds", "multiplies"]);
+        assert_eq!(n.failed(), ["divides", "subtracts"]);
+
+        // All failing: mocha's own count names the runner.
+        let n = parse("  calc\n    1) divides\n\n  0 passing (2ms)\n  1 failing\n\n  1) calc\n       divides:\n");
+        assert_eq!(n.runner, Some("mocha"));
+        assert_eq!(n.failed(), ["divides"]);
+
+        // A numbered list in some other output is no test.
+        let n = parse("Steps:\n  1) install\n  2) build it\nok\n");
+        assert!(n.is_empty(), "{:?}", n.tests);
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Check, Settings};
+use super::{Check, Settings, VerifyRequest};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::git::Repo;
 use crate::record::Verdict;
@@ -74,6 +75,98 @@ pub struct Replay {
     pub differences: Vec<String>,
 }
 
+/// Where a verification's trees came from, beyond what its request says.
+pub struct Origin<'a> {
+    pub base_commit: Option<&'a str>,
+    pub change_commit: Option<&'a str>,
+    pub patch_sha256: Option<&'a str>,
+    /// The unit whose protected paths and expected tests applied.
+    pub unit: Option<&'a str>,
+    pub profile: &'a str,
+    /// The dependency image the unit image was built on.
+    pub deps_image: &'a str,
+}
+
+/// The record of `verdict`, reached by verifying `req`: every `verify`, and every landing
+/// `run`, `apply` and `resume` make one the same way, so a landed commit can name its record
+/// and `verify --replay` can check it again.
+pub async fn make(
+    engine: &Engine,
+    req: &VerifyRequest<'_>,
+    origin: Origin<'_>,
+    verdict: Verdict,
+    created: u64,
+) -> Result<Record> {
+    let info = engine.info().await?;
+    let id = |name: &str| {
+        let name = name.to_string();
+        async move { engine.image_id(&name).await.map(Option::unwrap_or_default) }
+    };
+    Ok(Record {
+        schema: SCHEMA,
+        boxdelegate_version: env!("CARGO_PKG_VERSION").to_string(),
+        engine: EngineVersion {
+            version: info.version,
+            api_version: info.api_version,
+            os: info.os,
+        },
+        created,
+        base: Side {
+            commit: origin.base_commit.map(str::to_string),
+            tree: req.base_tree.to_string(),
+        },
+        change: Side {
+            commit: origin.change_commit.map(str::to_string),
+            tree: req.tree.to_string(),
+        },
+        patch_sha256: origin.patch_sha256.map(str::to_string),
+        unit: origin.unit.map(str::to_string),
+        protected: req
+            .protected
+            .map(|g| g.patterns.clone())
+            .unwrap_or_default(),
+        expect: req.expect.to_vec(),
+        profile: origin.profile.to_string(),
+        deps_key: req.deps_key.to_string(),
+        deps_image: origin.deps_image.to_string(),
+        deps_image_id: id(origin.deps_image).await?,
+        unit_image: req.image.to_string(),
+        unit_image_id: id(req.image).await?,
+        change_deps_key: req.change_image.map(|(_, k)| k.to_string()),
+        change_image: req.change_image.map(|(i, _)| i.to_string()),
+        checks: req.checks.to_vec(),
+        settings: req.settings.clone(),
+        verdict,
+        replay: None,
+    })
+}
+
+/// The record's bytes and their sha256, the id a landed commit's `Boxdelegate-Record` trailer
+/// names.
+pub fn encode(record: &Record) -> Result<(Vec<u8>, String)> {
+    let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Internal(e.to_string()))?;
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&json));
+    Ok((json, sha))
+}
+
+/// Writes a record under `dir` named by its sha256 (`<sha256>.json`), where `verify --replay
+/// COMMIT` finds the record its trailer names. Returns the sha256.
+pub fn store(dir: &Path, record: &Record) -> Result<String> {
+    let (json, sha) = encode(record)?;
+    crate::state::create_private_dir(dir)?;
+    crate::state::write_private(&dir.join(format!("{sha}.json")), &json)?;
+    Ok(sha)
+}
+
+/// The path of the stored record `sha` under `dir`; `None` for an id that is not a sha256.
+pub fn stored_path(dir: &Path, sha: &str) -> Option<std::path::PathBuf> {
+    (sha.len() == 64
+        && sha
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()))
+    .then(|| dir.join(format!("{sha}.json")))
+}
+
 /// Reads a record and checks it belongs to this repository (its trees are here).
 pub fn load(repo: &Repo, path: &Path) -> Result<(Record, String)> {
     let data = std::fs::read(path).map_err(|e| Error::Usage {
@@ -81,7 +174,51 @@ pub fn load(repo: &Repo, path: &Path) -> Result<(Record, String)> {
         hint: "pass the verification record written by `boxdelegate verify` (its path is printed)"
             .into(),
     })?;
-    let record: Record = serde_json::from_slice(&data).map_err(|e| Error::Usage {
+    parse(repo, path, &data)
+}
+
+/// Reads the record a landed commit's `Boxdelegate-Record` trailer names (`sha256:<hex>`) from
+/// `dir`, and checks its bytes still hash to that name.
+pub fn load_stored(repo: &Repo, dir: &Path, commit: &str, named: &str) -> Result<(Record, String)> {
+    let usage = |message: String, hint: String| Error::Usage { message, hint };
+    let anew = format!("verify the commit anew: boxdelegate verify --commit {commit}");
+    let Some(path) = named
+        .strip_prefix("sha256:")
+        .and_then(|h| stored_path(dir, h))
+    else {
+        return Err(usage(
+            format!("commit {commit} names the verification record {named:?}, which is not a sha256:<hex> name"),
+            anew,
+        ));
+    };
+    let data = match std::fs::read(&path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(usage(
+                format!(
+                    "the verification record {named} that commit {commit} names is not among this repository's records ({}): records stay in the repository that landed the commit",
+                    dir.display()
+                ),
+                format!("replay it there, or {anew}"),
+            ))
+        }
+        Err(e) => return Err(Error::io("reading a verification record", e)),
+    };
+    let (record, sha) = parse(repo, &path, &data)?;
+    if format!("sha256:{sha}") != named {
+        return Err(usage(
+            format!(
+                "the verification record {} no longer hashes to the name commit {commit} gives it ({named}; its bytes hash to sha256:{sha}): it was changed after the commit landed",
+                path.display()
+            ),
+            anew,
+        ));
+    }
+    Ok((record, sha))
+}
+
+fn parse(repo: &Repo, path: &Path, data: &[u8]) -> Result<(Record, String)> {
+    let record: Record = serde_json::from_slice(data).map_err(|e| Error::Usage {
         message: format!("{} is not a verification record: {e}", path.display()),
         hint: "pass the JSON record written by `boxdelegate verify`".into(),
     })?;
@@ -111,7 +248,7 @@ pub fn load(repo: &Repo, path: &Path) -> Result<(Record, String)> {
             });
         }
     }
-    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(data));
     Ok((record, sha))
 }
 

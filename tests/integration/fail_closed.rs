@@ -207,6 +207,11 @@ fn a_uv_project_gets_its_test_group_and_a_pyproject_edited_without_relocking_is_
         "tests/test_calc.py",
         "from calc import add\n\ndef test_add():\n    assert add(2, 3) == 5\n",
     );
+    // The project itself is installed where its tests read its metadata.
+    repo.write(
+        "tests/test_meta.py",
+        "from importlib.metadata import version\n\ndef test_installed():\n    assert version(\"calc\") == \"0.1.0\"\n",
+    );
     let out = Command::new(uv())
         .args(["lock", "--python", "python3", "--directory"])
         .arg(repo.path())
@@ -242,6 +247,12 @@ fn a_uv_project_gets_its_test_group_and_a_pyproject_edited_without_relocking_is_
         serde_json::json!(["tests/test_calc.py::test_add"]),
         "{test}"
     );
+    assert_eq!(
+        test["failed_tests"],
+        serde_json::json!(["tests/test_calc.py::test_add"]),
+        "the metadata test passes: {test}"
+    );
+    assert_eq!(test["pre_existing"], serde_json::json!([]), "{test}");
 
     // A pyproject.toml that no longer matches uv.lock does not install, and that is the
     // change's fault.
