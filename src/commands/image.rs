@@ -433,7 +433,8 @@ async fn save(global: &GlobalArgs, output: &PathBuf, snap: &SnapshotArgs) -> Res
         }
     }
     names.push(unit);
-    // The egress proxy's image goes along when the project's agents use it.
+    // The egress proxy's image goes along when the project's agents use it, or a change's
+    // dependency install would (the profile lists registries).
     let agents = [
         Some(&project.config.agent),
         project.config.agent.fallback.as_deref(),
@@ -442,6 +443,7 @@ async fn save(global: &GlobalArgs, output: &PathBuf, snap: &SnapshotArgs) -> Res
         .iter()
         .flatten()
         .any(|a| a.network.as_deref() == Some("proxy"));
+    let proxied = proxied || !project.profile.registries.is_empty();
     if proxied && engine.image_id(crate::proxy::IMAGE).await?.is_some() {
         names.push(crate::proxy::IMAGE.to_string());
     }

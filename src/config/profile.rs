@@ -52,6 +52,11 @@ pub struct Profile {
     /// Paths in `/work` that unit images link to `/deps/<path>`.
     #[serde(default)]
     pub links: Vec<String>,
+    /// `host:port` of the package registries the install step reaches. A change that edits
+    /// the dependency manifests is installed with no other way out than the egress proxy,
+    /// which allows these alone (none listed: no network at all).
+    #[serde(default)]
+    pub registries: Vec<String>,
     /// Environment baked into the dependency image.
     #[serde(default)]
     pub env: EnvMap,
@@ -145,6 +150,16 @@ impl Profile {
             globset::Glob::new(glob)
                 .map_err(|e| Error::config(file, format!("glob {glob:?} does not compile: {e}")))?;
         }
+        for r in &self.registries {
+            super::allow::Allow::parse(r).map_err(|e| {
+                Error::config(
+                    file,
+                    format!(
+                        "registries: {e} (each entry is host:port, e.g. \"registry.example:443\")"
+                    ),
+                )
+            })?;
+        }
         for link in &self.links {
             if link.is_empty()
                 || link.starts_with('/')
@@ -157,6 +172,14 @@ impl Profile {
             }
         }
         Ok(())
+    }
+
+    /// The registries a change's dependency install may reach (validated in `load`).
+    pub fn registries(&self) -> Vec<super::allow::Allow> {
+        self.registries
+            .iter()
+            .filter_map(|r| super::allow::Allow::parse(r).ok())
+            .collect()
     }
 
     /// A matcher for the manifest globs.

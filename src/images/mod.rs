@@ -298,12 +298,118 @@ pub struct Context<'a> {
 /// Ensures the dependency image of `plan` exists: a hit does nothing; a miss runs the install
 /// step and commits the container. A failed install tags nothing and leaves no container.
 pub async fn ensure_deps(cx: &Context<'_>, plan: &DepsPlan) -> Result<Ensured> {
-    ensure_deps_as(cx, plan, "the dependency install").await
+    ensure_deps_as(cx, plan, "the dependency install", false).await
+}
+
+/// The network of one dependency install confined to the profile's registries: an internal
+/// network whose only way out is an egress proxy allowing them alone (see [`crate::proxy`]).
+struct Confined {
+    name: String,
+}
+
+impl Confined {
+    /// Starts the proxy for `profile`'s registries; `None` when it lists none (the install
+    /// then runs with no network at all).
+    async fn start(
+        engine: &Engine,
+        profile: &Profile,
+        key: &str,
+        reporter: &dyn Reporter,
+    ) -> Result<Option<Confined>> {
+        let allow = profile.registries();
+        if allow.is_empty() {
+            return Ok(None);
+        }
+        if engine.image_id(crate::proxy::IMAGE).await?.is_none() {
+            reporter.phase(&format!(
+                "building the egress proxy image {} (once)",
+                crate::proxy::IMAGE
+            ));
+            build_shipped(engine, "proxy", reporter).await?;
+        }
+        // Unique to this process and moment: two runs may install the same key at once.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        let name = format!(
+            "boxdelegate-deps-{}-{:x}-{nanos:x}",
+            &key[..12],
+            std::process::id()
+        );
+        let labels = HashMap::from([
+            (labels::KIND.to_string(), "deps-build".to_string()),
+            (labels::DEPS_KEY.to_string(), key.to_string()),
+        ]);
+        match crate::proxy::start(engine, &name, labels, crate::proxy::DEFAULT_EGRESS, &allow).await
+        {
+            Ok(()) => Ok(Some(Confined { name })),
+            Err(e) => {
+                let _ = crate::proxy::stop(engine, &name).await;
+                Err(e)
+            }
+        }
+    }
 }
 
 /// [`ensure_deps`], naming the install `step` in its error (which install failed: the
-/// snapshot's, or the one a unit's changed manifests asked for).
-pub async fn ensure_deps_as(cx: &Context<'_>, plan: &DepsPlan, step: &str) -> Result<Ensured> {
+/// snapshot's, or the one a unit's changed manifests asked for). `confine`: the manifests
+/// come from a change, so the install reaches only the profile's registries, through the
+/// egress proxy (and no network when the profile lists none); what the proxy refused is
+/// named when the install fails.
+pub async fn ensure_deps_as(
+    cx: &Context<'_>,
+    plan: &DepsPlan,
+    step: &str,
+    confine: bool,
+) -> Result<Ensured> {
+    let tag = plan.tag();
+    if let Some(id) = cx.engine.image_id(&tag).await? {
+        return Ok(Ensured::cached(tag, id));
+    }
+    if !confine {
+        return install_deps(cx, plan, step, None).await;
+    }
+    let net = Confined::start(cx.engine, cx.profile, &plan.key, cx.reporter).await?;
+    let result = install_deps(cx, plan, step, Some(net.as_ref().map(|n| n.name.as_str()))).await;
+    let refused = match &net {
+        Some(n) => crate::proxy::stop(cx.engine, &n.name).await,
+        None => Ok(vec![]),
+    };
+    match (result, refused) {
+        (Err(Error::Install(mut f)), Ok(refused)) => {
+            let allowed = if cx.profile.registries.is_empty() {
+                "no network at all (the profile lists no registries)".to_string()
+            } else {
+                format!(
+                    "the network only through the egress proxy, to the profile's registries ({})",
+                    cx.profile.registries.join(", ")
+                )
+            };
+            f.tail
+                .push_str(&format!("\n  (the change's install had {allowed}"));
+            if refused.is_empty() {
+                f.tail.push(')');
+            } else {
+                f.tail
+                    .push_str(&format!("; the proxy refused: {})", refused.join(", ")));
+            }
+            Err(Error::Install(f))
+        }
+        (result, Ok(_)) => result,
+        (Ok(_), Err(e)) | (Err(_), Err(e)) => Err(e),
+    }
+}
+
+/// Runs the install step of `plan` and commits the container. `network`: `None` for the
+/// engine's bridge, `Some(None)` for no network, `Some(Some(name))` for the internal network
+/// `name` behind an egress proxy.
+async fn install_deps(
+    cx: &Context<'_>,
+    plan: &DepsPlan,
+    step: &str,
+    network: Option<Option<&str>>,
+) -> Result<Ensured> {
     let Context {
         engine,
         repo,
@@ -312,9 +418,6 @@ pub async fn ensure_deps_as(cx: &Context<'_>, plan: &DepsPlan, step: &str) -> Re
         reporter,
     } = *cx;
     let tag = plan.tag();
-    if let Some(id) = engine.image_id(&tag).await? {
-        return Ok(Ensured::cached(tag, id));
-    }
     reporter.phase(&format!(
         "installing dependencies ({} profile, {} manifest file(s))",
         profile.name,
@@ -336,13 +439,21 @@ pub async fn ensure_deps_as(cx: &Context<'_>, plan: &DepsPlan, step: &str) -> Re
         vec!["true".into()]
     };
     let mut host = hardened_host_config(limits);
-    host.network_mode = Some("bridge".into());
+    let mut env = env_list(profile);
+    host.network_mode = Some(match network {
+        None => "bridge".into(),
+        Some(None) => "none".into(),
+        Some(Some(name)) => {
+            env.extend(crate::proxy::agent_env());
+            name.into()
+        }
+    });
     let id = engine
         .create_container(ContainerCreateBody {
             image: Some(plan.toolchain_id.clone()),
             cmd: Some(cmd),
             working_dir: Some("/deps".into()),
-            env: Some(env_list(profile)),
+            env: Some(env),
             labels: Some(container_labels.clone()),
             host_config: Some(host),
             ..Default::default()
@@ -632,6 +743,7 @@ pub async fn ensure_for_change(
         cx,
         &plan,
         "the dependency install of the change's manifests",
+        true,
     )
     .await?;
     let snap = Snapshot {

@@ -471,3 +471,43 @@ esac"#,
     );
     assert_eq!(repo.refs(), refs, "neither landed");
 }
+
+/// A change that adds a real package from the package index: its install goes through the
+/// egress proxy to the python profile's registries, and it lands.
+#[test]
+fn a_change_adding_a_package_from_the_index_installs_through_the_proxy_and_lands() {
+    require_base_image();
+    let repo = python_project("fail-closed-registries", Some("pytest==8.3.3\n"));
+    repo.write(
+        "tests/test_calc.py",
+        "from calc import add\n\ndef test_add():\n    assert add(2, 3) == 5\n",
+    );
+    config(
+        &repo,
+        "python",
+        "echo 'six==1.16.0' >> requirements.txt; printf 'import six\\n\\ndef test_six():\\n    assert six.PY3\\n' > tests/test_six.py",
+        "",
+    );
+    repo.unit(
+        "use-six",
+        "scope = [\"requirements.txt\", \"tests/**\"]\ntests = [\"test_six\"]",
+        "Use six.",
+    );
+    repo.commit("project");
+    let (code, units, err) = repo.run(&["--unit", "use-six"]);
+    let u = &units[0];
+    assert_eq!(code, 0, "{err}\n{u}");
+    assert_eq!(u["status"], "landed", "{u}");
+    // Its checks ran on the change's own install (the record names it).
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            repo.path()
+                .join(".git/boxdelegate/verify")
+                .join(format!("{}.json", u["record"].as_str().unwrap())),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(record["change_deps_key"].is_string(), "{record}");
+    repo.remember_image(record["change_image"].as_str().unwrap());
+}
