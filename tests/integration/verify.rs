@@ -694,9 +694,9 @@ fn verify_commit_on_a_fresh_clone_agrees_with_the_run_and_its_replay() {
     let _claims = ReleaseClaims(clone.path().to_path_buf());
     docker(&["rmi", &unit_image, &format!("boxdelegate/deps:{deps_key}")]);
 
-    let verify = |args: &[&str]| {
+    let verify_in = |dir: &std::path::Path, args: &[&str]| {
         let out = boxdelegate()
-            .current_dir(clone.path())
+            .current_dir(dir)
             .arg("verify")
             .args(args)
             .output()
@@ -705,6 +705,7 @@ fn verify_commit_on_a_fresh_clone_agrees_with_the_run_and_its_replay() {
             .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(&out), stderr(&out)));
         (out.status.code().unwrap_or(-1), v)
     };
+    let verify = |args: &[&str]| verify_in(clone.path(), args);
     let record_path = clone.path().join("record.json");
     let junit_path = clone.path().join("junit.xml");
     let (code, rec) = verify(&[
@@ -797,19 +798,9 @@ fn verify_commit_on_a_fresh_clone_agrees_with_the_run_and_its_replay() {
         .strip_prefix("sha256:")
         .expect("a record trailer");
     assert_eq!(units[0]["record"], hex, "{named}");
-    let in_repo = |args: &[&str]| {
-        let out = boxdelegate()
-            .current_dir(repo.path())
-            .arg("verify")
-            .args(args)
-            .output()
-            .unwrap();
-        let v: serde_json::Value = crate::common::final_json_result(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(&out), stderr(&out)));
-        (out.status.code().unwrap_or(-1), v, stderr(&out))
-    };
-    let (code, replayed, err) = in_repo(&["--replay", "boxdelegate/sub", "--json"]);
-    assert_eq!(code, 0, "{replayed}\n{err}");
+    let in_repo = |args: &[&str]| verify_in(repo.path(), args);
+    let (code, replayed) = in_repo(&["--replay", "boxdelegate/sub", "--json"]);
+    assert_eq!(code, 0, "{replayed}");
     assert_eq!(replayed["replay"]["matches"], true, "{replayed}");
     assert_eq!(replayed["replay"]["record_sha256"], hex);
     assert_eq!(replayed["change"]["tree"], units[0]["tree"]);
@@ -833,7 +824,7 @@ fn verify_commit_on_a_fresh_clone_agrees_with_the_run_and_its_replay() {
     let mut edited: serde_json::Value = serde_json::from_slice(&original).unwrap();
     edited["expect"] = serde_json::json!([]);
     std::fs::write(&stored, serde_json::to_vec_pretty(&edited).unwrap()).unwrap();
-    let (code, answer, _) = in_repo(&["--replay", "boxdelegate/sub", "--json"]);
+    let (code, answer) = in_repo(&["--replay", "boxdelegate/sub", "--json"]);
     assert_eq!(code, 2, "{answer}");
     assert!(
         answer["error"]
@@ -844,7 +835,7 @@ fn verify_commit_on_a_fresh_clone_agrees_with_the_run_and_its_replay() {
     );
     std::fs::write(&stored, &original).unwrap();
     // A commit boxdelegate did not land names no record.
-    let (code, answer, _) = in_repo(&["--replay", &base, "--json"]);
+    let (code, answer) = in_repo(&["--replay", &base, "--json"]);
     assert_eq!(code, 2, "{answer}");
     assert!(
         answer["error"]
