@@ -341,8 +341,14 @@ impl Confined {
             (labels::KIND.to_string(), "deps-build".to_string()),
             (labels::DEPS_KEY.to_string(), key.to_string()),
         ]);
-        match crate::proxy::start(engine, &name, labels, crate::proxy::DEFAULT_EGRESS, &allow).await
-        {
+        // The proxy reaches out through the engine's default network, where the snapshot's
+        // own installs run: Docker's `bridge`, Podman's `podman`.
+        let egress = if engine.is_podman().await? {
+            "podman"
+        } else {
+            crate::proxy::DEFAULT_EGRESS
+        };
+        match crate::proxy::start(engine, &name, labels, egress, &allow).await {
             Ok(()) => Ok(Some(Confined { name })),
             Err(e) => {
                 let _ = crate::proxy::stop(engine, &name).await;

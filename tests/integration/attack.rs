@@ -686,13 +686,14 @@ fn a_secret_passed_to_the_agent_is_found_nowhere_it_could_leak() {
 fn a_changes_dependency_install_reaches_only_the_profiles_registries() {
     require_base_image();
     let servers = Servers::start("registries", &["registry", "attacker"]);
-    // The install's proxy reaches out through the engine's bridge network.
+    // The install's proxy reaches out through the engine's default network.
+    let default = if on_podman() { "podman" } else { "bridge" };
     let ip = |name: &str| {
-        docker(&["network", "connect", "bridge", name]);
+        docker(&["network", "connect", default, name]);
         docker(&[
             "inspect",
             "-f",
-            "{{.NetworkSettings.Networks.bridge.IPAddress}}",
+            &format!("{{{{.NetworkSettings.Networks.{default}.IPAddress}}}}"),
             name,
         ])
         .trim()
