@@ -746,11 +746,31 @@ lint = "cat /deps/fetched.txt"
     );
     repo.unit("fetch", "scope = [\"deps.lock\"]", "Add a dependency.");
     repo.unit("needs-attacker", "scope = [\"deps.lock\"]", "Add another.");
+    // A manifest of this run's own, so no dependency image of an earlier run (the servers'
+    // addresses come again) stands in for the install.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    repo.write(
+        "deps.lock",
+        &format!("# run {nanos} {}\n", std::process::id()),
+    );
     repo.commit("project");
 
     let (code, units, err) = repo.run(&["--unit", "fetch"]);
     assert_eq!(code, 0, "{err}\n{units:?}");
     assert_eq!(units[0]["status"], "landed", "{}", units[0]);
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            repo.path()
+                .join(".git/boxdelegate/verify")
+                .join(format!("{}.json", units[0]["record"].as_str().unwrap())),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    repo.remember_image(record["change_image"].as_str().unwrap());
     let refs = repo.refs();
     let (code, units, err) = repo.run(&["--unit", "needs-attacker"]);
     let u = &units[0];
@@ -779,14 +799,17 @@ lint = "cat /deps/fetched.txt"
         !att.contains("GET") && !att.contains("CONNECT"),
         "the attacker's server received nothing: {att}"
     );
-    // No proxy or network of the install is left.
+    // No proxy of this test's installs is left.
     let left = docker(&[
         "ps",
         "-aq",
         "--filter",
         "label=boxdelegate.kind=proxy",
         "--filter",
-        "name=boxdelegate-deps-",
+        &format!(
+            "label=boxdelegate.deps-key={}",
+            record["change_deps_key"].as_str().unwrap()
+        ),
     ]);
     assert!(left.trim().is_empty(), "{left}");
 }
