@@ -31,12 +31,111 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Refused requests kept per attempt; an agent hammering the proxy cannot grow the report.
 const MAX_REFUSED: usize = 100;
 
+/// The model gateway's port on the proxy container.
+pub const GATEWAY_PORT: u16 = 8080;
+
+/// The model gateway: squid, in the same proxy container, as a reverse proxy on
+/// [`GATEWAY_PORT`] in front of the model provider. It forwards only `POST <path>/responses`
+/// (the Responses API codex speaks) and sets the `Authorization` header itself, so the agent
+/// holds a dummy key and the real one never enters its container.
+#[derive(Clone, PartialEq)]
+pub struct Gateway {
+    /// The provider, as `[agent.provider] base_url` names it (default the OpenAI API).
+    pub upstream: Allow,
+    pub tls: bool,
+    /// The base URL's path, e.g. `/v1`, without a trailing slash.
+    pub path: String,
+    /// The credential. It reaches the proxy only at its start, through the engine's exec
+    /// input (never its environment, an image or a log).
+    pub key: String,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("upstream", &self.upstream)
+            .field("tls", &self.tls)
+            .field("path", &self.path)
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+impl Gateway {
+    /// The gateway in front of `base_url` (`http(s)://host[:port][/path]`), with `key`.
+    /// `None` for a URL it cannot serve: another scheme, or a path with characters that
+    /// would need quoting in the proxy's configuration.
+    pub fn new(base_url: &str, key: String) -> Option<Gateway> {
+        let tls = base_url.starts_with("https://");
+        let upstream = Allow::from_url(base_url)?;
+        let rest = base_url.split_once("://")?.1;
+        let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("");
+        let path = path
+            .split(['?', '#'])
+            .next()
+            .unwrap_or("")
+            .trim_end_matches('/');
+        let plain = path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.'));
+        plain.then(|| Gateway {
+            upstream,
+            tls,
+            path: path.to_string(),
+            key,
+        })
+    }
+
+    /// The base URL the agent is given.
+    pub fn agent_base_url(&self) -> String {
+        format!("http://{HOST}:{GATEWAY_PORT}{}", self.path)
+    }
+
+    /// Whether `key` can go into a squid header line as it is: no quote, backslash, control
+    /// character or space.
+    pub fn key_is_plain(key: &str) -> bool {
+        !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')
+    }
+
+    /// The gateway's part of the squid configuration (without the credential, which is added
+    /// at start). Its rules come before the forward proxy's: a request on the gateway's port
+    /// is the model API's call, or refused.
+    fn conf(&self) -> String {
+        let Allow { host, port } = &self.upstream;
+        let tls = if self.tls { " tls" } else { "" };
+        let path = regex_escape(&self.path);
+        format!(
+            "http_port {GATEWAY_PORT} accel defaultsite={host}:{port} no-vhost name=gateway\n\
+             cache_peer {host} parent {port} 0 no-query no-digest originserver name=model forceddomain={host}{tls}\n\
+             acl gateway myportname gateway\n\
+             acl gateway_post method POST\n\
+             acl gateway_path urlpath_regex ^{path}/responses$\n\
+             http_access allow gateway gateway_post gateway_path\n\
+             http_access deny gateway\n\
+             cache_peer_access model allow gateway\n\
+             cache_peer_access model deny all\n\
+             never_direct allow gateway\n\
+             request_header_access Authorization deny gateway\n"
+        )
+    }
+}
+
+/// `s` with the characters a POSIX regex gives meaning to escaped (`s` holds only
+/// alphanumerics and `/-_.`, see [`Gateway::new`]).
+fn regex_escape(s: &str) -> String {
+    s.replace('.', "\\.")
+}
+
 /// The squid configuration: allow each `host:port` (a name only as that name, an IP only when
 /// listed; CONNECT likewise, to the listed port only), deny the rest, log one line per request.
 /// A one-label host is looked up with the search domains of the container's resolv.conf
 /// (`dns_defnames`): Podman's network DNS answers `NAME.dns.podman`, and a bare `NAME` went
 /// to the upstream servers, which an engine's network may not reach, until squid gave up.
-pub fn squid_conf(allow: &[Allow]) -> String {
+/// With a gateway, its port and rules come first.
+pub fn squid_conf(allow: &[Allow], gateway: Option<&Gateway>) -> String {
     let mut c = String::from(
         "http_port 3128\n\
          pid_filename none\n\
@@ -54,6 +153,9 @@ pub fn squid_conf(allow: &[Allow]) -> String {
          shutdown_lifetime 0 seconds\n\
          dns_defnames on\n",
     );
+    if let Some(g) = gateway {
+        c.push_str(&g.conf());
+    }
     // Names match only as names: `-n` keeps squid from looking up the reverse name of a
     // request made to an IP literal (whoever controls an address's PTR record could name it
     // after an allowed host). An IP literal passes only where that IP is listed (`dst`).
@@ -99,8 +201,9 @@ pub fn agent_env() -> Vec<String> {
     for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
         env.push(format!("{var}={url}"));
     }
-    env.push("NO_PROXY=localhost,127.0.0.1".into());
-    env.push("no_proxy=localhost,127.0.0.1".into());
+    // The gateway is reached directly, not through the forward proxy.
+    env.push(format!("NO_PROXY=localhost,127.0.0.1,{HOST}"));
+    env.push(format!("no_proxy=localhost,127.0.0.1,{HOST}"));
     env
 }
 
@@ -120,14 +223,28 @@ fn proxy_limits() -> Limits {
     }
 }
 
+/// The proxy container's command: the configuration from the environment into the tmpfs; with
+/// a gateway, squid waits until the credential has been added to it (see [`start`]).
+const PROXY_CMD: &str = "printf '%s' \"$BOXDELEGATE_PROXY_CONF\" > /tmp/squid.conf && \
+     if [ -n \"${BOXDELEGATE_GATEWAY:-}\" ]; then while [ ! -e /tmp/gateway-ready ]; do sleep 0.05; done; fi && \
+     exec squid -N -f /tmp/squid.conf";
+
+/// Adds the gateway's credential line to the configuration, reading the key from stdin (it is
+/// never an argument or a variable of the container), then lets squid start.
+const KEY_CMD: &str = "umask 077 && IFS= read -r k && \
+     printf 'request_header_add Authorization \"Bearer %s\" gateway\\n' \"$k\" >> /tmp/squid.conf && \
+     touch /tmp/gateway-ready";
+
 /// Creates the attempt's internal network and starts its proxy, attached to that network and
-/// to `egress`; returns once squid accepts connections.
+/// to `egress`; returns once squid accepts connections. With `gateway`, the proxy also serves
+/// the model gateway, its credential handed over through the engine's exec input after start.
 pub async fn start(
     engine: &Engine,
     name: &str,
     labels_of: HashMap<String, String>,
     egress: &str,
     allow: &[Allow],
+    gateway: Option<&Gateway>,
 ) -> Result<()> {
     let mut net_labels = labels_of.clone();
     net_labels.insert(labels::KIND.into(), "agent-network".into());
@@ -142,32 +259,59 @@ pub async fn start(
     let mut container_labels = labels_of;
     container_labels.insert(labels::KIND.into(), "proxy".into());
     let id = engine
-        .create_named_container(Some(name), ContainerCreateBody {
-            image: Some(IMAGE.into()),
-            // The configuration comes in through the environment: the root filesystem is
-            // read-only and an upload cannot reach a tmpfs before start.
-            cmd: Some(vec![
-                "sh".into(),
-                "-c".into(),
-                "printf '%s' \"$BOXDELEGATE_PROXY_CONF\" > /tmp/squid.conf && exec squid -N -f /tmp/squid.conf".into(),
-            ]),
-            env: Some(vec![format!("BOXDELEGATE_PROXY_CONF={}", squid_conf(allow))]),
-            labels: Some(container_labels),
-            host_config: Some(host),
-            networking_config: Some(NetworkingConfig {
-                endpoints_config: Some(HashMap::from([(
-                    name.to_string(),
-                    EndpointSettings {
-                        aliases: Some(vec![HOST.into()]),
-                        ..Default::default()
-                    },
-                )])),
-            }),
-            ..Default::default()
-        })
+        .create_named_container(
+            Some(name),
+            ContainerCreateBody {
+                image: Some(IMAGE.into()),
+                // The configuration comes in through the environment: the root filesystem is
+                // read-only and an upload cannot reach a tmpfs before start.
+                cmd: Some(vec!["sh".into(), "-c".into(), PROXY_CMD.into()]),
+                env: Some({
+                    let mut env = vec![format!(
+                        "BOXDELEGATE_PROXY_CONF={}",
+                        squid_conf(allow, gateway)
+                    )];
+                    if gateway.is_some() {
+                        env.push("BOXDELEGATE_GATEWAY=1".into());
+                    }
+                    env
+                }),
+                labels: Some(container_labels),
+                host_config: Some(host),
+                networking_config: Some(NetworkingConfig {
+                    endpoints_config: Some(HashMap::from([(
+                        name.to_string(),
+                        EndpointSettings {
+                            aliases: Some(vec![HOST.into()]),
+                            ..Default::default()
+                        },
+                    )])),
+                }),
+                ..Default::default()
+            },
+        )
         .await?;
     engine.connect_network(egress, &id).await?;
     engine.start(&id).await?;
+    if let Some(g) = gateway {
+        let key = bytes::Bytes::from(format!("{}\n", g.key));
+        let input: std::pin::Pin<Box<dyn crate::engine::ByteStream>> =
+            Box::pin(futures_util::stream::once(async move { Ok(key) }));
+        let code = engine
+            .exec_fed(
+                &id,
+                vec!["sh".into(), "-c".into(), KEY_CMD.into()],
+                "/tmp",
+                Some(input),
+                |_| {},
+            )
+            .await?;
+        if code != 0 {
+            return Err(Error::Internal(format!(
+                "the model gateway {name} did not take its credential (exit {code})"
+            )));
+        }
+    }
     let ready = async {
         let mut logs = Box::pin(engine.logs(&id, None, true));
         while let Some(Ok(chunk)) = logs.next().await {
@@ -245,15 +389,64 @@ mod tests {
 
     #[test]
     fn squid_conf_allows_each_pair_and_denies_the_rest_last() {
-        let conf = squid_conf(&[
-            Allow::parse("allowed:8000").unwrap(),
-            Allow::parse("10.1.2.3:443").unwrap(),
-        ]);
+        let conf = squid_conf(
+            &[
+                Allow::parse("allowed:8000").unwrap(),
+                Allow::parse("10.1.2.3:443").unwrap(),
+            ],
+            None,
+        );
         assert!(conf.contains("acl allow0_host dstdomain -n allowed\nacl allow0_port port 8000\nhttp_access allow allow0_host allow0_port\n"), "{conf}");
         assert!(conf.contains("acl allow1_host dst 10.1.2.3\n"), "{conf}");
         assert!(conf.ends_with("http_access deny all\n"), "{conf}");
-        let none = squid_conf(&[]);
+        let none = squid_conf(&[], None);
         assert!(!none.contains("http_access allow"), "{none}");
+    }
+
+    #[test]
+    fn the_gateway_forwards_only_the_responses_call_and_never_writes_its_key_down() {
+        let g = Gateway::new("https://API.example.com/v1/", "sk-secret".into()).unwrap();
+        assert_eq!(g.upstream.to_string(), "api.example.com:443");
+        assert!(g.tls);
+        assert_eq!(g.path, "/v1");
+        assert_eq!(g.agent_base_url(), "http://boxdelegate-proxy:8080/v1");
+        assert!(!format!("{g:?}").contains("sk-secret"), "{g:?}");
+        let conf = squid_conf(&[], Some(&g));
+        assert!(!conf.contains("sk-secret"), "{conf}");
+        for line in [
+            "http_port 8080 accel defaultsite=api.example.com:443 no-vhost name=gateway\n",
+            "cache_peer api.example.com parent 443 0 no-query no-digest originserver name=model forceddomain=api.example.com tls\n",
+            "acl gateway_path urlpath_regex ^/v1/responses$\n",
+            "http_access allow gateway gateway_post gateway_path\nhttp_access deny gateway\n",
+            "request_header_access Authorization deny gateway\n",
+        ] {
+            assert!(conf.contains(line), "{line}\n{conf}");
+        }
+        // The gateway's rules come before the forward proxy's last deny.
+        assert!(
+            conf.find("http_access deny gateway").unwrap()
+                < conf.find("http_access deny all").unwrap()
+        );
+        let plain = Gateway::new("http://10.0.0.1:8080/openai.v2", "k".into()).unwrap();
+        assert!(!plain.tls);
+        assert!(squid_conf(&[], Some(&plain)).contains("^/openai\\.v2/responses$"));
+        assert!(Gateway::new("http://host/v1", "k".into()).unwrap().path == "/v1");
+        assert!(Gateway::new("http://host", "k".into())
+            .unwrap()
+            .path
+            .is_empty());
+        for bad in [
+            "ftp://h/v1",
+            "http://h/v1 x",
+            "http://h/v$1",
+            "http://h/\"x",
+        ] {
+            assert!(Gateway::new(bad, "k".into()).is_none(), "{bad}");
+        }
+        assert!(Gateway::key_is_plain("sk-proj_ABC.123"));
+        for bad in ["", "a b", "a\"b", "a\\b", "a\nb"] {
+            assert!(!Gateway::key_is_plain(bad), "{bad:?}");
+        }
     }
 
     #[test]

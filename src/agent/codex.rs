@@ -57,6 +57,39 @@ pub fn check_version(version: &str) -> Result<()> {
     }
 }
 
+/// The provider codex talks to when none is configured.
+pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+/// The value of the key variable an agent behind the model gateway is given.
+pub const GATEWAY_DUMMY_KEY: &str = "boxdelegate-gateway";
+
+/// Whether this agent reaches its model through the gateway of the egress proxy, which holds
+/// the credential: codex, `network = "proxy"`, an API key (not a sign-in file), and not
+/// `gateway = false`.
+pub fn uses_gateway(config: &AgentConfig) -> bool {
+    config.kind == crate::config::AgentKind::Codex
+        && config.network.as_deref() == Some("proxy")
+        && config.gateway != Some(false)
+        && config.auth_file.is_none()
+}
+
+/// The provider's base URL: `[agent.provider] base_url`, else the OpenAI API.
+pub fn upstream_url(config: &AgentConfig) -> &str {
+    config
+        .provider
+        .as_ref()
+        .map(|p| p.base_url.as_str())
+        .unwrap_or(DEFAULT_BASE_URL)
+}
+
+/// The variable codex reads the key from: `[agent.provider] env_key`, else `CODEX_API_KEY`.
+pub fn key_var(config: &AgentConfig) -> &str {
+    config
+        .provider
+        .as_ref()
+        .map(|p| p.env_key.as_str())
+        .unwrap_or("CODEX_API_KEY")
+}
+
 pub struct CodexAgent {
     pub version: String,
     pub model: Option<String>,
@@ -65,6 +98,8 @@ pub struct CodexAgent {
     pub provider: Option<CodexProvider>,
     /// The content of `[agent] auth_file`, read at plan time.
     pub auth: Option<Vec<u8>>,
+    /// Behind the model gateway: the base URL codex is given instead of the provider's.
+    pub gateway: Option<String>,
 }
 
 impl CodexAgent {
@@ -129,6 +164,11 @@ impl CodexAgent {
             overrides: config.codex_config.clone(),
             provider: config.provider.clone(),
             auth,
+            gateway: uses_gateway(config).then(|| {
+                crate::proxy::Gateway::new(upstream_url(config), String::new())
+                    .map(|g| g.agent_base_url())
+                    .unwrap_or_default()
+            }),
         })
     }
 
@@ -168,7 +208,31 @@ impl CodexAgent {
                 format!("model_reasoning_effort={}", toml_str(e)),
             ]);
         }
-        if let Some(p) = &self.provider {
+        if let Some(url) = &self.gateway {
+            // The gateway speaks for the provider: the agent's provider is the gateway, its
+            // key variable holds a dummy value, the gateway adds the real credential.
+            let (n, env_key, retries) = match &self.provider {
+                Some(p) => (p.name.clone(), p.env_key.clone(), p.max_retries),
+                None => (
+                    "boxdelegate-gateway".to_string(),
+                    "CODEX_API_KEY".to_string(),
+                    None,
+                ),
+            };
+            let mut c = |kv: String| a.extend(["-c".into(), kv]);
+            c(format!("model_provider={}", toml_str(&n)));
+            c(format!("model_providers.{n}.name={}", toml_str(&n)));
+            c(format!("model_providers.{n}.base_url={}", toml_str(url)));
+            c(format!(
+                "model_providers.{n}.env_key={}",
+                toml_str(&env_key)
+            ));
+            c(format!("model_providers.{n}.wire_api=\"responses\""));
+            if let Some(r) = retries {
+                c(format!("model_providers.{n}.request_max_retries={r}"));
+                c(format!("model_providers.{n}.stream_max_retries={r}"));
+            }
+        } else if let Some(p) = &self.provider {
             let n = &p.name;
             let mut c = |kv: String| a.extend(["-c".into(), kv]);
             c(format!("model_provider={}", toml_str(n)));
@@ -568,6 +632,7 @@ mod tests {
             overrides: vec![],
             provider: None,
             auth: None,
+            gateway: None,
         }
     }
 

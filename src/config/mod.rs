@@ -127,6 +127,13 @@ pub struct AgentConfig {
     /// (default "bridge").
     #[serde(default)]
     pub egress_network: Option<String>,
+    /// With `kind = "codex"` and `network = "proxy"`: the model gateway (default on). The
+    /// agent gets the gateway's address and a dummy key; the egress proxy forwards only the
+    /// model API's `POST …/responses` to the provider, adding the credential itself, so the
+    /// key never enters the agent container. `false` passes the key into the container and
+    /// lets the agent reach the model's host through the proxy instead.
+    #[serde(default)]
+    pub gateway: Option<bool>,
     /// For `kind = "codex"`: the Codex CLI version (default 0.163.0).
     #[serde(default)]
     pub codex_version: Option<String>,
@@ -579,6 +586,13 @@ fn check_network(file: &Path, key: &str, a: &AgentConfig) -> Result<()> {
             file,
             format!("{key}.allow and {key}.egress_network apply only to network = \"proxy\""),
             "set network = \"proxy\", or remove them",
+        ));
+    }
+    if a.gateway == Some(true) && (network != "proxy" || a.kind != AgentKind::Codex) {
+        return Err(Error::config_hint(
+            file,
+            format!("{key}.gateway applies only to kind = \"codex\" with network = \"proxy\""),
+            "set network = \"proxy\", or remove gateway",
         ));
     }
     for entry in a.allow.iter().flatten() {

@@ -100,10 +100,52 @@ pub async fn build_shipped(engine: &Engine, name: &str, reporter: &dyn Reporter)
         .build(
             tag,
             containerfile,
-            [(labels::KIND.to_string(), kind.to_string())].into(),
+            [
+                (labels::KIND.to_string(), kind.to_string()),
+                (RECIPE.to_string(), recipe(containerfile)),
+            ]
+            .into(),
             |line| sink(line),
         )
         .await
+}
+
+/// The label a shipped image carries: the sha256 of the Containerfile it was built from.
+const RECIPE: &str = "boxdelegate.recipe";
+
+fn recipe(containerfile: &str) -> String {
+    hex::encode(Sha256::digest(containerfile.as_bytes()))
+}
+
+/// Ensures the egress proxy's image is there and built from this version's Containerfile: an
+/// image from another recipe is built again (the model gateway needs squid's OpenSSL build,
+/// which older images lack).
+pub async fn ensure_proxy(engine: &Engine, reporter: &dyn Reporter) -> Result<()> {
+    let (_, tag, containerfile) = CONTAINERFILES
+        .iter()
+        .find(|(n, _, _)| *n == "proxy")
+        .expect("the proxy's Containerfile is shipped");
+    let current = match engine.image_id(tag).await? {
+        None => None,
+        Some(_) => engine
+            .inspect_image(tag)
+            .await?
+            .config
+            .and_then(|c| c.labels)
+            .and_then(|l| l.get(RECIPE).cloned()),
+    };
+    if current.as_deref() == Some(recipe(containerfile).as_str()) {
+        return Ok(());
+    }
+    reporter.phase(&format!(
+        "building the egress proxy image {tag} ({})",
+        if current.is_none() && engine.image_id(tag).await?.is_none() {
+            "once"
+        } else {
+            "its recipe changed"
+        }
+    ));
+    build_shipped(engine, "proxy", reporter).await
 }
 
 /// How to make the base image without a registry.
@@ -320,13 +362,7 @@ impl Confined {
         if allow.is_empty() {
             return Ok(None);
         }
-        if engine.image_id(crate::proxy::IMAGE).await?.is_none() {
-            reporter.phase(&format!(
-                "building the egress proxy image {} (once)",
-                crate::proxy::IMAGE
-            ));
-            build_shipped(engine, "proxy", reporter).await?;
-        }
+        ensure_proxy(engine, reporter).await?;
         // Unique to this process and moment: two runs may install the same key at once.
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -348,7 +384,7 @@ impl Confined {
         } else {
             crate::proxy::DEFAULT_EGRESS
         };
-        match crate::proxy::start(engine, &name, labels, egress, &allow).await {
+        match crate::proxy::start(engine, &name, labels, egress, &allow, None).await {
             Ok(()) => Ok(Some(Confined { name })),
             Err(e) => {
                 let _ = crate::proxy::stop(engine, &name).await;

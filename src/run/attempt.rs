@@ -109,9 +109,23 @@ pub(super) async fn start_agent(
     let create_started = Instant::now();
     let started = async {
         host.network_mode = Some(match (&plan.network, &proxy) {
-            (AgentNetwork::Proxy { allow, egress }, Some(name)) => {
-                crate::proxy::start(ctx.engine, name, attempt_labels.clone(), egress, allow)
-                    .await?;
+            (
+                AgentNetwork::Proxy {
+                    allow,
+                    egress,
+                    gateway,
+                },
+                Some(name),
+            ) => {
+                crate::proxy::start(
+                    ctx.engine,
+                    name,
+                    attempt_labels.clone(),
+                    egress,
+                    allow,
+                    gateway.as_ref(),
+                )
+                .await?;
                 env.extend(crate::proxy::agent_env());
                 name.clone()
             }

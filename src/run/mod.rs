@@ -428,12 +428,8 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
         .iter()
         .flat_map(|p| p.agents.iter())
         .any(|a| matches!(a.network, AgentNetwork::Proxy { .. }));
-    if proxied && engine.image_id(crate::proxy::IMAGE).await?.is_none() {
-        reporter.phase(&format!(
-            "building the egress proxy image {} (once)",
-            crate::proxy::IMAGE
-        ));
-        images::build_shipped(&engine, "proxy", reporter).await?;
+    if proxied {
+        images::ensure_proxy(&engine, reporter).await?;
     }
     if resumed {
         remove_abandoned(&engine, &live, &run_id).await?;

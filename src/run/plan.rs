@@ -31,27 +31,41 @@ pub(super) struct AgentPlan {
 pub(super) enum AgentNetwork {
     /// Loopback only.
     None,
-    /// Only the allowed destinations, through the attempt's egress proxy.
+    /// Only the allowed destinations, through the attempt's egress proxy; with a gateway, the
+    /// model API through the proxy's model gateway, which holds the credential.
     Proxy {
         allow: Vec<crate::config::allow::Allow>,
         egress: String,
+        gateway: Option<crate::proxy::Gateway>,
     },
     /// An engine network: the default bridge for "open", else one the user created.
     Engine(String),
 }
 
 impl AgentNetwork {
-    fn from_config(config: &crate::config::AgentConfig) -> AgentNetwork {
-        match config.network.as_deref().unwrap_or("none") {
+    /// The network of `config`'s agent. With the model gateway, the credential's entry in
+    /// `env` (`VAR=value`) is replaced by a dummy value: the key goes to the gateway alone.
+    fn from_config(
+        config: &crate::config::AgentConfig,
+        env: &mut [String],
+    ) -> Result<AgentNetwork> {
+        Ok(match config.network.as_deref().unwrap_or("none") {
             "none" => AgentNetwork::None,
             "open" => AgentNetwork::Engine("bridge".into()),
             "proxy" => {
+                let gateway = if crate::agent::codex::uses_gateway(config) {
+                    Some(gateway(config, env)?)
+                } else {
+                    None
+                };
                 // Validated with the configuration.
                 let allow = match &config.allow {
                     Some(list) => list
                         .iter()
                         .filter_map(|a| crate::config::allow::Allow::parse(a).ok())
                         .collect(),
+                    // Behind the gateway the agent needs no host of its own.
+                    None if gateway.is_some() => Vec::new(),
                     None => default_allow(config),
                 };
                 AgentNetwork::Proxy {
@@ -60,16 +74,24 @@ impl AgentNetwork {
                         .egress_network
                         .clone()
                         .unwrap_or_else(|| crate::proxy::DEFAULT_EGRESS.into()),
+                    gateway,
                 }
             }
             name => AgentNetwork::Engine(name.into()),
-        }
+        })
     }
 
     /// In words, for the prompt.
     pub(super) fn describe(&self) -> String {
         match self {
             AgentNetwork::None => "off: the container has no network".into(),
+            AgentNetwork::Proxy {
+                allow,
+                gateway: Some(_),
+                ..
+            } if allow.is_empty() => {
+                "only the model API (through boxdelegate's gateway); nothing else".into()
+            }
             AgentNetwork::Proxy { allow, .. } if allow.is_empty() => {
                 "through a proxy that lets nothing through".into()
             }
@@ -87,6 +109,43 @@ impl AgentNetwork {
             }
         }
     }
+}
+
+/// The model gateway of a codex agent: the provider it forwards to, and the credential taken
+/// out of the agent's environment (its entry there becomes a dummy value).
+fn gateway(
+    config: &crate::config::AgentConfig,
+    env: &mut [String],
+) -> Result<crate::proxy::Gateway> {
+    use crate::agent::codex::{key_var, upstream_url, GATEWAY_DUMMY_KEY};
+    let file = crate::config::CONFIG_FILE;
+    let var = key_var(config);
+    let prefix = format!("{var}=");
+    let entry = env.iter_mut().find(|e| e.starts_with(&prefix)).ok_or_else(|| {
+        Error::config_hint(
+            file,
+            format!("agent: the model gateway needs the credential {var}, which is not among [agent] env"),
+            format!("add it: env = [\"{var}\"] (and set it when you run), or set gateway = false"),
+        )
+    })?;
+    let key = entry[prefix.len()..].to_string();
+    if !crate::proxy::Gateway::key_is_plain(&key) {
+        return Err(Error::config_hint(
+            file,
+            format!("agent: the value of {var} holds a space, a quote, a backslash or a control character, which the model gateway cannot send as a bearer token"),
+            "check the variable's value, or set gateway = false",
+        ));
+    }
+    let url = upstream_url(config);
+    let gw = crate::proxy::Gateway::new(url, key).ok_or_else(|| {
+        Error::config_hint(
+            file,
+            format!("agent.provider.base_url: the model gateway cannot forward to {url:?} (an http(s) URL whose path is letters, digits and / - _ .)"),
+            "fix the base URL, or set gateway = false",
+        )
+    })?;
+    *entry = format!("{prefix}{GATEWAY_DUMMY_KEY}");
+    Ok(gw)
 }
 
 /// The model API's host, which a proxied codex agent needs.
@@ -140,8 +199,10 @@ pub(super) fn agent_plan(
     unit: &Unit,
 ) -> Result<AgentPlan> {
     let agent = agent::for_config(config, unit, &project.repo.root)?;
-    let env = agent::host_env(&config.env)?;
+    let mut env = agent::host_env(&config.env)?;
+    // The redactor knows every value, the credential the gateway takes out of `env` too.
     let redactor = crate::agent::Redactor::new(&env, &agent.spec(unit).secrets);
+    let network = AgentNetwork::from_config(config, &mut env)?;
     Ok(AgentPlan {
         role,
         agent,
@@ -152,7 +213,7 @@ pub(super) fn agent_plan(
             .timeout
             .or(config.timeout)
             .unwrap_or(DEFAULT_AGENT_TIMEOUT),
-        network: AgentNetwork::from_config(config),
+        network,
         silence_warning: config.silence_warning.unwrap_or(DEFAULT_SILENCE_WARNING),
         price: config
             .model

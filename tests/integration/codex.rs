@@ -505,3 +505,214 @@ fn a_local_codex_binary_is_imported_and_its_version_checked() {
         "the wrong image is removed"
     );
 }
+
+/// Removes a run's leftovers when a test fails while the run is going.
+struct StopOnPanic(u32, &'static str);
+
+impl Drop for StopOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill").args([&self.0.to_string()]).status();
+            let ids = docker(&[
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=boxdelegate.unit={}", self.1),
+            ]);
+            for id in ids.lines().filter(|l| !l.trim().is_empty()) {
+                let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            }
+        }
+    }
+}
+
+/// A running container of unit `unit` and kind `kind`.
+fn running(unit: &str, kind: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let id = docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=boxdelegate.unit={unit}"),
+            "--filter",
+            &format!("label=boxdelegate.kind={kind}"),
+        ]);
+        if let Some(id) = id.lines().map(str::trim).find(|l| !l.is_empty()) {
+            return id.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no running {kind} container appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// With `network = "proxy"`, codex reaches its model through the proxy's gateway, which adds
+/// the credential: the key is never in the agent container (its environment, `/proc`, its
+/// files) or in `docker inspect` of it or of the proxy, nor in anything boxdelegate writes,
+/// while the model server receives it as the bearer token; any other path or method through
+/// the gateway is refused and listed in the result.
+#[test]
+fn the_model_gateway_holds_the_key_and_forwards_only_the_model_call() {
+    require_base_image();
+    let net = Network::create("codex-gateway");
+    let server = ModelServer::start(net.gateway);
+    let repo = TestRepo::with_project("codex-gateway");
+    repo.write(
+        "boxdelegate.toml",
+        &format!(
+            r#"[run]
+infra_retries = 0
+
+[project]
+profile = "test"
+
+[agent]
+retries = 0
+kind = "codex"
+model = "gpt-5.5"
+env = ["BD_MODEL_KEY"]
+network = "proxy"
+egress_network = "{}"
+timeout = "5m"
+
+[agent.provider]
+name = "scripted"
+base_url = "{}"
+env_key = "BD_MODEL_KEY"
+max_retries = 0
+"#,
+            net.name,
+            server.base_url()
+        ),
+    );
+    repo.unit("gated", "scope = [\"src/**\"]", "Probe the gateway.");
+    repo.commit("codex project");
+    // The agent waits for the test to look at its container, then asks the gateway for
+    // another path and another method, writing down the status lines.
+    let probe = r#"while [ ! -e /tmp/go ]; do sleep 0.1; done
+for req in 'GET /v1/models' 'POST /v1/files' 'GET /v1/responses'; do
+  exec 3<>/dev/tcp/boxdelegate-proxy/8080
+  printf '%s HTTP/1.0\r\nContent-Length: 0\r\n\r\n' "$req" >&3
+  echo "$req $(head -n1 <&3 | cut -d' ' -f2)" >> src/gateway.txt
+  exec 3<&-
+done
+env | sort > src/env.txt"#;
+    server.script(vec![
+        (
+            0,
+            Step::Events(vec![exec_command("c1", probe), completed("r1", 100, 0, 10)]),
+        ),
+        (
+            1,
+            Step::Events(vec![message("Done."), completed("r2", 100, 0, 5)]),
+        ),
+    ]);
+    let child = repo
+        .cmd()
+        .args(["run", "--json", "--unit", "gated"])
+        .env("BD_MODEL_KEY", KEY)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = StopOnPanic(child.id(), "gated");
+    let agent = running("gated", "agent");
+    let proxy = running("gated", "proxy");
+    for (what, id) in [("agent", &agent), ("proxy", &proxy)] {
+        let inspect = docker(&["inspect", id]);
+        assert!(
+            !inspect.contains(KEY),
+            "docker inspect of the {what} holds the key"
+        );
+    }
+    let env = docker(&[
+        "exec",
+        &agent,
+        "sh",
+        "-c",
+        "cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'",
+    ]);
+    assert!(
+        env.contains("BD_MODEL_KEY=boxdelegate-gateway"),
+        "the agent's processes hold the dummy key: {env}"
+    );
+    assert!(
+        !env.contains(KEY),
+        "an agent process's environment holds the key"
+    );
+    let files = Command::new("docker")
+        .args([
+            "exec",
+            &agent,
+            "grep",
+            "-rlsF",
+            "--exclude-dir=proc",
+            "--exclude-dir=sys",
+            "--exclude-dir=dev",
+            KEY,
+            "/",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&files).trim().is_empty(),
+        "files in the agent container hold the key: {}",
+        stdout(&files)
+    );
+    docker(&["exec", &agent, "touch", "/tmp/go"]);
+    let out = child.wait_with_output().unwrap();
+    let v: serde_json::Value = crate::common::final_json_result(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}\n{}", stdout(&out), stderr(&out)));
+    let u = &v["units"][0];
+    if let Some(i) = u["unit_image"].as_str() {
+        repo.remember_image(i);
+    }
+    assert_eq!(u["status"], "landed", "{u}\n{}", stderr(&out));
+    let gateway = repo.git(&["show", "boxdelegate/gated:src/gateway.txt"]);
+    assert_eq!(
+        gateway, "GET /v1/models 403\nPOST /v1/files 403\nGET /v1/responses 403",
+        "only POST /v1/responses passes"
+    );
+    let refused: Vec<&str> = u["network_refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    for want in ["GET", "POST"] {
+        assert!(
+            refused
+                .iter()
+                .any(|r| r.starts_with(want) && r.contains("/v1/")),
+            "{want} refused and listed: {refused:?}"
+        );
+    }
+    assert!(
+        refused.iter().any(|r| r.contains("/v1/models"))
+            && refused.iter().any(|r| r.contains("/v1/files")),
+        "{refused:?}"
+    );
+    let env = repo.git(&["show", "boxdelegate/gated:src/env.txt"]);
+    assert!(!env.contains(KEY) && env.contains("BD_MODEL_KEY=boxdelegate-gateway"));
+    // The server got the credential, as the bearer token of every model call.
+    let reqs = server.requests();
+    let posts: Vec<&Request> = reqs.iter().filter(|r| r.method == "POST").collect();
+    assert!(posts.len() >= 2, "{reqs:?}");
+    for r in &posts {
+        let auth: Vec<&str> = r
+            .headers
+            .iter()
+            .filter(|(k, _)| k == "authorization")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(auth, [format!("Bearer {KEY}").as_str()], "{:?}", r.headers);
+        assert_eq!(r.path, "/v1/responses");
+    }
+    // Nothing boxdelegate wrote or printed holds the key.
+    let state = all_text(&repo.path().join(".git/boxdelegate"));
+    assert!(!state.contains(KEY), "the run state holds the key");
+    assert!(!stdout(&out).contains(KEY) && !stderr(&out).contains(KEY));
+}
