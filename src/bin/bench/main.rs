@@ -10,6 +10,7 @@
 //! timing.
 
 mod baselines;
+mod codex;
 mod proc;
 mod repo;
 mod stats;
@@ -363,6 +364,11 @@ fn measure(
                 Ok(())
             })?;
         }
+        // The codex agent beside the command agent, on one size: its start does not depend on
+        // the repository's size, and the model answers at once.
+        if n == scaling_size {
+            timed("codex", &mut || codex::rows(bench, &repo, &mut m))?;
+        }
         ratios(&mut m, floor_ms);
         per_size.push(json!({
             "files": repo.files,
@@ -417,6 +423,24 @@ fn ratios(m: &mut Metrics, floor_ms: f64) {
     put("ratio_worktree_to_boxdelegate", worktree.map(|w| w / bd));
     put("ratio_naive_to_boxdelegate", naive.map(|n| n / bd));
     put("ratio_boxdelegate_to_floor", Some(bd / floor_ms));
+    let codex_start = m.median("codex_agent_start");
+    let command_start = m.median("agent_start");
+    let codex_overhead = m.median("codex_unit_overhead");
+    let (codex_one, codex_four) = (m.median("codex_unit_wall"), m.median("codex_per_unit_4"));
+    let mut put = |name: &str, v: Option<f64>| {
+        if let Some(v) = v {
+            m.put(name, Metric::new("x", vec![v]));
+        }
+    };
+    put(
+        "ratio_codex_start_to_command",
+        codex_start.zip(command_start).map(|(c, s)| c / s),
+    );
+    put("ratio_codex_to_floor", codex_overhead.map(|c| c / floor_ms));
+    put(
+        "ratio_codex_4_to_1",
+        codex_four.zip(codex_one).map(|(f, o)| f / o),
+    );
 }
 
 /// The machine and software the numbers come from.
@@ -461,6 +485,14 @@ fn stat_at(results: &Value, files: usize, name: &str, stat: &str) -> Option<f64>
         .as_f64()
 }
 
+/// `stat` of metric `name` at the first size that has it.
+fn stat_any(results: &Value, name: &str, stat: &str) -> Option<f64> {
+    results["sizes"]
+        .as_array()?
+        .iter()
+        .find_map(|s| s["metrics"][name][stat].as_f64())
+}
+
 /// The performance targets of the foundation and run issues, each met, not met, or not
 /// measured (the size was not run).
 fn targets(results: &Value) -> Value {
@@ -502,6 +534,27 @@ fn targets(results: &Value) -> Value {
             500.0,
             "ms",
             "median of the run's extract phase (change log, archive reads, store, tree, patch, scope)",
+        ),
+        check(
+            "codex agent start ≤ 1.5× the command agent's",
+            stat_any(results, "ratio_codex_start_to_command", "median"),
+            1.5,
+            "x",
+            "container create → first model request, over the command agent's create → first line, medians, same repository",
+        ),
+        check(
+            "warm overhead of a codex unit (model answering at once) ≤ 3× the engine floor",
+            stat_any(results, "ratio_codex_to_floor", "median"),
+            3.0,
+            "x",
+            "a codex unit's wall time less its model exchange (first request → last answer), over `docker run --rm true`",
+        ),
+        check(
+            "four codex units at once cost no more per unit than one",
+            stat_any(results, "ratio_codex_4_to_1", "median"),
+            1.0,
+            "x",
+            "wall time of four units at once ÷ 4, over one unit's wall time",
         ),
     ])
 }
@@ -573,6 +626,22 @@ const ROWS: &[(&str, &str)] = &[
         "naive container ÷ boxdelegate",
     ),
     ("ratio_boxdelegate_to_floor", "boxdelegate ÷ engine floor"),
+    (
+        "codex_agent_start",
+        "codex: agent container create → first model request",
+    ),
+    (
+        "ratio_codex_start_to_command",
+        "  codex start ÷ command agent start",
+    ),
+    (
+        "codex_unit_overhead",
+        "codex: warm overhead of a unit (model answering at once)",
+    ),
+    ("ratio_codex_to_floor", "  codex overhead ÷ engine floor"),
+    ("codex_unit_wall", "codex: one unit, wall time"),
+    ("codex_per_unit_4", "codex: four units at once, wall ÷ 4"),
+    ("ratio_codex_4_to_1", "  per unit at four ÷ one unit"),
 ];
 
 fn render(results: &Value) -> String {
