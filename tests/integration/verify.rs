@@ -676,6 +676,67 @@ fn verify_commit_on_a_fresh_clone_agrees_with_the_run_and_its_replay() {
     .trim()
     .to_string();
 
+    // The landed commit names its record; in the repository that landed it, the commit
+    // itself replays.
+    let named = repo.git(&[
+        "log",
+        "-1",
+        "--format=%(trailers:key=Boxdelegate-Record,valueonly)",
+        "boxdelegate/sub",
+    ]);
+    let hex = named
+        .trim()
+        .strip_prefix("sha256:")
+        .expect("a record trailer");
+    assert_eq!(units[0]["record"], hex, "{named}");
+    let verify_in = |dir: &std::path::Path, args: &[&str]| {
+        let out = boxdelegate()
+            .current_dir(dir)
+            .arg("verify")
+            .args(args)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = crate::common::final_json_result(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(&out), stderr(&out)));
+        (out.status.code().unwrap_or(-1), v)
+    };
+    let in_repo = |args: &[&str]| verify_in(repo.path(), args);
+    let (code, replayed) = in_repo(&["--replay", "boxdelegate/sub", "--json"]);
+    assert_eq!(code, 0, "{replayed}");
+    assert_eq!(replayed["replay"]["matches"], true, "{replayed}");
+    assert_eq!(replayed["replay"]["record_sha256"], hex);
+    assert_eq!(replayed["change"]["tree"], units[0]["tree"]);
+    assert_eq!(replayed["base"]["commit"], base.as_str());
+    // A stored record changed after the landing is refused, not replayed.
+    let stored = repo
+        .path()
+        .join(".git/boxdelegate/verify")
+        .join(format!("{hex}.json"));
+    let original = std::fs::read(&stored).unwrap();
+    let mut edited: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    edited["expect"] = serde_json::json!([]);
+    std::fs::write(&stored, serde_json::to_vec_pretty(&edited).unwrap()).unwrap();
+    let (code, answer) = in_repo(&["--replay", "boxdelegate/sub", "--json"]);
+    assert_eq!(code, 2, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("no longer hashes to the name commit"),
+        "{answer}"
+    );
+    std::fs::write(&stored, &original).unwrap();
+    // A commit boxdelegate did not land names no record.
+    let (code, answer) = in_repo(&["--replay", &base, "--json"]);
+    assert_eq!(code, 2, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("was not landed by boxdelegate"),
+        "{answer}"
+    );
+
     // A clean checkout elsewhere, with only the base image in the engine.
     let clone = tempfile::Builder::new()
         .prefix("bd-clone-")
@@ -694,17 +755,6 @@ fn verify_commit_on_a_fresh_clone_agrees_with_the_run_and_its_replay() {
     let _claims = ReleaseClaims(clone.path().to_path_buf());
     docker(&["rmi", &unit_image, &format!("boxdelegate/deps:{deps_key}")]);
 
-    let verify_in = |dir: &std::path::Path, args: &[&str]| {
-        let out = boxdelegate()
-            .current_dir(dir)
-            .arg("verify")
-            .args(args)
-            .output()
-            .unwrap();
-        let v: serde_json::Value = crate::common::final_json_result(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(&out), stderr(&out)));
-        (out.status.code().unwrap_or(-1), v)
-    };
     let verify = |args: &[&str]| verify_in(clone.path(), args);
     let record_path = clone.path().join("record.json");
     let junit_path = clone.path().join("junit.xml");
@@ -785,26 +835,6 @@ fn verify_commit_on_a_fresh_clone_agrees_with_the_run_and_its_replay() {
         v["checks"][0]["outcome"]
     );
 
-    // The landed commit names its record; in the repository that landed it, the commit
-    // itself replays.
-    let named = repo.git(&[
-        "log",
-        "-1",
-        "--format=%(trailers:key=Boxdelegate-Record,valueonly)",
-        "boxdelegate/sub",
-    ]);
-    let hex = named
-        .trim()
-        .strip_prefix("sha256:")
-        .expect("a record trailer");
-    assert_eq!(units[0]["record"], hex, "{named}");
-    let in_repo = |args: &[&str]| verify_in(repo.path(), args);
-    let (code, replayed) = in_repo(&["--replay", "boxdelegate/sub", "--json"]);
-    assert_eq!(code, 0, "{replayed}");
-    assert_eq!(replayed["replay"]["matches"], true, "{replayed}");
-    assert_eq!(replayed["replay"]["record_sha256"], hex);
-    assert_eq!(replayed["change"]["tree"], units[0]["tree"]);
-    assert_eq!(replayed["base"]["commit"], base.as_str());
     // The clone lacks the record: said plainly, not a pass.
     let (code, answer) = verify(&["--replay", "origin/boxdelegate/sub", "--json"]);
     assert_eq!(code, 2, "{answer}");
@@ -815,36 +845,6 @@ fn verify_commit_on_a_fresh_clone_agrees_with_the_run_and_its_replay() {
             .contains("is not among this repository's records"),
         "{answer}"
     );
-    // A stored record changed after the landing is refused, not replayed.
-    let stored = repo
-        .path()
-        .join(".git/boxdelegate/verify")
-        .join(format!("{hex}.json"));
-    let original = std::fs::read(&stored).unwrap();
-    let mut edited: serde_json::Value = serde_json::from_slice(&original).unwrap();
-    edited["expect"] = serde_json::json!([]);
-    std::fs::write(&stored, serde_json::to_vec_pretty(&edited).unwrap()).unwrap();
-    let (code, answer) = in_repo(&["--replay", "boxdelegate/sub", "--json"]);
-    assert_eq!(code, 2, "{answer}");
-    assert!(
-        answer["error"]
-            .as_str()
-            .unwrap()
-            .contains("no longer hashes to the name commit"),
-        "{answer}"
-    );
-    std::fs::write(&stored, &original).unwrap();
-    // A commit boxdelegate did not land names no record.
-    let (code, answer) = in_repo(&["--replay", &base, "--json"]);
-    assert_eq!(code, 2, "{answer}");
-    assert!(
-        answer["error"]
-            .as_str()
-            .unwrap()
-            .contains("was not landed by boxdelegate"),
-        "{answer}"
-    );
-
     // A record whose verdict no longer holds: the replay says so.
     let mut tampered: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
