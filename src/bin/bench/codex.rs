@@ -230,9 +230,9 @@ fn run(bench: &Bench, repo: &Repo, ids: &[&str]) -> Result<(f64, Vec<Value>)> {
     Ok((ran.wall.as_secs_f64() * 1000.0, units))
 }
 
-/// Codex units, one (several runs) and four at once: agent start (container create → the
-/// first model request), the warm overhead of a unit (its wall time less the model exchange),
-/// and the wall time per unit at four.
+/// Codex units, one (several runs) and four at once: agent start (container create → codex's
+/// process started, and → its first model request), the warm overhead of a unit (its wall
+/// time less the agent's), and the wall time per unit at four.
 pub fn rows(bench: &Bench, repo: &Repo, m: &mut Metrics) -> Result<()> {
     eprintln!("bench: codex agent (scripted model answering at once)");
     let image = "boxdelegate/codex:0.163.0";
@@ -247,26 +247,41 @@ pub fn rows(bench: &Bench, repo: &Repo, m: &mut Metrics) -> Result<()> {
     // image is the one the command agent's units used).
     std::fs::write(&path, config(&net.name, &server))?;
     let measured = (|| -> Result<()> {
-        let (mut start, mut overhead, mut wall) = (vec![], vec![], vec![]);
+        let (mut start, mut first_request, mut overhead, mut wall) =
+            (vec![], vec![], vec![], vec![]);
         for i in 0..=bench.runs {
             server.take();
             let (w, units) = run(bench, repo, &["p1"])?;
             let calls = server.take();
-            let created = units[0]["timings"]["agent_create_at_ms"]
+            let t = &units[0]["timings"];
+            let num = |k: &str| {
+                t[k].as_f64()
+                    .with_context(|| format!("run --json has no timings.{k}"))
+            };
+            let (created, started) = (num("agent_create_at_ms")?, num("agent_start_ms")?);
+            let agent = units[0]["agent_seconds"]
                 .as_f64()
-                .context("run --json has no timings.agent_create_at_ms")?;
-            let (Some(first), Some(last)) = (calls.first(), calls.last()) else {
+                .context("run --json has no agent_seconds")?
+                * 1000.0;
+            let Some(first) = calls.first() else {
                 bail!("the codex unit made no model request");
             };
             if i == 0 {
                 continue;
             }
-            start.push(first.0 - created);
-            // The model's part: from the first request to the last answer.
-            overhead.push(w - (last.1 - first.0));
+            // Container create → the agent's process started (the container's command is
+            // codex's), as the command agent's `agent_container_start`.
+            start.push(started);
+            // Codex's own start-up on top: create → its first model request.
+            first_request.push(first.0 - created);
+            // What boxdelegate adds: the unit's wall time less the agent's (codex's start-up,
+            // model exchange and exit are the agent's), as the command agent's overhead less
+            // its work.
+            overhead.push(w - agent);
             wall.push(w);
         }
         m.put("codex_agent_start", Metric::ms(start));
+        m.put("codex_first_request", Metric::ms(first_request));
         m.put("codex_unit_overhead", Metric::ms(overhead));
         m.put("codex_unit_wall", Metric::ms(wall));
         let ids = ["p1", "p2", "p3", "p4"];
