@@ -58,6 +58,7 @@ fn agent_needs(
     root: &std::path::Path,
     images: &mut Vec<String>,
     networks: &mut Vec<String>,
+    providers: &mut Vec<(crate::config::allow::Allow, String)>,
 ) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut want = |i: String| {
@@ -97,19 +98,78 @@ fn agent_needs(
             ));
         }
     }
-    match a.network.as_deref().unwrap_or("none") {
-        "none" | "open" => {}
+    // The network the model's provider is reached from: the proxy's egress network, the
+    // agent's own, or the engine's bridge; none with network = "none".
+    let reached_from = match a.network.as_deref().unwrap_or("none") {
+        "none" => None,
+        "open" => Some("bridge".to_string()),
         "proxy" => {
             want(crate::proxy::IMAGE.to_string());
-            networks.push(
-                a.egress_network
-                    .clone()
-                    .unwrap_or_else(|| crate::proxy::DEFAULT_EGRESS.into()),
-            );
+            let egress = a
+                .egress_network
+                .clone()
+                .unwrap_or_else(|| crate::proxy::DEFAULT_EGRESS.into());
+            networks.push(egress.clone());
+            Some(egress)
         }
-        name => networks.push(name.to_string()),
+        name => {
+            networks.push(name.to_string());
+            Some(name.to_string())
+        }
+    };
+    if a.kind == crate::config::AgentKind::Codex {
+        if let (Some(net), Some(host)) = (
+            reached_from,
+            crate::config::allow::Allow::from_url(crate::agent::codex::upstream_url(a)),
+        ) {
+            providers.push((host, net));
+        }
     }
     out
+}
+
+/// Whether `host` answers a TCP connection from a container on engine network `net` (a
+/// probe of the base image, hardened like every container, up to 5 s). `None` when the probe
+/// itself could not run (the base image or the network missing: reported apart).
+async fn reachable(engine: &Engine, host: &crate::config::allow::Allow, net: &str) -> Option<bool> {
+    let mut hc = crate::engine::hardened_host_config(&crate::config::Limits {
+        memory: 64 << 20,
+        cpus: 0.5,
+        pids: 16,
+        ..crate::config::Limits::default()
+    });
+    hc.network_mode = Some(net.to_string());
+    let id = engine
+        .create_container(bollard::models::ContainerCreateBody {
+            image: Some(images::BASE_IMAGE.to_string()),
+            cmd: Some(vec![
+                "timeout".into(),
+                "5".into(),
+                "bash".into(),
+                "-c".into(),
+                "exec 3<>\"/dev/tcp/$1/$2\"".into(),
+                "probe".into(),
+                host.host.clone(),
+                host.port.to_string(),
+            ]),
+            labels: Some(
+                [(
+                    crate::engine::labels::KIND.to_string(),
+                    "doctor-probe".to_string(),
+                )]
+                .into(),
+            ),
+            host_config: Some(hc),
+            ..Default::default()
+        })
+        .await
+        .ok()?;
+    let code = match engine.start(&id).await {
+        Ok(()) => engine.wait(&id).await.ok(),
+        Err(_) => None,
+    };
+    let _ = engine.remove_container(&id).await;
+    code.map(|c| c == 0)
 }
 
 pub async fn run(global: &GlobalArgs, json: bool) -> Result<i32> {
@@ -143,6 +203,7 @@ pub async fn run(global: &GlobalArgs, json: bool) -> Result<i32> {
     let mut wanted = vec![images::base_image()];
     // Engine networks the agents need (checked once the engine answers).
     let mut networks: Vec<String> = Vec::new();
+    let mut providers: Vec<(crate::config::allow::Allow, String)> = Vec::new();
     match Repo::discover(&dir) {
         Ok(repo) => {
             r.repository = Some(repo.root.display().to_string());
@@ -159,7 +220,7 @@ pub async fn run(global: &GlobalArgs, json: bool) -> Result<i32> {
                     let agents = [Some(&c.agent), c.agent.fallback.as_deref()];
                     for a in agents.into_iter().flatten() {
                         for (problem_text, fix) in
-                            agent_needs(a, &repo.root, &mut wanted, &mut networks)
+                            agent_needs(a, &repo.root, &mut wanted, &mut networks, &mut providers)
                         {
                             problem(&mut r, problem_text, fix);
                         }
@@ -188,12 +249,26 @@ pub async fn run(global: &GlobalArgs, json: bool) -> Result<i32> {
                 }
                 Err(e) => problem(&mut r, e.to_string(), "check the engine's health".into()),
             }
+            let mut missing_networks = Vec::new();
             for n in &networks {
                 if !engine.network_exists(n).await.unwrap_or(false) {
+                    missing_networks.push(n.clone());
                     problem(
                         &mut r,
                         format!("the agent's network {n:?} does not exist on the engine"),
                         format!("create it (e.g. `docker network create --internal {n}`), or change [agent] network / egress_network"),
+                    );
+                }
+            }
+            for (host, net) in &providers {
+                if missing_networks.contains(net) {
+                    continue;
+                }
+                if reachable(&engine, host, net).await == Some(false) {
+                    problem(
+                        &mut r,
+                        format!("the model provider {host} does not answer from the engine network {net:?}"),
+                        "check [agent.provider] base_url and that the provider is reachable from that network (egress_network for network = \"proxy\")".into(),
                     );
                 }
             }

@@ -716,3 +716,55 @@ env | sort > src/env.txt"#;
     assert!(!state.contains(KEY), "the run state holds the key");
     assert!(!stdout(&out).contains(KEY) && !stderr(&out).contains(KEY));
 }
+
+/// `doctor` tries the model provider from the network the agent reaches it from: a provider
+/// that answers is no problem, one that does not is named.
+#[test]
+fn doctor_tells_whether_the_model_provider_answers_from_the_agents_network() {
+    require_base_image();
+    let net = Network::create("codex-doctor");
+    let server = ModelServer::start(net.gateway);
+    let repo = TestRepo::with_project("codex-doctor");
+    let config = |base_url: &str| {
+        repo.write(
+            "boxdelegate.toml",
+            &format!(
+                "[project]\nprofile = \"test\"\n\n[agent]\nkind = \"codex\"\nenv = [\"BD_MODEL_KEY\"]\nnetwork = \"{}\"\n\n[agent.provider]\nname = \"scripted\"\nbase_url = \"{base_url}\"\nenv_key = \"BD_MODEL_KEY\"\n",
+                net.name
+            ),
+        );
+    };
+    let doctor = || {
+        let out = repo
+            .cmd()
+            .args(["doctor", "--json"])
+            .env("BD_MODEL_KEY", KEY)
+            .output()
+            .unwrap();
+        final_json(&out.stdout)["problems"].to_string()
+    };
+    config(&server.base_url());
+    let problems = doctor();
+    assert!(!problems.contains("model provider"), "{problems}");
+    // A port on the same address where nothing listens.
+    let closed = std::net::TcpListener::bind((net.gateway, 0)).unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    config(&format!("http://{}:{port}/v1", net.gateway));
+    let problems = doctor();
+    assert!(
+        problems.contains(&format!(
+            "the model provider {}:{port} does not answer from the engine network",
+            net.gateway
+        )),
+        "{problems}"
+    );
+    // No probe container is left.
+    let left = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        "label=boxdelegate.kind=doctor-probe",
+    ]);
+    assert!(left.trim().is_empty(), "{left}");
+}
