@@ -204,18 +204,7 @@ fn run(bench: &Bench, repo: &Repo, ids: &[&str]) -> Result<(f64, Vec<Value>)> {
         cmd.args(["--unit", id]);
     }
     let ran = proc::run(&mut cmd)?;
-    let text = String::from_utf8_lossy(&ran.stdout);
-    let last = text
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("");
-    let v: Value = serde_json::from_str(last).with_context(|| {
-        format!(
-            "run printed no JSON: {}",
-            String::from_utf8_lossy(&ran.stderr)
-        )
-    })?;
+    let v = crate::units::json_of(&ran, "run")?;
     let units = v["units"].as_array().cloned().unwrap_or_default();
     for u in &units {
         if u["status"] != "landed" {

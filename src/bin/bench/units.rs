@@ -22,7 +22,7 @@ fn mib(kib: u64) -> f64 {
 }
 
 /// The final object of a `--json` command: its last line (event lines come before it).
-fn json_of(ran: &Ran, what: &str) -> Result<Value> {
+pub(crate) fn json_of(ran: &Ran, what: &str) -> Result<Value> {
     let text = String::from_utf8_lossy(&ran.stdout);
     let last = text
         .lines()
