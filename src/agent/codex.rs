@@ -208,45 +208,35 @@ impl CodexAgent {
                 format!("model_reasoning_effort={}", toml_str(e)),
             ]);
         }
-        if let Some(url) = &self.gateway {
-            // The gateway speaks for the provider: the agent's provider is the gateway, its
-            // key variable holds a dummy value, the gateway adds the real credential.
-            let (n, env_key, retries) = match &self.provider {
-                Some(p) => (p.name.clone(), p.env_key.clone(), p.max_retries),
-                None => (
-                    "boxdelegate-gateway".to_string(),
-                    "CODEX_API_KEY".to_string(),
-                    None,
-                ),
-            };
-            let mut c = |kv: String| a.extend(["-c".into(), kv]);
-            c(format!("model_provider={}", toml_str(&n)));
-            c(format!("model_providers.{n}.name={}", toml_str(&n)));
-            c(format!("model_providers.{n}.base_url={}", toml_str(url)));
-            c(format!(
-                "model_providers.{n}.env_key={}",
-                toml_str(&env_key)
-            ));
-            c(format!("model_providers.{n}.wire_api=\"responses\""));
-            if let Some(r) = retries {
-                c(format!("model_providers.{n}.request_max_retries={r}"));
-                c(format!("model_providers.{n}.stream_max_retries={r}"));
-            }
-        } else if let Some(p) = &self.provider {
-            let n = &p.name;
+        // The provider codex talks to: the configured one, or behind the gateway the gateway
+        // itself, speaking for it (the key variable then holds a dummy value).
+        let provider = match (&self.gateway, &self.provider) {
+            (Some(url), Some(p)) => Some((
+                p.name.as_str(),
+                url.as_str(),
+                p.env_key.as_str(),
+                p.max_retries,
+            )),
+            (Some(url), None) => Some(("boxdelegate-gateway", url.as_str(), "CODEX_API_KEY", None)),
+            (None, Some(p)) => Some((
+                p.name.as_str(),
+                p.base_url.as_str(),
+                p.env_key.as_str(),
+                p.max_retries,
+            )),
+            (None, None) => None,
+        };
+        if let Some((n, base_url, env_key, retries)) = provider {
             let mut c = |kv: String| a.extend(["-c".into(), kv]);
             c(format!("model_provider={}", toml_str(n)));
             c(format!("model_providers.{n}.name={}", toml_str(n)));
             c(format!(
                 "model_providers.{n}.base_url={}",
-                toml_str(&p.base_url)
+                toml_str(base_url)
             ));
-            c(format!(
-                "model_providers.{n}.env_key={}",
-                toml_str(&p.env_key)
-            ));
+            c(format!("model_providers.{n}.env_key={}", toml_str(env_key)));
             c(format!("model_providers.{n}.wire_api=\"responses\""));
-            if let Some(r) = p.max_retries {
+            if let Some(r) = retries {
                 c(format!("model_providers.{n}.request_max_retries={r}"));
                 c(format!("model_providers.{n}.stream_max_retries={r}"));
             }

@@ -72,11 +72,7 @@ fn agent_needs(
                 .as_deref()
                 .unwrap_or(crate::agent::codex::DEFAULT_VERSION),
         ));
-        let key = a
-            .provider
-            .as_ref()
-            .map(|p| p.env_key.clone())
-            .unwrap_or_else(|| "CODEX_API_KEY".into());
+        let key = crate::agent::codex::key_var(a).to_string();
         let auth = a.auth_file.as_ref().map(|f| root.join(f));
         let has_key = a.env.contains(&key) && std::env::var_os(&key).is_some_and(|v| !v.is_empty());
         let has_auth = auth.as_ref().is_some_and(|f| f.is_file());

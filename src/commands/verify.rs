@@ -148,25 +148,26 @@ fn project_at(repo: &Repo, commit: &str) -> Result<Project> {
     })
 }
 
-/// The unit named by the commit's `Boxdelegate-Unit` trailer, when there is exactly one.
-fn unit_of_commit(repo: &Repo, commit: &str) -> Option<String> {
-    let text = repo
-        .text(&[
-            "log",
-            "-1",
-            &format!(
-                "--format=%(trailers:key={},valueonly,separator=%x2C)",
-                crate::land::TRAILER_UNIT
-            ),
-            commit,
-        ])
-        .ok()?;
-    let units: Vec<&str> = text
-        .split(',')
+/// The values of `commit`'s trailers `key`, in order.
+fn trailers(repo: &Repo, commit: &str, key: &str) -> Result<Vec<String>> {
+    let text = repo.text(&[
+        "log",
+        "-1",
+        &format!("--format=%(trailers:key={key},valueonly,separator=%x00)"),
+        commit,
+    ])?;
+    Ok(text
+        .split('\0')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .collect();
-    (units.len() == 1).then(|| units[0].to_string())
+        .map(str::to_string)
+        .collect())
+}
+
+/// The unit named by the commit's `Boxdelegate-Unit` trailer, when there is exactly one.
+fn unit_of_commit(repo: &Repo, commit: &str) -> Option<String> {
+    let units = trailers(repo, commit, crate::land::TRAILER_UNIT).ok()?;
+    (units.len() == 1).then(|| units[0].clone())
 }
 
 /// The record `--replay` names: a record file, or else a commit boxdelegate landed, whose
@@ -192,21 +193,7 @@ fn replayed(repo: &Repo, arg: &Path) -> Result<(Record, String)> {
             hint,
         ));
     };
-    let trailer = |key: &str| -> Result<Vec<String>> {
-        let text = repo.text(&[
-            "log",
-            "-1",
-            &format!("--format=%(trailers:key={key},valueonly,separator=%x00)"),
-            &commit,
-        ])?;
-        Ok(text
-            .split('\0')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect())
-    };
-    let records = trailer(crate::land::TRAILER_RECORD)?;
+    let records = trailers(repo, &commit, crate::land::TRAILER_RECORD)?;
     let short_commit = short(&commit);
     match records.as_slice() {
         [one] => {
@@ -214,7 +201,7 @@ fn replayed(repo: &Repo, arg: &Path) -> Result<(Record, String)> {
             record::load_stored(repo, &dir, short_commit, one)
         }
         [] => {
-            let verified = trailer(crate::land::TRAILER_VERIFIED)?;
+            let verified = trailers(repo, &commit, crate::land::TRAILER_VERIFIED)?;
             let message = match verified.first() {
                 Some(v) if v.split_once(' ').is_some_and(|(_, rest)| rest.starts_with("none:")) => format!(
                     "--replay {rev}: commit {short_commit} landed without checks (its project configured none), so there is no verification to replay"

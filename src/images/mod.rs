@@ -125,26 +125,24 @@ pub async fn ensure_proxy(engine: &Engine, reporter: &dyn Reporter) -> Result<()
         .iter()
         .find(|(n, _, _)| *n == "proxy")
         .expect("the proxy's Containerfile is shipped");
+    // None: no image; Some(None): an image without the label.
     let current = match engine.image_id(tag).await? {
         None => None,
-        Some(_) => engine
-            .inspect_image(tag)
-            .await?
-            .config
-            .and_then(|c| c.labels)
-            .and_then(|l| l.get(RECIPE).cloned()),
+        Some(_) => Some(
+            engine
+                .inspect_image(tag)
+                .await?
+                .config
+                .and_then(|c| c.labels)
+                .and_then(|l| l.get(RECIPE).cloned()),
+        ),
     };
-    if current.as_deref() == Some(recipe(containerfile).as_str()) {
-        return Ok(());
-    }
-    reporter.phase(&format!(
-        "building the egress proxy image {tag} ({})",
-        if current.is_none() && engine.image_id(tag).await?.is_none() {
-            "once"
-        } else {
-            "its recipe changed"
-        }
-    ));
+    let why = match current {
+        None => "once",
+        Some(Some(r)) if r == recipe(containerfile) => return Ok(()),
+        Some(_) => "its recipe changed",
+    };
+    reporter.phase(&format!("building the egress proxy image {tag} ({why})"));
     build_shipped(engine, "proxy", reporter).await
 }
 
