@@ -125,7 +125,7 @@ fn agent_needs(
 }
 
 /// Whether `host` answers a TCP connection from a container on engine network `net` (a
-/// probe of the base image, hardened like every container, up to 5 s). `None` when the probe
+/// probe of the site's base image, hardened like every container, up to 5 s). `None` when the probe
 /// itself could not run (the base image or the network missing: reported apart).
 async fn reachable(engine: &Engine, host: &crate::config::allow::Allow, net: &str) -> Option<bool> {
     let mut hc = crate::engine::hardened_host_config(&crate::config::Limits {
@@ -137,7 +137,7 @@ async fn reachable(engine: &Engine, host: &crate::config::allow::Allow, net: &st
     hc.network_mode = Some(net.to_string());
     let id = engine
         .create_container(bollard::models::ContainerCreateBody {
-            image: Some(images::BASE_IMAGE.to_string()),
+            image: Some(images::base_image()),
             cmd: Some(vec![
                 "timeout".into(),
                 "5".into(),
@@ -260,12 +260,19 @@ pub async fn run(global: &GlobalArgs, json: bool) -> Result<i32> {
                 if missing_networks.contains(net) {
                     continue;
                 }
-                if reachable(&engine, host, net).await == Some(false) {
-                    problem(
+                match reachable(&engine, host, net).await {
+                    Some(true) => {}
+                    Some(false) => problem(
                         &mut r,
                         format!("the model provider {host} does not answer from the engine network {net:?}"),
                         "check [agent.provider] base_url and that the provider is reachable from that network (egress_network for network = \"proxy\")".into(),
-                    );
+                    ),
+                    // Not tried is not reachable: said, never a quiet pass.
+                    None => problem(
+                        &mut r,
+                        format!("could not try the model provider {host} from the engine network {net:?}: the probe container (image {}) did not run", images::base_image()),
+                        format!("make the base image available ({})", images::BASE_HINT),
+                    ),
                 }
             }
             for image in wanted {

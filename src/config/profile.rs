@@ -252,4 +252,26 @@ mod tests {
         assert_eq!(p.image, "my/python");
         assert_eq!(p.source, ".boxdelegate/profiles/python.toml");
     }
+
+    #[test]
+    fn registries_are_host_port_pairs_or_the_profile_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, _) in EMBEDDED {
+            let p = Profile::load(dir.path(), name).unwrap();
+            assert_eq!(p.registries().len(), p.registries.len(), "{name}");
+        }
+        std::fs::create_dir_all(dir.path().join(LOCAL_DIR)).unwrap();
+        for bad in ["registry.example", "http://registry.example:443", "a b:443"] {
+            std::fs::write(
+                dir.path().join(LOCAL_DIR).join("mine.toml"),
+                format!("description = \"d\"\nimage = \"i\"\nregistries = [{bad:?}]\n"),
+            )
+            .unwrap();
+            let err = Profile::load(dir.path(), "mine").unwrap_err().to_string();
+            assert!(
+                err.contains("registries:") && err.contains("host:port"),
+                "{bad}: {err}"
+            );
+        }
+    }
 }

@@ -759,6 +759,19 @@ fn doctor_tells_whether_the_model_provider_answers_from_the_agents_network() {
         )),
         "{problems}"
     );
+    // A probe that cannot run is not a provider that answers.
+    let out = repo
+        .cmd()
+        .args(["doctor", "--json"])
+        .env("BD_MODEL_KEY", KEY)
+        .env("BOXDELEGATE_BASE_IMAGE", "boxdelegate/no-such-base:none")
+        .output()
+        .unwrap();
+    let problems = final_json(&out.stdout)["problems"].to_string();
+    assert!(
+        problems.contains("could not try the model provider"),
+        "{problems}"
+    );
     // No probe container is left.
     let left = docker(&[
         "ps",
@@ -767,4 +780,53 @@ fn doctor_tells_whether_the_model_provider_answers_from_the_agents_network() {
         "label=boxdelegate.kind=doctor-probe",
     ]);
     assert!(left.trim().is_empty(), "{left}");
+}
+
+/// A configuration the model gateway cannot serve is refused before anything runs, naming the
+/// key, and never printing the credential; the repository is as it was.
+#[test]
+fn a_gateway_it_cannot_serve_is_refused_before_anything_runs() {
+    let repo = TestRepo::with_project("codex-gateway-bad");
+    repo.unit("u", "scope = [\"src/**\"]", "Anything.");
+    let key_with_space = "sk-half key-canary";
+    let cases: [(&str, &str, &str); 3] = [
+        (
+            "network = \"none\"\ngateway = true\n",
+            KEY,
+            "gateway applies only to kind = \"codex\" with network = \"proxy\"",
+        ),
+        (
+            "network = \"proxy\"\n",
+            key_with_space,
+            "holds a space, a quote, a backslash or a control character",
+        ),
+        (
+            "network = \"proxy\"\n[agent.provider]\nname = \"p\"\nbase_url = \"http://models.internal/v$1\"\nenv_key = \"CODEX_API_KEY\"\n",
+            KEY,
+            "the model gateway cannot forward to",
+        ),
+    ];
+    for (agent, key, want) in cases {
+        repo.write(
+            "boxdelegate.toml",
+            &format!("[project]\nprofile = \"test\"\n\n[agent]\nkind = \"codex\"\nenv = [\"CODEX_API_KEY\"]\n{agent}"),
+        );
+        repo.commit("config");
+        let before = repo.host_state();
+        let out = repo
+            .cmd()
+            .args(["run", "--unit", "u"])
+            .env("CODEX_API_KEY", key)
+            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(3), "{agent}: {err}");
+        assert!(
+            err.contains(want) && err.contains("hint:"),
+            "{agent}: {err}"
+        );
+        assert!(!err.contains(key) && !stdout(&out).contains(key), "{err}");
+        assert_eq!(repo.host_state(), before, "{agent}: the repository changed");
+    }
 }

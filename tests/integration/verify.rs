@@ -886,8 +886,39 @@ fn bad_verify_inputs_fail_before_the_engine_and_change_nothing() {
     )
     .unwrap();
 
+    // Commits whose trailers name a record this repository lacks, or no sha256 at all.
+    let forge = |branch: &str, record: &str| {
+        let tree = repo.git(&["rev-parse", "HEAD^{tree}"]);
+        let commit = repo.git(&[
+            "commit-tree",
+            &tree,
+            "-p",
+            "HEAD",
+            "-m",
+            &format!("forged\n\nBoxdelegate-Unit: u\nBoxdelegate-Record: {record}"),
+        ]);
+        repo.git(&["update-ref", &format!("refs/heads/{branch}"), &commit]);
+    };
+    forge("missing-record", &format!("sha256:{}", "a".repeat(64)));
+    forge("odd-record", "sha256:../../etc/passwd");
     let before = repo.host_state();
     let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--replay".into(), "HEAD".into()],
+            "was not landed by boxdelegate",
+        ),
+        (
+            vec!["--replay".into(), "no-such-branch".into()],
+            "is neither a record file nor a commit",
+        ),
+        (
+            vec!["--replay".into(), "missing-record".into()],
+            "is not among this repository's records",
+        ),
+        (
+            vec!["--replay".into(), "odd-record".into()],
+            "which is not a sha256:<hex> name",
+        ),
         (
             vec!["--commit".into(), "no-such-rev".into()],
             "unknown revision \"no-such-rev\"",
