@@ -5,6 +5,7 @@
 //! May not: read what the agent wrote (that is `judge`'s, through extraction), or trust the agent's
 //! exit code for what changed.
 
+use super::holder;
 use super::ledger::{update_attempt, Ctx};
 use super::plan::{AgentNetwork, AgentPlan, Planned};
 use super::resume::unix_now;
@@ -47,7 +48,14 @@ pub(super) async fn start_agent(
         ])
         .await?
     {
-        if let Some(c) = c.id {
+        // Not the agent's network holder, which may be made ahead of the attempt (a stale one
+        // is replaced when it is made).
+        let holder = c
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::KIND))
+            .is_some_and(|k| k == holder::KIND);
+        if let (Some(c), false) = (c.id, holder) {
             ctx.engine.remove_container(&c).await?;
         }
     }
@@ -117,19 +125,30 @@ pub(super) async fn start_agent(
                 },
                 Some(name),
             ) => {
-                crate::proxy::start(
-                    ctx.engine,
-                    name,
-                    attempt_labels.clone(),
-                    egress,
-                    allow,
-                    gateway.as_ref(),
-                )
-                .await?;
+                crate::proxy::create_network(ctx.engine, name, attempt_labels.clone()).await?;
+                // The proxy starts while the agent's holder joins its network.
+                let (proxy_started, holder) = tokio::join!(
+                    crate::proxy::start_on(
+                        ctx.engine,
+                        name,
+                        attempt_labels.clone(),
+                        egress,
+                        allow,
+                        gateway.as_ref(),
+                    ),
+                    ctx.holders
+                        .take(ctx.engine, ctx.image, name, ctx.run_id, id, a.n),
+                );
+                let holder = holder?;
+                proxy_started?;
                 env.extend(crate::proxy::agent_env());
-                name.clone()
+                holder::mode(&holder)
             }
-            (AgentNetwork::Engine(n), _) => n.clone(),
+            (AgentNetwork::Engine(n), _) => holder::mode(
+                &ctx.holders
+                    .take(ctx.engine, ctx.image, n, ctx.run_id, id, a.n)
+                    .await?,
+            ),
             _ => "none".into(),
         });
         if let Some(tool) = &spec.tool_image {
@@ -197,6 +216,7 @@ pub(super) async fn start_agent(
     let container = match started {
         Ok(c) => c,
         Err(e) => {
+            let _ = holder::remove(ctx.engine, ctx.run_id, id, a.n).await;
             if let Some(name) = &proxy {
                 let _ = crate::proxy::stop(ctx.engine, name).await;
             }
@@ -504,6 +524,10 @@ pub(super) async fn watch_agent(
             None
         }
     };
+    // The agent is done with its network: its holder goes (before the proxy's network).
+    if plan.network != AgentNetwork::None {
+        holder::remove(ctx.engine, ctx.run_id, id, a.n).await?;
+    }
     let refused = match &plan.network {
         AgentNetwork::Proxy { .. } => {
             let name = crate::proxy::name(ctx.run_id, id, a.n);

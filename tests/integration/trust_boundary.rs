@@ -537,3 +537,132 @@ lint = "cat /deps/fetched.txt"
     ]);
     assert!(left.trim().is_empty(), "{left}");
 }
+
+/// An agent given an engine network joins it through a holder container (made ahead, so the
+/// agent starts as fast as one without a network): the agent reaches what that network
+/// reaches, in the holder's namespace; the holder is hardened, on that network only, and gone
+/// with the run.
+#[test]
+fn an_agent_on_an_engine_network_reaches_it_through_a_holder_that_goes_with_it() {
+    use std::io::{BufRead, BufReader, Write};
+    let net = crate::codex::Network::create("holder");
+    let listener = std::net::TcpListener::bind((net.gateway, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let unit = format!("holder-{}", std::process::id());
+    let repo = TestRepo::with_project("holder-net");
+    let agent = format!(
+        "bash -c 'exec 3<>/dev/tcp/{}/{port} && echo hello >&3 && read -r r <&3 && echo \"$r\" > src/reached.txt'",
+        net.gateway
+    );
+    repo.write(
+        "boxdelegate.toml",
+        &format!(
+            "[project]\nprofile = \"test\"\n\n[agent]\nretries = 0\nkind = \"command\"\ncommand = {}\nnetwork = \"{}\"\n\n[run]\ninfra_retries = 0\n",
+            toml_string(&agent),
+            net.name
+        ),
+    );
+    repo.unit(&unit, "scope = [\"src/**\"]", "Say what you reached.");
+    repo.commit("unit");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(&conn).read_line(&mut line).unwrap();
+        tx.send(line).unwrap();
+        conn
+    });
+    let child = repo
+        .cmd()
+        .args(["run", "--json", "--unit", &unit])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While the agent holds its connection open: its containers, as the engine has them.
+    let mut child = child;
+    let Ok(hello) = rx.recv_timeout(std::time::Duration::from_secs(120)) else {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "the agent never reached the test's server on its network: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    assert_eq!(hello.trim(), "hello");
+    let of_kind = |kind: &str| {
+        docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=boxdelegate.unit={unit}"),
+            "--filter",
+            &format!("label=boxdelegate.kind={kind}"),
+        ])
+    };
+    let holder = of_kind("network");
+    assert_eq!(holder.lines().count(), 1, "one holder: {holder:?}");
+    let inspect = |id: &str, format: &str| docker(&["inspect", "--format", format, id]);
+    let h = holder.trim();
+    assert_eq!(inspect(h, "{{.HostConfig.NetworkMode}}").trim(), net.name);
+    assert_eq!(
+        inspect(
+            h,
+            "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}"
+        )
+        .trim(),
+        net.name,
+        "the holder is on the agent's network only"
+    );
+    assert_eq!(
+        inspect(
+            h,
+            "{{.HostConfig.CapDrop}} {{.HostConfig.ReadonlyRootfs}} {{.Config.User}}"
+        )
+        .trim(),
+        "[ALL] true 65534:65534"
+    );
+    let agent = of_kind("agent");
+    let mode = inspect(agent.trim(), "{{.HostConfig.NetworkMode}}");
+    let holder_id = inspect(h, "{{.Id}}");
+    let holder_name = inspect(h, "{{.Name}}");
+    assert!(
+        [
+            format!("container:{}", holder_id.trim()),
+            format!("container:{}", holder_name.trim().trim_start_matches('/'))
+        ]
+        .contains(&mode.trim().to_string()),
+        "the agent is in the holder's namespace: {mode}"
+    );
+    let mut conn = server.join().unwrap();
+    conn.write_all(b"reached\n").unwrap();
+    drop(conn);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let last: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or("null"),
+    )
+    .unwrap();
+    let (code, units) = (
+        out.status.code().unwrap(),
+        last["units"].as_array().cloned().unwrap_or_default(),
+    );
+    assert_eq!(code, 0, "{units:?} {err}");
+    assert_eq!(units[0]["status"], "landed", "{units:?}");
+    repo.remember_image(units[0]["unit_image"].as_str().unwrap());
+    assert_eq!(
+        repo.git(&["show", &format!("boxdelegate/{unit}:src/reached.txt")]),
+        "reached"
+    );
+    let left = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=boxdelegate.unit={unit}"),
+    ]);
+    assert_eq!(left.trim(), "", "containers left after the run");
+}
