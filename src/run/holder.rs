@@ -86,10 +86,13 @@ pub async fn remove(engine: &Engine, run_id: &str, unit: &str, attempt: u32) -> 
     engine.remove_container(&name(run_id, unit, attempt)).await
 }
 
+/// A holder being made: its network, and the task making it.
+type Making = (String, tokio::task::JoinHandle<Result<String>>);
+
 /// Holders being made ahead for the first attempts of a run's units, by unit.
 #[derive(Default)]
 pub struct Ahead {
-    pending: Mutex<HashMap<String, (String, tokio::task::JoinHandle<Result<String>>)>>,
+    pending: Mutex<HashMap<String, Making>>,
 }
 
 impl Ahead {
