@@ -36,7 +36,8 @@ pub async fn run_command(
             print_report(report);
         }
     }
-    Ok(crate::run::exit_code(&outcome.results))
+    let breaker = outcome.report.as_ref().is_some_and(|r| r.breaker.is_some());
+    Ok(crate::run::exit_code(&outcome.results, breaker))
 }
 
 fn print_report(r: &crate::run::RunReport) {

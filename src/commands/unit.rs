@@ -85,7 +85,7 @@ pub fn unit_command(global: &GlobalArgs, cmd: UnitCommand) -> Result<i32> {
                 Some(tree) => snapshot::list_tree(&project.repo, tree)?,
                 None => vec![],
             };
-            let mut first_error = None;
+            let mut invalid = 0;
             for id in ids {
                 match unit::load(root, dir, &id) {
                     Ok(u) => {
@@ -96,6 +96,11 @@ pub fn unit_command(global: &GlobalArgs, cmd: UnitCommand) -> Result<i32> {
                             .count();
                         let prompt = u.prompt().len();
                         let mut warnings = Vec::new();
+                        // A scope glob that matches nothing at HEAD: right for files the unit
+                        // creates, and the sign of a typo otherwise; said, never a quiet ok.
+                        for g in globs.scope.unmatched(files.iter().map(|e| e.path())) {
+                            warnings.push(format!("scope {g:?} matches no file at HEAD: right if the unit creates files there, else check it for a typo"));
+                        }
                         if in_scope > unit::MAX_SCOPE_FILES {
                             warnings.push(format!("{in_scope} files in scope (more than {}): small, focused units are cheaper and succeed more often; consider splitting it", unit::MAX_SCOPE_FILES));
                         }
@@ -112,15 +117,20 @@ pub fn unit_command(global: &GlobalArgs, cmd: UnitCommand) -> Result<i32> {
                         }
                     }
                     Err(e) => {
+                        // Said once, here; the command's own error only counts them.
                         println!("{id}: error: {e}");
-                        first_error.get_or_insert(e);
+                        invalid += 1;
                     }
                 }
             }
-            match first_error {
-                Some(e) => Err(e),
-                None => Ok(exit::OK),
+            if invalid > 0 {
+                return Err(Error::config_hint(
+                    dir,
+                    format!("{invalid} unit file(s) invalid (listed above)"),
+                    "fix each as its line says; docs/configuration.md lists every key of a unit",
+                ));
             }
+            Ok(exit::OK)
         }
     }
 }

@@ -130,6 +130,22 @@ impl Globs {
     pub fn is_match(&self, path: &Path) -> bool {
         self.set.is_match(path)
     }
+
+    /// The patterns that match none of `paths`.
+    pub fn unmatched<'p>(&self, paths: impl IntoIterator<Item = &'p Path>) -> Vec<&str> {
+        let mut hit = vec![false; self.patterns.len()];
+        for p in paths {
+            for i in self.set.matches(p) {
+                hit[i] = true;
+            }
+        }
+        self.patterns
+            .iter()
+            .zip(hit)
+            .filter(|(_, h)| !h)
+            .map(|(p, _)| p.as_str())
+            .collect()
+    }
 }
 
 /// A unit's globs, compiled.

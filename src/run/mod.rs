@@ -583,8 +583,10 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
 /// The process exit code for a set of results: 0 when every unit landed (now or before);
 /// [`exit::BREAKER`] when the circuit breaker skipped units; else the code of the first unit
 /// that did not land.
-pub fn exit_code(results: &[UnitResult]) -> i32 {
-    if results.iter().any(|r| r.status == Status::Skipped) {
+pub fn exit_code(results: &[UnitResult], breaker_opened: bool) -> i32 {
+    // The breaker's own code whether or not units were left to skip (one unit, or the last):
+    // the same cause says the same thing.
+    if breaker_opened || results.iter().any(|r| r.status == Status::Skipped) {
         return exit::BREAKER;
     }
     results
@@ -625,6 +627,12 @@ mod tests {
             r(Status::Conflict, 0, false),
             r(Status::Skipped, 0, false),
         ];
+        // The breaker's code when it opened, with units left to skip or not.
+        assert_eq!(exit_code(&results, false), exit::BREAKER);
+        let one = [r(Status::InfraError, 0, false)];
+        assert_eq!(exit_code(&one, false), exit::INFRA);
+        assert_eq!(exit_code(&one, true), exit::BREAKER);
+        assert_eq!(exit_code(&results[..3], false), exit::OK);
         let report = RunReport::new("r", false, 2, &results);
         assert_eq!(
             (

@@ -99,7 +99,18 @@ fn unit_new_ls_and_check() {
         text.contains("wide: warning: 9 files in scope (more than 6)"),
         "{text}"
     );
-    // A broken unit fails the check with its reason.
+    // A scope glob that matches nothing is said, not passed as ok.
+    repo.write(
+        "units/typo.md",
+        "+++\nid = \"typo\"\ntitle = \"t\"\nscope = [\"scr/**\"]\n+++\nx\n",
+    );
+    let out = repo.cmd().args(["unit", "check", "typo"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        "typo: warning: scope \"scr/**\" matches no file at HEAD: right if the unit creates files there, else check it for a typo"
+    );
+    // A broken unit fails the check with its reason, said once.
     repo.write("units/bad.md", "+++\nid = \"bad\"\n+++\nx\n");
     let out = repo.cmd().args(["unit", "check", "bad"]).output().unwrap();
     assert_eq!(out.status.code(), Some(3));
@@ -107,6 +118,12 @@ fn unit_new_ls_and_check() {
         stdout(&out).contains("bad: error: units/bad.md"),
         "{}",
         stdout(&out)
+    );
+    assert!(!stderr(&out).contains("units/bad.md"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("1 unit file(s) invalid (listed above)"),
+        "{}",
+        stderr(&out)
     );
 }
 
