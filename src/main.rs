@@ -74,16 +74,28 @@ fn main() {
                 }
             },
             _ = tokio::signal::ctrl_c() => {
-                eprintln!("interrupted: removing the containers this command started");
+                // The live display first off the screen, so what follows reads.
+                output::clear_live();
+                eprintln!("interrupted (Ctrl-C): removing the containers this command started");
                 if let Some(engine) = engine::current() {
                     engine.cleanup().await;
                 }
+                let removed = "the containers this command started were removed";
+                let stopped = run::interrupted().unwrap_or_default();
+                eprintln!("interrupted: {removed}");
+                for line in &stopped {
+                    eprintln!("{line}");
+                }
                 if json {
-                    print_error_json(
-                        exit::INTERRUPTED,
-                        "interrupted (Ctrl-C); the containers this command started were removed",
-                        Some("run the same command again: an interrupted run resumes"),
-                    );
+                    let hint = match stopped.last() {
+                        Some(l) => l.clone(),
+                        None => "run the same command again: an interrupted run resumes".into(),
+                    };
+                    let error = match stopped.first() {
+                        Some(l) => format!("interrupted (Ctrl-C); {removed}; {l}"),
+                        None => format!("interrupted (Ctrl-C); {removed}"),
+                    };
+                    print_error_json(exit::INTERRUPTED, &error, Some(&hint));
                 }
                 exit::INTERRUPTED
             }

@@ -187,7 +187,10 @@ fn print_run(j: &Journal, state: &str, holder: Option<&str>, containers: Option<
             .result
             .as_ref()
             .map(|r| format!("{}: {}", label(r.status), r.message))
-            .unwrap_or_else(|| label(u.phase));
+            .unwrap_or_else(|| match state {
+                "interrupted" => format!("{} (interrupted)", label(u.phase)),
+                _ => label(u.phase),
+            });
         println!("  {:<20} {status}", u.id);
         for a in &u.attempts {
             println!(
@@ -209,7 +212,13 @@ fn print_run(j: &Journal, state: &str, holder: Option<&str>, containers: Option<
                 a.container
                     .as_deref()
                     .filter(|_| a.phase != journal::AttemptPhase::Done)
-                    .map(|c| format!(", container {}", short(c)))
+                    .map(|c| {
+                        // The journal's last word against the engine's: a container an
+                        // interrupt (or anyone) removed is not running.
+                        let gone = containers
+                            .is_some_and(|list| !list.iter().any(|l| l.id.starts_with(c) || c.starts_with(&l.id)));
+                        format!(", container {}{}", short(c), if gone { " (removed)" } else { "" })
+                    })
                     .unwrap_or_default()
             );
         }

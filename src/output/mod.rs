@@ -6,7 +6,7 @@
 
 mod progress;
 
-pub use progress::{JsonLines, Reporter, Silent, Terminal};
+pub use progress::{clear_live, JsonLines, Reporter, Silent, Terminal};
 
 use crate::error::{Error, Result};
 

@@ -51,10 +51,23 @@ struct Live {
     units: Mutex<HashMap<String, ProgressBar>>,
 }
 
+/// The live display of this process, so an interrupt can take it off the screen before it
+/// says what it stopped (the display's owner is dropped mid-draw then, never finished).
+static LIVE: Mutex<Option<MultiProgress>> = Mutex::new(None);
+
+/// Clears the live display, if any, and keeps it from drawing again.
+pub fn clear_live() {
+    if let Some(multi) = LIVE.lock().expect("poisoned").take() {
+        let _ = multi.clear();
+        multi.set_draw_target(ProgressDrawTarget::hidden());
+    }
+}
+
 impl Terminal {
     pub fn new(verbose: bool) -> Terminal {
         let live = std::io::stderr().is_terminal().then(|| {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+            *LIVE.lock().expect("poisoned") = Some(multi.clone());
             let overall = multi.add(ProgressBar::new_spinner());
             overall.set_style(
                 ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")

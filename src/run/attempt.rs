@@ -48,14 +48,7 @@ pub(super) async fn start_agent(
         ])
         .await?
     {
-        // Not the agent's network holder, which may be made ahead of the attempt (a stale one
-        // is replaced when it is made).
-        let holder = c
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(labels::KIND))
-            .is_some_and(|k| k == holder::KIND);
-        if let (Some(c), false) = (c.id, holder) {
+        if let Some(c) = c.id {
             ctx.engine.remove_container(&c).await?;
         }
     }
@@ -136,19 +129,14 @@ pub(super) async fn start_agent(
                         allow,
                         gateway.as_ref(),
                     ),
-                    ctx.holders
-                        .take(ctx.engine, ctx.image, name, ctx.run_id, id, a.n),
+                    holder::create(ctx.engine, ctx.image, name, ctx.run_id, id, a.n),
                 );
                 let holder = holder?;
                 proxy_started?;
                 env.extend(crate::proxy::agent_env());
                 holder::mode(&holder)
             }
-            (AgentNetwork::Engine(n), _) => holder::mode(
-                &ctx.holders
-                    .take(ctx.engine, ctx.image, n, ctx.run_id, id, a.n)
-                    .await?,
-            ),
+            (AgentNetwork::Engine(n), _) => n.clone(),
             _ => "none".into(),
         });
         if let Some(tool) = &spec.tool_image {
@@ -216,8 +204,8 @@ pub(super) async fn start_agent(
     let container = match started {
         Ok(c) => c,
         Err(e) => {
-            let _ = holder::remove(ctx.engine, ctx.run_id, id, a.n).await;
             if let Some(name) = &proxy {
+                let _ = holder::remove(ctx.engine, ctx.run_id, id, a.n).await;
                 let _ = crate::proxy::stop(ctx.engine, name).await;
             }
             return Err(e);
@@ -455,6 +443,9 @@ pub(super) async fn watch_agent(
                             activity_sink(&a.status_line());
                             continue;
                         }
+                    } else if !line.trim().is_empty() {
+                        // Any other agent: its last line of output is what it is doing.
+                        activity_sink(line.trim());
                     }
                     sink(&line);
                 }
@@ -524,12 +515,11 @@ pub(super) async fn watch_agent(
             None
         }
     };
-    // The agent is done with its network: its holder goes (before the proxy's network).
-    if plan.network != AgentNetwork::None {
-        holder::remove(ctx.engine, ctx.run_id, id, a.n).await?;
-    }
     let refused = match &plan.network {
         AgentNetwork::Proxy { .. } => {
+            // The agent is done with its network: its holder goes, then the proxy and the
+            // network.
+            holder::remove(ctx.engine, ctx.run_id, id, a.n).await?;
             let name = crate::proxy::name(ctx.run_id, id, a.n);
             crate::proxy::stop(ctx.engine, &name)
                 .await?

@@ -33,8 +33,6 @@ pub(super) struct Ctx<'a> {
     pub(super) run_dir: &'a Path,
     pub(super) reporter: &'a dyn Reporter,
     pub(super) journal: &'a crate::state::journal::Live,
-    /// The agents' network holders made ahead (see `holder`).
-    pub(super) holders: &'a super::holder::Ahead,
     pub(super) policy: Policy,
     /// Whether the engine caps a container's writable layer itself.
     pub(super) disk_quota: bool,

@@ -289,295 +289,296 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
         None => find_unfinished(&state, &request)?,
     };
     let resumed = resume.is_some();
-    let run_id = match &resume {
-        Some(j) => j.run_id.clone(),
-        None => new_run_id(),
+    let snapshot_started = Instant::now();
+    let snapshot = match &resume {
+        Some(j) => {
+            reporter.phase(&format!(
+                "resuming run {} (snapshot {})",
+                j.run_id,
+                short(&j.snapshot_tree)
+            ));
+            Snapshot {
+                commit: j.snapshot_commit.clone(),
+                tree: j.snapshot_tree.clone(),
+                dirty: false,
+            }
+        }
+        None => Snapshot::take(&project.repo, args.include_dirty)?,
     };
-    // The agents' networks are joined while the snapshot is taken and the images checked: the
-    // first attempts of the units that start first (see `holder`).
-    let holders = holder::Ahead::default();
-    if !resumed {
-        let first = args.jobs.or(project.config.run.jobs).unwrap_or(4).max(1);
-        for p in planned.iter().take(first) {
-            if let Some(AgentNetwork::Engine(n)) = p.agents.first().map(|a| &a.network) {
-                holders.start(&engine, &images::base_image(), n, &run_id, &p.unit.meta.id);
-            }
-        }
-    }
-    // The holders made ahead that no attempt took go, whatever became of the run.
-    let outcome = async {
-        let snapshot_started = Instant::now();
-        let snapshot = match &resume {
-            Some(j) => {
-                reporter.phase(&format!(
-                    "resuming run {} (snapshot {})",
-                    j.run_id,
-                    short(&j.snapshot_tree)
-                ));
-                Snapshot {
-                    commit: j.snapshot_commit.clone(),
-                    tree: j.snapshot_tree.clone(),
-                    dirty: false,
-                }
-            }
-            None => Snapshot::take(&project.repo, args.include_dirty)?,
-        };
-        let entries = snapshot::list_tree(&project.repo, &snapshot.tree)?;
-        // The agents' view: without the hidden acceptance tests of any unit of the run.
-        let hidden: Vec<String> = planned
-            .iter()
-            .flat_map(|p| p.hidden.patterns.iter().cloned())
-            .collect();
-        let hidden = crate::config::unit::Globs::new(&hidden)
-            .map_err(|(g, e)| Error::Internal(format!("hidden glob {g:?}: {e}")))?;
-        let agent_view = Snapshot {
-            tree: snapshot::without(&project.repo, &snapshot.tree, &entries, &hidden)?,
-            ..snapshot.clone()
-        };
-        let agent_entries = if agent_view.tree == snapshot.tree {
-            entries.clone()
-        } else {
-            snapshot::list_tree(&project.repo, &agent_view.tree)?
-        };
-        let snapshot_ms = crate::timings::since(snapshot_started);
-        let images_started = Instant::now();
-        let (deps, _, unit_image) = crate::images::ensure_images(
-            &engine,
-            project,
-            &agent_view,
-            &agent_entries,
-            true,
-            reporter,
-        )
-        .await?;
-        let run_timings = crate::timings::RunTimings {
-            snapshot_ms,
-            images_ms: crate::timings::since(images_started),
-        };
-        let journal = match resume {
-            Some(mut j) => {
-                // A unit of the interrupted run that landed since (another run delegated it) is
-                // not delegated again: its attempts end, their containers go with the run's
-                // abandoned ones.
-                if !j.request.rerun {
-                    let run_id = j.run_id.clone();
-                    for p in &planned {
-                        let u = j.unit_mut(&p.unit.meta.id);
-                        if u.phase == UnitPhase::Done || u.landing.is_some() {
-                            continue;
-                        }
-                        if let Some(commit) = landed_before(p)? {
-                            for a in &mut u.attempts {
-                                a.phase = crate::state::journal::AttemptPhase::Done;
-                            }
-                            u.phase = UnitPhase::Done;
-                            u.result =
-                                Some(already_landed(p, &commit, &snapshot, &run_id, reporter));
-                        }
-                    }
-                }
-                j
-            }
-            None => {
-                let mut units = Vec::new();
+    let entries = snapshot::list_tree(&project.repo, &snapshot.tree)?;
+    // The agents' view: without the hidden acceptance tests of any unit of the run.
+    let hidden: Vec<String> = planned
+        .iter()
+        .flat_map(|p| p.hidden.patterns.iter().cloned())
+        .collect();
+    let hidden = crate::config::unit::Globs::new(&hidden)
+        .map_err(|(g, e)| Error::Internal(format!("hidden glob {g:?}: {e}")))?;
+    let agent_view = Snapshot {
+        tree: snapshot::without(&project.repo, &snapshot.tree, &entries, &hidden)?,
+        ..snapshot.clone()
+    };
+    let agent_entries = if agent_view.tree == snapshot.tree {
+        entries.clone()
+    } else {
+        snapshot::list_tree(&project.repo, &agent_view.tree)?
+    };
+    let snapshot_ms = crate::timings::since(snapshot_started);
+    let images_started = Instant::now();
+    let (deps, _, unit_image) = crate::images::ensure_images(
+        &engine,
+        project,
+        &agent_view,
+        &agent_entries,
+        true,
+        reporter,
+    )
+    .await?;
+    let run_timings = crate::timings::RunTimings {
+        snapshot_ms,
+        images_ms: crate::timings::since(images_started),
+    };
+    let journal = match resume {
+        Some(mut j) => {
+            // A unit of the interrupted run that landed since (another run delegated it) is
+            // not delegated again: its attempts end, their containers go with the run's
+            // abandoned ones.
+            if !j.request.rerun {
+                let run_id = j.run_id.clone();
                 for p in &planned {
-                    let mut entry = crate::state::journal::UnitEntry {
-                        id: p.unit.meta.id.clone(),
-                        phase: UnitPhase::Pending,
-                        attempts: vec![],
-                        landing: None,
-                        result: None,
-                    };
+                    let u = j.unit_mut(&p.unit.meta.id);
+                    if u.phase == UnitPhase::Done || u.landing.is_some() {
+                        continue;
+                    }
                     if let Some(commit) = landed_before(p)? {
-                        entry.phase = UnitPhase::Done;
-                        entry.result =
-                            Some(already_landed(p, &commit, &snapshot, &run_id, reporter));
+                        for a in &mut u.attempts {
+                            a.phase = crate::state::journal::AttemptPhase::Done;
+                        }
+                        u.phase = UnitPhase::Done;
+                        u.result = Some(already_landed(p, &commit, &snapshot, &run_id, reporter));
                     }
-                    units.push(entry);
-                }
-                crate::state::journal::Journal {
-                    schema: crate::state::journal::SCHEMA,
-                    run_id,
-                    started_at: unix_now() as u64,
-                    finished_at: None,
-                    request: request.clone(),
-                    snapshot_commit: snapshot.commit.clone(),
-                    snapshot_tree: snapshot.tree.clone(),
-                    unit_image: Some(unit_image.image.clone()),
-                    breaker: None,
-                    consecutive_infra: 0,
-                    units,
                 }
             }
-        };
-        let run_id = journal.run_id.clone();
-        let run_dir = crate::state::journal::runs_dir(&state).join(&run_id);
-        crate::state::create_private_dir(&run_dir)?;
-        let live = crate::state::journal::Live::new(&run_dir, journal)?;
-        if !resumed {
-            reporter.phase(&format!(
-                "run {run_id}: {} unit(s) from snapshot {}",
-                planned.len(),
-                short(&snapshot.tree)
-            ));
-            crate::failpoint::hit("run-created");
+            j
         }
-        let todo: Vec<&Planned> = planned
-            .iter()
-            .filter(|p| live.read(|j| j.unit(&p.unit.meta.id).phase) != UnitPhase::Done)
-            .collect();
-        reporter.units(
-            &todo
-                .iter()
-                .map(|p| p.unit.meta.id.clone())
-                .collect::<Vec<_>>(),
-        );
-        // What the agents need beyond the unit image: the codex image, their networks.
-        let mut versions: Vec<&str> = todo
-            .iter()
-            .flat_map(|p| p.agents.iter().filter_map(|a| a.agent.codex_version()))
-            .collect();
-        versions.sort();
-        versions.dedup();
-        for v in versions {
-            crate::agent::codex::ensure_image(&engine, v, None, reporter).await?;
-            crate::agent::codex::ensure_volume(&engine, v).await?;
-        }
-        let proxied = todo
-            .iter()
-            .flat_map(|p| p.agents.iter())
-            .any(|a| matches!(a.network, AgentNetwork::Proxy { .. }));
-        if proxied {
-            images::ensure_proxy(&engine, reporter).await?;
-        }
-        if resumed {
-            remove_abandoned(&engine, &live, &run_id).await?;
-        }
-
-        let config = &project.config.run;
-        let jobs = match args.jobs.or(config.jobs) {
-            Some(j) => j.max(1),
-            None => {
-                let (cpus, memory) = engine.capacity().await?;
-                let per_unit = todo
-                    .first()
-                    .map(|p| p.limits.memory)
-                    .unwrap_or(4 << 30)
-                    .max(1);
-                cpus.min((memory / per_unit).max(1) as usize).clamp(1, 8)
-            }
-        };
-        let policy = Policy {
-            infra_retries: config.infra_retries.unwrap_or(DEFAULT_INFRA_RETRIES),
-            backoff: config.backoff.unwrap_or(DEFAULT_BACKOFF),
-            breaker: config.breaker.unwrap_or(DEFAULT_BREAKER),
-        };
-        if todo.len() > 1 {
-            reporter.phase(&format!(
-                "{} unit(s), {jobs} at a time; landing in unit order",
-                todo.len()
-            ));
-        }
-        let upper = crate::extract::upper::wanted()? && engine.upper_layers_local().await?;
-        let ctx = Ctx {
-            project,
-            engine: &engine,
-            snapshot: &snapshot,
-            agent_tree: &agent_view.tree,
-            agent_entries: &agent_entries,
-            hidden: &hidden,
-            image: &unit_image.image,
-            deps_key: &deps.key,
-            deps: &deps,
-            run_id: &run_id,
-            run_dir: &run_dir,
-            reporter,
-            journal: &live,
-            holders: &holders,
-            policy,
-            disk_quota: engine.supports_disk_quota().await,
-            upper,
-            watch_dirs: if upper {
-                None
-            } else {
-                crate::extract::watch::dirs_file(&agent_entries)
-            },
-        };
-
-        // Units work in parallel; each reports when it is done, and the lander takes them in
-        // unit order, so landing is serialized and ordered.
-        let mut senders = Vec::new();
-        let mut receivers = Vec::new();
-        for _ in &todo {
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            senders.push(Some(tx));
-            receivers.push(rx);
-        }
-        let senders = std::sync::Mutex::new(senders);
-        let failure: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
-        // How many units (in unit order) the lander is done with.
-        let landed = std::sync::atomic::AtomicUsize::new(0);
-        let workers = futures_util::stream::iter(todo.iter().enumerate()).for_each_concurrent(
-            jobs,
-            |(i, p)| {
-                let ctx = &ctx;
-                let senders = &senders;
-                let failure = &failure;
-                let landed = &landed;
-                let todo = &todo;
-                async move {
-                    if let Err(e) = work_unit(ctx, p).await {
-                        failure.lock().expect("poisoned").get_or_insert(e);
-                    }
-                    // Verified, but an earlier unit lands first: say so, rather than leave the
-                    // unit's line on "verifying".
-                    let ready =
-                        ctx.journal.read(|j| j.unit(&p.unit.meta.id).phase) == UnitPhase::Ready;
-                    let done = landed.load(std::sync::atomic::Ordering::SeqCst);
-                    if ready && done < i {
-                        ctx.reporter.unit(
-                            &p.unit.meta.id,
-                            &format!("passed; waiting to land after {}", todo[done].unit.meta.id),
-                        );
-                    }
-                    if let Some(tx) = senders.lock().expect("poisoned")[i].take() {
-                        let _ = tx.send(());
-                    }
+        None => {
+            let run_id = new_run_id();
+            let mut units = Vec::new();
+            for p in &planned {
+                let mut entry = crate::state::journal::UnitEntry {
+                    id: p.unit.meta.id.clone(),
+                    phase: UnitPhase::Pending,
+                    attempts: vec![],
+                    landing: None,
+                    result: None,
+                };
+                if let Some(commit) = landed_before(p)? {
+                    entry.phase = UnitPhase::Done;
+                    entry.result = Some(already_landed(p, &commit, &snapshot, &run_id, reporter));
                 }
-            },
-        );
-        let lander = async {
-            for (p, rx) in todo.iter().zip(receivers) {
-                let _ = rx.await;
-                if let Err(e) = land_unit(&ctx, p).await {
+                units.push(entry);
+            }
+            crate::state::journal::Journal {
+                schema: crate::state::journal::SCHEMA,
+                run_id,
+                started_at: unix_now() as u64,
+                finished_at: None,
+                request: request.clone(),
+                snapshot_commit: snapshot.commit.clone(),
+                snapshot_tree: snapshot.tree.clone(),
+                unit_image: Some(unit_image.image.clone()),
+                breaker: None,
+                consecutive_infra: 0,
+                units,
+            }
+        }
+    };
+    let run_id = journal.run_id.clone();
+    let run_dir = crate::state::journal::runs_dir(&state).join(&run_id);
+    crate::state::create_private_dir(&run_dir)?;
+    let live = crate::state::journal::Live::new(&run_dir, journal)?;
+    *CURRENT.lock().expect("poisoned") = Some((state.clone(), run_id.clone()));
+    if !resumed {
+        reporter.phase(&format!(
+            "run {run_id}: {} unit(s) from snapshot {}",
+            planned.len(),
+            short(&snapshot.tree)
+        ));
+        crate::failpoint::hit("run-created");
+    }
+    let todo: Vec<&Planned> = planned
+        .iter()
+        .filter(|p| live.read(|j| j.unit(&p.unit.meta.id).phase) != UnitPhase::Done)
+        .collect();
+    reporter.units(
+        &todo
+            .iter()
+            .map(|p| p.unit.meta.id.clone())
+            .collect::<Vec<_>>(),
+    );
+    // What the agents need beyond the unit image: the codex image, their networks.
+    let mut versions: Vec<&str> = todo
+        .iter()
+        .flat_map(|p| p.agents.iter().filter_map(|a| a.agent.codex_version()))
+        .collect();
+    versions.sort();
+    versions.dedup();
+    for v in versions {
+        crate::agent::codex::ensure_image(&engine, v, None, reporter).await?;
+        crate::agent::codex::ensure_volume(&engine, v).await?;
+    }
+    let proxied = todo
+        .iter()
+        .flat_map(|p| p.agents.iter())
+        .any(|a| matches!(a.network, AgentNetwork::Proxy { .. }));
+    if proxied {
+        images::ensure_proxy(&engine, reporter).await?;
+    }
+    if resumed {
+        remove_abandoned(&engine, &live, &run_id).await?;
+    }
+
+    let config = &project.config.run;
+    let jobs = match args.jobs.or(config.jobs) {
+        Some(j) => j.max(1),
+        None => {
+            let (cpus, memory) = engine.capacity().await?;
+            let per_unit = todo
+                .first()
+                .map(|p| p.limits.memory)
+                .unwrap_or(4 << 30)
+                .max(1);
+            cpus.min((memory / per_unit).max(1) as usize).clamp(1, 8)
+        }
+    };
+    let policy = Policy {
+        infra_retries: config.infra_retries.unwrap_or(DEFAULT_INFRA_RETRIES),
+        backoff: config.backoff.unwrap_or(DEFAULT_BACKOFF),
+        breaker: config.breaker.unwrap_or(DEFAULT_BREAKER),
+    };
+    if todo.len() > 1 {
+        reporter.phase(&format!(
+            "{} unit(s), {jobs} at a time; landing in unit order",
+            todo.len()
+        ));
+    }
+    let upper = crate::extract::upper::wanted()? && engine.upper_layers_local().await?;
+    let ctx = Ctx {
+        project,
+        engine: &engine,
+        snapshot: &snapshot,
+        agent_tree: &agent_view.tree,
+        agent_entries: &agent_entries,
+        hidden: &hidden,
+        image: &unit_image.image,
+        deps_key: &deps.key,
+        deps: &deps,
+        run_id: &run_id,
+        run_dir: &run_dir,
+        reporter,
+        journal: &live,
+        policy,
+        disk_quota: engine.supports_disk_quota().await,
+        upper,
+        watch_dirs: if upper {
+            None
+        } else {
+            crate::extract::watch::dirs_file(&agent_entries)
+        },
+    };
+
+    // Units work in parallel; each reports when it is done, and the lander takes them in
+    // unit order, so landing is serialized and ordered.
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in &todo {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        senders.push(Some(tx));
+        receivers.push(rx);
+    }
+    let senders = std::sync::Mutex::new(senders);
+    let failure: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
+    // How many units (in unit order) the lander is done with.
+    let landed = std::sync::atomic::AtomicUsize::new(0);
+    let workers =
+        futures_util::stream::iter(todo.iter().enumerate()).for_each_concurrent(jobs, |(i, p)| {
+            let ctx = &ctx;
+            let senders = &senders;
+            let failure = &failure;
+            let landed = &landed;
+            let todo = &todo;
+            async move {
+                if let Err(e) = work_unit(ctx, p).await {
                     failure.lock().expect("poisoned").get_or_insert(e);
                 }
-                landed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // Verified, but an earlier unit lands first: say so, rather than leave the
+                // unit's line on "verifying".
+                let ready = ctx.journal.read(|j| j.unit(&p.unit.meta.id).phase) == UnitPhase::Ready;
+                let done = landed.load(std::sync::atomic::Ordering::SeqCst);
+                if ready && done < i {
+                    ctx.reporter.unit(
+                        &p.unit.meta.id,
+                        &format!("passed; waiting to land after {}", todo[done].unit.meta.id),
+                    );
+                }
+                if let Some(tx) = senders.lock().expect("poisoned")[i].take() {
+                    let _ = tx.send(());
+                }
             }
-        };
-        tokio::join!(workers, lander);
-        if let Some(e) = failure.into_inner().expect("poisoned") {
-            return Err(e);
+        });
+    let lander = async {
+        for (p, rx) in todo.iter().zip(receivers) {
+            let _ = rx.await;
+            if let Err(e) = land_unit(&ctx, p).await {
+                failure.lock().expect("poisoned").get_or_insert(e);
+            }
+            landed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
-
-        let results: Vec<UnitResult> =
-            live.read(|j| j.units.iter().filter_map(|u| u.result.clone()).collect());
-        let mut report = RunReport::new(&run_id, resumed, jobs, &results);
-        report.breaker = live.read(|j| j.breaker.clone());
-        report.wall_seconds = started.elapsed().as_secs_f64();
-        report.timings = run_timings;
-        live.update(|j| j.finished_at = Some(unix_now() as u64))?;
-        let json =
-            serde_json::to_vec_pretty(&report).map_err(|e| Error::Internal(e.to_string()))?;
-        crate::state::write_private(&run_dir.join("report.json"), &json)?;
-        Ok::<_, Error>(RunOutcome {
-            results,
-            report: Some(report),
-        })
+    };
+    tokio::join!(workers, lander);
+    if let Some(e) = failure.into_inner().expect("poisoned") {
+        return Err(e);
     }
-    .await;
-    holders.discard(&engine).await;
-    outcome
+
+    let results: Vec<UnitResult> =
+        live.read(|j| j.units.iter().filter_map(|u| u.result.clone()).collect());
+    let mut report = RunReport::new(&run_id, resumed, jobs, &results);
+    report.breaker = live.read(|j| j.breaker.clone());
+    report.wall_seconds = started.elapsed().as_secs_f64();
+    report.timings = run_timings;
+    live.update(|j| j.finished_at = Some(unix_now() as u64))?;
+    let json = serde_json::to_vec_pretty(&report).map_err(|e| Error::Internal(e.to_string()))?;
+    crate::state::write_private(&run_dir.join("report.json"), &json)?;
+    Ok(RunOutcome {
+        results,
+        report: Some(report),
+    })
+}
+
+/// The run this process works on (its state directory and id), for what an interrupt says.
+static CURRENT: std::sync::Mutex<Option<(std::path::PathBuf, String)>> =
+    std::sync::Mutex::new(None);
+
+/// What an interrupt stopped, from the journal as the run last wrote it: the run, its units that
+/// had not ended (and where each was), then how to go on (the last line). Lines fit 80
+/// columns but for long unit ids. `None` outside a run.
+pub fn interrupted() -> Option<Vec<String>> {
+    let (state, run_id) = CURRENT.lock().expect("poisoned").clone()?;
+    let j = crate::state::journal::load(&state, &run_id).ok()?;
+    let open: Vec<_> = j
+        .units
+        .iter()
+        .filter(|u| u.phase != UnitPhase::Done)
+        .collect();
+    let mut lines = vec![format!(
+        "stopped run {run_id}: {} of {} unit(s) had ended (their results stand)",
+        j.units.len() - open.len(),
+        j.units.len()
+    )];
+    for u in open {
+        lines.push(format!("  {}: {}", u.id, crate::output::label(u.phase)));
+    }
+    lines.push(format!("continue it with `boxdelegate resume {run_id}`"));
+    Some(lines)
 }
 
 /// The process exit code for a set of results: 0 when every unit landed (now or before);

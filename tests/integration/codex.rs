@@ -12,13 +12,13 @@ const KEY: &str = "sk-test-boxdelegate-0123456789abcdef";
 const OTHER_SECRET: &str = "other-secret-value-42424242";
 
 /// An internal network, removed when dropped.
-pub(crate) struct Network {
-    pub(crate) name: String,
-    pub(crate) gateway: std::net::IpAddr,
+struct Network {
+    name: String,
+    gateway: std::net::IpAddr,
 }
 
 impl Network {
-    pub(crate) fn create(salt: &str) -> Network {
+    fn create(salt: &str) -> Network {
         let name = format!("bd-test-{salt}-{}", std::process::id());
         let _ = Command::new("docker")
             .args(["network", "rm", &name])

@@ -220,8 +220,9 @@ fn run(bench: &Bench, repo: &Repo, ids: &[&str]) -> Result<(f64, Vec<Value>)> {
 }
 
 /// Codex units, one (several runs) and four at once: agent start (container create → codex's
-/// process started, and → its first model request), the warm overhead of a unit (its wall
-/// time less the agent's), and the wall time per unit at four.
+/// process started, and → its first model request) beside the command agent's on the same
+/// network, the warm overhead of a unit (its wall time less the agent's), and the wall time
+/// per unit at four.
 pub fn rows(bench: &Bench, repo: &Repo, m: &mut Metrics) -> Result<()> {
     eprintln!("bench: codex agent (scripted model answering at once)");
     let image = "boxdelegate/codex:0.163.0";
@@ -232,10 +233,29 @@ pub fn rows(bench: &Bench, repo: &Repo, m: &mut Metrics) -> Result<()> {
     let server = Server::start(net.gateway)?;
     let path = repo.dir.join("boxdelegate.toml");
     let original = std::fs::read(&path).context("reading the bench repository's config")?;
-    // The working tree's configuration (the snapshot stays the committed tree, so the unit
-    // image is the one the command agent's units used).
-    std::fs::write(&path, config(&net.name, &server))?;
     let measured = (|| -> Result<()> {
+        // The baseline: the command agent on the same network, so the comparison is of the
+        // agents (the network's join is the same for any agent that talks to a model).
+        let on_network = String::from_utf8_lossy(&original).replacen(
+            "[agent]\n",
+            &format!("[agent]\nnetwork = \"{}\"\n", net.name),
+            1,
+        );
+        std::fs::write(&path, on_network)?;
+        let mut command_start = vec![];
+        for i in 0..=bench.runs {
+            let (_, units) = run(bench, repo, &["p1"])?;
+            let started = units[0]["timings"]["agent_start_ms"]
+                .as_f64()
+                .context("run --json has no timings.agent_start_ms")?;
+            if i > 0 {
+                command_start.push(started);
+            }
+        }
+        m.put("command_network_start", Metric::ms(command_start));
+        // The working tree's configuration (the snapshot stays the committed tree, so the unit
+        // image is the one the command agent's units used).
+        std::fs::write(&path, config(&net.name, &server))?;
         let (mut start, mut first_request, mut overhead, mut wall) =
             (vec![], vec![], vec![], vec![]);
         for i in 0..=bench.runs {
