@@ -34,6 +34,16 @@ pub struct GlobalArgs {
     /// Format of diagnostic logs on stderr (RUST_LOG filters them).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Colour statuses: auto (on a terminal, unless NO_COLOR is set), always, never.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -57,6 +67,8 @@ pub enum Command {
         /// Write the deterministic tar stream to FILE ("-" for stdout).
         #[arg(long, value_name = "FILE")]
         tar: Option<PathBuf>,
+        /// Print JSON instead of text; the last line on stdout is the result object, or on
+        /// failure {"type": "error", …} (docs/json.md).
         #[arg(long)]
         json: bool,
     },
@@ -85,25 +97,35 @@ pub enum Command {
         wait: bool,
         #[command(flatten)]
         snap: SnapshotArgs,
+        /// Print JSON instead of text; the last line on stdout is the result object, or on
+        /// failure {"type": "error", …} (docs/json.md).
         #[arg(long)]
         json: bool,
     },
     /// Continue an interrupted run (the newest unfinished one, or RUN).
     Resume {
+        /// The run id (`boxdelegate status --all` lists them); default: the newest unfinished.
         run: Option<String>,
+        /// Units worked on at once (default: [run] jobs, else from the engine's CPUs and memory).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
         jobs: Option<u16>,
+        /// When another boxdelegate works on this repository, wait for it instead of refusing.
         #[arg(long)]
         wait: bool,
+        /// Print JSON instead of text; the last line on stdout is the result object, or on
+        /// failure {"type": "error", …} (docs/json.md).
         #[arg(long)]
         json: bool,
     },
     /// Show runs: units, phases, attempts, containers (the newest run, or RUN, or --all).
     Status {
+        /// The run id; default: the newest run.
         run: Option<String>,
         /// Every run, not only the newest.
         #[arg(long)]
         all: bool,
+        /// Print JSON instead of text; the last line on stdout is the result object, or on
+        /// failure {"type": "error", …} (docs/json.md).
         #[arg(long)]
         json: bool,
     },
@@ -115,6 +137,17 @@ pub enum Command {
         /// Also remove a run that is not finished, even with agent containers still running.
         #[arg(long)]
         force: bool,
+        /// Say what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only finished runs that started longer ago than this (e.g. 7d, 12h).
+        #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+        /// Keep the newest N finished runs.
+        #[arg(long, value_name = "N")]
+        keep: Option<usize>,
+        /// Print JSON instead of text; the last line on stdout is the result object, or on
+        /// failure {"type": "error", …} (docs/json.md).
         #[arg(long)]
         json: bool,
     },
@@ -127,25 +160,38 @@ pub enum Command {
     #[command(subcommand)]
     Unit(UnitCommand),
     /// Print the patch of a unit's last result.
-    Diff { unit: String },
+    Diff {
+        /// The unit id.
+        unit: String,
+    },
     /// Show a unit's last result.
     Show {
+        /// The unit id.
         unit: String,
+        /// Print JSON instead of text; the last line on stdout is the result object, or on
+        /// failure {"type": "error", …} (docs/json.md).
         #[arg(long)]
         json: bool,
     },
     /// Land a unit's kept result (after the same checks).
     Apply {
+        /// The unit id.
         unit: String,
+        /// Target branch (default: the one its run targeted, boxdelegate/<unit-id>).
         #[arg(long)]
         branch: Option<String>,
+        /// When another boxdelegate works on this repository, wait for it instead of refusing.
         #[arg(long)]
         wait: bool,
+        /// Print JSON instead of text; the last line on stdout is the result object, or on
+        /// failure {"type": "error", …} (docs/json.md).
         #[arg(long)]
         json: bool,
     },
     /// Check that everything boxdelegate needs is in place.
     Doctor {
+        /// Print JSON instead of text; the last line on stdout is the result object, or on
+        /// failure {"type": "error", …} (docs/json.md).
         #[arg(long)]
         json: bool,
     },
@@ -173,6 +219,7 @@ pub enum Command {
         after_help = "Install them, e.g.:\n  boxdelegate completions bash > ~/.local/share/bash-completion/completions/boxdelegate\n  boxdelegate completions zsh > \"${fpath[1]}/_boxdelegate\"\n  boxdelegate completions fish > ~/.config/fish/completions/boxdelegate.fish"
     )]
     Completions {
+        /// The shell.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -191,6 +238,7 @@ pub enum Command {
 pub enum UnitCommand {
     /// Scaffold units/<ID>.md (never overwrites).
     New {
+        /// The unit id (the file's name, letters, digits, `-`, `_`).
         id: String,
         /// Globs of the files the unit may change (repeatable).
         #[arg(long, required = true, num_args = 1..)]
@@ -198,11 +246,16 @@ pub enum UnitCommand {
     },
     /// List the units.
     Ls {
+        /// Print JSON instead of text; the last line on stdout is the result object, or on
+        /// failure {"type": "error", …} (docs/json.md).
         #[arg(long)]
         json: bool,
     },
     /// Validate one unit (or all) and warn about oversized ones.
-    Check { id: Option<String> },
+    Check {
+        /// One unit; default: every unit.
+        id: Option<String>,
+    },
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -231,6 +284,8 @@ pub enum ImageCommand {
         /// For `codex`: a local codex binary instead of the PyPI wheel (air-gapped sites).
         #[arg(long, value_name = "PATH")]
         codex_binary: Option<PathBuf>,
+        /// Print JSON instead of text; the last line on stdout is the result object, or on
+        /// failure {"type": "error", …} (docs/json.md).
         #[arg(long)]
         json: bool,
     },
@@ -244,6 +299,8 @@ pub enum ImageCommand {
     },
     /// List boxdelegate's images.
     Ls {
+        /// Print JSON instead of text; the last line on stdout is the result object, or on
+        /// failure {"type": "error", …} (docs/json.md).
         #[arg(long)]
         json: bool,
     },
@@ -261,12 +318,16 @@ pub enum ImageCommand {
     },
     /// Write every image the project needs to one file, for `image load` elsewhere.
     Save {
+        /// The file to write (mode 0600).
         output: PathBuf,
         #[command(flatten)]
         snap: SnapshotArgs,
     },
     /// Load images written by `image save`.
-    Load { input: PathBuf },
+    Load {
+        /// A file `image save` wrote.
+        input: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -42,6 +42,7 @@ fn main() {
     // With --json, the last line on stdout is one result object, an error's too.
     let json = std::env::args_os().any(|a| a == "--json");
     init_tracing(&cli.global);
+    output::set_color(cli.global.color);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

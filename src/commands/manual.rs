@@ -137,6 +137,8 @@ mod tests {
         let mut checked = 0;
         for (doc, text) in [
             ("README.md", include_str!("../../README.md")),
+            ("docs/usage.md", include_str!("../../docs/usage.md")),
+            ("docs/codex.md", include_str!("../../docs/codex.md")),
             (
                 "docs/integrations.md",
                 include_str!("../../docs/integrations.md"),

@@ -139,14 +139,27 @@ pub async fn run(cli: Cli) -> Result<i32> {
             let project = Project::open(global)?;
             status::status(&project, run, all, json).await
         }
-        Command::Clean { run, force, json } => {
+        Command::Clean {
+            run,
+            force,
+            dry_run,
+            older_than,
+            keep,
+            json,
+        } => {
             let project = Project::open(global)?;
             let _lock = crate::state::lock::RepoLock::acquire(
                 &crate::state::dir(&project.repo),
                 "clean",
                 false,
             )?;
-            status::clean(&project, run, force, json).await
+            let how = status::Clean {
+                force,
+                dry_run,
+                older_than,
+                keep,
+            };
+            status::clean(&project, run, how, json).await
         }
         Command::Unit(cmd) => unit::unit_command(global, cmd),
         Command::Diff { unit } => {

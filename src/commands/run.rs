@@ -41,8 +41,9 @@ pub async fn run_command(
 }
 
 fn print_report(r: &crate::run::RunReport) {
+    let width = crate::output::stdout_width();
     println!();
-    println!(
+    let line = format!(
         "run {}{}: {} unit(s): {} landed on the first attempt, {} after retries, {} by the fallback agent, {} already landed, {} failed, {} in conflict, {} skipped",
         r.run_id,
         if r.resumed { " (resumed)" } else { "" },
@@ -55,7 +56,8 @@ fn print_report(r: &crate::run::RunReport) {
         r.conflict,
         r.skipped
     );
-    println!(
+    println!("{}", crate::output::wrap(&line, width, 2));
+    let line = format!(
         "  wall time {:.1}s, agent time {:.1}s, {} job(s); tokens: {} input ({} cached), {} output{}",
         r.wall_seconds,
         r.agent_seconds,
@@ -67,8 +69,12 @@ fn print_report(r: &crate::run::RunReport) {
             .map(|c| format!("; cost ≈ ${c:.4}"))
             .unwrap_or_default()
     );
+    println!("{}", crate::output::wrap(&line, width, 4));
     if let Some(b) = &r.breaker {
-        println!("  circuit breaker open: {b}");
+        println!(
+            "{}",
+            crate::output::wrap(&format!("  circuit breaker open: {b}"), width, 4)
+        );
     }
 }
 
@@ -94,10 +100,12 @@ fn print_summary(results: &[crate::record::UnitResult]) {
         } else {
             r.unit.clone()
         };
+        let status = crate::output::label(r.status);
+        let pad = " ".repeat(14usize.saturating_sub(status.chars().count()));
         println!(
-            "{:<20} {:<14} {:>5} {:>5} {:>6.1}s {:>9} {:>9}",
+            "{:<20} {}{pad} {:>5} {:>5} {:>6.1}s {:>9} {:>9}",
             unit,
-            crate::output::label(r.status),
+            crate::output::status_styled(&status, false),
             r.attempts.len(),
             r.files_changed,
             r.seconds,
@@ -111,17 +119,45 @@ fn print_summary(results: &[crate::record::UnitResult]) {
     }
 }
 
+/// A result's file as a person would open it: its path (relative to the current directory
+/// when beneath it), or on a terminal too narrow for that path, the command that prints it
+/// (`--json` has every path).
+fn fitting(path: &std::path::Path, command: &str) -> String {
+    let shown = crate::output::shown_path(path);
+    match crate::output::stdout_width() {
+        Some(w) if shown.chars().count() + 9 > w => command.to_string(),
+        _ => shown,
+    }
+}
+
 pub fn print_result(r: &crate::record::UnitResult) {
     let status = crate::output::label(r.status);
     // The message, warnings, rejections and refused requests may quote the box (check output,
     // paths, URLs): made visible, never interpreted by the terminal.
     let v = crate::output::visible;
-    println!("{}: {status}: {}", r.unit, v(&r.message));
+    // Wrapped at words to the terminal, never cut.
+    let line = format!("{}: {status}: {}", r.unit, v(&r.message));
+    let line = crate::output::wrap(&line, crate::output::stdout_width(), 2);
+    let styled = format!(
+        "{}: {}",
+        r.unit,
+        crate::output::status_styled(&status, false)
+    );
+    println!(
+        "{}",
+        line.replacen(&format!("{}: {status}", r.unit), &styled, 1)
+    );
     if let Some(p) = &r.patch {
-        println!("  patch: {}", p.display());
+        println!(
+            "  patch: {}",
+            fitting(p, &format!("boxdelegate diff {}", r.unit))
+        );
     }
     if let Some(l) = &r.log {
-        println!("  log:   {}", l.display());
+        println!(
+            "  log:   {}",
+            fitting(l, &format!("boxdelegate logs {}", r.unit))
+        );
     }
     if let Some(u) = &r.usage {
         println!(
@@ -165,10 +201,17 @@ pub fn print_result(r: &crate::record::UnitResult) {
             println!("    {}", v(req));
         }
     }
+    let width = crate::output::stdout_width();
     for w in &r.warnings {
-        println!("  warning: {}", v(w));
+        println!(
+            "{}",
+            crate::output::wrap(&format!("  warning: {}", v(w)), width, 4)
+        );
     }
     for rej in &r.rejections {
-        println!("  - {}", v(&rej.to_string()));
+        println!(
+            "{}",
+            crate::output::wrap(&format!("  - {}", v(&rej.to_string())), width, 4)
+        );
     }
 }

@@ -173,7 +173,7 @@ fn print_run(j: &Journal, state: &str, holder: Option<&str>, containers: Option<
         j.run_id,
         match (state, holder) {
             ("running", Some(h)) => format!(" ({h})"),
-            ("interrupted", _) => " (continue it with `boxdelegate resume`)".into(),
+            ("interrupted", _) => " (`boxdelegate resume` continues it)".into(),
             _ => String::new(),
         },
         short(&j.snapshot_tree),
@@ -193,10 +193,24 @@ fn print_run(j: &Journal, state: &str, holder: Option<&str>, containers: Option<
             });
         println!("  {:<20} {status}", u.id);
         for a in &u.attempts {
+            // The journal's last word against the engine's: an attempt whose container an
+            // interrupt (or anyone) removed is stopped, not running.
+            let gone = a.phase != journal::AttemptPhase::Done
+                && a.container.as_deref().is_some_and(|c| {
+                    containers.is_some_and(|list| {
+                        !list
+                            .iter()
+                            .any(|l| l.id.starts_with(c) || c.starts_with(&l.id))
+                    })
+                });
             println!(
                 "    attempt {} {} ({}){}{}",
                 a.n,
-                label(a.phase),
+                if gone {
+                    "stopped".to_string()
+                } else {
+                    label(a.phase)
+                },
                 a.agent,
                 if a.phase == journal::AttemptPhase::Done {
                     format!(
@@ -213,11 +227,11 @@ fn print_run(j: &Journal, state: &str, holder: Option<&str>, containers: Option<
                     .as_deref()
                     .filter(|_| a.phase != journal::AttemptPhase::Done)
                     .map(|c| {
-                        // The journal's last word against the engine's: a container an
-                        // interrupt (or anyone) removed is not running.
-                        let gone = containers
-                            .is_some_and(|list| !list.iter().any(|l| l.id.starts_with(c) || c.starts_with(&l.id)));
-                        format!(", container {}{}", short(c), if gone { " (removed)" } else { "" })
+                        format!(
+                            ", container {}{}",
+                            short(c),
+                            if gone { " (removed)" } else { "" }
+                        )
                     })
                     .unwrap_or_default()
             );
@@ -246,7 +260,22 @@ fn print_run(j: &Journal, state: &str, holder: Option<&str>, containers: Option<
 
 /// Removes the containers, unit images and directories of finished runs, or of run `run`.
 /// The caller holds the repository lock, so no boxdelegate is working on these runs.
-pub async fn clean(project: &Project, run: Option<String>, force: bool, json: bool) -> Result<i32> {
+/// How `clean` goes about it: `--force`, `--dry-run`, and which finished runs it keeps
+/// (`--older-than`, `--keep`).
+pub struct Clean {
+    pub force: bool,
+    pub dry_run: bool,
+    pub older_than: Option<std::time::Duration>,
+    pub keep: Option<usize>,
+}
+
+pub async fn clean(project: &Project, run: Option<String>, how: Clean, json: bool) -> Result<i32> {
+    let Clean {
+        force,
+        dry_run,
+        older_than,
+        keep,
+    } = how;
     let state = crate::state::dir(&project.repo);
     let mut targets = Vec::new();
     let mut kept = Vec::new();
@@ -256,9 +285,34 @@ pub async fn clean(project: &Project, run: Option<String>, force: bool, json: bo
             targets.push((id.clone(), journal::load(&state, id)));
         }
         None => {
-            for id in journal::run_ids(&state) {
+            // Run ids begin with their start time: in order, the newest last.
+            let ids = journal::run_ids(&state);
+            let finished = ids
+                .iter()
+                .filter(|id| journal::load(&state, id).is_ok_and(|j| j.finished()))
+                .count();
+            let mut seen = 0;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            for id in ids {
                 match journal::load(&state, &id) {
-                    Ok(j) if j.finished() => targets.push((id, Ok(j))),
+                    Ok(j) if j.finished() => {
+                        seen += 1;
+                        let age = now.saturating_sub(j.started_at);
+                        if keep.is_some_and(|k| finished - seen < k) {
+                            kept.push(format!("{id} (one of the newest {} finished)", keep.unwrap_or(0)));
+                        } else if older_than.is_some_and(|d| age < d.as_secs()) {
+                            kept.push(format!(
+                                "{id} (started {} ago, newer than {})",
+                                humantime::format_duration(std::time::Duration::from_secs(age)),
+                                humantime::format_duration(older_than.unwrap_or_default())
+                            ));
+                        } else {
+                            targets.push((id, Ok(j)));
+                        }
+                    }
                     Ok(_) => kept.push(format!("{id} (not finished: `boxdelegate resume` continues it, `clean --run {id}` removes it)")),
                     Err(_) => kept.push(format!("{id} (unreadable journal: `clean --run {id}` removes it)")),
                 }
@@ -267,7 +321,9 @@ pub async fn clean(project: &Project, run: Option<String>, force: bool, json: bo
     }
     if targets.is_empty() {
         if json {
-            crate::output::print_json(&serde_json::json!({ "removed": [], "kept": kept }))?;
+            crate::output::print_json(
+                &serde_json::json!({ "removed": [], "kept": kept, "dry_run": dry_run }),
+            )?;
         } else {
             println!("nothing to clean");
             for k in &kept {
@@ -296,6 +352,31 @@ pub async fn clean(project: &Project, run: Option<String>, force: bool, json: bo
             .iter()
             .filter(|c| c.state.map(|s| s.to_string().to_lowercase()) == Some("running".into()))
             .count();
+        if dry_run {
+            let image = match loaded {
+                Ok(Journal {
+                    unit_image: Some(image),
+                    ..
+                }) if !wanted.contains(image) => Some(image.clone()),
+                _ => None,
+            };
+            if !json {
+                println!(
+                    "would remove run {id}: {} container(s){}, its directory",
+                    list.len(),
+                    image
+                        .as_ref()
+                        .map(|i| format!(", its claim on image {i} (the image too, if no other repository uses it)"))
+                        .unwrap_or_default()
+                );
+            }
+            removed.push(serde_json::json!({
+                "run_id": id,
+                "containers": list.len(),
+                "images": image.into_iter().collect::<Vec<_>>(),
+            }));
+            continue;
+        }
         if unfinished && running > 0 && !force {
             return Err(Error::Usage {
                 message: format!(
@@ -365,7 +446,9 @@ pub async fn clean(project: &Project, run: Option<String>, force: bool, json: bo
         }));
     }
     if json {
-        crate::output::print_json(&serde_json::json!({ "removed": removed, "kept": kept }))?;
+        crate::output::print_json(
+            &serde_json::json!({ "removed": removed, "kept": kept, "dry_run": dry_run }),
+        )?;
     } else {
         for k in &kept {
             println!("  kept run {k}");

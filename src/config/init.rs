@@ -82,7 +82,7 @@ pub fn run(root: &Path, profile: Option<&str>) -> Result<Initialized> {
 pub fn config_template(profile: &str) -> String {
     format!(
         r#"# boxdelegate configuration. Every key is optional; the values shown are the defaults
-# unless marked "example". Reference: the README's "Configuration" section.
+# unless marked "example". Every key, with its default: docs/configuration.md.
 
 [project]
 # Ecosystem profile: rust, node, python, go, generic, or your own in .boxdelegate/profiles/NAME.toml.

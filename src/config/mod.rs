@@ -563,7 +563,7 @@ fn toml_error(text: &str, file: &Path, key: Option<String>, e: &toml::de::Error)
         PathBuf::from(format!("{}{location}", file.display())),
         format!("{key}{}", e.message().trim()),
         format!(
-            "fix {} (the README's configuration reference lists every key)",
+            "fix {} (docs/configuration.md lists every key)",
             file.display()
         ),
     )

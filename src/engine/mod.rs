@@ -927,7 +927,7 @@ impl Drop for OomWatch {
     }
 }
 
-/// Hardening applied to every container boxdelegate starts (see the README's security notes).
+/// Hardening applied to every container boxdelegate starts (docs/security.md).
 pub fn hardened_host_config(limits: impl Into<Resources>) -> HostConfig {
     let limits: Resources = limits.into();
     HostConfig {

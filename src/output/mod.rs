@@ -116,3 +116,82 @@ mod tests {
         assert_eq!(visible("plain\ttext\nnext"), "plain\ttext\nnext");
     }
 }
+
+/// How wide standard output is, when it is a terminal (lines for a person are wrapped to it;
+/// a pipe gets them whole).
+pub fn stdout_width() -> Option<usize> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    let (_, cols) = console::Term::stdout().size_checked()?;
+    Some(cols as usize)
+}
+
+/// `text` wrapped at word boundaries to `width` columns (a word longer than a line is left
+/// whole), continuation lines indented by `indent` spaces. Without a width, `text` as it is.
+pub fn wrap(text: &str, width: Option<usize>, indent: usize) -> String {
+    let Some(width) = width.filter(|w| *w > indent + 10) else {
+        return text.to_string();
+    };
+    let mut out = String::new();
+    let mut line = String::new();
+    for word in text.split(' ') {
+        let len = line.chars().count();
+        if len > 0 && len + 1 + word.chars().count() > width {
+            out.push_str(line.trim_end());
+            out.push('\n');
+            line = " ".repeat(indent);
+        } else if len > 0 {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    out.push_str(&line);
+    out
+}
+
+/// Whether output is coloured: `--color always|never`, else (`auto`) when the stream is a
+/// terminal and `NO_COLOR` is unset or empty (no-color.org).
+pub fn set_color(choice: crate::cli::ColorChoice) {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let (out, err) = match choice {
+        crate::cli::ColorChoice::Always => (true, true),
+        crate::cli::ColorChoice::Never => (false, false),
+        crate::cli::ColorChoice::Auto => (
+            !no_color && std::io::stdout().is_terminal(),
+            !no_color && std::io::stderr().is_terminal(),
+        ),
+    };
+    console::set_colors_enabled(out);
+    console::set_colors_enabled_stderr(err);
+}
+
+/// A unit status as a person reads it, coloured by what it means (when colours are on):
+/// green landed, yellow not run or not for the change, red the change did not make it.
+pub fn status_styled(label: &str, for_stderr: bool) -> String {
+    let style = match label {
+        "landed" | "already-landed" => console::Style::new().green(),
+        "skipped" | "infra-error" | "timeout" | "config-error" | "over-budget" => {
+            console::Style::new().yellow()
+        }
+        _ => console::Style::new().red(),
+    };
+    let style = if for_stderr {
+        style.for_stderr()
+    } else {
+        style.for_stdout()
+    };
+    style.apply_to(label).to_string()
+}
+
+/// A path as a person in the current directory would type it: relative when it is beneath
+/// that directory (a run's files sit deep in `.git/boxdelegate/runs/…`), else whole.
+pub fn shown_path(path: &std::path::Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(|p| p.display().to_string()))
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| path.display().to_string())
+}

@@ -103,6 +103,25 @@ impl Terminal {
     }
 }
 
+/// `text` cut at a word boundary to fit a unit's line on a terminal of stderr's width (the
+/// line's id, spinner and time take 33 columns), with `…` when cut: never mid-word.
+fn fit_words(text: &str) -> String {
+    let width = console::Term::stderr()
+        .size_checked()
+        .map(|(_, c)| c as usize)
+        .unwrap_or(80);
+    let max = width.saturating_sub(34).max(20);
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let cut: String = text.chars().take(max - 1).collect();
+    let cut = match cut.rfind(' ') {
+        Some(i) if i > max / 2 => cut[..i].to_string(),
+        _ => cut,
+    };
+    format!("{}…", cut.trim_end())
+}
+
 /// `line` cut to `max` characters.
 fn shorten(line: &str, max: usize) -> String {
     let mut short: String = line.chars().take(max).collect();
@@ -167,9 +186,7 @@ impl Reporter for Terminal {
 
     fn unit(&self, unit: &str, phase: &str) {
         match &self.live {
-            Some(live) => {
-                Self::unit_bar(live, unit).set_message(super::visible(phase).into_owned())
-            }
+            Some(live) => Self::unit_bar(live, unit).set_message(fit_words(&super::visible(phase))),
             None => eprintln!("» {unit}: {}", super::visible(phase)),
         }
     }
@@ -179,7 +196,10 @@ impl Reporter for Terminal {
             Some(live) => {
                 let bar = Self::unit_bar(live, unit);
                 Box::new(move |line: &str| {
-                    bar.set_message(format!("agent: {}", shorten(&super::visible(line), 90)))
+                    bar.set_message(fit_words(&format!(
+                        "agent: {}",
+                        shorten(&super::visible(line), 200)
+                    )))
                 })
             }
             None if self.verbose => {
@@ -199,7 +219,9 @@ impl Reporter for Terminal {
                     ProgressStyle::with_template("  · {prefix:<20.bold} [{elapsed:>4}] {wide_msg}")
                         .expect("valid template"),
                 );
-                bar.finish_with_message(format!("{status}: {}", super::visible(message)));
+                let text = fit_words(&format!("{status}: {}", super::visible(message)));
+                let text = text.replacen(status, &super::status_styled(status, true), 1);
+                bar.finish_with_message(text);
                 live.overall.inc(1);
             }
             None => eprintln!("» {unit}: {status}: {}", super::visible(message)),

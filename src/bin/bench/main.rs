@@ -786,3 +786,33 @@ fn table(rows: &[Vec<String>]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod page {
+    /// docs/benchmark.md shows results as `bench --render` prints them, between
+    /// `<!-- bench-render: FILE -->` and `<!-- /bench-render -->` (scripts/bench-page.sh writes
+    /// them): each such block is the rendering of the JSON it names, so the page is regenerated
+    /// from its JSON, never typed.
+    #[test]
+    fn the_benchmark_page_is_rendered_from_its_json() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let page = std::fs::read_to_string(root.join("docs/benchmark.md")).unwrap();
+        let mut blocks = 0;
+        for part in page.split("<!-- bench-render: ").skip(1) {
+            let (file, rest) = part.split_once(" -->\n").expect("a marker line");
+            let shown = rest
+                .split_once("<!-- /bench-render -->")
+                .expect("an end marker")
+                .0;
+            let json: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(root.join(file)).unwrap()).unwrap();
+            let expected = format!("```text\n{}```\n", super::render(&json));
+            assert_eq!(
+                shown, expected,
+                "docs/benchmark.md's block for {file} is not its rendering: run scripts/bench-page.sh"
+            );
+            blocks += 1;
+        }
+        assert!(blocks >= 1, "docs/benchmark.md renders no result");
+    }
+}
