@@ -99,23 +99,6 @@ pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::visible;
-
-    #[test]
-    fn control_and_escape_sequences_are_made_visible() {
-        // OSC 52 (clipboard), a screen clear, a title, a bell, a carriage return, C1 CSI.
-        let hostile = "a\x1b]52;c;cHduZWQ=\x07b\x1b[2J\x1b]0;title\x07\rc\u{9b}31m";
-        let shown = visible(hostile);
-        assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
-        assert_eq!(
-            shown,
-            "a\\x1b]52;c;cHduZWQ=\\x07b\\x1b[2J\\x1b]0;title\\x07\\x0dc\\x9b31m"
-        );
-        assert_eq!(visible("plain\ttext\nnext"), "plain\ttext\nnext");
-    }
-}
 
 /// How wide standard output is, when it is a terminal (lines for a person are wrapped to it;
 /// a pipe gets them whole).
@@ -194,4 +177,36 @@ pub fn shown_path(path: &std::path::Path) -> String {
         .and_then(|cwd| path.strip_prefix(cwd).ok().map(|p| p.display().to_string()))
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{visible, wrap};
+
+    #[test]
+    fn control_and_escape_sequences_are_made_visible() {
+        // OSC 52 (clipboard), a screen clear, a title, a bell, a carriage return, C1 CSI.
+        let hostile = "a\x1b]52;c;cHduZWQ=\x07b\x1b[2J\x1b]0;title\x07\rc\u{9b}31m";
+        let shown = visible(hostile);
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
+        assert_eq!(
+            shown,
+            "a\\x1b]52;c;cHduZWQ=\\x07b\\x1b[2J\\x1b]0;title\\x07\\x0dc\\x9b31m"
+        );
+        assert_eq!(visible("plain\ttext\nnext"), "plain\ttext\nnext");
+    }
+
+    #[test]
+    fn wrap_breaks_at_words_and_never_inside_one() {
+        let text = "u: verify-failed: the change broke test_login and test_logout in tests/test_auth.py";
+        let wrapped = wrap(text, Some(30), 2);
+        for line in wrapped.lines() {
+            assert!(line.chars().count() <= 30, "{line:?}");
+        }
+        assert_eq!(wrapped.replace("\n  ", " "), text);
+        // A word longer than a line stays whole; no width, no wrapping.
+        let long = "x".repeat(50);
+        assert_eq!(wrap(&format!("a {long} b"), Some(30), 0), format!("a\n{long}\nb"));
+        assert_eq!(wrap(text, None, 2), text);
+    }
 }
