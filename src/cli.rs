@@ -308,10 +308,14 @@ pub enum ImageCommand {
     /// image another repository on the engine also uses stays (only this repository's claim
     /// on it goes).
     Prune {
-        /// Remove every boxdelegate dependency and unit image on the engine, of every
-        /// repository, the current ones too.
-        #[arg(long, alias = "all-repositories")]
+        /// This repository's current images too (still only its claims: an image another
+        /// repository uses stays).
+        #[arg(long)]
         all: bool,
+        /// Every boxdelegate dependency and unit image on the engine, of every repository, the
+        /// current ones too, and leftover build containers.
+        #[arg(long)]
+        all_repositories: bool,
         /// Show what would be removed.
         #[arg(long)]
         dry_run: bool,

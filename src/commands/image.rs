@@ -245,7 +245,11 @@ pub async fn image(global: &GlobalArgs, cmd: ImageCommand) -> Result<i32> {
             }
             Ok(exit::OK)
         }
-        ImageCommand::Prune { all, dry_run } => prune(global, all, dry_run).await,
+        ImageCommand::Prune {
+            all,
+            all_repositories,
+            dry_run,
+        } => prune(global, all, all_repositories, dry_run).await,
         ImageCommand::Save { output, snap } => save(global, &output, &snap).await,
         ImageCommand::Load { input } => {
             let file = tokio::fs::File::open(&input)
@@ -282,14 +286,21 @@ async fn current_tags(
     Ok((plan, snapshot, entries))
 }
 
-async fn prune(global: &GlobalArgs, all: bool, dry_run: bool) -> Result<i32> {
-    let project = if all {
+async fn prune(
+    global: &GlobalArgs,
+    all: bool,
+    all_repositories: bool,
+    dry_run: bool,
+) -> Result<i32> {
+    let project = if all_repositories {
         None
     } else {
         Some(Project::open(global)?)
     };
     let engine = Engine::connect().await?;
     let keep: Vec<String> = match &project {
+        // --all: the current images go too (this repository's claims on them).
+        Some(_) if all => vec![],
         Some(p) => match current_tags(&engine, p, &SnapshotArgs::default()).await {
             Ok((plan, snapshot, _)) => {
                 vec![plan.tag(), images::snap_tag(&snapshot.tree, &plan.key)]

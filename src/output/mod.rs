@@ -99,7 +99,6 @@ pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
-
 /// How wide standard output is, when it is a terminal (lines for a person are wrapped to it;
 /// a pipe gets them whole).
 pub fn stdout_width() -> Option<usize> {
@@ -198,7 +197,8 @@ mod tests {
 
     #[test]
     fn wrap_breaks_at_words_and_never_inside_one() {
-        let text = "u: verify-failed: the change broke test_login and test_logout in tests/test_auth.py";
+        let text =
+            "u: verify-failed: the change broke test_login and test_logout in tests/test_auth.py";
         let wrapped = wrap(text, Some(30), 2);
         for line in wrapped.lines() {
             assert!(line.chars().count() <= 30, "{line:?}");
@@ -206,7 +206,10 @@ mod tests {
         assert_eq!(wrapped.replace("\n  ", " "), text);
         // A word longer than a line stays whole; no width, no wrapping.
         let long = "x".repeat(50);
-        assert_eq!(wrap(&format!("a {long} b"), Some(30), 0), format!("a\n{long}\nb"));
+        assert_eq!(
+            wrap(&format!("a {long} b"), Some(30), 0),
+            format!("a\n{long}\nb")
+        );
         assert_eq!(wrap(text, None, 2), text);
     }
 }

@@ -551,3 +551,142 @@ fn prune_in_one_repository_never_removes_an_image_another_uses() {
     );
     assert!(!exists(&shared), "gone with its last user");
 }
+
+#[test]
+fn clean_and_prune_in_one_repository_leave_what_another_uses_running_or_not() {
+    require_base_image();
+    // Two repositories with the same content on one engine: one image set, two claims.
+    // B's agent works until the test lets it go (BD_WAIT=1, from outside the tree).
+    let make = || {
+        let repo = TestRepo::with_project("clean-shared");
+        repo.write(
+            "boxdelegate.toml",
+            &format!(
+                "[project]\nprofile = \"test\"\n\n[agent]\nretries = 0\nkind = \"command\"\nenv = [\"BD_WAIT\"]\ncommand = {}\n\n[run]\ninfra_retries = 0\n",
+                toml_string("if [ \"$BD_WAIT\" = 1 ]; then while [ ! -e /tmp/go ]; do sleep 0.2; done; fi; echo x > src/x.txt")
+            ),
+        );
+        repo.unit("u", "scope = [\"src/**\"]", "Work.");
+        repo.commit("same content");
+        repo
+    };
+    let (a, b) = (make(), make());
+    let out = a
+        .cmd()
+        .args(["run", "--json", "--unit", "u"])
+        .env("BD_WAIT", "0")
+        .output()
+        .unwrap();
+    let v = crate::common::final_json(&out.stdout);
+    assert_eq!(v["units"][0]["status"], "landed", "{}", stderr(&out));
+    let image = v["units"][0]["unit_image"].as_str().unwrap().to_string();
+    a.remember_image(&image);
+    let child = b
+        .cmd()
+        .args(["run", "--json", "--unit", "u"])
+        .env("BD_WAIT", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // B's agent container, running (the run's own label says whose it is).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let b_agent = loop {
+        let found = docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            "label=boxdelegate.kind=agent",
+            "--filter",
+            "label=boxdelegate.unit=u",
+        ]);
+        let mine = found.lines().find(|id| {
+            let tree = docker(&["inspect", "--format", "{{.Config.Image}}", id]);
+            tree.trim() == image
+        });
+        if let Some(id) = mine {
+            break id.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B's agent never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let exists = |i: &str| !docker(&["images", "-q", i]).trim().is_empty();
+    // A cleans its finished run, then prunes everything of its own, current images too.
+    for args in [
+        &["clean", "--dry-run"][..],
+        &["clean"][..],
+        &["image", "prune", "--all", "--dry-run"][..],
+        &["image", "prune", "--all"][..],
+    ] {
+        let out = a.cmd().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert!(exists(&image), "{args:?} removed the image B runs on");
+        let running = docker(&["inspect", "--format", "{{.State.Running}}", &b_agent]);
+        assert_eq!(running.trim(), "true", "{args:?} touched B's agent");
+    }
+    assert!(
+        a.path()
+            .join(".git/boxdelegate/runs")
+            .read_dir()
+            .unwrap()
+            .next()
+            .is_none(),
+        "A's finished run is gone"
+    );
+    // B goes on and lands, on the image A let go of.
+    docker(&["exec", &b_agent, "touch", "/tmp/go"]);
+    let out = child.wait_with_output().unwrap();
+    let v = crate::common::final_json(&out.stdout);
+    assert_eq!(v["units"][0]["status"], "landed", "{}", stderr(&out));
+    b.remember_image(&image);
+    // Now B prunes all of its own: nobody uses the image any more, and it goes.
+    let out = b.cmd().args(["image", "prune", "--all"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!exists(&image), "gone with its last user: {}", stdout(&out));
+}
+
+#[test]
+fn clean_keeps_the_newest_runs_and_the_recent_ones_and_a_dry_run_removes_nothing() {
+    require_base_image();
+    let repo = TestRepo::with_project("clean-retention");
+    repo.agent("echo \"$BOXDELEGATE_ATTEMPT $(date +%s%N)\" > src/x.txt");
+    repo.unit("u", "scope = [\"src/**\"]", "Work.");
+    repo.commit("project");
+    let mut runs = Vec::new();
+    for branch in ["one", "two"] {
+        let (code, units, err) = repo.run(&["--unit", "u", "--rerun", "--branch", branch]);
+        assert_eq!(code, 0, "{err}");
+        repo.remember_image(units[0]["unit_image"].as_str().unwrap());
+        runs.push(units[0]["run_id"].as_str().unwrap().to_string());
+    }
+    let dirs = || {
+        let mut d: Vec<String> = std::fs::read_dir(repo.path().join(".git/boxdelegate/runs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        d.sort();
+        d
+    };
+    let clean = |args: &[&str]| {
+        let out = repo.cmd().arg("clean").args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    let said = clean(&["--keep", "1", "--dry-run"]);
+    assert!(
+        said.contains(&format!("would remove run {}", runs[0]))
+            && !said.contains(&format!("would remove run {}", runs[1]))
+            && said.contains(&format!("kept run {} (one of the newest 1", runs[1])),
+        "{said}"
+    );
+    assert_eq!(dirs(), runs, "a dry run removes nothing");
+    let said = clean(&["--older-than", "1h"]);
+    assert!(said.contains("newer than 1h"), "{said}");
+    assert_eq!(dirs(), runs, "both runs are recent");
+    let said = clean(&["--keep", "1"]);
+    assert!(said.contains(&format!("removed run {}", runs[0])), "{said}");
+    assert_eq!(dirs(), vec![runs[1].clone()], "the newest stays");
+}

@@ -105,6 +105,8 @@ fn a_run_on_a_terminal_shows_the_unit_lines_and_the_summary() {
         .args(["-qfec", &command, "/dev/null"])
         .env("TERM", "xterm-256color")
         .env("COLUMNS", "120")
+        // Plain text to match (the colours have their own test, terminal::).
+        .env("NO_COLOR", "1")
         .env_remove("RUST_LOG")
         .output()
         .unwrap();
