@@ -44,11 +44,122 @@ pub fn man(dir: Option<&Path>) -> Result<i32> {
     Ok(exit::OK)
 }
 
+/// A page: clap's sections (name, synopsis, description, options, subcommands), then what a
+/// man page owes its reader beyond the flags: exit status, environment, files and examples on
+/// the top page; a pointer to them on a subcommand's.
 fn render(cmd: clap::Command, out: &mut Vec<u8>) -> Result<()> {
-    clap_mangen::Man::new(cmd)
-        .render(out)
-        .map_err(|e| Error::io("rendering the man page", e))
+    let top = cmd.get_name() == NAME && cmd.get_display_name().is_none_or(|n| n == NAME);
+    // The sections clap_mangen's own `render` writes, under the same conditions.
+    let options = cmd.get_arguments().any(|a| !a.is_hide_set());
+    let subcommands = cmd.has_subcommands();
+    let extra = cmd.get_after_long_help().is_some() || cmd.get_after_help().is_some();
+    let version = cmd.get_version().is_some() || cmd.get_long_version().is_some();
+    let man = clap_mangen::Man::new(cmd);
+    let io = |e| Error::io("rendering the man page", e);
+    man.render_title(out).map_err(io)?;
+    man.render_name_section(out).map_err(io)?;
+    man.render_synopsis_section(out).map_err(io)?;
+    man.render_description_section(out).map_err(io)?;
+    if options {
+        man.render_options_section(out).map_err(io)?;
+    }
+    if subcommands {
+        man.render_subcommands_section(out).map_err(io)?;
+    }
+    if extra {
+        man.render_extra_section(out).map_err(io)?;
+    }
+    if top {
+        out.extend_from_slice(top_sections().as_bytes());
+    } else {
+        out.extend_from_slice(
+            b".SH \"EXIT STATUS\"\nAs listed in \\fBboxdelegate\\fR(1), which also has the environment, the files and examples.\n.SH \"SEE ALSO\"\n\\fBboxdelegate\\fR(1)\n",
+        );
+    }
+    if version {
+        man.render_version_section(out).map_err(io)?;
+    }
+    Ok(())
 }
+
+/// Text for roff: backslashes and a leading dot or quote made literal.
+fn roff(text: &str) -> String {
+    let t = text.replace('\\', "\\e").replace('`', "");
+    if t.starts_with('.') || t.starts_with('\'') {
+        format!("\\&{t}")
+    } else {
+        t
+    }
+}
+
+/// EXIT STATUS (the README's table, which a test holds to the codes), ENVIRONMENT, FILES and
+/// EXAMPLES of the top page.
+fn top_sections() -> String {
+    let mut s = String::from(".SH \"EXIT STATUS\"\n");
+    let readme = include_str!("../../README.md");
+    let table = readme.split("## Exit codes").nth(1).unwrap_or_default();
+    for row in table
+        .lines()
+        .skip_while(|l| !l.starts_with("| code"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+    {
+        let mut cells = row.trim_matches('|').splitn(2, '|');
+        let (code, meaning) = (
+            cells.next().unwrap_or("").trim(),
+            cells.next().unwrap_or("").trim(),
+        );
+        s.push_str(&format!(
+            ".TP\n\\fB{}\\fR\n{}\n",
+            roff(code),
+            roff(meaning.trim_end_matches('|').trim())
+        ));
+    }
+    s.push_str(".SH ENVIRONMENT\n");
+    for (name, what) in ENVIRONMENT {
+        s.push_str(&format!(".TP\n\\fB{name}\\fR\n{}\n", roff(what)));
+    }
+    s.push_str(".SH FILES\n");
+    for (name, what) in FILES {
+        s.push_str(&format!(".TP\n\\fI{}\\fR\n{}\n", roff(name), roff(what)));
+    }
+    s.push_str(".SH EXAMPLES\n");
+    for (what, command) in EXAMPLES {
+        s.push_str(&format!(
+            ".TP\n{}\n.nf\n{}\n.fi\n",
+            roff(what),
+            roff(command)
+        ));
+    }
+    s
+}
+
+const ENVIRONMENT: &[(&str, &str)] = &[
+    ("DOCKER_HOST", "The engine to use (unix:// or tcp://); default the local Docker socket, else Podman's."),
+    ("DOCKER_TLS_VERIFY, DOCKER_CERT_PATH", "TLS to a tcp:// engine: verify it, with ca.pem, cert.pem and key.pem from that directory."),
+    ("NO_COLOR", "Set and not empty: no colours (as --color never)."),
+    ("RUST_LOG", "Filters the diagnostic logs on stderr (-vv shows debug); secrets are redacted whatever it asks."),
+    ("BOXDELEGATE_BASE_IMAGE", "The base image instead of boxdelegate/base:bookworm."),
+    ("BOXDELEGATE_IMAGE_BUILD", "commit: make unit images by committing a container instead of loading a layer."),
+    ("BOXDELEGATE_EXTRACT", "log: list an agent's change from a change log kept in its container, never its upper layer."),
+    ("BOXDELEGATE_CA_BUNDLE, SSL_CERT_FILE", "A CA bundle dependency installs trust (a site's TLS-inspecting proxy)."),
+    ("the variables named by [agent] env", "Read at start and passed to the agent container only (never to verification); behind the model gateway, the key to the gateway only."),
+];
+
+const FILES: &[(&str, &str)] = &[
+    ("boxdelegate.toml", "The project's configuration (every key: docs/configuration.md)."),
+    ("units/ID.md", "A unit: TOML front matter between +++ lines, then the task."),
+    (".boxdelegate/profiles/NAME.toml", "A profile of the repository's own, or one overriding a shipped profile."),
+    (".git/boxdelegate/", "State: runs (journal, prompts, patches, logs), last results, verification records, the repository's id; never part of the work tree."),
+];
+
+const EXAMPLES: &[(&str, &str)] = &[
+    ("Set a repository up and delegate a unit:", "boxdelegate init\nboxdelegate unit new wu-auth --scope 'src/auth/**'\nboxdelegate run --unit wu-auth"),
+    ("Every unit, four at a time, for a program to read:", "boxdelegate run --all --jobs 4 --json"),
+    ("Continue a run that was interrupted:", "boxdelegate resume"),
+    ("Re-check a landed commit as CI would:", "boxdelegate verify --commit boxdelegate/wu-auth"),
+    ("Remove finished runs but the newest five:", "boxdelegate clean --keep 5"),
+];
 
 /// Writes `<name>.1` for `cmd` and, recursively, a page for each visible subcommand, named
 /// by clap's display name (`boxdelegate-run`, `boxdelegate-plan-import`).
@@ -190,5 +301,23 @@ mod tests {
         }
         let run = std::fs::read_to_string(dir.path().join("boxdelegate-run.1")).unwrap();
         assert!(run.contains(".TH boxdelegate-run 1"), "{run}");
+        assert!(run.contains(".SH \"EXIT STATUS\""), "{run}");
+        let top = std::fs::read_to_string(dir.path().join("boxdelegate.1")).unwrap();
+        for section in [
+            ".SH \"EXIT STATUS\"",
+            ".SH ENVIRONMENT",
+            ".SH FILES",
+            ".SH EXAMPLES",
+        ] {
+            assert!(top.contains(section), "{section}: {top}");
+        }
+        // Every exit code, from the README's table.
+        for code in exit::ALL {
+            assert!(
+                top.contains(&format!(".TP\n\\fB{code}\\fR\n")),
+                "exit {code}: {top}"
+            );
+        }
+        assert!(top.contains("\\fBDOCKER_HOST\\fR"), "{top}");
     }
 }
