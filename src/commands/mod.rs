@@ -47,15 +47,36 @@ pub async fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Init { profile } => {
             let repo = open_repo(global)?;
-            let done = config::init::run(&repo.root, profile.as_deref())?;
+            // The agent: Codex when its key variable is set here (its name only is written).
+            let codex_key = std::env::var_os("CODEX_API_KEY")
+                .is_some_and(|v| !v.is_empty())
+                .then_some("CODEX_API_KEY");
+            let done = config::init::run(&repo.root, profile.as_deref(), codex_key)?;
             let why = match &done.detected_from {
                 Some(file) => format!(" (detected from {file})"),
                 None => String::new(),
             };
             println!("profile: {}{why}", done.profile);
+            println!(
+                "agent: {}",
+                match codex_key {
+                    Some(var) => format!("codex, its key from {var}, through the model gateway"),
+                    None => "none yet (a placeholder command: set [agent] in boxdelegate.toml)"
+                        .into(),
+                }
+            );
             for path in &done.written {
                 println!("wrote {}", path.display());
             }
+            println!("next:");
+            println!("  1. say what to build in units/example.md: title, scope, the task");
+            if codex_key.is_none() {
+                println!("  2. set [agent] in boxdelegate.toml: your command, or kind = \"codex\" (docs/codex.md)");
+            } else {
+                println!("  2. check [agent] in boxdelegate.toml (docs/codex.md)");
+            }
+            println!("  3. git add boxdelegate.toml units && git commit -m \"boxdelegate: units\"");
+            println!("  4. boxdelegate unit check && boxdelegate run --unit example");
             Ok(exit::OK)
         }
         Command::Snapshot { snap, tar, json } => {

@@ -42,7 +42,7 @@ pub fn detect(root: &Path) -> Result<(String, Option<String>)> {
     Ok(("generic".into(), None))
 }
 
-pub fn run(root: &Path, profile: Option<&str>) -> Result<Initialized> {
+pub fn run(root: &Path, profile: Option<&str>, codex_key: Option<&str>) -> Result<Initialized> {
     let (profile, detected_from) = match profile {
         Some(p) => {
             Profile::load(root, p)?;
@@ -60,7 +60,7 @@ pub fn run(root: &Path, profile: Option<&str>) -> Result<Initialized> {
             });
         }
     }
-    std::fs::write(&config_path, config_template(&profile))
+    std::fs::write(&config_path, config_template(&profile, codex_key))
         .map_err(|e| Error::io(format!("writing {}", config_path.display()), e))?;
     let mut written = vec![PathBuf::from(super::CONFIG_FILE)];
     let units = root.join("units");
@@ -79,7 +79,33 @@ pub fn run(root: &Path, profile: Option<&str>) -> Result<Initialized> {
     })
 }
 
-pub fn config_template(profile: &str) -> String {
+/// The agent `init` writes: Codex behind the model gateway when its key variable is set (the
+/// name, never the value), else the command agent with a placeholder that says what to do.
+pub fn agent_section(codex_key: Option<&str>) -> String {
+    match codex_key {
+        Some(var) => format!(
+            r#"# Codex CLI ({var} was set where init ran). Its key goes to the model gateway at the
+# start of each attempt, never into the box; the agent reaches the model API and nothing else
+# (docs/codex.md). Or "command", running `command` with sh -c in /work, the prompt on stdin.
+kind = "codex"
+network = "proxy"
+env = ["{var}"]
+# model = "gpt-5.5"                     # example: unset means codex's default"#
+        ),
+        None => r#"# "command" runs `command` with sh -c in /work, the unit's prompt on stdin; "codex" runs
+# Codex CLI (kind = "codex", env = ["CODEX_API_KEY"], network = "proxy": docs/codex.md).
+kind = "command"
+# Your agent goes here: it reads the task on stdin and edits the files under /work. Until then
+# a run says so (the agent fails, nothing lands).
+command = "echo 'no agent yet: set [agent] in boxdelegate.toml (docs/codex.md)' >&2; exit 2"
+# Host environment variables passed to the agent container at start (names only).
+env = []"#
+            .to_string(),
+    }
+}
+
+pub fn config_template(profile: &str, codex_key: Option<&str>) -> String {
+    let agent = agent_section(codex_key);
     format!(
         r#"# boxdelegate configuration. Every key is optional; the values shown are the defaults
 # unless marked "example". Every key, with its default: docs/configuration.md.
@@ -93,12 +119,7 @@ profile = "{profile}"
 units_dir = "units"
 
 [agent]
-# "command" runs `command` with sh -c in /work, the unit's prompt on stdin; "codex" runs Codex CLI.
-kind = "command"
-# command = "sh ./scripts/codemod.sh"   # example
-# model = "gpt-5.5"                     # example: unset means the agent's default
-# Host environment variables passed to the agent container at start (names only).
-env = []
+{agent}
 # Wall-clock limit of one agent attempt.
 timeout = "30m"
 
@@ -140,9 +161,16 @@ mod tests {
     #[test]
     fn template_parses_and_names_the_profile() {
         let c: super::super::Config =
-            super::super::parse_toml(&config_template("python"), Path::new("t")).unwrap();
+            super::super::parse_toml(&config_template("python", None), Path::new("t")).unwrap();
         assert_eq!(c.project.profile, "python");
         assert_eq!(c.limits.resolve(), super::super::Limits::default());
+        // A command agent that runs (a placeholder saying what to do), or codex behind the
+        // gateway, naming the variable, never a value.
+        assert!(c.agent.command.as_deref().is_some_and(|c| c.contains("no agent yet")));
+        let codex = config_template("python", Some("CODEX_API_KEY"));
+        let c: super::super::Config = super::super::parse_toml(&codex, Path::new("t")).unwrap();
+        assert_eq!(c.agent.env, ["CODEX_API_KEY"]);
+        assert!(codex.contains("kind = \"codex\"\nnetwork = \"proxy\""), "{codex}");
     }
 
     #[test]

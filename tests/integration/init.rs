@@ -165,3 +165,53 @@ fn doctor_checks_what_the_agent_needs_without_printing_a_credential() {
     assert!(!all.contains("no credentials"), "{all}");
     assert!(!all.contains(key), "{all}");
 }
+
+#[test]
+fn what_init_writes_runs_and_says_the_next_step() {
+    require_base_image();
+    // The test profile (base image, no network), so the run needs no toolchain image.
+    let repo = TestRepo::empty();
+    repo.write(".boxdelegate/profiles/test.toml", TEST_PROFILE);
+    repo.write("src/example/keep.txt", "a file the example's scope matches\n");
+    let out = repo
+        .cmd()
+        .args(["init", "--profile", "test"])
+        .env_remove("CODEX_API_KEY")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = stdout(&out);
+    assert!(said.contains("agent: none yet"), "{said}");
+    assert!(
+        said.contains("next:") && said.contains("boxdelegate run --unit example"),
+        "{said}"
+    );
+    repo.commit("boxdelegate: units");
+    // It runs: past planning, into a container, where the placeholder says what to do.
+    let (code, units, err) = repo.run(&["--unit", "example"]);
+    // (Its retries fail alike: exit 18, every attempt failed.)
+    assert_eq!(code, 18, "the placeholder agent fails, nothing lands: {err}");
+    assert_eq!(units[0]["status"], "failed", "{units:?}");
+    repo.remember_image(units[0]["unit_image"].as_str().unwrap());
+    let log = std::fs::read_to_string(units[0]["log"].as_str().unwrap()).unwrap();
+    assert!(
+        log.contains("no agent yet: set [agent] in boxdelegate.toml (docs/codex.md)"),
+        "{log}"
+    );
+    // With a Codex key in the environment: codex behind the gateway, the variable's name only.
+    let other = TestRepo::empty();
+    let out = other
+        .cmd()
+        .args(["init", "--profile", "python"])
+        .env("CODEX_API_KEY", "sk-init-test-secret-value")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config = std::fs::read_to_string(other.path().join("boxdelegate.toml")).unwrap();
+    assert!(
+        config.contains("kind = \"codex\"\nnetwork = \"proxy\"\nenv = [\"CODEX_API_KEY\"]"),
+        "{config}"
+    );
+    assert!(!config.contains("sk-init-test"), "never the key's value");
+    assert!(!stdout(&out).contains("sk-init-test"), "{}", stdout(&out));
+}
