@@ -61,8 +61,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 "agent: {}",
                 match codex_key {
                     Some(var) => format!("codex, its key from {var}, through the model gateway"),
-                    None => "none yet (a placeholder command: set [agent] in boxdelegate.toml)"
-                        .into(),
+                    None =>
+                        "none yet (a placeholder command: set [agent] in boxdelegate.toml)".into(),
                 }
             );
             for path in &done.written {

@@ -17,6 +17,11 @@ pub async fn run_command(
     json: bool,
 ) -> Result<i32> {
     let project = Project::open(global)?;
+    if !args.include_dirty && args.resume.is_none() {
+        if let Some(w) = uncommitted_settings(&project) {
+            eprintln!("warning: {w}");
+        }
+    }
     if std::env::var_os("CODEX_THREAD_ID").is_some() {
         // Started by a Codex session: its sandbox usually hides the engine, so say so
         // before anything fails for that reason.
@@ -38,6 +43,47 @@ pub async fn run_command(
     }
     let breaker = outcome.report.as_ref().is_some_and(|r| r.breaker.is_some());
     Ok(crate::run::exit_code(&outcome.results, breaker))
+}
+
+/// The configuration, unit and profile files that differ from `HEAD` (changed, staged or new),
+/// said as a warning: `run` reads them from the working tree while the agent gets `HEAD`'s
+/// tree, so a unit edited but not committed is delegated against code that predates it.
+fn uncommitted_settings(project: &Project) -> Option<String> {
+    let units = &project.config.project.units_dir;
+    let out = project
+        .repo
+        .run(&[
+            "status",
+            "--porcelain=v1",
+            "-z",
+            "--untracked-files=all",
+            "--",
+            crate::config::CONFIG_FILE,
+            units.as_str(),
+            ".boxdelegate",
+        ])
+        .ok()?;
+    let paths: Vec<String> = out
+        .split(|b| *b == 0)
+        .filter(|e| e.len() > 3)
+        .map(|e| String::from_utf8_lossy(&e[3..]).into_owned())
+        .collect();
+    if paths.is_empty() {
+        return None;
+    }
+    let shown = if paths.len() > 4 {
+        format!("{} and {} more", paths[..3].join(", "), paths.len() - 3)
+    } else {
+        paths.join(", ")
+    };
+    let (verb, them) = if paths.len() == 1 {
+        ("differs", "it")
+    } else {
+        ("differ", "them")
+    };
+    Some(format!(
+        "{shown} {verb} from HEAD: run reads {them} from the working tree, while the agent works on HEAD's tree; commit {them} (or pass --include-dirty) so the two agree"
+    ))
 }
 
 fn print_report(r: &crate::run::RunReport) {

@@ -166,11 +166,18 @@ mod tests {
         assert_eq!(c.limits.resolve(), super::super::Limits::default());
         // A command agent that runs (a placeholder saying what to do), or codex behind the
         // gateway, naming the variable, never a value.
-        assert!(c.agent.command.as_deref().is_some_and(|c| c.contains("no agent yet")));
+        assert!(c
+            .agent
+            .command
+            .as_deref()
+            .is_some_and(|c| c.contains("no agent yet")));
         let codex = config_template("python", Some("CODEX_API_KEY"));
         let c: super::super::Config = super::super::parse_toml(&codex, Path::new("t")).unwrap();
         assert_eq!(c.agent.env, ["CODEX_API_KEY"]);
-        assert!(codex.contains("kind = \"codex\"\nnetwork = \"proxy\""), "{codex}");
+        assert!(
+            codex.contains("kind = \"codex\"\nnetwork = \"proxy\""),
+            "{codex}"
+        );
     }
 
     #[test]

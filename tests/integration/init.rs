@@ -172,7 +172,10 @@ fn what_init_writes_runs_and_says_the_next_step() {
     // The test profile (base image, no network), so the run needs no toolchain image.
     let repo = TestRepo::empty();
     repo.write(".boxdelegate/profiles/test.toml", TEST_PROFILE);
-    repo.write("src/example/keep.txt", "a file the example's scope matches\n");
+    repo.write(
+        "src/example/keep.txt",
+        "a file the example's scope matches\n",
+    );
     let out = repo
         .cmd()
         .args(["init", "--profile", "test"])
@@ -190,7 +193,10 @@ fn what_init_writes_runs_and_says_the_next_step() {
     // It runs: past planning, into a container, where the placeholder says what to do.
     let (code, units, err) = repo.run(&["--unit", "example"]);
     // (Its retries fail alike: exit 18, every attempt failed.)
-    assert_eq!(code, 18, "the placeholder agent fails, nothing lands: {err}");
+    assert_eq!(
+        code, 18,
+        "the placeholder agent fails, nothing lands: {err}"
+    );
     assert_eq!(units[0]["status"], "failed", "{units:?}");
     repo.remember_image(units[0]["unit_image"].as_str().unwrap());
     let log = std::fs::read_to_string(units[0]["log"].as_str().unwrap()).unwrap();

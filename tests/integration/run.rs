@@ -574,3 +574,25 @@ fn verification_in_a_clean_container_decides_what_lands() {
     assert_eq!(units[0]["verdict"]["checks"][0]["outcome"], "no-tests");
     assert_eq!(repo.refs(), refs, "nothing landed");
 }
+
+#[test]
+fn a_unit_edited_but_not_committed_is_said_before_the_run() {
+    require_base_image();
+    let repo = TestRepo::with_project("uncommitted-unit");
+    repo.agent("echo hi > src/hi.txt");
+    repo.unit("u", "scope = [\"src/**\"]", "Say hi.");
+    repo.commit("project");
+    // Committed: nothing to say.
+    let (code, units, err) = repo.run(&["--unit", "u", "--branch", "first"]);
+    assert_eq!(code, 0, "{err}");
+    repo.remember_image(units[0]["unit_image"].as_str().unwrap());
+    assert!(!err.contains("from HEAD"), "{err}");
+    // The task edited in the working tree only: said, naming the file.
+    repo.unit("u", "scope = [\"src/**\"]", "Say hi, loudly.");
+    let (code, _, err) = repo.run(&["--unit", "u", "--branch", "second"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: units/u.md differs from HEAD: run reads it from the working tree"),
+        "{err}"
+    );
+}
