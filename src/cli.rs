@@ -297,8 +297,11 @@ pub enum ImageCommand {
         /// The root filesystem tar.
         rootfs: PathBuf,
     },
-    /// List boxdelegate's images.
+    /// List this repository's images and the shared ones (base, toolchains, codex, proxy).
     Ls {
+        /// Every boxdelegate image on the engine, of every repository.
+        #[arg(long)]
+        all_repositories: bool,
         /// Print JSON instead of text; the last line on stdout is the result object, or on
         /// failure {"type": "error", …} (docs/json.md).
         #[arg(long)]

@@ -56,6 +56,8 @@ impl Project {
             config.project.runtime.clone(),
             crate::config::CONFIG_FILE.into(),
         );
+        let for_id = repo.clone();
+        crate::engine::set_repository(Box::new(move || crate::state::repo_id(&for_id).ok()));
         Ok(Project {
             repo,
             config,

@@ -192,9 +192,35 @@ pub async fn image(global: &GlobalArgs, cmd: ImageCommand) -> Result<i32> {
             println!("imported {base} ({})", short(&id));
             Ok(exit::OK)
         }
-        ImageCommand::Ls { json } => {
+        ImageCommand::Ls {
+            all_repositories,
+            json,
+        } => {
+            // In a repository: its own dependency and unit images (those it claims) and the
+            // shared ones; another repository's are not its business.
+            let mine = if all_repositories {
+                None
+            } else {
+                let project = Project::open(global)?;
+                Some(format!(
+                    "boxdelegate/r-{}:",
+                    crate::state::repo_id(&project.repo)?
+                ))
+            };
             let engine = Engine::connect().await?;
             let mut list = engine.list_images(&[labels::KIND]).await?;
+            list.retain(|i| {
+                let per_repository = matches!(
+                    i.labels.get(labels::KIND).map(String::as_str),
+                    Some("snap" | "deps")
+                );
+                match &mine {
+                    Some(prefix) if per_repository => {
+                        i.repo_tags.iter().any(|t| t.starts_with(prefix.as_str()))
+                    }
+                    _ => true,
+                }
+            });
             list.sort_by_key(|i| std::cmp::Reverse(i.created));
             let rows: Vec<serde_json::Value> = list
                 .iter()

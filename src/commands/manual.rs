@@ -288,6 +288,29 @@ mod tests {
     }
 
     #[test]
+    fn every_flag_and_argument_is_described() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if matches!(id, "help" | "version") || a.is_hide_set() {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        let mut cmd = Cli::command();
+        cmd.build();
+        walk(&cmd, NAME, &mut missing);
+        assert!(missing.is_empty(), "undescribed in --help: {missing:?}");
+    }
+
+    #[test]
     fn every_subcommand_gets_a_page() {
         let dir = tempfile::tempdir().unwrap();
         let mut written = Vec::new();

@@ -47,10 +47,12 @@ struct ContainerInfo {
 
 async fn containers(engine: Option<&Engine>, run_id: &str) -> Option<Vec<ContainerInfo>> {
     let engine = engine?;
-    let list = engine
-        .list_containers(&[&format!("{}={run_id}", labels::RUN)])
-        .await
-        .ok()?;
+    // This repository's (a run id names a run of one repository; the label makes sure).
+    let run = format!("{}={run_id}", labels::RUN);
+    let mut filters = vec![run.as_str()];
+    let repository = crate::engine::repository();
+    filters.extend(repository.as_deref());
+    let list = engine.list_containers(&filters).await.ok()?;
     Some(
         list.into_iter()
             .map(|c| {
@@ -344,9 +346,11 @@ pub async fn clean(project: &Project, run: Option<String>, how: Clean, json: boo
         .collect();
     let mut removed = Vec::new();
     for (id, loaded) in &targets {
-        let list = engine
-            .list_containers(&[&format!("{}={id}", labels::RUN)])
-            .await?;
+        let run = format!("{}={id}", labels::RUN);
+        let mut filters = vec![run.as_str()];
+        let repository = crate::engine::repository();
+        filters.extend(repository.as_deref());
+        let list = engine.list_containers(&filters).await?;
         let unfinished = !matches!(loaded, Ok(j) if j.finished());
         let running = list
             .iter()

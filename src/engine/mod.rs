@@ -43,6 +43,9 @@ pub mod labels {
     pub const RUN: &str = "boxdelegate.run";
     pub const UNIT: &str = "boxdelegate.unit";
     pub const ATTEMPT: &str = "boxdelegate.attempt";
+    /// The repository a container works for: its stable id (`.git/boxdelegate/repo-id`), not
+    /// its path.
+    pub const REPOSITORY: &str = "boxdelegate.repository";
 }
 
 /// A request body: a stream of byte chunks (a tar archive).
@@ -62,6 +65,26 @@ pub fn set_runtime(runtime: Option<String>, declared_in: PathBuf) {
     if let Some(r) = runtime {
         let _ = RUNTIME.set((r, declared_in));
     }
+}
+
+/// Where the id of the repository this process works on comes from (it is made on first use,
+/// so commands that never create a container write nothing), and the id once read.
+type RepositoryId = Box<dyn Fn() -> Option<String> + Send + Sync>;
+static REPOSITORY: std::sync::OnceLock<RepositoryId> = std::sync::OnceLock::new();
+static REPOSITORY_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Sets where the repository's id comes from: every container this process creates is labelled
+/// [`labels::REPOSITORY`] with it, and [`repository`] filters by it. The first setting wins.
+pub fn set_repository(id: RepositoryId) {
+    let _ = REPOSITORY.set(id);
+}
+
+/// The repository this process works on, as `boxdelegate.repository=<id>` for a filter.
+pub fn repository() -> Option<String> {
+    REPOSITORY_ID
+        .get_or_init(|| REPOSITORY.get().and_then(|f| f()))
+        .as_ref()
+        .map(|id| format!("{}={id}", labels::REPOSITORY))
 }
 
 /// The mtime of files boxdelegate packs for the engine (a build context): fixed, so the same
@@ -408,9 +431,14 @@ impl Engine {
     pub async fn create_named_container(
         &self,
         name: Option<&str>,
-        body: ContainerCreateBody,
+        mut body: ContainerCreateBody,
     ) -> Result<String> {
         let image = body.image.clone().unwrap_or_default();
+        if let Some((k, v)) = repository().as_deref().and_then(|l| l.split_once('=')) {
+            body.labels
+                .get_or_insert_with(Default::default)
+                .insert(k.to_string(), v.to_string());
+        }
         let options = name.map(|n| qp::CreateContainerOptions {
             name: Some(n.to_string()),
             ..Default::default()

@@ -344,7 +344,7 @@ fn every_json_command_ends_with_an_error_object_when_it_fails() {
         vec!["image", "build", "--json"],
         vec!["plan", "import", plan.to_str().unwrap(), "--json"],
         // An engine that does not answer.
-        vec!["image", "ls", "--json"],
+        vec!["image", "ls", "--json", "--all-repositories"],
     ];
     for args in commands {
         let mut cmd = boxdelegate();

@@ -613,6 +613,15 @@ fn clean_and_prune_in_one_repository_leave_what_another_uses_running_or_not() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
+    // The container says whose it is: B's repository id, not its path.
+    let b_id = std::fs::read_to_string(b.path().join(".git/boxdelegate/repo-id")).unwrap();
+    let label = docker(&[
+        "inspect",
+        "--format",
+        "{{index .Config.Labels \"boxdelegate.repository\"}}",
+        &b_agent,
+    ]);
+    assert_eq!(label.trim(), b_id.trim());
     let exists = |i: &str| !docker(&["images", "-q", i]).trim().is_empty();
     // A cleans its finished run, then prunes everything of its own, current images too.
     for args in [
@@ -636,6 +645,24 @@ fn clean_and_prune_in_one_repository_leave_what_another_uses_running_or_not() {
             .is_none(),
         "A's finished run is gone"
     );
+    // `image ls` shows a repository its own: B's lists the image, A's no longer does.
+    let listed = |repo: &TestRepo| {
+        let out = repo.cmd().args(["image", "ls", "--json"]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        crate::common::final_json(&out.stdout)
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| {
+                i["tags"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|t| t == image.as_str())
+            })
+    };
+    assert!(listed(&b), "B lists the image it runs on");
+    assert!(!listed(&a), "A lists no image it let go of");
     // B goes on and lands, on the image A let go of.
     docker(&["exec", &b_agent, "touch", "/tmp/go"]);
     let out = child.wait_with_output().unwrap();
