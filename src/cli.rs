@@ -95,10 +95,35 @@ pub enum Command {
         /// When another boxdelegate works on this repository, wait for it instead of refusing.
         #[arg(long)]
         wait: bool,
+        /// Return at once with the run's id; the run goes on in the background, beyond this
+        /// command (its output in .git/boxdelegate/detached/ID.log). `boxdelegate wait UNIT
+        /// --run ID` follows it.
+        #[arg(long)]
+        detach: bool,
+        /// The id a detached run was given (set by --detach).
+        #[arg(long, hide = true, value_name = "ID")]
+        run_id: Option<String>,
         #[command(flatten)]
         snap: SnapshotArgs,
         /// Print JSON instead of text; the last line on stdout is the result object, or on
         /// failure {"type": "error", …} (docs/json.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Block until a unit's delegation ends, then print its result (exit code as `run`'s).
+    #[command(
+        after_help = "Follows the unit in run ID (as `run --detach` printed it), else in the newest run that delegates it. Ends when the unit's result is written; exit 130 when that run stopped before (interrupted, or its process died: `boxdelegate resume` continues it), 12 when --timeout ran out, 2 when no run delegates the unit."
+    )]
+    Wait {
+        /// The unit id.
+        unit: String,
+        /// The run to follow; default: the newest run that delegates the unit.
+        #[arg(long = "run", value_name = "ID")]
+        run: Option<String>,
+        /// Give up after this long (e.g. 30m, 2h); exit 12.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// Print the unit's result as JSON (as `show --json`), or an error object.
         #[arg(long)]
         json: bool,
     },

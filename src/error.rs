@@ -140,6 +140,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// `wait`: the delegation it waits for stopped before it ended (interrupted, or its
+    /// process died), or the wait's own time ran out.
+    #[error("{message}")]
+    WaitEnded {
+        message: String,
+        hint: String,
+        timed_out: bool,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -172,6 +180,10 @@ impl Error {
             Error::Busy { .. } => exit::BUSY,
             Error::State { .. } => exit::STATE,
             Error::Io { .. } | Error::Internal(_) => exit::INTERNAL,
+            Error::WaitEnded {
+                timed_out: true, ..
+            } => exit::TIMEOUT,
+            Error::WaitEnded { .. } => exit::INTERRUPTED,
         }
     }
 
@@ -183,7 +195,8 @@ impl Error {
             | Error::Exists { hint, .. }
             | Error::Usage { hint, .. }
             | Error::Busy { hint, .. }
-            | Error::State { hint, .. } => Some(hint),
+            | Error::State { hint, .. }
+            | Error::WaitEnded { hint, .. } => Some(hint),
             Error::Install(_) => Some(
                 "fix the dependency manifests (lockfile) or the profile's install step, then run again",
             ),

@@ -57,7 +57,7 @@ impl Project {
             crate::config::CONFIG_FILE.into(),
         );
         let for_id = repo.clone();
-        crate::engine::set_repository(Box::new(move || crate::state::repo_id(&for_id).ok()));
+        crate::engine::set_repository(Box::new(move || crate::state::existing_repo_id(&for_id)));
         Ok(Project {
             repo,
             config,

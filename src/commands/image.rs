@@ -201,11 +201,12 @@ pub async fn image(global: &GlobalArgs, cmd: ImageCommand) -> Result<i32> {
             let mine = if all_repositories {
                 None
             } else {
+                // A repository without an id has claimed no image yet (nothing is written).
                 let project = Project::open(global)?;
-                Some(format!(
-                    "boxdelegate/r-{}:",
-                    crate::state::repo_id(&project.repo)?
-                ))
+                Some(
+                    crate::state::existing_repo_id(&project.repo)
+                        .map(|id| format!("boxdelegate/r-{id}:")),
+                )
             };
             let engine = Engine::connect().await?;
             let mut list = engine.list_images(&[labels::KIND]).await?;
@@ -215,9 +216,9 @@ pub async fn image(global: &GlobalArgs, cmd: ImageCommand) -> Result<i32> {
                     Some("snap" | "deps")
                 );
                 match &mine {
-                    Some(prefix) if per_repository => {
-                        i.repo_tags.iter().any(|t| t.starts_with(prefix.as_str()))
-                    }
+                    Some(claims) if per_repository => claims
+                        .as_ref()
+                        .is_some_and(|p| i.repo_tags.iter().any(|t| t.starts_with(p.as_str()))),
                     _ => true,
                 }
             });

@@ -114,9 +114,23 @@ pub async fn run(cli: Cli) -> Result<i32> {
             rerun,
             jobs,
             wait,
+            detach,
+            run_id,
             snap,
             json,
         } => {
+            if detach {
+                return run::detach(global, json);
+            }
+            if let Some(id) = run_id
+                .as_ref()
+                .filter(|id| !crate::state::journal::valid_run_id(id))
+            {
+                return Err(Error::Usage {
+                    message: format!("--run-id {id:?} is not a run id"),
+                    hint: "leave it to --detach".into(),
+                });
+            }
             let args = crate::run::RunArgs {
                 units,
                 all,
@@ -126,8 +140,18 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 jobs: jobs.map(usize::from),
                 wait,
                 resume: None,
+                run_id,
             };
             run::run_command(global, args, json).await
+        }
+        Command::Wait {
+            unit,
+            run: id,
+            timeout,
+            json,
+        } => {
+            let project = Project::open(global)?;
+            run::wait(&project, &unit, id, timeout, json).await
         }
         Command::Resume {
             run,
@@ -153,6 +177,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 jobs: jobs.map(usize::from),
                 wait,
                 resume: Some(id),
+                run_id: None,
             };
             run::run_command(global, args, json).await
         }

@@ -7,9 +7,10 @@
 
 use super::reporter;
 use crate::cli::GlobalArgs;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::output::print_json;
 use crate::project::Project;
+use crate::state::PrivateOpen;
 
 pub async fn run_command(
     global: &GlobalArgs,
@@ -259,5 +260,173 @@ pub fn print_result(r: &crate::record::UnitResult) {
             "{}",
             crate::output::wrap(&format!("  - {}", v(&rej.to_string())), width, 4)
         );
+    }
+}
+
+/// `run --detach`: the same command started again as a process of its own session (it outlives
+/// this one and a closed terminal), given a run id now so a caller can follow it; its output
+/// goes to `.git/boxdelegate/detached/ID.log`, its pid to `ID.pid`. Prints the id.
+pub fn detach(global: &GlobalArgs, json: bool) -> Result<i32> {
+    use std::os::unix::process::CommandExt;
+    let project = Project::open(global)?;
+    let id = crate::run::new_run_id();
+    let dir = crate::state::dir(&project.repo).join("detached");
+    crate::state::create_private_dir(&dir)?;
+    let log_path = dir.join(format!("{id}.log"));
+    let log = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode_private()
+        .open(&log_path)
+        .map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
+    let err = log
+        .try_clone()
+        .map_err(|e| Error::io("duplicating the log's handle", e))?;
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding this program", e))?;
+    // The same arguments, less --detach, plus the id; JSON events in the log when asked.
+    let args: Vec<std::ffi::OsString> = std::env::args_os()
+        .skip(1)
+        .filter(|a| a != "--detach")
+        .chain(["--run-id".into(), id.clone().into()])
+        .collect();
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(&args)
+        .current_dir(&project.repo.root)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(err);
+    // SAFETY: setsid in the child between fork and exec, which only makes it a session leader.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| Error::io("starting the detached run", e))?;
+    crate::state::write_private(
+        &dir.join(format!("{id}.pid")),
+        format!("{}\n", child.id()).as_bytes(),
+    )?;
+    let log_shown = crate::output::shown_path(&log_path);
+    if json {
+        print_json(&serde_json::json!({
+            "type": "detached",
+            "run_id": id,
+            "pid": child.id(),
+            "log": log_path,
+        }))?;
+    } else {
+        println!("run {id} goes on in the background (pid {})", child.id());
+        println!("  its output: {log_shown}");
+        println!("  follow a unit: boxdelegate wait UNIT --run {id}");
+    }
+    Ok(crate::error::exit::OK)
+}
+
+/// `wait UNIT`: blocks until the unit's delegation in run `run` (else its newest run) ends,
+/// reading the run's journal as it is written; prints the result as `show` does and exits
+/// with the code `run` would have.
+pub async fn wait(
+    project: &Project,
+    unit: &str,
+    run: Option<String>,
+    timeout: Option<std::time::Duration>,
+    json: bool,
+) -> Result<i32> {
+    use crate::state::journal::{self, UnitPhase};
+    let state = crate::state::dir(&project.repo);
+    if let Some(id) = run.as_ref().filter(|id| !journal::valid_run_id(id)) {
+        return Err(Error::Usage {
+            message: format!("--run {id:?} is not a run id"),
+            hint: "`boxdelegate status --all` lists the runs".into(),
+        });
+    }
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    // A detached run's process, while it lives (before it has written a journal, too).
+    let alive = |id: &str| -> bool {
+        let pid = std::fs::read_to_string(state.join("detached").join(format!("{id}.pid")))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        // Alive: it exists and is no zombie (a killed process whose parent is gone may wait
+        // a while to be reaped).
+        pid.is_some_and(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|st| st.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+                .unwrap_or(false)
+        })
+    };
+    loop {
+        let working = crate::state::lock::RepoLock::held_by(&state).is_some();
+        let found = match &run {
+            Some(id) => journal::load(&state, id).ok(),
+            None => journal::run_ids(&state)
+                .into_iter()
+                .rev()
+                .filter_map(|id| journal::load(&state, &id).ok())
+                .find(|j| j.units.iter().any(|u| u.id == unit)),
+        };
+        match found {
+            Some(j) => {
+                let Some(u) = j.units.iter().find(|u| u.id == unit) else {
+                    return Err(Error::Usage {
+                        message: format!("run {} does not delegate unit {unit}", j.run_id),
+                        hint: format!("its units: {}", j.request.units.join(", ")),
+                    });
+                };
+                if let (UnitPhase::Done, Some(r)) = (u.phase, &u.result) {
+                    if json {
+                        print_json(r)?;
+                    } else {
+                        print_result(r);
+                    }
+                    return Ok(r.status.exit_code());
+                }
+                if !working && !alive(&j.run_id) {
+                    return Err(Error::WaitEnded {
+                        message: format!(
+                            "run {} stopped before unit {unit} ended (interrupted, or its process died)",
+                            j.run_id
+                        ),
+                        hint: format!("`boxdelegate resume {}` continues it", j.run_id),
+                        timed_out: false,
+                    });
+                }
+            }
+            None => match &run {
+                Some(id) if !alive(id) && !working => {
+                    let log = state.join("detached").join(format!("{id}.log"));
+                    return Err(Error::WaitEnded {
+                        message: format!("run {id} never started its units"),
+                        hint: if log.is_file() {
+                            format!("its output says why: {}", log.display())
+                        } else {
+                            "`boxdelegate status --all` lists the runs".into()
+                        },
+                        timed_out: false,
+                    });
+                }
+                None if !working => {
+                    return Err(Error::Usage {
+                        message: format!("no run delegates unit {unit}"),
+                        hint: format!("start one: boxdelegate run --unit {unit} --detach"),
+                    });
+                }
+                _ => {}
+            },
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Err(Error::WaitEnded {
+                message: format!("unit {unit} did not end within the --timeout"),
+                hint: "wait again, or see `boxdelegate status`".into(),
+                timed_out: true,
+            });
+        }
+        // The journal is rewritten at each phase boundary; reading it is cheap.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }

@@ -287,8 +287,14 @@ pub async fn clean(project: &Project, run: Option<String>, how: Clean, json: boo
             targets.push((id.clone(), journal::load(&state, id)));
         }
         None => {
-            // Run ids begin with their start time: in order, the newest last.
-            let ids = journal::run_ids(&state);
+            // Oldest first, by when each started (ids begin with the second only).
+            let mut ids = journal::run_ids(&state);
+            let started = |id: &String| {
+                journal::load(&state, id)
+                    .map(|j| (j.started_at, j.started_at_ms))
+                    .unwrap_or_default()
+            };
+            ids.sort_by_cached_key(|id| (started(id), id.clone()));
             let finished = ids
                 .iter()
                 .filter(|id| journal::load(&state, id).is_ok_and(|j| j.finished()))

@@ -67,11 +67,12 @@ pub fn set_runtime(runtime: Option<String>, declared_in: PathBuf) {
     }
 }
 
-/// Where the id of the repository this process works on comes from (it is made on first use,
-/// so commands that never create a container write nothing), and the id once read.
+/// Where the id of the repository this process works on comes from (read, never made here:
+/// the repository's first image claim makes it, so a command that fails before leaves the host
+/// as it was), and the id once read.
 type RepositoryId = Box<dyn Fn() -> Option<String> + Send + Sync>;
 static REPOSITORY: std::sync::OnceLock<RepositoryId> = std::sync::OnceLock::new();
-static REPOSITORY_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+static REPOSITORY_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Sets where the repository's id comes from: every container this process creates is labelled
 /// [`labels::REPOSITORY`] with it, and [`repository`] filters by it. The first setting wins.
@@ -81,10 +82,14 @@ pub fn set_repository(id: RepositoryId) {
 
 /// The repository this process works on, as `boxdelegate.repository=<id>` for a filter.
 pub fn repository() -> Option<String> {
-    REPOSITORY_ID
-        .get_or_init(|| REPOSITORY.get().and_then(|f| f()))
-        .as_ref()
-        .map(|id| format!("{}={id}", labels::REPOSITORY))
+    let id = match REPOSITORY_ID.get() {
+        Some(id) => id.clone(),
+        None => {
+            let id = REPOSITORY.get().and_then(|f| f())?;
+            REPOSITORY_ID.get_or_init(|| id).clone()
+        }
+    };
+    Some(format!("{}={id}", labels::REPOSITORY))
 }
 
 /// The mtime of files boxdelegate packs for the engine (a build context): fixed, so the same

@@ -33,6 +33,8 @@ pub(super) struct Ctx<'a> {
     pub(super) run_dir: &'a Path,
     pub(super) reporter: &'a dyn Reporter,
     pub(super) journal: &'a crate::state::journal::Live,
+    /// When this process began the run (Unix seconds).
+    pub(super) started_at: f64,
     pub(super) policy: Policy,
     /// Whether the engine caps a container's writable layer itself.
     pub(super) disk_quota: bool,
@@ -147,8 +149,9 @@ pub(super) fn finish_unit(ctx: &Ctx<'_>, id: &str, mut result: UnitResult) -> Re
             result.network_refused.push(r.clone());
         }
     }
-    let started = ctx.journal.read(|j| j.started_at) as f64;
-    result.seconds = (unix_now() - started).max(0.0);
+    // Since this process began the run (a resumed run's first start is not this one's, and
+    // the journal keeps whole seconds): never more than the run's wall time.
+    result.seconds = (unix_now() - ctx.started_at).max(0.0);
     let json = serde_json::to_vec_pretty(&result).map_err(|e| Error::Internal(e.to_string()))?;
     crate::state::write_private(&ctx.run_dir.join(id).join("result.json"), &json)?;
     crate::state::write_private(

@@ -99,7 +99,7 @@ impl UnitResult {
     }
 }
 
-fn new_run_id() -> String {
+pub fn new_run_id() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -122,6 +122,8 @@ pub struct RunArgs {
     pub wait: bool,
     /// Resume this run (`boxdelegate resume`) instead of looking for one with the same request.
     pub resume: Option<String>,
+    /// The id a new run takes (a detached run's, given by the command that started it).
+    pub run_id: Option<String>,
 }
 
 /// Default retries of a failed change.
@@ -205,6 +207,7 @@ impl RunReport {
 
 pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> Result<RunOutcome> {
     let started = Instant::now();
+    let started_at = unix_now();
     let state = crate::state::dir(&project.repo);
     // A run to resume: the one named, or an unfinished one with the same request.
     let named = match &args.resume {
@@ -361,7 +364,7 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
             j
         }
         None => {
-            let run_id = new_run_id();
+            let run_id = args.run_id.clone().unwrap_or_else(new_run_id);
             let mut units = Vec::new();
             for p in &planned {
                 let mut entry = crate::state::journal::UnitEntry {
@@ -381,6 +384,7 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
                 schema: crate::state::journal::SCHEMA,
                 run_id,
                 started_at: unix_now() as u64,
+                started_at_ms: crate::timings::now_ms(),
                 finished_at: None,
                 request: request.clone(),
                 snapshot_commit: snapshot.commit.clone(),
@@ -476,6 +480,7 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
         run_dir: &run_dir,
         reporter,
         journal: &live,
+        started_at,
         policy,
         disk_quota: engine.supports_disk_quota().await,
         upper,

@@ -39,6 +39,10 @@ pub struct Journal {
     pub run_id: String,
     /// Unix seconds.
     pub started_at: u64,
+    /// Unix milliseconds, to order runs that started within one second (0 in journals written
+    /// before it was kept).
+    #[serde(default)]
+    pub started_at_ms: u64,
     pub finished_at: Option<u64>,
     pub request: Request,
     pub snapshot_commit: String,

@@ -23,13 +23,17 @@ use crate::record::UnitResult;
 /// This repository's id for the engine: random, made once and kept in the state directory,
 /// so it names this clone wherever it is moved (never its path). Images the repository uses
 /// carry a tag with it (`images::uses`).
+/// The repository's id when it has one already (never writes).
+pub fn existing_repo_id(repo: &Repo) -> Option<String> {
+    let id = std::fs::read_to_string(dir(repo).join("repo-id")).ok()?;
+    let id = id.trim().to_string();
+    (id.len() == 12 && id.chars().all(|c| c.is_ascii_hexdigit())).then_some(id)
+}
+
 pub fn repo_id(repo: &Repo) -> Result<String> {
     let path = dir(repo).join("repo-id");
-    if let Ok(id) = std::fs::read_to_string(&path) {
-        let id = id.trim().to_string();
-        if id.len() == 12 && id.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Ok(id);
-        }
+    if let Some(id) = existing_repo_id(repo) {
+        return Ok(id);
     }
     create_private_dir(&dir(repo))?;
     let mut seed = Vec::new();

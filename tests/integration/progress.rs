@@ -91,6 +91,12 @@ fn run_json_is_json_lines_whose_final_object_matches_the_documented_schema() {
         BTreeSet::from(["images_ms".to_string(), "snapshot_ms".to_string()])
     );
     assert_eq!(unit["status"], "landed");
+    // A unit's time is part of the run's, never more.
+    let (seconds, wall) = (
+        unit["seconds"].as_f64().unwrap(),
+        last["run"]["wall_seconds"].as_f64().unwrap(),
+    );
+    assert!(seconds <= wall, "unit {seconds} s > run {wall} s");
 }
 
 #[test]

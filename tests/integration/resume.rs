@@ -695,3 +695,124 @@ fn status_shows_an_interrupted_run_and_clean_keeps_it_until_asked() {
     let out = repo.cmd().args(["status"]).output().unwrap();
     assert_eq!(stdout(&out).trim(), "no runs in this repository");
 }
+
+/// The running agent container of run `run_id`, once there is one.
+fn agent_of(run_id: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let id = docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=boxdelegate.run={run_id}"),
+            "--filter",
+            "label=boxdelegate.kind=agent",
+        ]);
+        if let Some(id) = id.lines().next() {
+            return id.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run {run_id} started no agent"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_detached_run_is_followed_by_wait_to_its_result_or_its_end() {
+    require_base_image();
+    let repo = TestRepo::with_project("detach-wait");
+    repo.agent(
+        "while [ ! -e /tmp/go ]; do sleep 0.2; done; echo hi > src/$BOXDELEGATE_UNIT_ID.txt",
+    );
+    repo.unit("u", "scope = [\"src/**\"]", "Say hi.");
+    repo.unit("v", "scope = [\"src/**\"]", "Say hi too.");
+    repo.commit("project");
+    let detach = |unit: &str| {
+        let out = repo
+            .cmd()
+            .args(["run", "--unit", unit, "--detach", "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v = crate::common::final_json(&out.stdout);
+        assert_eq!(v["type"], "detached", "{v}");
+        v["run_id"].as_str().unwrap().to_string()
+    };
+    let run_id = detach("u");
+    let agent = agent_of(&run_id);
+    // Still at work: a wait that runs out of time says so (exit 12), as an error object.
+    let out = repo
+        .cmd()
+        .args(["wait", "u", "--run", &run_id, "--timeout", "1s", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(12), "{}", stderr(&out));
+    assert_eq!(crate::common::final_json(&out.stdout)["type"], "error");
+    // A waiting planner, then the agent finishes: the wait ends with the unit's result.
+    let waiter = repo
+        .cmd()
+        .args(["wait", "u", "--run", &run_id, "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    docker(&["exec", &agent, "touch", "/tmp/go"]);
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let result = crate::common::final_json(&out.stdout);
+    assert_eq!(result["status"], "landed", "{result}");
+    assert_eq!(result["run_id"], run_id.as_str());
+    repo.remember_image(result["unit_image"].as_str().unwrap());
+    assert!(repo.git(&["rev-parse", "--verify", "boxdelegate/u"]).len() == 40);
+    // Without --run: the unit's newest run, ended: at once.
+    let out = repo.cmd().args(["wait", "u"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("u: landed"), "{}", stdout(&out));
+    // A unit no run delegates: exit 2.
+    let out = repo
+        .cmd()
+        .args(["wait", "nobody", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // A detached run whose process dies mid-way: the wait ends (exit 130) and says how to go on.
+    let run_v = detach("v");
+    agent_of(&run_v);
+    let pid = std::fs::read_to_string(
+        repo.path()
+            .join(format!(".git/boxdelegate/detached/{run_v}.pid")),
+    )
+    .unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = repo
+        .cmd()
+        .args(["wait", "v", "--run", &run_v, "--timeout", "60s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("`boxdelegate resume {run_v}` continues it")),
+        "{}",
+        stderr(&out)
+    );
+    // What the killed run left goes with it.
+    let out = repo
+        .cmd()
+        .args(["clean", "--run", &run_v, "--force"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let left = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=boxdelegate.run={run_v}"),
+    ]);
+    assert_eq!(left.trim(), "", "no container of the killed run left");
+}
