@@ -369,13 +369,19 @@ pub fn require_base_image() {
 /// The base image and the rust toolchain image, built from Debian packages when the engine
 /// lacks it (a shared image, like the base: kept).
 pub fn require_rust_image() {
+    require_toolchain_image("rust");
+}
+
+/// The base image and toolchain `name`'s image (`boxdelegate/NAME:bookworm`), built from
+/// Debian packages when the engine lacks it (shared, kept).
+pub fn require_toolchain_image(name: &str) {
     require_base_image();
-    if docker(&["images", "-q", "boxdelegate/rust:bookworm"])
+    if docker(&["images", "-q", &format!("boxdelegate/{name}:bookworm")])
         .trim()
         .is_empty()
     {
         let out = boxdelegate()
-            .args(["-q", "image", "build", "rust"])
+            .args(["-q", "image", "build", name])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));

@@ -26,17 +26,7 @@ fn quick_start() -> Vec<String> {
 
 #[test]
 fn the_readme_quick_start_runs_as_written() {
-    require_base_image();
-    if docker(&["images", "-q", "boxdelegate/python:bookworm"])
-        .trim()
-        .is_empty()
-    {
-        let out = boxdelegate()
-            .args(["-q", "image", "build", "python"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-    }
+    require_toolchain_image("python");
     let lines = quick_start();
     assert!(
         lines.len() <= 10,
