@@ -439,7 +439,17 @@ impl Engine {
         mut body: ContainerCreateBody,
     ) -> Result<String> {
         let image = body.image.clone().unwrap_or_default();
-        if let Some((k, v)) = repository().as_deref().and_then(|l| l.split_once('=')) {
+        // A run's containers say whose they are. Never a build container: its labels become
+        // the committed image's, and an image is shared by content across repositories.
+        let of_a_run = body
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(labels::RUN));
+        if let Some((k, v)) = repository()
+            .filter(|_| of_a_run)
+            .as_deref()
+            .and_then(|l| l.split_once('='))
+        {
             body.labels
                 .get_or_insert_with(Default::default)
                 .insert(k.to_string(), v.to_string());

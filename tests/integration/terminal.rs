@@ -271,6 +271,8 @@ fn ctrl_c_leaves_a_readable_screen_no_container_and_a_status_that_says_so() {
         "the agents never showed their activity:\n{}",
         screen.text()
     );
+    // This repository's containers (other tests run units named alike at the same time).
+    let repo_id = std::fs::read_to_string(repo.path().join(".git/boxdelegate/repo-id")).unwrap();
     let units = |kind: &str| {
         docker(&[
             "ps",
@@ -278,7 +280,7 @@ fn ctrl_c_leaves_a_readable_screen_no_container_and_a_status_that_says_so() {
             "--filter",
             &format!("label=boxdelegate.kind={kind}"),
             "--filter",
-            "label=boxdelegate.unit=second",
+            &format!("label=boxdelegate.repository={}", repo_id.trim()),
         ])
     };
     assert!(!units("agent").trim().is_empty(), "an agent container runs");
