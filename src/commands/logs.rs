@@ -314,11 +314,15 @@ impl View {
         loop {
             let agent_done = matches!(attempt.phase, AttemptPhase::Extracted | AttemptPhase::Done);
             let attempt_done = attempt.phase == AttemptPhase::Done;
-            // The run stopped when nobody holds the repository lock and its journal is still
+            // The run stopped when no process holds its lock and its journal is still
             // unfinished (read again, in case the run finished between the two looks).
             let stopped = self.follow
                 && !journal.finished()
-                && crate::state::lock::RepoLock::held_by(&self.state).is_none()
+                && crate::state::lock::RepoLock::holder_of(
+                    &self.state,
+                    crate::state::lock::Guarded::Run(&self.run_id),
+                )
+                .is_none()
                 && !self.load()?.finished();
             // Without --follow (or once nothing more will be written) print everything there is.
             let complete = !self.follow || stopped;
@@ -498,8 +502,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().to_path_buf();
         let runs = journal::runs_dir(&state).join("1-0001").join("u");
-        // The run holds the repository lock while it works.
-        let lock = crate::state::lock::RepoLock::acquire(&state, "run", false).unwrap();
+        // The run holds its lock while it works.
+        let lock = crate::state::lock::RepoLock::on(
+            &state,
+            crate::state::lock::Guarded::Run("1-0001"),
+            "run",
+            false,
+        )
+        .unwrap();
         write(runs.join("attempt-1/agent.log"), "started\n");
         write_journal(
             &state,

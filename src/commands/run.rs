@@ -360,8 +360,10 @@ pub async fn wait(
                 .unwrap_or(false)
         })
     };
+    use crate::state::lock::{Guarded, RepoLock};
     loop {
-        let working = crate::state::lock::RepoLock::held_by(&state).is_some();
+        // A process working on the unit (before its run's journal exists, too).
+        let unit_busy = RepoLock::holder_of(&state, Guarded::Unit(unit)).is_some();
         let found = match &run {
             Some(id) => journal::load(&state, id).ok(),
             None => journal::run_ids(&state)
@@ -386,7 +388,8 @@ pub async fn wait(
                     }
                     return Ok(r.status.exit_code());
                 }
-                if !working && !alive(&j.run_id) {
+                let live = RepoLock::holder_of(&state, Guarded::Run(&j.run_id)).is_some();
+                if !live && !alive(&j.run_id) {
                     return Err(Error::WaitEnded {
                         message: format!(
                             "run {} stopped before unit {unit} ended (interrupted, or its process died)",
@@ -398,7 +401,7 @@ pub async fn wait(
                 }
             }
             None => match &run {
-                Some(id) if !alive(id) && !working => {
+                Some(id) if !alive(id) && !unit_busy => {
                     let log = state.join("detached").join(format!("{id}.log"));
                     return Err(Error::WaitEnded {
                         message: format!("run {id} never started its units"),
@@ -410,7 +413,7 @@ pub async fn wait(
                         timed_out: false,
                     });
                 }
-                None if !working => {
+                None if !unit_busy => {
                     return Err(Error::Usage {
                         message: format!("no run delegates unit {unit}"),
                         hint: format!("start one: boxdelegate run --unit {unit} --detach"),

@@ -92,7 +92,6 @@ pub async fn status(project: &Project, run: Option<String>, all: bool, json: boo
         None if all => journal::run_ids(&state),
         None => journal::run_ids(&state).into_iter().rev().take(1).collect(),
     };
-    let holder = crate::state::lock::RepoLock::held_by(&state);
     let engine = if ids.is_empty() {
         None
     } else {
@@ -104,6 +103,11 @@ pub async fn status(project: &Project, run: Option<String>, all: bool, json: boo
         let containers = containers(engine.as_ref(), id).await;
         match journal::load(&state, id) {
             Ok(j) => {
+                // Live while a process holds its lock.
+                let holder = crate::state::lock::RepoLock::holder_of(
+                    &state,
+                    crate::state::lock::Guarded::Run(&j.run_id),
+                );
                 let busy = holder.is_some() && !j.finished();
                 if !json {
                     print_run(
@@ -358,6 +362,15 @@ pub async fn clean(project: &Project, run: Option<String>, how: Clean, json: boo
         filters.extend(repository.as_deref());
         let list = engine.list_containers(&filters).await?;
         let unfinished = !matches!(loaded, Ok(j) if j.finished());
+        // A live run is its process's to end, --force or not.
+        if let Some(holder) =
+            crate::state::lock::RepoLock::holder_of(&state, crate::state::lock::Guarded::Run(id))
+        {
+            return Err(Error::Busy {
+                message: format!("run {id} is live: {holder} is working on it"),
+                hint: "wait for it to end (`boxdelegate wait UNIT --run ID`), or stop that process first".into(),
+            });
+        }
         let running = list
             .iter()
             .filter(|c| c.state.map(|s| s.to_string().to_lowercase()) == Some("running".into()))

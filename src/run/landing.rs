@@ -65,6 +65,14 @@ pub(super) async fn land_unit(ctx: &Ctx<'_>, p: &Planned) -> Result<()> {
     ctx.reporter.unit(id, &format!("landing on {}", p.branch));
     let land_started = Instant::now();
     land::import_objects(repo, &attempt.dir.join("objects"))?;
+    // One landing on a branch at a time, across processes: from the head it is prepared on
+    // to the compare-and-swap that moves it (the lock goes with this function).
+    let _branch = crate::state::lock::RepoLock::on(
+        &crate::state::dir(repo),
+        crate::state::lock::Guarded::Branch(&p.branch),
+        "run",
+        true,
+    )?;
     let prepared = land::prepare(repo, &req)?;
     let tree = result.tree.clone().unwrap_or_default();
     // The unit's own verification, the key to landing its tree.
@@ -346,10 +354,21 @@ pub fn apply(
             return Ok(result);
         }
     };
-    let _lock =
-        crate::state::lock::RepoLock::acquire(&crate::state::dir(&project.repo), "apply", wait)?;
+    let state = crate::state::dir(&project.repo);
+    let _unit = crate::state::lock::RepoLock::on(
+        &state,
+        crate::state::lock::Guarded::Unit(id),
+        "apply",
+        wait,
+    )?;
     land::import_objects(&project.repo, &unit_dir.join("objects"))?;
     let req = land_request(&result).expect("checked above");
+    let _branch = crate::state::lock::RepoLock::on(
+        &state,
+        crate::state::lock::Guarded::Branch(&req.branch),
+        "apply",
+        true,
+    )?;
     let trust =
         project.config.verify.merged.unwrap_or_default() == crate::config::MergedPolicy::Trust;
     let landed = land::land(&project.repo, &req, &key, |merged| {

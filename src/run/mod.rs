@@ -30,6 +30,7 @@ use crate::project::Project;
 use crate::record::{Status, UnitResult};
 use crate::snapshot::{self, Snapshot};
 use crate::state::journal::UnitPhase;
+use crate::state::lock::{Guarded, RepoLock};
 
 mod attempt;
 mod holder;
@@ -285,8 +286,15 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
             ));
         }
     }
-    // One boxdelegate per repository from here on; then the run to resume, if any.
-    let _lock = crate::state::lock::RepoLock::acquire(&state, "run", args.wait)?;
+    // One process per unit from here on (other processes may work on other units of this
+    // repository); then the run to resume, if any. Taken in one order, so two processes that
+    // wait for each other's units cannot each hold what the other waits for.
+    let mut unit_ids: Vec<&str> = planned.iter().map(|p| p.unit.meta.id.as_str()).collect();
+    unit_ids.sort();
+    let mut _units = Vec::new();
+    for id in unit_ids {
+        _units.push(RepoLock::on(&state, Guarded::Unit(id), "run", args.wait)?);
+    }
     let resume = match named {
         Some(j) => Some(j),
         None => find_unfinished(&state, &request)?,
@@ -327,6 +335,8 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
     };
     let snapshot_ms = crate::timings::since(snapshot_started);
     let images_started = Instant::now();
+    // One build of a key, not one per process: a second waits and finds it made.
+    let images_lock = RepoLock::on(&state, Guarded::Images, "run", true)?;
     let (deps, _, unit_image) = crate::images::ensure_images(
         &engine,
         project,
@@ -336,6 +346,7 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
         reporter,
     )
     .await?;
+    drop(images_lock);
     let run_timings = crate::timings::RunTimings {
         snapshot_ms,
         images_ms: crate::timings::since(images_started),
@@ -397,6 +408,8 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
         }
     };
     let run_id = journal.run_id.clone();
+    // This run is live while this process holds its lock (`status`, `wait`, `clean` read it).
+    let _run = RepoLock::on(&state, Guarded::Run(&run_id), "run", false)?;
     let run_dir = crate::state::journal::runs_dir(&state).join(&run_id);
     crate::state::create_private_dir(&run_dir)?;
     let live = crate::state::journal::Live::new(&run_dir, journal)?;
@@ -426,6 +439,7 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
         .collect();
     versions.sort();
     versions.dedup();
+    let images_lock = RepoLock::on(&state, Guarded::Images, "run", true)?;
     for v in versions {
         crate::agent::codex::ensure_image(&engine, v, None, reporter).await?;
         crate::agent::codex::ensure_volume(&engine, v).await?;
@@ -437,6 +451,7 @@ pub async fn run(project: &Project, args: RunArgs, reporter: &dyn Reporter) -> R
     if proxied {
         images::ensure_proxy(&engine, reporter).await?;
     }
+    drop(images_lock);
     if resumed {
         remove_abandoned(&engine, &live, &run_id).await?;
     }

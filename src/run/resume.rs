@@ -46,7 +46,26 @@ pub(super) fn find_unfinished(
     request: &crate::state::journal::Request,
 ) -> Result<Option<crate::state::journal::Journal>> {
     for id in crate::state::journal::run_ids(state).into_iter().rev() {
-        let j = crate::state::journal::load(state, &id)?;
+        // Another process's live run is not one to resume (nor one being created: no journal
+        // yet).
+        if crate::state::lock::RepoLock::holder_of(state, crate::state::lock::Guarded::Run(&id))
+            .is_some()
+        {
+            continue;
+        }
+        let j = match crate::state::journal::load(state, &id) {
+            Ok(j) => j,
+            Err(_)
+                if !state
+                    .join("runs")
+                    .join(&id)
+                    .join(crate::state::journal::FILE)
+                    .exists() =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
         if !j.finished() && j.request == *request {
             return Ok(Some(j));
         }

@@ -471,6 +471,35 @@ fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
     }
 }
 
+/// The command agent `agent` and one check (a test command that counts one test), so a tree
+/// merged onto a moved branch is verified before it lands.
+fn with_check(repo: &TestRepo, agent: &str) {
+    repo.write(
+        "boxdelegate.toml",
+        &format!(
+            "[project]\nprofile = \"test\"\n\n[agent]\nretries = 0\nkind = \"command\"\ncommand = {}\n\n[verify]\ntest = 'echo 1 passed, 0 failed'\n\n[run]\ninfra_retries = 0\n",
+            toml_string(agent)
+        ),
+    );
+}
+
+/// The run (its id) that delegates `unit`, once its journal is written.
+fn run_of(repo: &TestRepo, unit: &str) -> Option<String> {
+    run_ids(repo).into_iter().find(|id| {
+        std::fs::read(
+            repo.path()
+                .join(format!(".git/boxdelegate/runs/{id}/journal.json")),
+        )
+        .ok()
+        .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
+        .is_some_and(|j| {
+            j["request"]["units"]
+                .as_array()
+                .is_some_and(|u| u.iter().any(|u| u == unit))
+        })
+    })
+}
+
 fn journal(repo: &TestRepo) -> Option<serde_json::Value> {
     let id = run_ids(repo).pop()?;
     let data = std::fs::read(
@@ -482,15 +511,15 @@ fn journal(repo: &TestRepo) -> Option<serde_json::Value> {
 }
 
 #[test]
-fn a_second_boxdelegate_on_the_same_repository_refuses_or_waits() {
+fn a_second_boxdelegate_on_the_same_unit_refuses_or_waits_while_other_units_go_on() {
     require_base_image();
     let repo = TestRepo::with_project("resume-lock");
     // The slow unit's agent works until the test lets it finish (a file the test creates in
-    // the agent container), so the first run holds the repository as long as the test needs.
+    // the agent container), so the first run holds its unit as long as the test needs.
     repo.write(
         "boxdelegate.toml",
         &format!(
-            "[project]\nprofile = \"test\"\n[agent]\nkind = \"command\"\ntimeout = \"3m\"\ncommand = {}\n",
+            "[project]\nprofile = \"test\"\n[verify]\ntest = 'echo 1 passed, 0 failed'\n[agent]\nkind = \"command\"\ntimeout = \"3m\"\ncommand = {}\n",
             toml_string("if [ \"$BOXDELEGATE_UNIT_ID\" = slow ]; then while [ ! -e /tmp/go ]; do sleep 0.1; done; fi; echo \"$BOXDELEGATE_UNIT_ID\" > \"src/$BOXDELEGATE_UNIT_ID.txt\"")
         ),
     );
@@ -509,37 +538,39 @@ fn a_second_boxdelegate_on_the_same_repository_refuses_or_waits() {
         journal(&repo).is_some_and(|j| j["units"][0]["attempts"][0]["phase"] == "running")
     });
     let before = repo.refs();
+    // The same unit: refused, naming the holder, touching nothing.
+    let out = repo
+        .cmd()
+        .args(["run", "--json", "--unit", "slow", "--branch", "shared"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(20), "{err}");
+    assert!(err.contains("is working on unit slow"), "{err}");
+    assert!(err.contains(&format!("pid {}", first.id())), "{err}");
+    assert!(err.contains("--wait"), "{err}");
+    assert_eq!(repo.refs(), before, "the refused run touched nothing");
+    assert_eq!(run_ids(&repo).len(), 1, "the refused run wrote no run");
+    // `status` says the first run is running.
+    let out = repo.cmd().args(["status", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let s: serde_json::Value = crate::common::final_json(&out.stdout);
+    assert_eq!(s["runs"][0]["state"], "running", "{s}");
+    // Another unit goes on at the same time, landing on the same branch first.
     let out = repo
         .cmd()
         .args(["run", "--json", "--unit", "other", "--branch", "shared"])
         .output()
         .unwrap();
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(20), "{err}");
-    assert!(err.contains("is working on this repository"), "{err}");
-    assert!(err.contains(&format!("pid {}", first.id())), "{err}");
-    assert!(err.contains("--wait"), "{err}");
-    assert_eq!(repo.refs(), before, "the refused run touched nothing");
-    assert_eq!(run_ids(&repo).len(), 1, "the refused run wrote no run");
-    // `status` reads without the lock and says the run is running.
-    let out = repo.cmd().args(["status", "--json"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let s: serde_json::Value = crate::common::final_json(&out.stdout);
-    assert_eq!(s["runs"][0]["state"], "running", "{s}");
-    assert!(
-        s["runs"][0]["containers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["kind"] == "agent" && c["state"] == "running"),
-        "{s}"
-    );
-    // With --wait the second one queues behind the first; landings never interleave.
+    let v: serde_json::Value = crate::common::final_json(&out.stdout);
+    repo.remember_image(v["units"][0]["unit_image"].as_str().unwrap());
+    // With --wait a second run of the slow unit queues behind the first.
     let second_err = repo.path().join(".git/second.err");
     let second = repo
         .cmd()
         .args([
-            "run", "--json", "--wait", "--unit", "other", "--branch", "shared",
+            "run", "--json", "--wait", "--unit", "slow", "--branch", "shared",
         ])
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&second_err).unwrap())
@@ -548,9 +579,9 @@ fn a_second_boxdelegate_on_the_same_repository_refuses_or_waits() {
     let _guard2 = KillChild(second.id());
     wait_for("the second run to queue", || {
         std::fs::read_to_string(&second_err)
-            .is_ok_and(|e| e.contains("waiting: another boxdelegate"))
+            .is_ok_and(|e| e.contains("waiting: another boxdelegate") && e.contains("unit slow"))
     });
-    let run_id = run_ids(&repo).pop().unwrap();
+    let run_id = run_of(&repo, "slow").unwrap();
     let agent = docker(&[
         "ps",
         "-q",
@@ -568,13 +599,165 @@ fn a_second_boxdelegate_on_the_same_repository_refuses_or_waits() {
         "{}",
         std::fs::read_to_string(&second_err).unwrap_or_default()
     );
-    assert_eq!(commits_on(&repo, "shared", &snapshot), ["slow", "other"]);
-    for out in [&first, &second] {
-        let v: serde_json::Value = crate::common::final_json(&out.stdout);
+    // The slow unit landed on top of the other (its merged tree verified), once: the queued
+    // run found it landed.
+    assert_eq!(commits_on(&repo, "shared", &snapshot), ["other", "slow"]);
+    let v: serde_json::Value = crate::common::final_json(&first.stdout);
+    assert!(!v["units"][0]["merged_record"].is_null(), "{v}");
+    let v2: serde_json::Value = crate::common::final_json(&second.stdout);
+    assert_eq!(v2["units"][0]["status"], "already-landed", "{v2}");
+    for v in [&v, &v2] {
         if let Some(i) = v["units"][0]["unit_image"].as_str() {
             repo.remember_image(i);
         }
     }
+}
+
+#[test]
+fn four_runs_at_once_on_one_repository_each_land_their_unit_once() {
+    require_base_image();
+    let repo = TestRepo::with_project("swarm-four");
+    with_check(
+        &repo,
+        "echo \"$BOXDELEGATE_UNIT_ID\" > \"src/$BOXDELEGATE_UNIT_ID.txt\"",
+    );
+    for u in ["a", "b", "c", "d"] {
+        repo.unit(u, "scope = [\"src/**\"]", "Write your file.");
+    }
+    let snapshot = repo.commit("project");
+    // a and b on one branch, c and d on their own; four processes started together.
+    let children: Vec<_> = [
+        ("a", Some("shared")),
+        ("b", Some("shared")),
+        ("c", None),
+        ("d", None),
+    ]
+    .iter()
+    .map(|(u, branch)| {
+        let mut cmd = repo.cmd();
+        cmd.args(["run", "--json", "--unit", u]);
+        if let Some(b) = branch {
+            cmd.args(["--branch", b]);
+        }
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    })
+    .collect();
+    let mut results = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let v: serde_json::Value = crate::common::final_json(&out.stdout);
+        let u = v["units"][0].clone();
+        assert_eq!(u["status"], "landed", "{u}");
+        repo.remember_image(u["unit_image"].as_str().unwrap());
+        results.push(u);
+    }
+    let mut shared = commits_on(&repo, "shared", &snapshot);
+    shared.sort();
+    assert_eq!(shared, ["a", "b"], "both on the shared branch, once each");
+    for u in ["c", "d"] {
+        assert_eq!(
+            commits_on(&repo, &format!("boxdelegate/{u}"), &snapshot),
+            [u]
+        );
+    }
+    // The one that landed second on the shared branch had its merged tree verified.
+    let merged: Vec<_> = results[..2]
+        .iter()
+        .filter(|u| !u["merged_record"].is_null())
+        .collect();
+    assert_eq!(merged.len(), 1, "{results:?}");
+    let fsck = repo.git(&["fsck", "--strict"]);
+    assert!(!fsck.contains("error"), "{fsck}");
+    let id = std::fs::read_to_string(repo.path().join(".git/boxdelegate/repo-id")).unwrap();
+    let left = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=boxdelegate.repository={}", id.trim()),
+    ]);
+    assert_eq!(left.trim(), "", "no container left");
+}
+
+#[test]
+fn a_run_killed_among_others_leaves_them_landing_and_resumes_its_own() {
+    require_base_image();
+    let repo = TestRepo::with_project("swarm-kill");
+    with_check(&repo, "if [ \"$BOXDELEGATE_UNIT_ID\" = x ]; then while [ ! -e /tmp/go ]; do sleep 0.1; done; fi; echo \"$BOXDELEGATE_UNIT_ID\" > \"src/$BOXDELEGATE_UNIT_ID.txt\"");
+    for u in ["x", "y", "z"] {
+        repo.unit(u, "scope = [\"src/**\"]", "Write your file.");
+    }
+    let snapshot = repo.commit("project");
+    let spawn = |u: &str| {
+        repo.cmd()
+            .args(["run", "--json", "--unit", u, "--branch", "shared"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let x = spawn("x");
+    let _guard = KillChild(x.id());
+    let (y, z) = (spawn("y"), spawn("z"));
+    wait_for("x's agent to start", || {
+        run_of(&repo, "x").is_some_and(|id| {
+            !docker(&[
+                "ps",
+                "-q",
+                "--filter",
+                &format!("label=boxdelegate.run={id}"),
+                "--filter",
+                "label=boxdelegate.kind=agent",
+            ])
+            .trim()
+            .is_empty()
+        })
+    });
+    let killed = Command::new("kill")
+        .args(["-9", &x.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let _ = x.wait_with_output();
+    for child in [y, z] {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let v: serde_json::Value = crate::common::final_json(&out.stdout);
+        repo.remember_image(v["units"][0]["unit_image"].as_str().unwrap());
+    }
+    // x's run is interrupted; resumed, its agent (still at work) finishes and it lands.
+    let x_run = run_of(&repo, "x").expect("x's run");
+    let agent = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=boxdelegate.run={x_run}"),
+        "--filter",
+        "label=boxdelegate.kind=agent",
+    ]);
+    docker(&["exec", agent.trim(), "touch", "/tmp/go"]);
+    let out = repo
+        .cmd()
+        .args(["resume", &x_run, "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = crate::common::final_json(&out.stdout);
+    assert_eq!(v["units"][0]["status"], "landed", "{v}");
+    let mut shared = commits_on(&repo, "shared", &snapshot);
+    shared.sort();
+    assert_eq!(shared, ["x", "y", "z"]);
+    let id = std::fs::read_to_string(repo.path().join(".git/boxdelegate/repo-id")).unwrap();
+    let left = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=boxdelegate.repository={}", id.trim()),
+    ]);
+    assert_eq!(left.trim(), "", "no container left");
 }
 
 /// Kills a spawned boxdelegate when the test fails before waiting for it.
