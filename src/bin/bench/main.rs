@@ -331,6 +331,7 @@ fn measure(
     let floor_ms = floor.median;
     let mut per_size = Vec::new();
     let mut scaling_out = Value::Null;
+    let mut swarm_out = Value::Null;
     for &n in sizes {
         let dir = bench.work.join(format!("repo-{n}"));
         if dir.exists() {
@@ -361,6 +362,14 @@ fn measure(
         if n == scaling_size && !scaling.is_empty() {
             timed("scaling", &mut || {
                 scaling_out = units::scaling(bench, &repo, scaling)?;
+                Ok(())
+            })?;
+        }
+        // Many `run` processes at once (a planner's sub-agents), beside one run: not in the
+        // quick smoke test.
+        if n == scaling_size && !bench.quick {
+            timed("swarm", &mut || {
+                swarm_out = units::swarm(bench, &repo)?;
                 Ok(())
             })?;
         }
@@ -399,6 +408,7 @@ fn measure(
         "engine_floor": floor,
         "sizes": per_size,
         "scaling": scaling_out,
+        "swarm": swarm_out,
     });
     out["targets"] = targets(&out);
     Ok(out)
@@ -721,6 +731,36 @@ fn render(results: &Value) -> String {
                     .unwrap_or_default()
             };
             rows.push(vec![s["units"].to_string(), cell("wall"), cell("per_unit")]);
+        }
+        out.push_str(&table(&rows));
+    }
+    if let Some(sw) = results["swarm"].as_array() {
+        out.push_str(&format!(
+            "\na swarm ({} files): units from separate `run` processes at once, beside one `run --jobs`:\n",
+            size_label(results["settings"]["scaling_size"].as_u64().unwrap_or(0) as usize)
+        ));
+        let mut rows = vec![vec![
+            "units".to_string(),
+            "processes".to_string(),
+            "swarm wall".to_string(),
+            "per unit".to_string(),
+            "one run wall".to_string(),
+            "per unit".to_string(),
+        ]];
+        for s in sw {
+            let cell = |k: &str| {
+                serde_json::from_value::<stats::Metric>(s[k].clone())
+                    .map(|x| x.cell())
+                    .unwrap_or_default()
+            };
+            rows.push(vec![
+                s["units"].to_string(),
+                s["processes"].to_string(),
+                cell("swarm_wall"),
+                cell("swarm_per_unit"),
+                cell("one_run_wall"),
+                cell("one_run_per_unit"),
+            ]);
         }
         out.push_str(&table(&rows));
     }

@@ -28,8 +28,11 @@ pub const CHECK: &str = "date +%s%N";
 pub const REQUIREMENTS: &[&str] = &["six==1.16.0", "attrs==23.2.0", "iniconfig==2.0.0"];
 
 /// Units the benchmark runs: `c1` and `c100` change the first 1 and 100 source files,
-/// `c10000` adds 10k files, `p<K>` (up to this many) change one file each.
+/// `c10000` adds 10k files, `p<K>` (up to [`SWARM_MAX`]) change one file each; one run works
+/// on up to this many at once.
 pub const SCALING_MAX: usize = 8;
+/// The `p<K>` units: the swarm's largest (16 units from 8 processes).
+pub const SWARM_MAX: usize = 16;
 
 pub struct Repo {
     pub dir: PathBuf,
@@ -210,9 +213,9 @@ fn project_files(n: usize, sources: &[String]) -> Vec<(String, Vec<u8>)> {
     // Ten thousand modified files would cost the engine ten thousand archive reads (minutes on
     // some storage drivers); the 10k-file change adds new files instead.
     unit("c10000", &["ADD src/generated 10000".to_string()]);
-    for k in 1..=SCALING_MAX.min(sources.len()) {
+    for k in 1..=SWARM_MAX.min(sources.len()) {
         // Spread over the tree so the scaling units touch different directories.
-        let i = (k * sources.len() / (SCALING_MAX + 1)).min(sources.len() - 1);
+        let i = (k * sources.len() / (SWARM_MAX + 1)).min(sources.len() - 1);
         unit(&format!("p{k}"), &edit(&sources[i..=i]));
     }
     files
@@ -224,7 +227,7 @@ pub fn generate(dir: &Path, n: usize) -> Result<Repo> {
     let mut rng = Rng(0x5eed_0000 ^ n as u64);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     proc::ok(proc::git(dir).args(["init", "-q", "-b", "main"]))?;
-    let sources = source_paths(&mut rng, n.saturating_sub(18).max(SCALING_MAX));
+    let sources = source_paths(&mut rng, n.saturating_sub(26).max(SWARM_MAX));
     let extra = project_files(n, &sources);
 
     let mut import = proc::git(dir)

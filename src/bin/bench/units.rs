@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::proc::{self, Ran};
-use crate::repo::Repo;
+use crate::repo::{Repo, SCALING_MAX, SWARM_MAX};
 use crate::stats::{Metric, Metrics};
 use crate::{size_label, Bench, LABEL};
 
@@ -411,6 +411,78 @@ pub fn scaling(bench: &Bench, repo: &Repo, ks: &[usize]) -> Result<Value> {
             "units": k,
             "wall": Metric::ms(wall),
             "per_unit": Metric::ms(per_unit),
+        }));
+    }
+    Ok(Value::Array(out))
+}
+
+/// A planner's swarm: `units` units from `procs` separate `run` processes started at once on
+/// the repository (each its share of the units), beside the same units in one `run --jobs
+/// procs`; wall time and wall time per unit of each, in the same bench run.
+pub fn swarm(bench: &Bench, repo: &Repo) -> Result<Value> {
+    let label = size_label(repo.files);
+    let procs = SCALING_MAX;
+    let mut out = vec![];
+    for units in [SCALING_MAX, SWARM_MAX] {
+        eprintln!("bench: {label}: a swarm: {units} units from {procs} processes, and in one run");
+        let ids: Vec<String> = (1..=units).map(|i| format!("p{i}")).collect();
+        let reset = || -> Result<()> {
+            for id in &ids {
+                let r = format!("refs/heads/boxdelegate/{id}");
+                proc::ok(proc::git(&repo.dir).args(["update-ref", "-d", &r]))?;
+            }
+            Ok(())
+        };
+        reset()?;
+        let started = std::time::Instant::now();
+        let children: Vec<_> = (0..procs)
+            .map(|i| {
+                let mine: Vec<&String> = ids.iter().skip(i).step_by(procs).collect();
+                let mut cmd = bench.bd(&repo.dir);
+                cmd.args(["run", "--json", "--jobs", &mine.len().to_string()]);
+                for id in mine {
+                    cmd.args(["--unit", id]);
+                }
+                cmd.stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .context("starting a swarm's run")
+            })
+            .collect::<Result<_>>()?;
+        for child in children {
+            let done = child.wait_with_output()?;
+            if !done.status.success() {
+                bail!(
+                    "a swarm's run exited {:?}: {}",
+                    done.status.code(),
+                    String::from_utf8_lossy(&done.stderr)
+                );
+            }
+        }
+        let swarm_wall = ms(started.elapsed());
+        reset()?;
+        let mut cmd = bench.bd(&repo.dir);
+        cmd.args(["run", "--json", "--jobs", &procs.to_string()]);
+        for id in &ids {
+            cmd.args(["--unit", id]);
+        }
+        let ran = proc::run(&mut cmd)?;
+        if ran.code != 0 {
+            bail!(
+                "run --jobs {procs} of {units} units exited {}: {}",
+                ran.code,
+                String::from_utf8_lossy(&ran.stderr)
+            );
+        }
+        let one = ms(ran.wall);
+        out.push(json!({
+            "units": units,
+            "processes": procs,
+            "swarm_wall": Metric::ms(vec![swarm_wall]),
+            "swarm_per_unit": Metric::ms(vec![swarm_wall / units as f64]),
+            "one_run_wall": Metric::ms(vec![one]),
+            "one_run_per_unit": Metric::ms(vec![one / units as f64]),
         }));
     }
     Ok(Value::Array(out))
