@@ -246,30 +246,9 @@ pub async fn start(
     allow: &[Allow],
     gateway: Option<&Gateway>,
 ) -> Result<()> {
-    create_network(engine, name, labels_of.clone()).await?;
-    start_on(engine, name, labels_of, egress, allow, gateway).await
-}
-
-/// Creates the internal network `name` a proxy of that name serves.
-pub async fn create_network(
-    engine: &Engine,
-    name: &str,
-    labels_of: HashMap<String, String>,
-) -> Result<()> {
-    let mut net_labels = labels_of;
+    let mut net_labels = labels_of.clone();
     net_labels.insert(labels::KIND.into(), "agent-network".into());
-    engine.create_network(name, true, net_labels).await
-}
-
-/// [`start`] on a network [`create_network`] made.
-pub async fn start_on(
-    engine: &Engine,
-    name: &str,
-    labels_of: HashMap<String, String>,
-    egress: &str,
-    allow: &[Allow],
-    gateway: Option<&Gateway>,
-) -> Result<()> {
+    engine.create_network(name, true, net_labels).await?;
     let mut host = hardened_host_config(&proxy_limits());
     host.network_mode = Some(name.to_string());
     host.readonly_rootfs = Some(true);

@@ -5,7 +5,6 @@
 //! May not: read what the agent wrote (that is `judge`'s, through extraction), or trust the agent's
 //! exit code for what changed.
 
-use super::holder;
 use super::ledger::{update_attempt, Ctx};
 use super::plan::{AgentNetwork, AgentPlan, Planned};
 use super::resume::unix_now;
@@ -118,23 +117,17 @@ pub(super) async fn start_agent(
                 },
                 Some(name),
             ) => {
-                crate::proxy::create_network(ctx.engine, name, attempt_labels.clone()).await?;
-                // The proxy starts while the agent's holder joins its network.
-                let (proxy_started, holder) = tokio::join!(
-                    crate::proxy::start_on(
-                        ctx.engine,
-                        name,
-                        attempt_labels.clone(),
-                        egress,
-                        allow,
-                        gateway.as_ref(),
-                    ),
-                    holder::create(ctx.engine, ctx.image, name, ctx.run_id, id, a.n),
-                );
-                let holder = holder?;
-                proxy_started?;
+                crate::proxy::start(
+                    ctx.engine,
+                    name,
+                    attempt_labels.clone(),
+                    egress,
+                    allow,
+                    gateway.as_ref(),
+                )
+                .await?;
                 env.extend(crate::proxy::agent_env());
-                holder::mode(&holder)
+                name.clone()
             }
             (AgentNetwork::Engine(n), _) => n.clone(),
             _ => "none".into(),
@@ -205,7 +198,6 @@ pub(super) async fn start_agent(
         Ok(c) => c,
         Err(e) => {
             if let Some(name) = &proxy {
-                let _ = holder::remove(ctx.engine, ctx.run_id, id, a.n).await;
                 let _ = crate::proxy::stop(ctx.engine, name).await;
             }
             return Err(e);
@@ -517,9 +509,6 @@ pub(super) async fn watch_agent(
     };
     let refused = match &plan.network {
         AgentNetwork::Proxy { .. } => {
-            // The agent is done with its network: its holder goes, then the proxy and the
-            // network.
-            holder::remove(ctx.engine, ctx.run_id, id, a.n).await?;
             let name = crate::proxy::name(ctx.run_id, id, a.n);
             crate::proxy::stop(ctx.engine, &name)
                 .await?

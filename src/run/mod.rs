@@ -33,7 +33,6 @@ use crate::state::journal::UnitPhase;
 use crate::state::lock::{Guarded, RepoLock};
 
 mod attempt;
-mod holder;
 mod judge;
 mod landing;
 mod ledger;

@@ -80,15 +80,14 @@ pub(super) async fn remove_abandoned(
     live: &crate::state::journal::Live,
     run_id: &str,
 ) -> Result<()> {
-    let (keep, proxies): (Vec<String>, Vec<[String; 2]>) = live.read(|j| {
+    let (keep, proxies): (Vec<String>, Vec<String>) = live.read(|j| {
         j.units
             .iter()
             .flat_map(|u| u.attempts.iter().map(move |a| (u, a)))
             .filter(|(_, a)| matches!(a.phase, AttemptPhase::Running | AttemptPhase::Exited))
             .filter_map(|(u, a)| {
                 let proxy = crate::proxy::name(run_id, &u.id, a.n);
-                let holder = super::holder::name(run_id, &u.id, a.n);
-                a.container.clone().map(|c| (c, [proxy, holder]))
+                a.container.clone().map(|c| (c, proxy))
             })
             .unzip()
     });
@@ -97,11 +96,11 @@ pub(super) async fn remove_abandoned(
         .await?
     {
         let Some(id) = c.id else { continue };
-        // A kept attempt's proxy, and its agent's network holder.
-        let proxy_of_kept = c.names.unwrap_or_default().iter().any(|n| {
-            let n = n.trim_start_matches('/');
-            proxies.iter().flatten().any(|p| n == p)
-        });
+        let proxy_of_kept = c
+            .names
+            .unwrap_or_default()
+            .iter()
+            .any(|n| proxies.contains(&n.trim_start_matches('/').to_string()));
         if !keep.contains(&id) && !proxy_of_kept {
             engine.remove_container(&id).await?;
         }
@@ -110,7 +109,7 @@ pub(super) async fn remove_abandoned(
         .list_networks(&[&format!("{}={run_id}", labels::RUN)])
         .await?
     {
-        if !proxies.iter().any(|[p, _]| *p == n) {
+        if !proxies.contains(&n) {
             engine.remove_network(&n).await?;
         }
     }

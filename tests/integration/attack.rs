@@ -77,24 +77,7 @@ fn assert_hardened_on(c: &serde_json::Value, network: &str) {
     ] {
         assert_ne!(h[mode], "host", "{name}: {mode}");
     }
-    let holder = h["NetworkMode"]
-        .as_str()
-        .and_then(|m| m.strip_prefix("container:"))
-        .map(inspect);
-    if let Some(holder) = holder {
-        // In the network namespace of its holder: a hardened container of its own on
-        // `network`, made for it.
-        assert_eq!(
-            holder["Config"]["Labels"]["boxdelegate.kind"], "network",
-            "{name}: joins only a holder's namespace"
-        );
-        assert_eq!(
-            holder["Config"]["Labels"]["boxdelegate.unit"],
-            c["Config"]["Labels"]["boxdelegate.unit"],
-            "{name}: its own unit's holder"
-        );
-        assert_hardened_on(&holder, network);
-    } else if on_podman() && network != "none" {
+    if on_podman() && network != "none" {
         // Podman's Docker API says `bridge` for any bridge network; the attachments tell.
         assert!(
             c["NetworkSettings"]["Networks"].get(network).is_some(),
@@ -448,14 +431,8 @@ if (exec 3<>/dev/tcp/{allowed}/8000) 2>/dev/null; then echo direct reached; else
     let agent = wait_for("proxied", "agent");
     let proxy = wait_for("proxied", "proxy");
     let a = inspect(&agent);
-    // The agent is in its network holder's namespace: the network is the holder's.
-    let holder = a["HostConfig"]["NetworkMode"]
-        .as_str()
-        .and_then(|m| m.strip_prefix("container:"))
-        .map(inspect)
-        .expect("the agent joins its network through a holder");
     let network = if on_podman() {
-        let attached = holder["NetworkSettings"]["Networks"].as_object().unwrap();
+        let attached = a["NetworkSettings"]["Networks"].as_object().unwrap();
         assert_eq!(
             attached.len(),
             1,
@@ -463,10 +440,7 @@ if (exec 3<>/dev/tcp/{allowed}/8000) 2>/dev/null; then echo direct reached; else
         );
         attached.keys().next().unwrap().clone()
     } else {
-        holder["HostConfig"]["NetworkMode"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        a["HostConfig"]["NetworkMode"].as_str().unwrap().to_string()
     };
     assert_hardened_on(&a, &network);
     let p = inspect(&proxy);
