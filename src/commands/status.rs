@@ -45,14 +45,24 @@ struct ContainerInfo {
     state: String,
 }
 
+/// The label filters of run `run_id`'s containers: the run's, and this repository's (a run id
+/// names a run of one repository; the label makes sure).
+fn run_filters(run_id: &str) -> Vec<String> {
+    let mut f = vec![format!("{}={run_id}", labels::RUN)];
+    f.extend(crate::engine::repository());
+    f
+}
+
+fn as_filters(f: &[String]) -> Vec<&str> {
+    f.iter().map(String::as_str).collect()
+}
+
 async fn containers(engine: Option<&Engine>, run_id: &str) -> Option<Vec<ContainerInfo>> {
     let engine = engine?;
-    // This repository's (a run id names a run of one repository; the label makes sure).
-    let run = format!("{}={run_id}", labels::RUN);
-    let mut filters = vec![run.as_str()];
-    let repository = crate::engine::repository();
-    filters.extend(repository.as_deref());
-    let list = engine.list_containers(&filters).await.ok()?;
+    let list = engine
+        .list_containers(&as_filters(&run_filters(run_id)))
+        .await
+        .ok()?;
     Some(
         list.into_iter()
             .map(|c| {
@@ -356,11 +366,9 @@ pub async fn clean(project: &Project, run: Option<String>, how: Clean, json: boo
         .collect();
     let mut removed = Vec::new();
     for (id, loaded) in &targets {
-        let run = format!("{}={id}", labels::RUN);
-        let mut filters = vec![run.as_str()];
-        let repository = crate::engine::repository();
-        filters.extend(repository.as_deref());
-        let list = engine.list_containers(&filters).await?;
+        let list = engine
+            .list_containers(&as_filters(&run_filters(id)))
+            .await?;
         let unfinished = !matches!(loaded, Ok(j) if j.finished());
         // A live run is its process's to end, --force or not.
         if let Some(holder) =

@@ -483,6 +483,19 @@ fn with_check(repo: &TestRepo, agent: &str) {
     );
 }
 
+/// The containers of `repo`'s runs on the engine (their ids), by its repository label.
+fn containers_of(repo: &TestRepo) -> String {
+    let id = std::fs::read_to_string(repo.path().join(".git/boxdelegate/repo-id")).unwrap();
+    docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=boxdelegate.repository={}", id.trim()),
+    ])
+    .trim()
+    .to_string()
+}
+
 /// The run (its id) that delegates `unit`, once its journal is written.
 fn run_of(repo: &TestRepo, unit: &str) -> Option<String> {
     run_ids(repo).into_iter().find(|id| {
@@ -672,14 +685,7 @@ fn four_runs_at_once_on_one_repository_each_land_their_unit_once() {
     assert_eq!(merged.len(), 1, "{results:?}");
     let fsck = repo.git(&["fsck", "--strict"]);
     assert!(!fsck.contains("error"), "{fsck}");
-    let id = std::fs::read_to_string(repo.path().join(".git/boxdelegate/repo-id")).unwrap();
-    let left = docker(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label=boxdelegate.repository={}", id.trim()),
-    ]);
-    assert_eq!(left.trim(), "", "no container left");
+    assert_eq!(containers_of(&repo), "", "no container left");
 }
 
 #[test]
@@ -750,14 +756,7 @@ fn a_run_killed_among_others_leaves_them_landing_and_resumes_its_own() {
     let mut shared = commits_on(&repo, "shared", &snapshot);
     shared.sort();
     assert_eq!(shared, ["x", "y", "z"]);
-    let id = std::fs::read_to_string(repo.path().join(".git/boxdelegate/repo-id")).unwrap();
-    let left = docker(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label=boxdelegate.repository={}", id.trim()),
-    ]);
-    assert_eq!(left.trim(), "", "no container left");
+    assert_eq!(containers_of(&repo), "", "no container left");
 }
 
 /// Kills a spawned boxdelegate when the test fails before waiting for it.

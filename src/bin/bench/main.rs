@@ -725,11 +725,7 @@ fn render(results: &Value) -> String {
             "wall per unit".to_string(),
         ]];
         for s in sc {
-            let cell = |k: &str| {
-                serde_json::from_value::<stats::Metric>(s[k].clone())
-                    .map(|x| x.cell())
-                    .unwrap_or_default()
-            };
+            let cell = |k: &str| metric_cell(&s[k]);
             rows.push(vec![s["units"].to_string(), cell("wall"), cell("per_unit")]);
         }
         out.push_str(&table(&rows));
@@ -748,11 +744,7 @@ fn render(results: &Value) -> String {
             "per unit".to_string(),
         ]];
         for s in sw {
-            let cell = |k: &str| {
-                serde_json::from_value::<stats::Metric>(s[k].clone())
-                    .map(|x| x.cell())
-                    .unwrap_or_default()
-            };
+            let cell = |k: &str| metric_cell(&s[k]);
             rows.push(vec![
                 s["units"].to_string(),
                 s["processes"].to_string(),
@@ -781,6 +773,13 @@ fn render(results: &Value) -> String {
         ));
     }
     out
+}
+
+/// A saved metric as a table cell (median and range), empty when absent.
+fn metric_cell(v: &Value) -> String {
+    serde_json::from_value::<stats::Metric>(v.clone())
+        .map(|x| x.cell())
+        .unwrap_or_default()
 }
 
 /// A Markdown table (readable as plain text too).
