@@ -462,3 +462,32 @@ fn an_agent_image_is_refused_not_silently_ignored() {
     );
     assert_eq!(repo.host_state(), before, "nothing changed");
 }
+
+#[test]
+fn bad_wait_and_detach_inputs_are_refused_and_change_nothing() {
+    let repo = TestRepo::with_project("bad-wait");
+    repo.unit("u", "scope = [\"src/**\"]", "Work.");
+    repo.commit("unit");
+    let case = Case::new(repo);
+    case.fails(
+        &["wait", "u"],
+        false,
+        2,
+        &[
+            "no run delegates unit u",
+            "boxdelegate run --unit u --detach",
+        ],
+    );
+    case.fails(
+        &["wait", "u", "--run", "../etc"],
+        false,
+        2,
+        &["--run \"../etc\" is not a run id"],
+    );
+    case.fails(
+        &["run", "--unit", "u", "--run-id", "not-an-id"],
+        false,
+        2,
+        &["--run-id \"not-an-id\" is not a run id"],
+    );
+}
